@@ -1,0 +1,636 @@
+//! The config file: TOML read into raw `serde` structs, then validated and
+//! compiled into the values the hot path uses.
+//!
+//! Every error names the file, the line and the key, and validation goes on
+//! past the first error so that `heim-proxy check` lists them all (like
+//! `nginx -t`). This module reads the config file only; certificate files
+//! are read by `tls`, routes compiled by `route`.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::route::{Backend, PathMatch, Policy, RouteSpec};
+use crate::upstream::{Endpoint, UpstreamAddr, UpstreamGroup, UpstreamProtocol};
+
+/// One problem in a config file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub line: usize,
+    /// Dotted key, e.g. `route[2].upstream`.
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}: {}: {}", self.file.display(), self.line, self.key, self.message)
+    }
+}
+
+/// Every problem found in one config file.
+#[derive(Debug)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+// === raw config ===
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    server: Spanned<RawServer>,
+    #[serde(default)]
+    certificate: Vec<Spanned<RawCertificate>>,
+    #[serde(default)]
+    route: Vec<Spanned<RawRoute>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    https_listen: Spanned<String>,
+    http_listen: Option<Spanned<String>>,
+    admin_listen: Option<Spanned<String>>,
+    workers: Option<Spanned<i64>>,
+    https_port: Option<Spanned<i64>>,
+    max_connections: Option<Spanned<i64>>,
+    handshake_timeout: Option<Spanned<String>>,
+    request_head_timeout: Option<Spanned<String>>,
+    max_header_bytes: Option<Spanned<ByteSize>>,
+    drain_timeout: Option<Spanned<String>>,
+    access_log: Option<bool>,
+    connect_timeout: Option<Spanned<String>>,
+    response_timeout: Option<Spanned<String>>,
+    upstream_idle_timeout: Option<Spanned<String>>,
+    max_body_bytes: Option<Spanned<ByteSize>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCertificate {
+    cert_file: Spanned<String>,
+    key_file: Spanned<String>,
+    hosts: Option<Spanned<Vec<String>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    name: Option<String>,
+    host: Option<Spanned<String>>,
+    path: Option<Spanned<String>>,
+    path_type: Option<Spanned<String>>,
+    upstream: Option<Spanned<Vec<String>>>,
+    upstream_protocol: Option<Spanned<String>>,
+    echo: Option<Spanned<bool>>,
+    public: Option<bool>,
+    https_redirect: Option<bool>,
+    max_body_bytes: Option<Spanned<ByteSize>>,
+    connect_timeout: Option<Spanned<String>>,
+    response_timeout: Option<Spanned<String>>,
+}
+
+/// A size written as a number of bytes or as `"64k"`, `"10m"`, `"1g"`.
+#[derive(Deserialize, Clone)]
+#[serde(untagged)]
+enum ByteSize {
+    Bytes(i64),
+    Text(String),
+}
+
+// === compiled config ===
+
+/// Settings of the listeners and defaults of the routes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ServerSettings {
+    pub https_listen: SocketAddr,
+    pub http_listen: Option<SocketAddr>,
+    pub admin_listen: Option<SocketAddr>,
+    pub workers: usize,
+    /// Port written into http -> https redirects.
+    pub https_port: u16,
+    pub max_connections: usize,
+    pub handshake_timeout: Duration,
+    /// Also bounds how long an idle HTTP/1 keep-alive connection stays open.
+    pub request_head_timeout: Duration,
+    pub max_header_bytes: usize,
+    pub drain_timeout: Duration,
+    pub access_log: bool,
+}
+
+impl ServerSettings {
+    /// Settings that only a restart can change (sockets and threads).
+    pub fn restart_needed(&self, other: &ServerSettings) -> bool {
+        self.https_listen != other.https_listen
+            || self.http_listen != other.http_listen
+            || self.admin_listen != other.admin_listen
+            || self.workers != other.workers
+    }
+}
+
+/// A certificate entry: where its files are and which names it serves.
+#[derive(Clone, Debug)]
+pub struct CertificateSpec {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    /// Names from the config; empty means "take them from the certificate".
+    pub hosts: Vec<String>,
+    /// Where the entry is, for errors found while reading the files.
+    pub line: usize,
+    pub index: usize,
+}
+
+/// A validated config file.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub path: PathBuf,
+    pub server: ServerSettings,
+    pub certificates: Vec<CertificateSpec>,
+    pub routes: Vec<RouteSpec>,
+    /// Line of each route, for errors found when the table is compiled.
+    pub route_lines: Vec<usize>,
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigErrors(vec![ConfigError {
+                file: path.to_path_buf(),
+                line: 0,
+                key: "(file)".into(),
+                message: format!("cannot read: {e}"),
+            }])
+        })?;
+        Self::parse(path, &text)
+    }
+
+    /// Validates config text; `path` names it in errors and anchors relative paths.
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
+        let mut cx = Cx { file: path.to_path_buf(), text, errors: Vec::new() };
+        let raw: RawConfig = match toml::from_str(text) {
+            Ok(r) => r,
+            Err(e) => {
+                let span = e.span().unwrap_or(0..0);
+                let message = e.message().to_string();
+                let key = cx.key_at(&span);
+                cx.err(&span, key, message);
+                return Err(ConfigErrors(cx.errors));
+            }
+        };
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let server = cx.server(&raw.server);
+        let defaults = RouteDefaults::from_raw(&mut cx, raw.server.get_ref());
+        let certificates = raw
+            .certificate
+            .iter()
+            .enumerate()
+            .map(|(i, c)| cx.certificate(i, c, &base))
+            .collect::<Vec<_>>();
+        if certificates.is_empty() {
+            cx.err(&raw.server.span(), "certificate".into(), "at least one [[certificate]] is needed to serve https".into());
+        }
+        let mut routes = Vec::new();
+        let mut route_lines = Vec::new();
+        for (i, r) in raw.route.iter().enumerate() {
+            if let Some(spec) = cx.route(i, r, &defaults) {
+                routes.push(spec);
+                route_lines.push(cx.line(&r.span()));
+            }
+        }
+        if cx.errors.is_empty() {
+            if let Some(server) = server {
+                return Ok(Config { path: path.to_path_buf(), server, certificates, routes, route_lines });
+            }
+        }
+        Err(ConfigErrors(cx.errors))
+    }
+
+    /// A config error anchored at route `index` (for problems found later,
+    /// such as duplicates when the table is compiled).
+    pub fn route_error(&self, index: usize, message: String) -> ConfigError {
+        ConfigError {
+            file: self.path.clone(),
+            line: self.route_lines.get(index).copied().unwrap_or(0),
+            key: format!("route[{index}]"),
+            message,
+        }
+    }
+}
+
+struct RouteDefaults {
+    connect_timeout: Duration,
+    response_timeout: Duration,
+    idle_timeout: Duration,
+    max_body_bytes: u64,
+}
+
+impl RouteDefaults {
+    fn from_raw(cx: &mut Cx, s: &RawServer) -> Self {
+        Self {
+            connect_timeout: cx.duration_or("server.connect_timeout", &s.connect_timeout, Duration::from_secs(5)),
+            response_timeout: cx.duration_or("server.response_timeout", &s.response_timeout, Duration::from_secs(60)),
+            idle_timeout: cx.duration_or(
+                "server.upstream_idle_timeout",
+                &s.upstream_idle_timeout,
+                Duration::from_secs(60),
+            ),
+            max_body_bytes: cx.size_or("server.max_body_bytes", &s.max_body_bytes, 1 << 20),
+        }
+    }
+}
+
+/// Validation context: the source text (for line numbers) and the errors so far.
+struct Cx<'a> {
+    file: PathBuf,
+    text: &'a str,
+    errors: Vec<ConfigError>,
+}
+
+impl Cx<'_> {
+    fn line(&self, span: &Range<usize>) -> usize {
+        let end = span.start.min(self.text.len());
+        self.text[..end].bytes().filter(|b| *b == b'\n').count() + 1
+    }
+
+    /// The key written on the line of `span` (`key = value`), or the line itself.
+    fn key_at(&self, span: &Range<usize>) -> String {
+        let line = self.line(span);
+        let text = self.text.lines().nth(line.saturating_sub(1)).unwrap_or("");
+        match text.split_once('=') {
+            Some((k, _)) => k.trim().to_string(),
+            None => text.trim().to_string(),
+        }
+    }
+
+    fn err(&mut self, span: &Range<usize>, key: String, message: String) {
+        let line = self.line(span);
+        self.errors.push(ConfigError { file: self.file.clone(), line, key, message });
+    }
+
+    fn addr(&mut self, key: &str, v: &Spanned<String>) -> Option<SocketAddr> {
+        match v.get_ref().parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                self.err(&v.span(), key.into(), format!("{:?} is not an IP:port address", v.get_ref()));
+                None
+            }
+        }
+    }
+
+    fn duration_or(&mut self, key: &str, v: &Option<Spanned<String>>, default: Duration) -> Duration {
+        let Some(v) = v else { return default };
+        match parse_duration(v.get_ref()) {
+            Some(d) => d,
+            None => {
+                self.err(&v.span(), key.into(), format!("{:?} is not a duration (e.g. \"500ms\", \"10s\", \"2m\")", v.get_ref()));
+                default
+            }
+        }
+    }
+
+    fn size_or(&mut self, key: &str, v: &Option<Spanned<ByteSize>>, default: u64) -> u64 {
+        let Some(v) = v else { return default };
+        let parsed = match v.get_ref() {
+            ByteSize::Bytes(n) => u64::try_from(*n).ok(),
+            ByteSize::Text(t) => parse_size(t),
+        };
+        match parsed {
+            Some(n) => n,
+            None => {
+                self.err(&v.span(), key.into(), "not a size: a number of bytes or e.g. \"64k\", \"10m\", \"1g\"".into());
+                default
+            }
+        }
+    }
+
+    fn int_in(&mut self, key: &str, v: &Option<Spanned<i64>>, range: Range<i64>, default: i64) -> i64 {
+        let Some(v) = v else { return default };
+        let n = *v.get_ref();
+        if range.contains(&n) {
+            n
+        } else {
+            self.err(&v.span(), key.into(), format!("{n} is out of range {}..{}", range.start, range.end - 1));
+            default
+        }
+    }
+
+    fn server(&mut self, raw: &Spanned<RawServer>) -> Option<ServerSettings> {
+        let s = raw.get_ref();
+        let https_listen = self.addr("server.https_listen", &s.https_listen);
+        let http_listen = s.http_listen.as_ref().map(|v| self.addr("server.http_listen", v));
+        let admin_listen = s.admin_listen.as_ref().map(|v| self.addr("server.admin_listen", v));
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as i64;
+        let workers = self.int_in("server.workers", &s.workers, 1..1025, cores) as usize;
+        let max_connections = self.int_in("server.max_connections", &s.max_connections, 1..10_000_001, 50_000) as usize;
+        let handshake_timeout = self.duration_or("server.handshake_timeout", &s.handshake_timeout, Duration::from_secs(10));
+        let request_head_timeout =
+            self.duration_or("server.request_head_timeout", &s.request_head_timeout, Duration::from_secs(30));
+        let drain_timeout = self.duration_or("server.drain_timeout", &s.drain_timeout, Duration::from_secs(30));
+        let max_header_bytes = self.size_or("server.max_header_bytes", &s.max_header_bytes, 64 * 1024);
+        if max_header_bytes < 8192 {
+            if let Some(v) = &s.max_header_bytes {
+                self.err(&v.span(), "server.max_header_bytes".into(), "must be at least 8k".into());
+            }
+        }
+        let https_listen = https_listen?;
+        let default_port = i64::from(https_listen.port());
+        let https_port = self.int_in("server.https_port", &s.https_port, 1..65536, default_port) as u16;
+        Some(ServerSettings {
+            https_listen,
+            http_listen: http_listen.flatten(),
+            admin_listen: admin_listen.flatten(),
+            workers,
+            https_port,
+            max_connections,
+            handshake_timeout,
+            request_head_timeout,
+            max_header_bytes: max_header_bytes as usize,
+            drain_timeout,
+            access_log: s.access_log.unwrap_or(true),
+        })
+    }
+
+    fn certificate(&mut self, i: usize, raw: &Spanned<RawCertificate>, base: &Path) -> CertificateSpec {
+        let c = raw.get_ref();
+        let mut hosts = Vec::new();
+        if let Some(h) = &c.hosts {
+            for name in h.get_ref() {
+                match valid_host(name) {
+                    Some(n) => hosts.push(n),
+                    None => self.err(&h.span(), format!("certificate[{i}].hosts"), format!("{name:?} is not a host name or *.wildcard")),
+                }
+            }
+        }
+        CertificateSpec {
+            cert_file: base.join(c.cert_file.get_ref()),
+            key_file: base.join(c.key_file.get_ref()),
+            hosts,
+            line: self.line(&raw.span()),
+            index: i,
+        }
+    }
+
+    fn route(&mut self, i: usize, raw: &Spanned<RawRoute>, d: &RouteDefaults) -> Option<RouteSpec> {
+        let r = raw.get_ref();
+        let before = self.errors.len();
+        let k = |name: &str| format!("route[{i}].{name}");
+        let host = match &r.host {
+            None => None,
+            Some(h) => match valid_host(h.get_ref()) {
+                Some(h) => Some(h),
+                None => {
+                    self.err(&h.span(), k("host"), format!("{:?} is not a host name or a one-label wildcard like \"*.example.com\"", h.get_ref()));
+                    None
+                }
+            },
+        };
+        let path = match &r.path {
+            None => "/".to_string(),
+            Some(p) if p.get_ref().starts_with('/') && !p.get_ref().contains(['?', '#', ' ']) => p.get_ref().clone(),
+            Some(p) => {
+                self.err(&p.span(), k("path"), format!("{:?} must start with '/' and hold no '?', '#' or space", p.get_ref()));
+                String::new()
+            }
+        };
+        let path_type = match r.path_type.as_ref().map(|p| (p, p.get_ref().as_str())) {
+            None => PathMatch::Prefix,
+            Some((_, "Prefix" | "ImplementationSpecific")) => PathMatch::Prefix,
+            Some((_, "Exact")) => PathMatch::Exact,
+            Some((p, other)) => {
+                self.err(&p.span(), k("path_type"), format!("{other:?} is not one of \"Prefix\", \"Exact\""));
+                PathMatch::Prefix
+            }
+        };
+        let protocol = match r.upstream_protocol.as_ref().map(|p| (p, p.get_ref().as_str())) {
+            None | Some((_, "http1")) => UpstreamProtocol::Http1,
+            Some((_, "h2c")) => UpstreamProtocol::H2c,
+            Some((p, other)) => {
+                self.err(&p.span(), k("upstream_protocol"), format!("{other:?} is not one of \"http1\", \"h2c\""));
+                UpstreamProtocol::Http1
+            }
+        };
+        let echo = r.echo.as_ref().is_some_and(|e| *e.get_ref());
+        let backend = match (&r.upstream, echo) {
+            (Some(u), true) => {
+                self.err(&u.span(), k("upstream"), "a route has either `upstream` or `echo = true`, not both".into());
+                None
+            }
+            (None, true) => Some(Backend::Echo),
+            (None, false) => {
+                self.err(&raw.span(), format!("route[{i}]"), "needs `upstream = [\"http://host:port\"]` or `echo = true`".into());
+                None
+            }
+            (Some(u), false) => {
+                let mut endpoints = Vec::new();
+                if u.get_ref().is_empty() {
+                    self.err(&u.span(), k("upstream"), "lists no upstream".into());
+                }
+                for url in u.get_ref() {
+                    match parse_upstream(url) {
+                        Ok(addr) => endpoints.push(Endpoint::new(addr, protocol)),
+                        Err(why) => self.err(&u.span(), k("upstream"), format!("{url:?}: {why}")),
+                    }
+                }
+                let connect = self.duration_or(&k("connect_timeout"), &r.connect_timeout, d.connect_timeout);
+                let response = self.duration_or(&k("response_timeout"), &r.response_timeout, d.response_timeout);
+                Some(Backend::Upstream(Arc::new(UpstreamGroup::new(
+                    endpoints,
+                    protocol,
+                    connect,
+                    response,
+                    d.idle_timeout,
+                ))))
+            }
+        };
+        let max_body_bytes = self.size_or(&k("max_body_bytes"), &r.max_body_bytes, d.max_body_bytes);
+        if self.errors.len() > before {
+            return None;
+        }
+        let policy = if r.public == Some(true) { Policy::Public } else { Policy::Deny };
+        let name = r.name.clone().unwrap_or_else(|| format!("{}{}", host.as_deref().unwrap_or("*"), path));
+        Some(RouteSpec {
+            name,
+            host,
+            path,
+            path_type,
+            backend: backend?,
+            policy,
+            https_redirect: r.https_redirect.unwrap_or(true),
+            max_body_bytes: Some(max_body_bytes).filter(|n| *n > 0),
+        })
+    }
+}
+
+/// Lowercases and checks a host name, or a one-label wildcard (`*.example.com`).
+pub fn valid_host(name: &str) -> Option<String> {
+    let lower = name.to_ascii_lowercase();
+    let rest = lower.strip_prefix("*.").unwrap_or(&lower);
+    let ok = !rest.is_empty()
+        && rest.len() <= 253
+        && rest.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        });
+    ok.then_some(lower)
+}
+
+/// Parses `http://host:port` (no path) into an upstream address.
+pub fn parse_upstream(url: &str) -> Result<UpstreamAddr, String> {
+    let uri: http::Uri = url.parse().map_err(|e| format!("not a URL ({e})"))?;
+    if uri.scheme_str() != Some("http") {
+        return Err("the scheme must be http:// (set upstream_protocol = \"h2c\" for HTTP/2)".into());
+    }
+    if uri.path_and_query().is_some_and(|p| p.as_str() != "/" && !p.as_str().is_empty()) {
+        return Err("an upstream is host:port only, with no path".into());
+    }
+    let auth = uri.authority().ok_or("no host")?;
+    let port = auth.port_u16().unwrap_or(80);
+    let host = auth.host().trim_start_matches('[').trim_end_matches(']');
+    Ok(match host.parse::<std::net::IpAddr>() {
+        Ok(ip) => UpstreamAddr::Socket(SocketAddr::new(ip, port)),
+        Err(_) => UpstreamAddr::Name { host: host.to_string(), port },
+    })
+}
+
+/// `"500ms"`, `"10s"`, `"2m"`, `"1h"`.
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit())?;
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    Some(match unit {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n.checked_mul(60)?),
+        "h" => Duration::from_secs(n.checked_mul(3600)?),
+        _ => return None,
+    })
+}
+
+/// `"512"`, `"64k"`, `"10m"`, `"1g"` (powers of 1024, like nginx).
+pub fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim().to_ascii_lowercase();
+    let (num, mult) = match s.as_bytes().last()? {
+        b'k' => (&s[..s.len() - 1], 1u64 << 10),
+        b'm' => (&s[..s.len() - 1], 1 << 20),
+        b'g' => (&s[..s.len() - 1], 1 << 30),
+        _ => (&s[..], 1),
+    };
+    num.parse::<u64>().ok()?.checked_mul(mult)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[server]
+https_listen = "127.0.0.1:8443"
+http_listen = "127.0.0.1:8080"
+admin_listen = "127.0.0.1:9901"
+workers = 1
+
+[[certificate]]
+cert_file = "certs/local.pem"
+key_file = "certs/local-key.pem"
+
+[[route]]
+host = "App.Example.com"
+upstream = ["http://127.0.0.1:3000", "http://backend.local:8080"]
+public = true
+
+[[route]]
+host = "*.example.com"
+path = "/api"
+path_type = "Exact"
+echo = true
+"#;
+
+    #[test]
+    fn good_config_compiles() {
+        let c = Config::parse(Path::new("/etc/heim/heim.toml"), GOOD).expect("valid");
+        assert_eq!(c.server.workers, 1);
+        assert_eq!(c.server.https_port, 8443);
+        assert_eq!(c.certificates[0].cert_file, Path::new("/etc/heim/certs/local.pem"));
+        assert_eq!(c.routes.len(), 2);
+        assert_eq!(c.routes[0].host.as_deref(), Some("app.example.com"));
+        assert_eq!(c.routes[0].policy, Policy::Public);
+        assert_eq!(c.routes[1].policy, Policy::Deny, "no policy means deny");
+        assert_eq!(c.routes[1].path_type, PathMatch::Exact);
+        assert_eq!(c.route_lines, vec![12, 17]);
+        let Backend::Upstream(g) = &c.routes[0].backend else { panic!("upstream") };
+        assert_eq!(g.endpoints[1].addr, UpstreamAddr::Name { host: "backend.local".into(), port: 8080 });
+    }
+
+    /// Each bad input names its line and key.
+    #[test]
+    fn errors_name_line_and_key() {
+        let cases: &[(&str, &str, usize, &str)] = &[
+            ("https_listen = \"127.0.0.1:8443\"", "https_listen = \"nope\"", 3, "server.https_listen"),
+            ("workers = 1", "workers = 0", 6, "server.workers"),
+            ("workers = 1", "workers = 1\nbogus = 2", 7, "bogus"),
+            ("workers = 1", "workers = \"two\"", 6, "workers"),
+            ("host = \"App.Example.com\"", "host = \"a b\"", 13, "route[0].host"),
+            ("host = \"*.example.com\"", "host = \"*.*.example.com\"", 18, "route[1].host"),
+            ("path_type = \"Exact\"", "path_type = \"Regex\"", 20, "route[1].path_type"),
+            ("path = \"/api\"", "path = \"api\"", 19, "route[1].path"),
+            ("\"http://127.0.0.1:3000\",", "\"https://127.0.0.1:3000\",", 14, "route[0].upstream"),
+            ("echo = true", "echo = true\nupstream = [\"http://127.0.0.1:1\"]", 22, "route[1].upstream"),
+            ("echo = true", "", 17, "route[1]"),
+            ("public = true", "public = true\nmax_body_bytes = \"ten\"", 16, "route[0].max_body_bytes"),
+        ];
+        for (from, to, line, key) in cases {
+            assert!(GOOD.contains(from), "{from}");
+            let text = GOOD.replacen(from, to, 1);
+            let errs = Config::parse(Path::new("heim.toml"), &text).expect_err(to).0;
+            assert!(
+                errs.iter().any(|e| e.line == *line && e.key == *key),
+                "{to:?}: want line {line} key {key}, got {errs:?}"
+            );
+            assert!(errs.iter().all(|e| e.file == Path::new("heim.toml")));
+        }
+    }
+
+    #[test]
+    fn all_errors_are_reported() {
+        let text = GOOD.replace("workers = 1", "workers = 0").replace("path = \"/api\"", "path = \"api\"");
+        let errs = Config::parse(Path::new("heim.toml"), &text).expect_err("two errors").0;
+        assert_eq!(errs.len(), 2, "{errs:?}");
+    }
+
+    #[test]
+    fn durations_and_sizes() {
+        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_duration("10"), None);
+        assert_eq!(parse_duration("s"), None);
+        assert_eq!(parse_size("64k"), Some(65536));
+        assert_eq!(parse_size("10M"), Some(10 << 20));
+        assert_eq!(parse_size("12"), Some(12));
+        assert_eq!(parse_size("x"), None);
+    }
+}

@@ -1,0 +1,62 @@
+//! The one place where a failure on the request path becomes an HTTP
+//! response: status, a short plain-text body, and the metric label.
+
+use http::{header, HeaderValue, Response, StatusCode};
+
+use crate::body::ProxyBody;
+
+/// Why heim answered a request itself instead of a backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ProxyError {
+    #[error("bad request: {0}")]
+    BadRequest(&'static str),
+    #[error("no route for this host and path")]
+    NoRoute,
+    #[error("the route's policy denies this request")]
+    Forbidden,
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    #[error("request body too large")]
+    BodyTooLarge,
+    #[error("the route has no upstream endpoint")]
+    NoUpstream,
+    #[error("could not connect to the upstream")]
+    UpstreamConnect,
+    #[error("timed out connecting to the upstream")]
+    UpstreamConnectTimeout,
+    #[error("timed out waiting for the upstream's response")]
+    UpstreamTimeout,
+    #[error("the upstream broke the exchange")]
+    UpstreamProtocol,
+}
+
+impl ProxyError {
+    /// The status a client sees.
+    pub fn status(self) -> StatusCode {
+        match self {
+            ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::NoRoute => StatusCode::NOT_FOUND,
+            ProxyError::Forbidden => StatusCode::FORBIDDEN,
+            ProxyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::NoUpstream => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::UpstreamConnect | ProxyError::UpstreamProtocol => StatusCode::BAD_GATEWAY,
+            ProxyError::UpstreamConnectTimeout | ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// A short plain-text response; it says what failed, never why in detail.
+    pub fn response(self) -> Response<ProxyBody> {
+        let status = self.status();
+        let body = format!("{} {}\n", status.as_u16(), status.canonical_reason().unwrap_or(""));
+        let mut resp = Response::new(ProxyBody::local(body));
+        *resp.status_mut() = status;
+        let h = resp.headers_mut();
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if matches!(self, ProxyError::BadRequest(_)) {
+            h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        resp
+    }
+}

@@ -1,0 +1,233 @@
+//! Listening: sockets, worker threads, accepting, the TLS handshake, and
+//! serving HTTP/1.1 or HTTP/2 on each connection until it ends or drains.
+//!
+//! heim runs one thread per worker, each with a current-thread runtime and
+//! its own `SO_REUSEPORT` socket per listener, so the kernel spreads
+//! connections over workers and nothing on a connection's path is shared
+//! but read-mostly snapshots (see `state`). Limits enforced here: the
+//! connection count, the handshake timeout, the request-head timeout
+//! (slowloris; it also bounds keep-alive idleness) and the header size.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::atomic::Ordering::{Relaxed, SeqCst};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::server::conn::{http1, http2};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use rustls::ServerConfig;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+
+use crate::config::ServerSettings;
+use crate::metrics::Metrics;
+use crate::rt::LocalExec;
+use crate::service::{self, ConnCtx, TlsInfo};
+use crate::state::Shared;
+
+/// One worker's sockets.
+pub struct WorkerSockets {
+    pub https: std::net::TcpListener,
+    pub http: Option<std::net::TcpListener>,
+}
+
+/// Binds `count` sockets to one address with `SO_REUSEPORT`. Port 0 picks a
+/// free port once; the rest bind that same port.
+pub fn bind_reuseport(addr: SocketAddr, count: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
+    let mut out = Vec::with_capacity(count);
+    let mut addr = addr;
+    for _ in 0..count {
+        let sock = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+        sock.set_reuse_address(true)?;
+        sock.set_reuse_port(true)?;
+        sock.set_nonblocking(true)?;
+        sock.bind(&addr.into())?;
+        sock.listen(4096)?;
+        let l: std::net::TcpListener = sock.into();
+        addr = l.local_addr()?;
+        out.push(l);
+    }
+    Ok(out)
+}
+
+/// Starts a worker thread serving `sockets` until the drain signal.
+pub fn spawn_worker(
+    index: usize,
+    shared: Arc<Shared>,
+    tls: Arc<ServerConfig>,
+    sockets: WorkerSockets,
+    drain: watch::Receiver<bool>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new().name(format!("heim-worker-{index}")).spawn(move || {
+        let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(rt) => rt,
+            Err(e) => {
+                tracing::error!(error = %e, worker = index, "cannot start worker runtime");
+                return;
+            }
+        };
+        let local = tokio::task::LocalSet::new();
+        local.block_on(&rt, async move {
+            let https = match TcpListener::from_std(sockets.https) {
+                Ok(l) => l,
+                Err(e) => return tracing::error!(error = %e, "cannot register https listener"),
+            };
+            tokio::task::spawn_local(accept_loop(https, Some(TlsAcceptor::from(tls)), shared.clone(), drain.clone()));
+            if let Some(http) = sockets.http {
+                match TcpListener::from_std(http) {
+                    Ok(l) => {
+                        tokio::task::spawn_local(accept_loop(l, None, shared.clone(), drain.clone()));
+                    }
+                    Err(e) => tracing::error!(error = %e, "cannot register http listener"),
+                }
+            }
+            shared.workers_ready.fetch_add(1, SeqCst);
+            // Connections finish on their own during a drain; the process
+            // exits from the control thread once they are gone.
+            std::future::pending::<()>().await;
+        });
+    })
+}
+
+async fn accept_loop(listener: TcpListener, tls: Option<TlsAcceptor>, shared: Arc<Shared>, mut drain: watch::Receiver<bool>) {
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            _ = drain.wait_for(|d| *d) => return,
+            a = listener.accept() => a,
+        };
+        match accepted {
+            Ok((tcp, remote)) => {
+                let max = shared.settings.load().max_connections as u64;
+                if shared.metrics.connections_open.load(Relaxed) >= max {
+                    shared.metrics.connections_refused.fetch_add(1, Relaxed);
+                    drop(tcp);
+                    continue;
+                }
+                tokio::task::spawn_local(serve_connection(tcp, remote, tls.clone(), shared.clone(), drain.clone()));
+            }
+            Err(e) => {
+                // Out of file descriptors and the like: back off a little
+                // rather than spin on a failing accept.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
+/// Counts a connection open for as long as it lives.
+struct OpenConnection<'a>(&'a Metrics);
+
+impl<'a> OpenConnection<'a> {
+    fn new(m: &'a Metrics) -> Self {
+        m.connections_open.fetch_add(1, Relaxed);
+        m.connections_total.fetch_add(1, Relaxed);
+        Self(m)
+    }
+}
+
+impl Drop for OpenConnection<'_> {
+    fn drop(&mut self) {
+        self.0.connections_open.fetch_sub(1, Relaxed);
+    }
+}
+
+async fn serve_connection(
+    tcp: TcpStream,
+    remote: SocketAddr,
+    tls: Option<TlsAcceptor>,
+    shared: Arc<Shared>,
+    drain: watch::Receiver<bool>,
+) {
+    let _open = OpenConnection::new(&shared.metrics);
+    let _ = tcp.set_nodelay(true);
+    let local = tcp.local_addr().unwrap_or(remote);
+    let settings = shared.settings.load_full();
+    let Some(acceptor) = tls else {
+        let ctx = Rc::new(ConnCtx { shared: shared.clone(), remote, local, tls: None });
+        return serve_http1(TokioIo::new(tcp), ctx, &settings, drain).await;
+    };
+    let stream = match tokio::time::timeout(settings.handshake_timeout, acceptor.accept(tcp)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            shared.metrics.tls_handshakes_failed.fetch_add(1, Relaxed);
+            tracing::debug!(%remote, error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            shared.metrics.tls_handshakes_failed.fetch_add(1, Relaxed);
+            tracing::debug!(%remote, "TLS handshake timed out");
+            return;
+        }
+    };
+    shared.metrics.tls_handshakes_ok.fetch_add(1, Relaxed);
+    let session = stream.get_ref().1;
+    let alpn = match session.alpn_protocol() {
+        Some(b"h2") => Some("h2"),
+        Some(b"http/1.1") => Some("http/1.1"),
+        _ => None,
+    };
+    let info = TlsInfo {
+        sni: session.server_name().map(str::to_owned),
+        alpn,
+        version: match session.protocol_version() {
+            Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
+            Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
+            _ => "unknown",
+        },
+    };
+    let ctx = Rc::new(ConnCtx { shared: shared.clone(), remote, local, tls: Some(info) });
+    if alpn == Some("h2") {
+        serve_http2(TokioIo::new(stream), ctx, &settings, drain).await
+    } else {
+        serve_http1(TokioIo::new(stream), ctx, &settings, drain).await
+    }
+}
+
+async fn serve_http1<I>(io: I, ctx: Rc<ConnCtx>, settings: &ServerSettings, mut drain: watch::Receiver<bool>)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let svc = service_fn(move |req| service::handle(req, ctx.clone()));
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(settings.request_head_timeout)
+        .max_buf_size(settings.max_header_bytes.max(8192))
+        .max_headers(200);
+    let conn = builder.serve_connection(io, svc).with_upgrades();
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        _ = drain.wait_for(|d| *d) => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+}
+
+async fn serve_http2<I>(io: I, ctx: Rc<ConnCtx>, settings: &ServerSettings, mut drain: watch::Receiver<bool>)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + 'static,
+{
+    let svc = service_fn(move |req| service::handle(req, ctx.clone()));
+    let mut builder = http2::Builder::new(LocalExec);
+    builder
+        .timer(TokioTimer::new())
+        .max_header_list_size(settings.max_header_bytes as u32)
+        .max_concurrent_streams(256)
+        .keep_alive_interval(Duration::from_secs(60));
+    let conn = builder.serve_connection(io, svc);
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        _ = drain.wait_for(|d| *d) => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+}

@@ -1,0 +1,84 @@
+//! `heim-proxy`: run the proxy, or check a config file.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// heim's data plane: terminates TLS, routes by host and path (Kubernetes
+/// Ingress v1 rules), forwards to upstreams over pooled HTTP/1.1 or h2c.
+///
+/// Reloads its config on SIGHUP or when the config file or a certificate
+/// file changes (an invalid new config is rejected and the running one keeps
+/// serving). SIGTERM or SIGINT drains: stop accepting, finish requests in
+/// flight up to server.drain_timeout, exit. Logs are JSON lines on stdout;
+/// set RUST_LOG (default "info") to change the level. See
+/// deploy/examples/quickstart.toml for every config key.
+#[derive(Parser)]
+#[command(name = "heim-proxy", version, args_conflicts_with_subcommands = true)]
+struct Cli {
+    /// The TOML config file to serve.
+    #[arg(long, short, value_name = "FILE")]
+    config: Option<PathBuf>,
+
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate a config file, certificates included, and exit: 0 when it
+    /// is valid, 1 with every error as FILE:LINE: KEY: MESSAGE (like nginx -t).
+    Check {
+        /// The TOML config file to check.
+        #[arg(long, short, value_name = "FILE")]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Check { config }) => match heim_proxy::check(&config) {
+            Ok(c) => {
+                println!("{}: ok ({} routes)", config.display(), c.routes.len());
+                ExitCode::SUCCESS
+            }
+            Err(errors) => {
+                eprintln!("{errors}");
+                eprintln!("{}: {} error(s)", config.display(), errors.0.len());
+                ExitCode::FAILURE
+            }
+        },
+        None => {
+            let Some(config) = cli.config else {
+                eprintln!("heim-proxy: --config FILE is required (see --help)");
+                return ExitCode::from(2);
+            };
+            init_logging();
+            match heim_proxy::run(&config) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    match e.downcast_ref::<heim_proxy::config::ConfigErrors>() {
+                        Some(errors) => heim_proxy::reload::log_errors(&errors.0),
+                        None => tracing::error!("{e:#}"),
+                    }
+                    eprintln!("heim-proxy: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .json()
+        .flatten_event(true)
+        .with_current_span(false)
+        .with_env_filter(filter)
+        .with_writer(std::io::stdout)
+        .init();
+}

@@ -1,0 +1,199 @@
+//! Prometheus metrics: plain atomics, written in the text exposition format.
+//!
+//! Each route owns a [`RouteMetrics`] cell that the compiled route points to,
+//! so recording a request is a few relaxed atomic adds and no lookup. Cells
+//! are kept by route name across reloads, so counters never jump back.
+//! This module only counts and renders; it does not serve `/metrics` (see
+//! `admin`).
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Upper bounds of the latency histogram, in seconds.
+const BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Requests seen by one route: by status code, and a latency histogram.
+#[derive(Debug)]
+pub struct RouteMetrics {
+    /// Index `status - 100`, for 100..=599.
+    by_status: Box<[AtomicU64]>,
+    buckets: [AtomicU64; BUCKETS.len()],
+    sum_micros: AtomicU64,
+    count: AtomicU64,
+}
+
+impl Default for RouteMetrics {
+    fn default() -> Self {
+        Self {
+            by_status: (100..600).map(|_| AtomicU64::new(0)).collect(),
+            buckets: Default::default(),
+            sum_micros: AtomicU64::new(0),
+            count: AtomicU64::new(0),
+        }
+    }
+}
+
+impl RouteMetrics {
+    /// Counts one finished request.
+    pub fn record(&self, status: u16, elapsed: Duration) {
+        if let Some(c) = self.by_status.get(usize::from(status).wrapping_sub(100)) {
+            c.fetch_add(1, Relaxed);
+        }
+        let secs = elapsed.as_secs_f64();
+        if let Some(i) = BUCKETS.iter().position(|b| secs <= *b) {
+            self.buckets[i].fetch_add(1, Relaxed);
+        }
+        self.sum_micros
+            .fetch_add(elapsed.as_micros().min(u128::from(u64::MAX)) as u64, Relaxed);
+        self.count.fetch_add(1, Relaxed);
+    }
+}
+
+/// Kinds of upstream failure, for `heim_upstream_errors_total`.
+#[derive(Clone, Copy, Debug)]
+pub enum UpstreamErrorKind {
+    Connect = 0,
+    ConnectTimeout = 1,
+    ResponseTimeout = 2,
+    Protocol = 3,
+}
+
+const UPSTREAM_ERROR_KINDS: [&str; 4] = ["connect", "connect_timeout", "response_timeout", "protocol"];
+
+/// Every metric heim exports.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    routes: Mutex<BTreeMap<String, Arc<RouteMetrics>>>,
+    /// Requests that matched no route (404) or were malformed (400).
+    pub unrouted: Arc<RouteMetrics>,
+    pub upstream_errors: [AtomicU64; 4],
+    pub connections_open: AtomicU64,
+    pub connections_total: AtomicU64,
+    pub connections_refused: AtomicU64,
+    pub tls_handshakes_ok: AtomicU64,
+    pub tls_handshakes_failed: AtomicU64,
+    pub reloads_ok: AtomicU64,
+    pub reloads_failed: AtomicU64,
+    pub upstream_connects: AtomicU64,
+}
+
+impl Metrics {
+    /// The cell for a route name, created on first use and kept across reloads.
+    pub fn route(&self, name: &str) -> Arc<RouteMetrics> {
+        let mut routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
+        routes.entry(name.to_string()).or_default().clone()
+    }
+
+    /// Counts one upstream failure.
+    pub fn upstream_error(&self, kind: UpstreamErrorKind) {
+        self.upstream_errors[kind as usize].fetch_add(1, Relaxed);
+    }
+
+    /// Renders the Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(4096);
+        let routes = self.routes.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let all = routes
+            .iter()
+            .map(|(k, v)| (k.as_str(), v))
+            .chain(std::iter::once(("", &self.unrouted)));
+
+        out.push_str("# HELP heim_requests_total Requests answered, by route and status code.\n");
+        out.push_str("# TYPE heim_requests_total counter\n");
+        let mut hist = String::new();
+        hist.push_str("# HELP heim_request_duration_seconds Time from request head to response head.\n");
+        hist.push_str("# TYPE heim_request_duration_seconds histogram\n");
+        for (name, m) in all {
+            let route = escape(name);
+            for (i, c) in m.by_status.iter().enumerate() {
+                let v = c.load(Relaxed);
+                if v > 0 {
+                    let _ = writeln!(out, "heim_requests_total{{route=\"{route}\",code=\"{}\"}} {v}", i + 100);
+                }
+            }
+            let mut cumulative = 0;
+            for (b, c) in BUCKETS.iter().zip(&m.buckets) {
+                cumulative += c.load(Relaxed);
+                let _ = writeln!(
+                    hist,
+                    "heim_request_duration_seconds_bucket{{route=\"{route}\",le=\"{b}\"}} {cumulative}"
+                );
+            }
+            let count = m.count.load(Relaxed);
+            let _ = writeln!(hist, "heim_request_duration_seconds_bucket{{route=\"{route}\",le=\"+Inf\"}} {count}");
+            let sum = m.sum_micros.load(Relaxed) as f64 / 1e6;
+            let _ = writeln!(hist, "heim_request_duration_seconds_sum{{route=\"{route}\"}} {sum}");
+            let _ = writeln!(hist, "heim_request_duration_seconds_count{{route=\"{route}\"}} {count}");
+        }
+        out.push_str(&hist);
+
+        out.push_str("# HELP heim_upstream_errors_total Failed upstream attempts, by kind.\n");
+        out.push_str("# TYPE heim_upstream_errors_total counter\n");
+        for (kind, c) in UPSTREAM_ERROR_KINDS.iter().zip(&self.upstream_errors) {
+            let _ = writeln!(out, "heim_upstream_errors_total{{kind=\"{kind}\"}} {}", c.load(Relaxed));
+        }
+        let simple: [(&str, &str, &str, &AtomicU64); 4] = [
+            ("heim_connections_open", "gauge", "Client connections open now.", &self.connections_open),
+            ("heim_connections_total", "counter", "Client connections accepted.", &self.connections_total),
+            (
+                "heim_connections_refused_total",
+                "counter",
+                "Client connections closed at once because max_connections was reached.",
+                &self.connections_refused,
+            ),
+            (
+                "heim_upstream_connections_total",
+                "counter",
+                "Upstream connections opened.",
+                &self.upstream_connects,
+            ),
+        ];
+        for (name, kind, help, v) in simple {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}", v.load(Relaxed));
+        }
+        out.push_str("# HELP heim_tls_handshakes_total TLS handshakes, by result.\n");
+        out.push_str("# TYPE heim_tls_handshakes_total counter\n");
+        let _ = writeln!(out, "heim_tls_handshakes_total{{result=\"ok\"}} {}", self.tls_handshakes_ok.load(Relaxed));
+        let _ = writeln!(
+            out,
+            "heim_tls_handshakes_total{{result=\"failed\"}} {}",
+            self.tls_handshakes_failed.load(Relaxed)
+        );
+        out.push_str("# HELP heim_config_reloads_total Configuration reloads, by result.\n");
+        out.push_str("# TYPE heim_config_reloads_total counter\n");
+        let _ = writeln!(out, "heim_config_reloads_total{{result=\"ok\"}} {}", self.reloads_ok.load(Relaxed));
+        let _ = writeln!(out, "heim_config_reloads_total{{result=\"failed\"}} {}", self.reloads_failed.load(Relaxed));
+        out
+    }
+}
+
+fn escape(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counts_and_histogram() {
+        let m = Metrics::default();
+        let r = m.route("app/");
+        r.record(200, Duration::from_millis(3));
+        r.record(200, Duration::from_millis(30));
+        r.record(502, Duration::from_secs(20));
+        assert!(Arc::ptr_eq(&r, &m.route("app/")), "cells survive lookups");
+        let text = m.render();
+        assert!(text.contains("heim_requests_total{route=\"app/\",code=\"200\"} 2"), "{text}");
+        assert!(text.contains("heim_requests_total{route=\"app/\",code=\"502\"} 1"));
+        assert!(text.contains("heim_request_duration_seconds_bucket{route=\"app/\",le=\"0.005\"} 1"));
+        assert!(text.contains("heim_request_duration_seconds_bucket{route=\"app/\",le=\"0.05\"} 2"));
+        assert!(text.contains("heim_request_duration_seconds_bucket{route=\"app/\",le=\"+Inf\"} 3"));
+        assert!(text.contains("heim_request_duration_seconds_count{route=\"app/\"} 3"));
+    }
+}

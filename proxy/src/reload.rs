@@ -1,0 +1,95 @@
+//! Live reload: on SIGHUP, or when the config file or a certificate file
+//! changes on disk, build a whole new config and swap it in. A config that
+//! fails to load or compile is logged error by error and the running one
+//! keeps serving; listeners and connections are never touched.
+//!
+//! Files are polled (metadata once a second) rather than watched with
+//! inotify: a Kubernetes Secret or ConfigMap volume swaps a `..data`
+//! symlink, which inotify watches on the file itself miss.
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use crate::config::{Config, ConfigError};
+use crate::state::{Compiled, Shared};
+
+/// What a file looked like at the last check.
+type Stamp = Option<(SystemTime, u64, u64)>;
+
+fn stamp(path: &PathBuf) -> Stamp {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.modified().ok()?, m.len(), m.ino()))
+}
+
+/// Reloads one config file into the shared state.
+pub struct Reloader {
+    shared: Arc<Shared>,
+    path: PathBuf,
+    watched: Vec<PathBuf>,
+    stamps: Vec<Stamp>,
+}
+
+impl Reloader {
+    /// Watches `config` (already loaded and serving) and its certificate files.
+    pub fn new(shared: Arc<Shared>, config: &Config) -> Self {
+        let mut r = Self { shared, path: config.path.clone(), watched: Vec::new(), stamps: Vec::new() };
+        r.watch(config);
+        r
+    }
+
+    fn watch(&mut self, config: &Config) {
+        self.watched = std::iter::once(self.path.clone())
+            .chain(config.certificates.iter().flat_map(|c| [c.cert_file.clone(), c.key_file.clone()]))
+            .collect();
+        self.stamps = self.watched.iter().map(stamp).collect();
+    }
+
+    /// True when a watched file changed since the last check or reload.
+    pub fn changed(&mut self) -> bool {
+        let now: Vec<Stamp> = self.watched.iter().map(stamp).collect();
+        if now != self.stamps {
+            self.stamps = now;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Loads, compiles and swaps in the config; on any error keeps the old one.
+    pub fn reload(&mut self, reason: &str) -> bool {
+        let shared = self.shared.clone();
+        let metrics = &shared.metrics;
+        let result = Config::load(&self.path)
+            .map_err(|e| e.0)
+            .and_then(|config| Compiled::new(&config, metrics).map(|c| (config, c)));
+        match result {
+            Ok((config, compiled)) => {
+                if compiled.settings.restart_needed(&shared.settings.load()) {
+                    tracing::warn!("listen addresses or workers changed: they take effect on restart only");
+                }
+                let routes = compiled.routes.len();
+                shared.swap(compiled);
+                self.watch(&config);
+                metrics.reloads_ok.fetch_add(1, Relaxed);
+                tracing::info!(reason, routes, certificates = config.certificates.len(), "config reloaded");
+                true
+            }
+            Err(errors) => {
+                log_errors(&errors);
+                metrics.reloads_failed.fetch_add(1, Relaxed);
+                tracing::error!(reason, errors = errors.len(), "config rejected; the previous config keeps serving");
+                false
+            }
+        }
+    }
+}
+
+/// One log line per config error, with file, line and key as fields.
+pub fn log_errors(errors: &[ConfigError]) {
+    for e in errors {
+        tracing::error!(file = %e.file.display(), line = e.line, key = %e.key, "{}", e.message);
+    }
+}

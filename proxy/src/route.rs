@@ -1,0 +1,491 @@
+//! Routing: which route serves a request, by Kubernetes Ingress v1 rules.
+//!
+//! A [`RouteTable`] is compiled once from plain [`RouteSpec`] values (from the
+//! config file today, from Ingress objects in `heim-ingress`) and never
+//! mutated: a config change compiles a new table and swaps it in whole, so a
+//! request in flight keeps the table it started with.
+//!
+//! Matching follows the Ingress v1 rules:
+//! * host: an exact name, or `*.suffix` matching exactly one more label; an
+//!   exact host wins over a wildcard, and a rule without a host matches any
+//!   host that no other rule names. Once a host picks its rules, there is no
+//!   fall-through to a less specific host (as in nginx server blocks).
+//! * path: `Exact` matches the path itself; `Prefix` matches by
+//!   `/`-separated elements (`/foo` matches `/foo`, `/foo/`, `/foo/bar`, not
+//!   `/foobar`), a trailing `/` in the prefix being ignored. Exact wins over
+//!   Prefix, and the longest prefix wins.
+//!
+//! This module does not parse requests; [`normalize_path`] and
+//! [`normalize_host`] are the two helpers the request path uses before a
+//! lookup.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::upstream::UpstreamGroup;
+
+/// How a route's path is compared with a request's path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PathMatch {
+    /// The request path equals the route path.
+    Exact,
+    /// The request path starts with the route path, element by element.
+    Prefix,
+}
+
+/// What answers a route's requests.
+#[derive(Clone, Debug)]
+pub enum Backend {
+    /// Pooled HTTP upstreams, round-robin.
+    Upstream(Arc<UpstreamGroup>),
+    /// heim answers itself with what a backend would have seen.
+    Echo,
+}
+
+/// Who may use a route. Sign-in lands later; until then only `Public`
+/// routes serve, everything else is denied.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Policy {
+    /// Anyone, without signing in.
+    Public,
+    /// Nobody: the default when a route names no policy.
+    Deny,
+}
+
+/// A route as its source declares it: plain values, validated.
+#[derive(Clone, Debug)]
+pub struct RouteSpec {
+    /// Stable name for logs and metrics (`host/path` when the source gives none).
+    pub name: String,
+    /// `None` matches any host.
+    pub host: Option<String>,
+    pub path: String,
+    pub path_type: PathMatch,
+    pub backend: Backend,
+    pub policy: Policy,
+    /// Plain-HTTP requests for this route are redirected to https (308).
+    pub https_redirect: bool,
+    /// Largest request body accepted, in bytes.
+    pub max_body_bytes: Option<u64>,
+}
+
+/// A compiled route: the spec plus what the hot path needs next to it.
+#[derive(Debug)]
+pub struct Route {
+    pub spec: RouteSpec,
+    pub metrics: Arc<crate::metrics::RouteMetrics>,
+}
+
+/// Two routes that claim the same host, path and path type.
+#[derive(Debug, thiserror::Error)]
+#[error("route {second:?} has the same host, path and path type as route {first:?}")]
+pub struct DuplicateRoute {
+    pub first: String,
+    pub second: String,
+    /// Index of the second route in the input.
+    pub index: usize,
+}
+
+/// The routes of one host, ready for path lookup.
+#[derive(Debug, Default)]
+struct HostRoutes {
+    exact: HashMap<String, Arc<Route>>,
+    /// Normalised prefixes (no trailing `/`, except the root `""`), longest first.
+    prefixes: Vec<(String, Arc<Route>)>,
+}
+
+impl HostRoutes {
+    fn insert(&mut self, route: Arc<Route>) -> Result<(), Arc<Route>> {
+        match route.spec.path_type {
+            PathMatch::Exact => {
+                if let Some(old) = self.exact.get(&route.spec.path) {
+                    return Err(old.clone());
+                }
+                self.exact.insert(route.spec.path.clone(), route);
+            }
+            PathMatch::Prefix => {
+                let key = route.spec.path.trim_end_matches('/').to_string();
+                if let Some((_, old)) = self.prefixes.iter().find(|(p, _)| *p == key) {
+                    return Err(old.clone());
+                }
+                self.prefixes.push((key, route));
+                // Longest first; ties cannot happen (duplicates are refused).
+                self.prefixes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+            }
+        }
+        Ok(())
+    }
+
+    fn lookup(&self, path: &str) -> Option<&Arc<Route>> {
+        if let Some(r) = self.exact.get(path) {
+            return Some(r);
+        }
+        self.prefixes
+            .iter()
+            .find(|(prefix, _)| prefix_matches(prefix, path))
+            .map(|(_, r)| r)
+    }
+}
+
+/// `prefix` is normalised: no trailing `/` (the root prefix is `""`).
+fn prefix_matches(prefix: &str, path: &str) -> bool {
+    match path.strip_prefix(prefix) {
+        Some(rest) => rest.is_empty() || rest.starts_with('/'),
+        None => false,
+    }
+}
+
+/// The compiled, immutable routing table.
+#[derive(Debug, Default)]
+pub struct RouteTable {
+    exact_hosts: HashMap<String, HostRoutes>,
+    /// Keyed by the suffix after `*.`, e.g. `example.com` for `*.example.com`.
+    wildcard_hosts: HashMap<String, HostRoutes>,
+    any_host: Option<HostRoutes>,
+    /// Exact host names with at least one route (for redirects and certificates).
+    len: usize,
+}
+
+impl RouteTable {
+    /// Compiles routes; `metrics_for` hands each route its metrics cell.
+    pub fn build(
+        specs: Vec<RouteSpec>,
+        mut metrics_for: impl FnMut(&str) -> Arc<crate::metrics::RouteMetrics>,
+    ) -> Result<Self, Vec<DuplicateRoute>> {
+        let mut table = RouteTable::default();
+        let mut dups = Vec::new();
+        for (index, spec) in specs.into_iter().enumerate() {
+            let metrics = metrics_for(&spec.name);
+            let route = Arc::new(Route { spec, metrics });
+            let slot = match route.spec.host.as_deref() {
+                None => table.any_host.get_or_insert_with(HostRoutes::default),
+                Some(h) => match h.strip_prefix("*.") {
+                    Some(suffix) => table.wildcard_hosts.entry(suffix.to_string()).or_default(),
+                    None => table.exact_hosts.entry(h.to_string()).or_default(),
+                },
+            };
+            match slot.insert(route.clone()) {
+                Ok(()) => table.len += 1,
+                Err(first) => dups.push(DuplicateRoute {
+                    first: first.spec.name.clone(),
+                    second: route.spec.name.clone(),
+                    index,
+                }),
+            }
+        }
+        if dups.is_empty() {
+            Ok(table)
+        } else {
+            Err(dups)
+        }
+    }
+
+    /// Number of routes in the table.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True when the table has no route at all.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    fn host_routes(&self, host: &str) -> Option<&HostRoutes> {
+        if let Some(r) = self.exact_hosts.get(host) {
+            return Some(r);
+        }
+        if let Some((first, suffix)) = host.split_once('.') {
+            if !first.is_empty() {
+                if let Some(r) = self.wildcard_hosts.get(suffix) {
+                    return Some(r);
+                }
+            }
+        }
+        self.any_host.as_ref()
+    }
+
+    /// The route for a normalised host (lowercase, no port) and path.
+    pub fn lookup(&self, host: &str, path: &str) -> Option<&Arc<Route>> {
+        self.host_routes(host)?.lookup(path)
+    }
+
+    /// True when some route names this host (exactly, by wildcard, or any-host).
+    pub fn knows_host(&self, host: &str) -> bool {
+        self.host_routes(host).is_some()
+    }
+
+    /// Every route, in no particular order.
+    pub fn routes(&self) -> impl Iterator<Item = &Arc<Route>> {
+        self.exact_hosts
+            .values()
+            .chain(self.wildcard_hosts.values())
+            .chain(self.any_host.iter())
+            .flat_map(|h| h.exact.values().chain(h.prefixes.iter().map(|(_, r)| r)))
+    }
+}
+
+/// Lowercases a `Host` value and strips its port. `None` if it is not a
+/// plausible host name or address (the request gets a 400).
+pub fn normalize_host(raw: &str) -> Option<Cow<'_, str>> {
+    let host = if let Some(rest) = raw.strip_prefix('[') {
+        // IPv6 literal: keep the brackets off, the port off.
+        let end = rest.find(']')?;
+        let after = &rest[end + 1..];
+        if !(after.is_empty() || valid_port(after.strip_prefix(':')?)) {
+            return None;
+        }
+        &rest[..end]
+    } else {
+        match raw.rsplit_once(':') {
+            Some((h, port)) if valid_port(port) => h,
+            Some(_) => return None,
+            None => raw,
+        }
+    };
+    if host.is_empty() || host.len() > 253 {
+        return None;
+    }
+    let ok = host
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b':'));
+    if !ok {
+        return None;
+    }
+    let host = host.strip_suffix('.').unwrap_or(host);
+    if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        Some(Cow::Owned(host.to_ascii_lowercase()))
+    } else {
+        Some(Cow::Borrowed(host))
+    }
+}
+
+fn valid_port(p: &str) -> bool {
+    !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// Normalises a request path the way the route and the backend should both
+/// see it: `.` and `..` segments resolved (also when written `%2e`), runs of
+/// `/` merged. Returns `None` for a path that does not start with `/` or
+/// climbs above the root.
+///
+/// Matching the raw path while the backend resolves `..` itself would let
+/// `/public/../admin` reach `/admin` through the `/public` route, so heim
+/// matches and forwards the same normalised path.
+pub fn normalize_path(path: &str) -> Option<Cow<'_, str>> {
+    if !path.starts_with('/') {
+        return None;
+    }
+    let b = path.as_bytes();
+    let suspicious = b.windows(2).any(|w| w == b"//" || w == b"/." || w[0] == b'%');
+    if !suspicious {
+        return Some(Cow::Borrowed(path));
+    }
+    let decoded = decode_dots(path);
+    let mut out: Vec<&str> = Vec::new();
+    let segments: Vec<&str> = decoded.split('/').skip(1).collect();
+    let last = segments.len().saturating_sub(1);
+    let mut trailing_slash = false;
+    for (i, seg) in segments.iter().enumerate() {
+        match *seg {
+            "" => trailing_slash = i == last,
+            "." => trailing_slash = i == last,
+            ".." => {
+                out.pop()?;
+                trailing_slash = i == last;
+            }
+            s => {
+                out.push(s);
+                trailing_slash = false;
+            }
+        }
+    }
+    let mut norm = String::with_capacity(path.len());
+    for s in &out {
+        norm.push('/');
+        norm.push_str(s);
+    }
+    if trailing_slash || norm.is_empty() {
+        norm.push('/');
+    }
+    if norm == path {
+        Some(Cow::Borrowed(path))
+    } else {
+        Some(Cow::Owned(norm))
+    }
+}
+
+/// Decodes `%2e`/`%2E` (an encoded `.`), the one escape that changes what a
+/// dot segment is; every other escape is left for the backend.
+fn decode_dots(path: &str) -> Cow<'_, str> {
+    if !path.contains('%') {
+        return Cow::Borrowed(path);
+    }
+    let mut out = String::with_capacity(path.len());
+    let mut rest = path;
+    while let Some(i) = rest.find('%') {
+        out.push_str(&rest[..i]);
+        let esc = rest.get(i..i + 3);
+        if matches!(esc, Some("%2e") | Some("%2E")) {
+            out.push('.');
+            rest = &rest[i + 3..];
+        } else {
+            out.push('%');
+            rest = &rest[i + 1..];
+        }
+    }
+    out.push_str(rest);
+    Cow::Owned(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(host: Option<&str>, path: &str, t: PathMatch) -> RouteSpec {
+        RouteSpec {
+            name: format!("{}{}:{:?}", host.unwrap_or("*"), path, t),
+            host: host.map(str::to_string),
+            path: path.to_string(),
+            path_type: t,
+            backend: Backend::Echo,
+            policy: Policy::Public,
+            https_redirect: true,
+            max_body_bytes: None,
+        }
+    }
+
+    fn table(specs: Vec<RouteSpec>) -> RouteTable {
+        RouteTable::build(specs, |_| Default::default()).expect("no duplicates")
+    }
+
+    #[test]
+    fn ingress_v1_path_semantics() {
+        use PathMatch::*;
+        let h = Some("app.example.com");
+        let t = table(vec![
+            spec(h, "/", Prefix),
+            spec(h, "/foo", Prefix),
+            spec(h, "/foo/bar/", Prefix),
+            spec(h, "/foo", Exact),
+            spec(h, "/exact", Exact),
+            spec(h, "/aaa/bbb", Prefix),
+        ]);
+        // (request path, expected route name)
+        let cases = [
+            ("/", "app.example.com/:Prefix"),
+            ("/foo", "app.example.com/foo:Exact"),
+            ("/foo/", "app.example.com/foo:Prefix"),
+            ("/foo/baz", "app.example.com/foo:Prefix"),
+            ("/foobar", "app.example.com/:Prefix"),
+            ("/foo/bar", "app.example.com/foo/bar/:Prefix"),
+            ("/foo/bar/", "app.example.com/foo/bar/:Prefix"),
+            ("/foo/bar/x", "app.example.com/foo/bar/:Prefix"),
+            ("/foo/barx", "app.example.com/foo:Prefix"),
+            ("/exact", "app.example.com/exact:Exact"),
+            ("/exact/", "app.example.com/:Prefix"),
+            ("/aaa/bbb", "app.example.com/aaa/bbb:Prefix"),
+            ("/aaa/bbbxyz", "app.example.com/:Prefix"),
+            ("/aaa/bbb/ccc", "app.example.com/aaa/bbb:Prefix"),
+            ("/aaa", "app.example.com/:Prefix"),
+        ];
+        for (path, want) in cases {
+            let got = t.lookup("app.example.com", path).map(|r| r.spec.name.as_str());
+            assert_eq!(got, Some(want), "path {path}");
+        }
+    }
+
+    #[test]
+    fn no_root_route_means_404() {
+        let t = table(vec![spec(Some("a.test"), "/api", PathMatch::Prefix)]);
+        assert!(t.lookup("a.test", "/").is_none());
+        assert!(t.lookup("a.test", "/apix").is_none());
+        assert!(t.lookup("a.test", "/api/v1").is_some());
+        assert!(t.lookup("b.test", "/api").is_none());
+    }
+
+    #[test]
+    fn host_semantics() {
+        use PathMatch::Prefix;
+        let t = table(vec![
+            spec(Some("foo.bar.com"), "/", Prefix),
+            spec(Some("*.bar.com"), "/", Prefix),
+            spec(None, "/catchall", Prefix),
+        ]);
+        let cases = [
+            ("foo.bar.com", "/", Some("foo.bar.com/:Prefix")),
+            ("baz.bar.com", "/", Some("*.bar.com/:Prefix")),
+            // A wildcard covers exactly one label.
+            ("bar.com", "/catchall", Some("*/catchall:Prefix")),
+            ("a.baz.bar.com", "/catchall", Some("*/catchall:Prefix")),
+            ("a.baz.bar.com", "/", None),
+            // A host that picked its rules does not fall through to catch-all.
+            ("foo.bar.com", "/catchall", Some("foo.bar.com/:Prefix")),
+            ("other.org", "/", None),
+        ];
+        for (host, path, want) in cases {
+            let got = t.lookup(host, path).map(|r| r.spec.name.as_str());
+            assert_eq!(got, want, "{host}{path}");
+        }
+    }
+
+    #[test]
+    fn duplicates_are_refused() {
+        let err = RouteTable::build(
+            vec![
+                spec(Some("a.test"), "/x", PathMatch::Prefix),
+                spec(Some("a.test"), "/x/", PathMatch::Prefix),
+                spec(Some("a.test"), "/x", PathMatch::Exact),
+            ],
+            |_| Default::default(),
+        )
+        .expect_err("duplicate prefix");
+        assert_eq!(err.len(), 1);
+        assert_eq!(err[0].index, 1);
+    }
+
+    #[test]
+    fn host_normalisation() {
+        let cases = [
+            ("App.Example.COM", Some("app.example.com")),
+            ("app.example.com:8443", Some("app.example.com")),
+            ("app.example.com.", Some("app.example.com")),
+            ("[::1]:443", Some("::1")),
+            ("127.0.0.1", Some("127.0.0.1")),
+            ("", None),
+            ("a b", None),
+            ("host:port", None),
+            ("evil.com/x", None),
+            ("[::1", None),
+        ];
+        for (raw, want) in cases {
+            assert_eq!(normalize_host(raw).as_deref(), want, "{raw:?}");
+        }
+    }
+
+    #[test]
+    fn path_normalisation() {
+        let cases = [
+            ("/", Some("/")),
+            ("/a/b", Some("/a/b")),
+            ("/a/b/", Some("/a/b/")),
+            ("/a//b", Some("/a/b")),
+            ("/public/../admin", Some("/admin")),
+            ("/public/%2e%2e/admin", Some("/admin")),
+            ("/public/%2E%2E/admin", Some("/admin")),
+            ("/a/./b", Some("/a/b")),
+            ("/a/.", Some("/a/")),
+            ("/a/..", Some("/")),
+            ("/..", None),
+            ("/a/../..", None),
+            ("/%41", Some("/%41")),
+            ("/a%2Fb", Some("/a%2Fb")),
+            ("/.well-known/x", Some("/.well-known/x")),
+            ("relative", None),
+            ("*", None),
+        ];
+        for (raw, want) in cases {
+            assert_eq!(normalize_path(raw).as_deref(), want, "{raw:?}");
+        }
+    }
+}

@@ -1,0 +1,300 @@
+//! The request's way through heim, as named phases in order:
+//!
+//! 1. **parse** — host and path, normalised; malformed -> 400.
+//! 2. **route** — the current `RouteTable`; no match -> 404.
+//! 3. **redirect** — plain-HTTP requests for https routes -> 308.
+//! 4. **authorize** — the route's policy; deny by default -> 403.
+//! 5. **limit** — the route's body size -> 413.
+//! 6. **rewrite** — hop-by-hop and forged identity headers out,
+//!    `X-Forwarded-*` and `X-Request-Id` in.
+//! 7. **backend** — `echo`, or `forward` to an upstream.
+//! 8. **log** — metrics and the access log line, once, at the end.
+//!
+//! Sign-in will slot in between 2 and 4 as an `authenticate` phase.
+
+use std::borrow::Cow;
+use std::convert::Infallible;
+use std::hash::{BuildHasher, Hasher};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::header::{CONTENT_LENGTH, HOST, LOCATION, UPGRADE};
+use http::uri::PathAndQuery;
+use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+
+use crate::body::{ProxyBody, UpstreamBody};
+use crate::error::ProxyError;
+use crate::forward::headers::{self, X_REQUEST_ID};
+use crate::route::{normalize_host, normalize_path, Backend, Policy, Route};
+use crate::state::Shared;
+use crate::upstream::UpstreamProtocol;
+
+/// What heim knows about the client connection a request came on.
+#[derive(Debug)]
+pub struct ConnCtx {
+    pub shared: Arc<Shared>,
+    pub remote: SocketAddr,
+    pub local: SocketAddr,
+    pub tls: Option<TlsInfo>,
+}
+
+/// The TLS session of a connection.
+#[derive(Debug, Clone)]
+pub struct TlsInfo {
+    pub sni: Option<String>,
+    pub alpn: Option<&'static str>,
+    pub version: &'static str,
+}
+
+/// What the phases found out, for metrics and the access log.
+struct Outcome {
+    route: Option<Arc<Route>>,
+    upstream: Option<usize>,
+    request_id: HeaderValue,
+}
+
+/// hyper's entry point: one request, one response, never an error.
+pub async fn handle(req: Request<Incoming>, conn: Rc<ConnCtx>) -> Result<Response<ProxyBody>, Infallible> {
+    let start = Instant::now();
+    let access_log = conn.shared.settings.load().access_log;
+    let logged = access_log.then(|| (req.method().clone(), req.uri().path().to_owned(), req.version()));
+    let request_id = match req.headers().get(&X_REQUEST_ID) {
+        Some(v) if headers::acceptable_request_id(v) => v.clone(),
+        _ => new_request_id(),
+    };
+    let mut outcome = Outcome { route: None, upstream: None, request_id };
+    let resp = match serve(req, &conn, &mut outcome).await {
+        Ok(resp) => resp,
+        Err(e) => e.response(),
+    };
+
+    // === log ===
+    let elapsed = start.elapsed();
+    let status = resp.status().as_u16();
+    let metrics = match &outcome.route {
+        Some(r) => &r.metrics,
+        None => &conn.shared.metrics.unrouted,
+    };
+    metrics.record(status, elapsed);
+    if let Some((method, path, version)) = logged {
+        let upstream = match (&outcome.route, outcome.upstream) {
+            (Some(r), Some(i)) => match &r.spec.backend {
+                Backend::Upstream(g) => g.endpoints.get(i).map(|e| e.display.as_str()),
+                Backend::Echo => None,
+            },
+            _ => None,
+        };
+        tracing::info!(
+            target: "heim::access",
+            method = %method,
+            path = %path,
+            version = ?version,
+            status,
+            duration_us = elapsed.as_micros() as u64,
+            route = outcome.route.as_ref().map(|r| r.spec.name.as_str()),
+            upstream,
+            remote = %conn.remote,
+            request_id = outcome.request_id.to_str().unwrap_or(""),
+            "request"
+        );
+    }
+    Ok(resp)
+}
+
+async fn serve(mut req: Request<Incoming>, conn: &ConnCtx, out: &mut Outcome) -> Result<Response<ProxyBody>, ProxyError> {
+    // === parse ===
+    if req.method() == Method::CONNECT {
+        return Err(ProxyError::MethodNotAllowed);
+    }
+    let host_value = request_host(&req).ok_or(ProxyError::BadRequest("missing Host"))?;
+    let host_str = host_value.to_str().map_err(|_| ProxyError::BadRequest("invalid Host"))?;
+    let host = normalize_host(host_str).ok_or(ProxyError::BadRequest("invalid Host"))?;
+    // Owned only when normalising changed the path.
+    let new_path = match normalize_path(req.uri().path()).ok_or(ProxyError::BadRequest("invalid path"))? {
+        Cow::Borrowed(_) => None,
+        Cow::Owned(p) => Some(p),
+    };
+
+    // === route ===
+    let route = {
+        let table = conn.shared.routes.load();
+        match table.lookup(&host, new_path.as_deref().unwrap_or(req.uri().path())) {
+            Some(r) => r.clone(),
+            None if conn.tls.is_none() && table.knows_host(&host) => {
+                return Ok(redirect_to_https(&host, &req, conn));
+            }
+            None => return Err(ProxyError::NoRoute),
+        }
+    };
+    out.route = Some(route.clone());
+
+    // === redirect ===
+    if conn.tls.is_none() && route.spec.https_redirect {
+        return Ok(redirect_to_https(&host, &req, conn));
+    }
+
+    // === authorize ===
+    if route.spec.policy != Policy::Public {
+        return Err(ProxyError::Forbidden);
+    }
+
+    // === limit ===
+    if let (Some(max), Some(len)) = (route.spec.max_body_bytes, content_length(&req)) {
+        if len > max {
+            return Err(ProxyError::BodyTooLarge);
+        }
+    }
+
+    // === rewrite ===
+    let upgrade = req.version() == Version::HTTP_11 && req.headers().contains_key(UPGRADE) && connection_upgrade(&req);
+    let protocol = match &route.spec.backend {
+        Backend::Upstream(g) => g.protocol,
+        Backend::Echo => UpstreamProtocol::Http1,
+    };
+    set_upstream_uri(&mut req, new_path.as_deref(), &host_value, protocol)?;
+    {
+        let h = req.headers_mut();
+        headers::strip_hop_by_hop(h, upgrade);
+        headers::strip_spoofable(h);
+        let tls = conn.tls.is_some();
+        headers::set_forwarded(h, conn.remote, tls, &host_value, conn.local.port());
+        h.insert(X_REQUEST_ID.clone(), out.request_id.clone());
+        match protocol {
+            UpstreamProtocol::Http1 => {
+                h.insert(HOST, host_value.clone());
+            }
+            UpstreamProtocol::H2c => {
+                h.remove(HOST);
+            }
+        }
+    }
+
+    // === backend ===
+    let group = match &route.spec.backend {
+        Backend::Echo => return Ok(crate::echo::respond(&req, conn, &route.spec.name, &host, &out.request_id)),
+        Backend::Upstream(g) => g,
+    };
+    let metrics = &conn.shared.metrics;
+    let (mut resp, endpoint) = if upgrade {
+        let on_upgrade = hyper::upgrade::on(&mut req);
+        let req = req.map(|b| UpstreamBody::new(b, route.spec.max_body_bytes));
+        crate::forward::forward_upgrade(req, on_upgrade, group, metrics).await?
+    } else {
+        let req = req.map(|b| UpstreamBody::new(b, route.spec.max_body_bytes));
+        crate::forward::forward(req, group, metrics).await?
+    };
+    out.upstream = Some(endpoint);
+    let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+    headers::strip_hop_by_hop(resp.headers_mut(), switching);
+    Ok(resp)
+}
+
+/// The host a request is for: the URI's authority (HTTP/2, absolute-form),
+/// else the `Host` header.
+fn request_host(req: &Request<Incoming>) -> Option<HeaderValue> {
+    match req.uri().authority() {
+        Some(a) => HeaderValue::from_str(a.as_str()).ok(),
+        None => req.headers().get(HOST).cloned(),
+    }
+}
+
+fn connection_upgrade(req: &Request<Incoming>) -> bool {
+    req.headers()
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+fn content_length(req: &Request<Incoming>) -> Option<u64> {
+    req.headers().get(CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
+}
+
+/// Points the request at the upstream: origin-form for HTTP/1 (the
+/// normalised path, the query untouched), absolute-form for h2c.
+fn set_upstream_uri(
+    req: &mut Request<Incoming>,
+    new_path: Option<&str>,
+    host: &HeaderValue,
+    protocol: UpstreamProtocol,
+) -> Result<(), ProxyError> {
+    let bad = |_| ProxyError::BadRequest("invalid request target");
+    let needs_rebuild = new_path.is_some() || req.uri().scheme().is_some() || protocol == UpstreamProtocol::H2c;
+    if needs_rebuild {
+        let pq: PathAndQuery = match (new_path, req.uri().query()) {
+            (None, _) => req.uri().path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/")),
+            (Some(p), None) => p.parse().map_err(bad)?,
+            (Some(p), Some(q)) => format!("{p}?{q}").parse().map_err(bad)?,
+        };
+        *req.uri_mut() = match protocol {
+            UpstreamProtocol::Http1 => Uri::from(pq),
+            UpstreamProtocol::H2c => Uri::builder()
+                .scheme("http")
+                .authority(host.as_bytes())
+                .path_and_query(pq)
+                .build()
+                .map_err(|_| ProxyError::BadRequest("invalid request target"))?,
+        };
+    }
+    *req.version_mut() = match protocol {
+        UpstreamProtocol::Http1 => Version::HTTP_11,
+        UpstreamProtocol::H2c => Version::HTTP_2,
+    };
+    Ok(())
+}
+
+/// `308` to the same host, path and query over https. Only hosts heim has
+/// routes for get here, so this is never an open redirect.
+fn redirect_to_https(host: &str, req: &Request<Incoming>, conn: &ConnCtx) -> Response<ProxyBody> {
+    let port = conn.shared.settings.load().https_port;
+    let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let host = if host.contains(':') { format!("[{host}]") } else { host.to_string() };
+    let location = if port == 443 { format!("https://{host}{pq}") } else { format!("https://{host}:{port}{pq}") };
+    let mut resp = Response::new(ProxyBody::local(""));
+    *resp.status_mut() = StatusCode::PERMANENT_REDIRECT;
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        resp.headers_mut().insert(LOCATION, v);
+    }
+    resp
+}
+
+thread_local! {
+    static REQUEST_IDS: std::cell::Cell<(u64, u64)> = std::cell::Cell::new((
+        std::collections::hash_map::RandomState::new().build_hasher().finish(),
+        0,
+    ));
+}
+
+/// A new request id: a random per-worker prefix and a counter, 32 hex digits.
+fn new_request_id() -> HeaderValue {
+    let (prefix, n) = REQUEST_IDS.with(|c| {
+        let (p, n) = c.get();
+        c.set((p, n.wrapping_add(1)));
+        (p, n)
+    });
+    let mut buf = [0u8; 32];
+    let digits = b"0123456789abcdef";
+    for (i, b) in buf.iter_mut().enumerate() {
+        let v = if i < 16 { prefix >> ((15 - i) * 4) } else { n >> ((31 - i) * 4) };
+        *b = digits[(v & 0xf) as usize];
+    }
+    HeaderValue::from_bytes(&buf).unwrap_or_else(|_| HeaderValue::from_static("0"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_distinct_hex() {
+        let a = new_request_id();
+        let b = new_request_id();
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 32);
+        assert!(a.as_bytes().iter().all(u8::is_ascii_hexdigit));
+    }
+}

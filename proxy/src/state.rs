@@ -1,0 +1,74 @@
+//! The state every worker shares: the live route table, certificates and
+//! settings (each a snapshot behind an `ArcSwap`, replaced whole on reload),
+//! the metrics, and the drain signal.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use crate::config::{Config, ConfigError, ServerSettings};
+use crate::metrics::Metrics;
+use crate::route::RouteTable;
+use crate::tls::CertStore;
+
+/// Shared by the workers and the control thread.
+#[derive(Debug)]
+pub struct Shared {
+    pub routes: ArcSwap<RouteTable>,
+    pub certs: Arc<ArcSwap<CertStore>>,
+    pub settings: ArcSwap<ServerSettings>,
+    pub metrics: Metrics,
+    /// Set once SIGTERM starts the drain; `/readyz` turns 503.
+    pub draining: AtomicBool,
+    /// Workers that have started accepting.
+    pub workers_ready: AtomicUsize,
+}
+
+/// Everything a config file compiles to, ready to swap in.
+#[derive(Debug)]
+pub struct Compiled {
+    pub settings: ServerSettings,
+    pub routes: RouteTable,
+    pub certs: CertStore,
+}
+
+impl Compiled {
+    /// Reads certificates and compiles routes; errors name file, line and key.
+    pub fn new(config: &Config, metrics: &Metrics) -> Result<Compiled, Vec<ConfigError>> {
+        let mut errors = Vec::new();
+        let certs = CertStore::from_config(config).map_err(|e| errors.extend(e)).ok();
+        let routes = RouteTable::build(config.routes.clone(), |name| metrics.route(name))
+            .map_err(|dups| {
+                errors.extend(dups.into_iter().map(|d| config.route_error(d.index, d.to_string())));
+            })
+            .ok();
+        match (certs, routes) {
+            (Some(certs), Some(routes)) if errors.is_empty() => {
+                Ok(Compiled { settings: config.server.clone(), routes, certs })
+            }
+            _ => Err(errors),
+        }
+    }
+}
+
+impl Shared {
+    /// Shared state serving `compiled`.
+    pub fn new(compiled: Compiled, metrics: Metrics) -> Arc<Shared> {
+        Arc::new(Shared {
+            routes: ArcSwap::from_pointee(compiled.routes),
+            certs: Arc::new(ArcSwap::from_pointee(compiled.certs)),
+            settings: ArcSwap::from_pointee(compiled.settings),
+            metrics,
+            draining: AtomicBool::new(false),
+            workers_ready: AtomicUsize::new(0),
+        })
+    }
+
+    /// Swaps in a new compiled config; requests in flight keep the old one.
+    pub fn swap(&self, compiled: Compiled) {
+        self.certs.store(Arc::new(compiled.certs));
+        self.routes.store(Arc::new(compiled.routes));
+        self.settings.store(Arc::new(compiled.settings));
+    }
+}

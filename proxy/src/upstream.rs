@@ -1,0 +1,188 @@
+//! Upstream groups: the endpoints a route forwards to, round-robin choice,
+//! and passive ejection of endpoints that fail to connect.
+//!
+//! Health is shared by every worker (atomics); connection pools are not (see
+//! `forward::pool`), so that checking a connection out never takes a lock.
+
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// How heim speaks to an upstream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 with keep-alive, pooled.
+    Http1,
+    /// HTTP/2 over cleartext with prior knowledge, multiplexed.
+    H2c,
+}
+
+/// Where an endpoint lives.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum UpstreamAddr {
+    /// An address known at config time.
+    Socket(SocketAddr),
+    /// A name resolved when a connection is opened.
+    Name { host: String, port: u16 },
+}
+
+impl std::fmt::Display for UpstreamAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UpstreamAddr::Socket(a) => write!(f, "{a}"),
+            UpstreamAddr::Name { host, port } => write!(f, "{host}:{port}"),
+        }
+    }
+}
+
+/// One upstream server.
+#[derive(Debug)]
+pub struct Endpoint {
+    /// Identifies the endpoint's connection pool in every worker; the same
+    /// address and protocol keep the same id across reloads.
+    pub id: u64,
+    pub addr: UpstreamAddr,
+    /// `host:port`, for logs.
+    pub display: String,
+    ejected_until_ms: AtomicU64,
+    consecutive_failures: AtomicU32,
+}
+
+impl Endpoint {
+    pub fn new(addr: UpstreamAddr, protocol: UpstreamProtocol) -> Self {
+        let mut h = DefaultHasher::new();
+        (&addr, protocol).hash(&mut h);
+        Self {
+            id: h.finish(),
+            display: addr.to_string(),
+            addr,
+            ejected_until_ms: AtomicU64::new(0),
+            consecutive_failures: AtomicU32::new(0),
+        }
+    }
+
+    fn ejected(&self, now_ms: u64) -> bool {
+        self.ejected_until_ms.load(Relaxed) > now_ms
+    }
+}
+
+/// The endpoints of one route and how to talk to them.
+#[derive(Debug)]
+pub struct UpstreamGroup {
+    pub endpoints: Vec<Endpoint>,
+    pub protocol: UpstreamProtocol,
+    pub connect_timeout: Duration,
+    pub response_timeout: Duration,
+    pub idle_timeout: Duration,
+    next: AtomicUsize,
+}
+
+/// After this many consecutive connect failures an endpoint is ejected.
+const EJECT_AFTER_FAILURES: u32 = 1;
+/// How long an ejected endpoint is skipped (nginx's `fail_timeout`).
+const EJECT_FOR: Duration = Duration::from_secs(10);
+
+impl UpstreamGroup {
+    pub fn new(
+        endpoints: Vec<Endpoint>,
+        protocol: UpstreamProtocol,
+        connect_timeout: Duration,
+        response_timeout: Duration,
+        idle_timeout: Duration,
+    ) -> Self {
+        Self { endpoints, protocol, connect_timeout, response_timeout, idle_timeout, next: AtomicUsize::new(0) }
+    }
+
+    /// Picks the next endpoint round-robin, skipping ejected ones and those in
+    /// `tried`. When every untried endpoint is ejected, the one whose
+    /// ejection ends first is tried anyway, so a route with a single
+    /// endpoint recovers as soon as its backend does.
+    pub fn pick(&self, tried: &[usize]) -> Option<usize> {
+        let n = self.endpoints.len();
+        if n == 0 || tried.len() >= n {
+            return None;
+        }
+        let start = self.next.fetch_add(1, Relaxed);
+        let now = now_ms();
+        let mut fallback: Option<(u64, usize)> = None;
+        for k in 0..n {
+            let i = (start + k) % n;
+            if tried.contains(&i) {
+                continue;
+            }
+            let ep = &self.endpoints[i];
+            if !ep.ejected(now) {
+                return Some(i);
+            }
+            let until = ep.ejected_until_ms.load(Relaxed);
+            if fallback.is_none_or(|(u, _)| until < u) {
+                fallback = Some((until, i));
+            }
+        }
+        fallback.map(|(_, i)| i)
+    }
+
+    /// Records a failed connection attempt to endpoint `i`.
+    pub fn report_failure(&self, i: usize) {
+        let ep = &self.endpoints[i];
+        let fails = ep.consecutive_failures.fetch_add(1, Relaxed) + 1;
+        if fails >= EJECT_AFTER_FAILURES {
+            ep.ejected_until_ms.store(now_ms() + EJECT_FOR.as_millis() as u64, Relaxed);
+            tracing::warn!(upstream = %ep.display, failures = fails, "upstream ejected");
+        }
+    }
+
+    /// Records a successful connection to endpoint `i`.
+    pub fn report_success(&self, i: usize) {
+        let ep = &self.endpoints[i];
+        if ep.consecutive_failures.load(Relaxed) != 0 {
+            ep.consecutive_failures.store(0, Relaxed);
+            ep.ejected_until_ms.store(0, Relaxed);
+        }
+    }
+}
+
+/// Milliseconds on a process-wide monotonic clock.
+fn now_ms() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn group(n: u16) -> UpstreamGroup {
+        let eps = (0..n)
+            .map(|i| Endpoint::new(UpstreamAddr::Socket(([127, 0, 0, 1], 1000 + i).into()), UpstreamProtocol::Http1))
+            .collect();
+        let d = Duration::from_secs(1);
+        UpstreamGroup::new(eps, UpstreamProtocol::Http1, d, d, d)
+    }
+
+    #[test]
+    fn round_robin_skips_ejected_and_tried() {
+        let g = group(3);
+        let picks: Vec<_> = (0..6).map(|_| g.pick(&[]).unwrap()).collect();
+        assert_eq!(picks, [0, 1, 2, 0, 1, 2]);
+        g.report_failure(1);
+        let picks: Vec<_> = (0..4).map(|_| g.pick(&[]).unwrap()).collect();
+        assert!(!picks.contains(&1), "{picks:?}");
+        assert_eq!(g.pick(&[0, 2]), Some(1), "an ejected endpoint is still tried last");
+        assert_eq!(g.pick(&[0, 1, 2]), None);
+        g.report_success(1);
+        let picks: Vec<_> = (0..3).map(|_| g.pick(&[]).unwrap()).collect();
+        assert!(picks.contains(&1));
+    }
+
+    #[test]
+    fn same_address_same_pool_id() {
+        let a = Endpoint::new(UpstreamAddr::Socket(([127, 0, 0, 1], 80).into()), UpstreamProtocol::Http1);
+        let b = Endpoint::new(UpstreamAddr::Socket(([127, 0, 0, 1], 80).into()), UpstreamProtocol::Http1);
+        let c = Endpoint::new(UpstreamAddr::Socket(([127, 0, 0, 1], 80).into()), UpstreamProtocol::H2c);
+        assert_eq!(a.id, b.id);
+        assert_ne!(a.id, c.id);
+    }
+}
