@@ -20,7 +20,9 @@ use crate::state::Shared;
 /// Serves the admin endpoints on `listener` forever.
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>, workers: usize) {
     loop {
-        let Ok((tcp, _)) = listener.accept().await else { continue };
+        let Ok((tcp, _)) = listener.accept().await else {
+            continue;
+        };
         let shared = shared.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
@@ -40,18 +42,31 @@ fn answer(req: &Request<Incoming>, shared: &Shared, workers: usize) -> Response<
         "/healthz" => (StatusCode::OK, "ok\n".to_string(), "text/plain"),
         "/readyz" => {
             if shared.draining.load(SeqCst) {
-                (StatusCode::SERVICE_UNAVAILABLE, "draining\n".into(), "text/plain")
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "draining\n".into(),
+                    "text/plain",
+                )
             } else if shared.workers_ready.load(SeqCst) < workers {
-                (StatusCode::SERVICE_UNAVAILABLE, "starting\n".into(), "text/plain")
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "starting\n".into(),
+                    "text/plain",
+                )
             } else {
                 (StatusCode::OK, "ready\n".into(), "text/plain")
             }
         }
-        "/metrics" => (StatusCode::OK, shared.metrics.render(), "text/plain; version=0.0.4"),
+        "/metrics" => (
+            StatusCode::OK,
+            shared.metrics.render(),
+            "text/plain; version=0.0.4",
+        ),
         _ => (StatusCode::NOT_FOUND, "not found\n".into(), "text/plain"),
     };
     let mut resp = Response::new(Full::new(Bytes::from(body)));
     *resp.status_mut() = status;
-    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(ctype));
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(ctype));
     resp
 }

@@ -41,12 +41,18 @@ pub struct UpstreamBody {
 impl UpstreamBody {
     /// Wraps a client body; `limit` of `None` means no limit.
     pub fn new(inner: Incoming, limit: Option<u64>) -> Self {
-        Self { inner: Some(inner), remaining: limit.unwrap_or(u64::MAX) }
+        Self {
+            inner: Some(inner),
+            remaining: limit.unwrap_or(u64::MAX),
+        }
     }
 
     /// A body with nothing in it.
     pub fn empty() -> Self {
-        Self { inner: None, remaining: 0 }
+        Self {
+            inner: None,
+            remaining: 0,
+        }
     }
 }
 
@@ -54,8 +60,13 @@ impl Body for UpstreamBody {
     type Data = Bytes;
     type Error = BodyError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        let Some(inner) = self.inner.as_mut() else { return Poll::Ready(None) };
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let Some(inner) = self.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
         match Pin::new(inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
@@ -79,7 +90,10 @@ impl Body for UpstreamBody {
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.as_ref().map(Body::size_hint).unwrap_or_else(|| SizeHint::with_exact(0))
+        self.inner
+            .as_ref()
+            .map(Body::size_hint)
+            .unwrap_or_else(|| SizeHint::with_exact(0))
     }
 }
 
@@ -116,7 +130,10 @@ impl Body for ProxyBody {
     type Data = Bytes;
     type Error = hyper::Error;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
             ProxyBody::Local(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             ProxyBody::Upstream(b) => Pin::new(b).poll_frame(cx),

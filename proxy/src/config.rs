@@ -31,7 +31,14 @@ pub struct ConfigError {
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}: {}: {}", self.file.display(), self.line, self.key, self.message)
+        write!(
+            f,
+            "{}:{}: {}: {}",
+            self.file.display(),
+            self.line,
+            self.key,
+            self.message
+        )
     }
 }
 
@@ -187,7 +194,11 @@ impl Config {
 
     /// Validates config text; `path` names it in errors and anchors relative paths.
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
-        let mut cx = Cx { file: path.to_path_buf(), text, errors: Vec::new() };
+        let mut cx = Cx {
+            file: path.to_path_buf(),
+            text,
+            errors: Vec::new(),
+        };
         let raw: RawConfig = match toml::from_str(text) {
             Ok(r) => r,
             Err(e) => {
@@ -208,7 +219,11 @@ impl Config {
             .map(|(i, c)| cx.certificate(i, c, &base))
             .collect::<Vec<_>>();
         if certificates.is_empty() {
-            cx.err(&raw.server.span(), "certificate".into(), "at least one [[certificate]] is needed to serve https".into());
+            cx.err(
+                &raw.server.span(),
+                "certificate".into(),
+                "at least one [[certificate]] is needed to serve https".into(),
+            );
         }
         let mut routes = Vec::new();
         let mut route_lines = Vec::new();
@@ -220,7 +235,13 @@ impl Config {
         }
         if cx.errors.is_empty() {
             if let Some(server) = server {
-                return Ok(Config { path: path.to_path_buf(), server, certificates, routes, route_lines });
+                return Ok(Config {
+                    path: path.to_path_buf(),
+                    server,
+                    certificates,
+                    routes,
+                    route_lines,
+                });
             }
         }
         Err(ConfigErrors(cx.errors))
@@ -248,8 +269,16 @@ struct RouteDefaults {
 impl RouteDefaults {
     fn from_raw(cx: &mut Cx, s: &RawServer) -> Self {
         Self {
-            connect_timeout: cx.duration_or("server.connect_timeout", &s.connect_timeout, Duration::from_secs(5)),
-            response_timeout: cx.duration_or("server.response_timeout", &s.response_timeout, Duration::from_secs(60)),
+            connect_timeout: cx.duration_or(
+                "server.connect_timeout",
+                &s.connect_timeout,
+                Duration::from_secs(5),
+            ),
+            response_timeout: cx.duration_or(
+                "server.response_timeout",
+                &s.response_timeout,
+                Duration::from_secs(60),
+            ),
             idle_timeout: cx.duration_or(
                 "server.upstream_idle_timeout",
                 &s.upstream_idle_timeout,
@@ -285,25 +314,46 @@ impl Cx<'_> {
 
     fn err(&mut self, span: &Range<usize>, key: String, message: String) {
         let line = self.line(span);
-        self.errors.push(ConfigError { file: self.file.clone(), line, key, message });
+        self.errors.push(ConfigError {
+            file: self.file.clone(),
+            line,
+            key,
+            message,
+        });
     }
 
     fn addr(&mut self, key: &str, v: &Spanned<String>) -> Option<SocketAddr> {
         match v.get_ref().parse::<SocketAddr>() {
             Ok(a) => Some(a),
             Err(_) => {
-                self.err(&v.span(), key.into(), format!("{:?} is not an IP:port address", v.get_ref()));
+                self.err(
+                    &v.span(),
+                    key.into(),
+                    format!("{:?} is not an IP:port address", v.get_ref()),
+                );
                 None
             }
         }
     }
 
-    fn duration_or(&mut self, key: &str, v: &Option<Spanned<String>>, default: Duration) -> Duration {
+    fn duration_or(
+        &mut self,
+        key: &str,
+        v: &Option<Spanned<String>>,
+        default: Duration,
+    ) -> Duration {
         let Some(v) = v else { return default };
         match parse_duration(v.get_ref()) {
             Some(d) => d,
             None => {
-                self.err(&v.span(), key.into(), format!("{:?} is not a duration (e.g. \"500ms\", \"10s\", \"2m\")", v.get_ref()));
+                self.err(
+                    &v.span(),
+                    key.into(),
+                    format!(
+                        "{:?} is not a duration (e.g. \"500ms\", \"10s\", \"2m\")",
+                        v.get_ref()
+                    ),
+                );
                 default
             }
         }
@@ -318,19 +368,33 @@ impl Cx<'_> {
         match parsed {
             Some(n) => n,
             None => {
-                self.err(&v.span(), key.into(), "not a size: a number of bytes or e.g. \"64k\", \"10m\", \"1g\"".into());
+                self.err(
+                    &v.span(),
+                    key.into(),
+                    "not a size: a number of bytes or e.g. \"64k\", \"10m\", \"1g\"".into(),
+                );
                 default
             }
         }
     }
 
-    fn int_in(&mut self, key: &str, v: &Option<Spanned<i64>>, range: Range<i64>, default: i64) -> i64 {
+    fn int_in(
+        &mut self,
+        key: &str,
+        v: &Option<Spanned<i64>>,
+        range: Range<i64>,
+        default: i64,
+    ) -> i64 {
         let Some(v) = v else { return default };
         let n = *v.get_ref();
         if range.contains(&n) {
             n
         } else {
-            self.err(&v.span(), key.into(), format!("{n} is out of range {}..{}", range.start, range.end - 1));
+            self.err(
+                &v.span(),
+                key.into(),
+                format!("{n} is out of range {}..{}", range.start, range.end - 1),
+            );
             default
         }
     }
@@ -338,24 +402,54 @@ impl Cx<'_> {
     fn server(&mut self, raw: &Spanned<RawServer>) -> Option<ServerSettings> {
         let s = raw.get_ref();
         let https_listen = self.addr("server.https_listen", &s.https_listen);
-        let http_listen = s.http_listen.as_ref().map(|v| self.addr("server.http_listen", v));
-        let admin_listen = s.admin_listen.as_ref().map(|v| self.addr("server.admin_listen", v));
-        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as i64;
+        let http_listen = s
+            .http_listen
+            .as_ref()
+            .map(|v| self.addr("server.http_listen", v));
+        let admin_listen = s
+            .admin_listen
+            .as_ref()
+            .map(|v| self.addr("server.admin_listen", v));
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1) as i64;
         let workers = self.int_in("server.workers", &s.workers, 1..1025, cores) as usize;
-        let max_connections = self.int_in("server.max_connections", &s.max_connections, 1..10_000_001, 50_000) as usize;
-        let handshake_timeout = self.duration_or("server.handshake_timeout", &s.handshake_timeout, Duration::from_secs(10));
-        let request_head_timeout =
-            self.duration_or("server.request_head_timeout", &s.request_head_timeout, Duration::from_secs(30));
-        let drain_timeout = self.duration_or("server.drain_timeout", &s.drain_timeout, Duration::from_secs(30));
-        let max_header_bytes = self.size_or("server.max_header_bytes", &s.max_header_bytes, 64 * 1024);
+        let max_connections = self.int_in(
+            "server.max_connections",
+            &s.max_connections,
+            1..10_000_001,
+            50_000,
+        ) as usize;
+        let handshake_timeout = self.duration_or(
+            "server.handshake_timeout",
+            &s.handshake_timeout,
+            Duration::from_secs(10),
+        );
+        let request_head_timeout = self.duration_or(
+            "server.request_head_timeout",
+            &s.request_head_timeout,
+            Duration::from_secs(30),
+        );
+        let drain_timeout = self.duration_or(
+            "server.drain_timeout",
+            &s.drain_timeout,
+            Duration::from_secs(30),
+        );
+        let max_header_bytes =
+            self.size_or("server.max_header_bytes", &s.max_header_bytes, 64 * 1024);
         if max_header_bytes < 8192 {
             if let Some(v) = &s.max_header_bytes {
-                self.err(&v.span(), "server.max_header_bytes".into(), "must be at least 8k".into());
+                self.err(
+                    &v.span(),
+                    "server.max_header_bytes".into(),
+                    "must be at least 8k".into(),
+                );
             }
         }
         let https_listen = https_listen?;
         let default_port = i64::from(https_listen.port());
-        let https_port = self.int_in("server.https_port", &s.https_port, 1..65536, default_port) as u16;
+        let https_port =
+            self.int_in("server.https_port", &s.https_port, 1..65536, default_port) as u16;
         Some(ServerSettings {
             https_listen,
             http_listen: http_listen.flatten(),
@@ -371,14 +465,23 @@ impl Cx<'_> {
         })
     }
 
-    fn certificate(&mut self, i: usize, raw: &Spanned<RawCertificate>, base: &Path) -> CertificateSpec {
+    fn certificate(
+        &mut self,
+        i: usize,
+        raw: &Spanned<RawCertificate>,
+        base: &Path,
+    ) -> CertificateSpec {
         let c = raw.get_ref();
         let mut hosts = Vec::new();
         if let Some(h) = &c.hosts {
             for name in h.get_ref() {
                 match valid_host(name) {
                     Some(n) => hosts.push(n),
-                    None => self.err(&h.span(), format!("certificate[{i}].hosts"), format!("{name:?} is not a host name or *.wildcard")),
+                    None => self.err(
+                        &h.span(),
+                        format!("certificate[{i}].hosts"),
+                        format!("{name:?} is not a host name or *.wildcard"),
+                    ),
                 }
             }
         }
@@ -407,9 +510,18 @@ impl Cx<'_> {
         };
         let path = match &r.path {
             None => "/".to_string(),
-            Some(p) if p.get_ref().starts_with('/') && !p.get_ref().contains(['?', '#', ' ']) => p.get_ref().clone(),
+            Some(p) if p.get_ref().starts_with('/') && !p.get_ref().contains(['?', '#', ' ']) => {
+                p.get_ref().clone()
+            }
             Some(p) => {
-                self.err(&p.span(), k("path"), format!("{:?} must start with '/' and hold no '?', '#' or space", p.get_ref()));
+                self.err(
+                    &p.span(),
+                    k("path"),
+                    format!(
+                        "{:?} must start with '/' and hold no '?', '#' or space",
+                        p.get_ref()
+                    ),
+                );
                 String::new()
             }
         };
@@ -418,27 +530,47 @@ impl Cx<'_> {
             Some((_, "Prefix" | "ImplementationSpecific")) => PathMatch::Prefix,
             Some((_, "Exact")) => PathMatch::Exact,
             Some((p, other)) => {
-                self.err(&p.span(), k("path_type"), format!("{other:?} is not one of \"Prefix\", \"Exact\""));
+                self.err(
+                    &p.span(),
+                    k("path_type"),
+                    format!("{other:?} is not one of \"Prefix\", \"Exact\""),
+                );
                 PathMatch::Prefix
             }
         };
-        let protocol = match r.upstream_protocol.as_ref().map(|p| (p, p.get_ref().as_str())) {
+        let protocol = match r
+            .upstream_protocol
+            .as_ref()
+            .map(|p| (p, p.get_ref().as_str()))
+        {
             None | Some((_, "http1")) => UpstreamProtocol::Http1,
             Some((_, "h2c")) => UpstreamProtocol::H2c,
             Some((p, other)) => {
-                self.err(&p.span(), k("upstream_protocol"), format!("{other:?} is not one of \"http1\", \"h2c\""));
+                self.err(
+                    &p.span(),
+                    k("upstream_protocol"),
+                    format!("{other:?} is not one of \"http1\", \"h2c\""),
+                );
                 UpstreamProtocol::Http1
             }
         };
         let echo = r.echo.as_ref().is_some_and(|e| *e.get_ref());
         let backend = match (&r.upstream, echo) {
             (Some(u), true) => {
-                self.err(&u.span(), k("upstream"), "a route has either `upstream` or `echo = true`, not both".into());
+                self.err(
+                    &u.span(),
+                    k("upstream"),
+                    "a route has either `upstream` or `echo = true`, not both".into(),
+                );
                 None
             }
             (None, true) => Some(Backend::Echo),
             (None, false) => {
-                self.err(&raw.span(), format!("route[{i}]"), "needs `upstream = [\"http://host:port\"]` or `echo = true`".into());
+                self.err(
+                    &raw.span(),
+                    format!("route[{i}]"),
+                    "needs `upstream = [\"http://host:port\"]` or `echo = true`".into(),
+                );
                 None
             }
             (Some(u), false) => {
@@ -452,8 +584,13 @@ impl Cx<'_> {
                         Err(why) => self.err(&u.span(), k("upstream"), format!("{url:?}: {why}")),
                     }
                 }
-                let connect = self.duration_or(&k("connect_timeout"), &r.connect_timeout, d.connect_timeout);
-                let response = self.duration_or(&k("response_timeout"), &r.response_timeout, d.response_timeout);
+                let connect =
+                    self.duration_or(&k("connect_timeout"), &r.connect_timeout, d.connect_timeout);
+                let response = self.duration_or(
+                    &k("response_timeout"),
+                    &r.response_timeout,
+                    d.response_timeout,
+                );
                 Some(Backend::Upstream(Arc::new(UpstreamGroup::new(
                     endpoints,
                     protocol,
@@ -463,12 +600,20 @@ impl Cx<'_> {
                 ))))
             }
         };
-        let max_body_bytes = self.size_or(&k("max_body_bytes"), &r.max_body_bytes, d.max_body_bytes);
+        let max_body_bytes =
+            self.size_or(&k("max_body_bytes"), &r.max_body_bytes, d.max_body_bytes);
         if self.errors.len() > before {
             return None;
         }
-        let policy = if r.public == Some(true) { Policy::Public } else { Policy::Deny };
-        let name = r.name.clone().unwrap_or_else(|| format!("{}{}", host.as_deref().unwrap_or("*"), path));
+        let policy = if r.public == Some(true) {
+            Policy::Public
+        } else {
+            Policy::Deny
+        };
+        let name = r
+            .name
+            .clone()
+            .unwrap_or_else(|| format!("{}{}", host.as_deref().unwrap_or("*"), path));
         Some(RouteSpec {
             name,
             host,
@@ -491,7 +636,8 @@ pub fn valid_host(name: &str) -> Option<String> {
         && rest.split('.').all(|l| {
             !l.is_empty()
                 && l.len() <= 63
-                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                && l.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
                 && !l.starts_with('-')
                 && !l.ends_with('-')
         });
@@ -502,9 +648,14 @@ pub fn valid_host(name: &str) -> Option<String> {
 pub fn parse_upstream(url: &str) -> Result<UpstreamAddr, String> {
     let uri: http::Uri = url.parse().map_err(|e| format!("not a URL ({e})"))?;
     if uri.scheme_str() != Some("http") {
-        return Err("the scheme must be http:// (set upstream_protocol = \"h2c\" for HTTP/2)".into());
+        return Err(
+            "the scheme must be http:// (set upstream_protocol = \"h2c\" for HTTP/2)".into(),
+        );
     }
-    if uri.path_and_query().is_some_and(|p| p.as_str() != "/" && !p.as_str().is_empty()) {
+    if uri
+        .path_and_query()
+        .is_some_and(|p| p.as_str() != "/" && !p.as_str().is_empty())
+    {
         return Err("an upstream is host:port only, with no path".into());
     }
     let auth = uri.authority().ok_or("no host")?;
@@ -512,7 +663,10 @@ pub fn parse_upstream(url: &str) -> Result<UpstreamAddr, String> {
     let host = auth.host().trim_start_matches('[').trim_end_matches(']');
     Ok(match host.parse::<std::net::IpAddr>() {
         Ok(ip) => UpstreamAddr::Socket(SocketAddr::new(ip, port)),
-        Err(_) => UpstreamAddr::Name { host: host.to_string(), port },
+        Err(_) => UpstreamAddr::Name {
+            host: host.to_string(),
+            port,
+        },
     })
 }
 
@@ -575,38 +729,86 @@ echo = true
         let c = Config::parse(Path::new("/etc/heim/heim.toml"), GOOD).expect("valid");
         assert_eq!(c.server.workers, 1);
         assert_eq!(c.server.https_port, 8443);
-        assert_eq!(c.certificates[0].cert_file, Path::new("/etc/heim/certs/local.pem"));
+        assert_eq!(
+            c.certificates[0].cert_file,
+            Path::new("/etc/heim/certs/local.pem")
+        );
         assert_eq!(c.routes.len(), 2);
         assert_eq!(c.routes[0].host.as_deref(), Some("app.example.com"));
         assert_eq!(c.routes[0].policy, Policy::Public);
         assert_eq!(c.routes[1].policy, Policy::Deny, "no policy means deny");
         assert_eq!(c.routes[1].path_type, PathMatch::Exact);
         assert_eq!(c.route_lines, vec![12, 17]);
-        let Backend::Upstream(g) = &c.routes[0].backend else { panic!("upstream") };
-        assert_eq!(g.endpoints[1].addr, UpstreamAddr::Name { host: "backend.local".into(), port: 8080 });
+        let Backend::Upstream(g) = &c.routes[0].backend else {
+            panic!("upstream")
+        };
+        assert_eq!(
+            g.endpoints[1].addr,
+            UpstreamAddr::Name {
+                host: "backend.local".into(),
+                port: 8080
+            }
+        );
     }
 
     /// Each bad input names its line and key.
     #[test]
     fn errors_name_line_and_key() {
         let cases: &[(&str, &str, usize, &str)] = &[
-            ("https_listen = \"127.0.0.1:8443\"", "https_listen = \"nope\"", 3, "server.https_listen"),
+            (
+                "https_listen = \"127.0.0.1:8443\"",
+                "https_listen = \"nope\"",
+                3,
+                "server.https_listen",
+            ),
             ("workers = 1", "workers = 0", 6, "server.workers"),
             ("workers = 1", "workers = 1\nbogus = 2", 7, "bogus"),
             ("workers = 1", "workers = \"two\"", 6, "workers"),
-            ("host = \"App.Example.com\"", "host = \"a b\"", 13, "route[0].host"),
-            ("host = \"*.example.com\"", "host = \"*.*.example.com\"", 18, "route[1].host"),
-            ("path_type = \"Exact\"", "path_type = \"Regex\"", 20, "route[1].path_type"),
+            (
+                "host = \"App.Example.com\"",
+                "host = \"a b\"",
+                13,
+                "route[0].host",
+            ),
+            (
+                "host = \"*.example.com\"",
+                "host = \"*.*.example.com\"",
+                18,
+                "route[1].host",
+            ),
+            (
+                "path_type = \"Exact\"",
+                "path_type = \"Regex\"",
+                20,
+                "route[1].path_type",
+            ),
             ("path = \"/api\"", "path = \"api\"", 19, "route[1].path"),
-            ("\"http://127.0.0.1:3000\",", "\"https://127.0.0.1:3000\",", 14, "route[0].upstream"),
-            ("echo = true", "echo = true\nupstream = [\"http://127.0.0.1:1\"]", 22, "route[1].upstream"),
+            (
+                "\"http://127.0.0.1:3000\",",
+                "\"https://127.0.0.1:3000\",",
+                14,
+                "route[0].upstream",
+            ),
+            (
+                "echo = true",
+                "echo = true\nupstream = [\"http://127.0.0.1:1\"]",
+                22,
+                "route[1].upstream",
+            ),
             ("echo = true", "", 17, "route[1]"),
-            ("public = true", "public = true\nmax_body_bytes = \"ten\"", 16, "route[0].max_body_bytes"),
+            (
+                "public = true",
+                "public = true\nmax_body_bytes = \"ten\"",
+                16,
+                "route[0].max_body_bytes",
+            ),
         ];
         for (from, to, line, key) in cases {
             assert!(GOOD.contains(from), "{from}");
             let text = GOOD.replacen(from, to, 1);
-            let errs = Config::parse(Path::new("heim.toml"), &text).expect_err(to).0;
+            let errs = Config::parse(Path::new("heim.toml"), &text)
+                .expect_err(to)
+                .0;
             assert!(
                 errs.iter().any(|e| e.line == *line && e.key == *key),
                 "{to:?}: want line {line} key {key}, got {errs:?}"
@@ -617,8 +819,12 @@ echo = true
 
     #[test]
     fn all_errors_are_reported() {
-        let text = GOOD.replace("workers = 1", "workers = 0").replace("path = \"/api\"", "path = \"api\"");
-        let errs = Config::parse(Path::new("heim.toml"), &text).expect_err("two errors").0;
+        let text = GOOD
+            .replace("workers = 1", "workers = 0")
+            .replace("path = \"/api\"", "path = \"api\"");
+        let errs = Config::parse(Path::new("heim.toml"), &text)
+            .expect_err("two errors")
+            .0;
         assert_eq!(errs.len(), 2, "{errs:?}");
     }
 

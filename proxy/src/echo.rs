@@ -13,7 +13,13 @@ use crate::body::ProxyBody;
 use crate::service::ConnCtx;
 
 /// The echo response for a prepared request.
-pub fn respond(req: &Request<Incoming>, conn: &ConnCtx, route: &str, host: &str, request_id: &HeaderValue) -> Response<ProxyBody> {
+pub fn respond(
+    req: &Request<Incoming>,
+    conn: &ConnCtx,
+    route: &str,
+    host: &str,
+    request_id: &HeaderValue,
+) -> Response<ProxyBody> {
     let mut headers = Map::new();
     for (name, value) in req.headers() {
         let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
@@ -27,7 +33,10 @@ pub fn respond(req: &Request<Incoming>, conn: &ConnCtx, route: &str, host: &str,
             }
         }
     }
-    let tls = conn.tls.as_ref().map(|t| json!({ "sni": t.sni, "alpn": t.alpn, "version": t.version }));
+    let tls = conn
+        .tls
+        .as_ref()
+        .map(|t| json!({ "sni": t.sni, "alpn": t.alpn, "version": t.version }));
     let doc = json!({
         "method": req.method().as_str(),
         "host": host,
@@ -44,6 +53,7 @@ pub fn respond(req: &Request<Incoming>, conn: &ConnCtx, route: &str, host: &str,
     let mut body = serde_json::to_vec_pretty(&doc).unwrap_or_default();
     body.push(b'\n');
     let mut resp = Response::new(ProxyBody::local(body));
-    resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     resp
 }

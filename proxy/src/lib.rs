@@ -49,8 +49,12 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
     let tls = tls::server_config(shared.certs.clone())?;
 
     let workers = settings.workers;
-    let https = listen::bind_reuseport(settings.https_listen, workers)
-        .with_context(|| format!("cannot listen on {} (server.https_listen)", settings.https_listen))?;
+    let https = listen::bind_reuseport(settings.https_listen, workers).with_context(|| {
+        format!(
+            "cannot listen on {} (server.https_listen)",
+            settings.https_listen
+        )
+    })?;
     let mut http: Vec<Option<std::net::TcpListener>> = match settings.http_listen {
         Some(a) => listen::bind_reuseport(a, workers)
             .with_context(|| format!("cannot listen on {a} (server.http_listen)"))?
@@ -61,7 +65,8 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
     };
     let admin = match settings.admin_listen {
         Some(a) => {
-            let l = std::net::TcpListener::bind(a).with_context(|| format!("cannot listen on {a} (server.admin_listen)"))?;
+            let l = std::net::TcpListener::bind(a)
+                .with_context(|| format!("cannot listen on {a} (server.admin_listen)"))?;
             l.set_nonblocking(true)?;
             Some(l)
         }
@@ -73,7 +78,10 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
 
     let (drain_tx, drain_rx) = tokio::sync::watch::channel(false);
     for (i, https) in https.into_iter().enumerate() {
-        let sockets = WorkerSockets { https, http: http[i].take() };
+        let sockets = WorkerSockets {
+            https,
+            http: http[i].take(),
+        };
         listen::spawn_worker(i, shared.clone(), tls.clone(), sockets, drain_rx.clone())?;
     }
     tracing::info!(
@@ -85,7 +93,9 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
         "listening"
     );
 
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async move {
         use tokio::signal::unix::{signal, SignalKind};
         if let Some(admin) = admin {
@@ -110,7 +120,11 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
             }
         }
         let drain_timeout = shared.settings.load().drain_timeout;
-        tracing::info!(open = shared.metrics.connections_open.load(Relaxed), timeout_s = drain_timeout.as_secs(), "draining");
+        tracing::info!(
+            open = shared.metrics.connections_open.load(Relaxed),
+            timeout_s = drain_timeout.as_secs(),
+            "draining"
+        );
         shared.draining.store(true, SeqCst);
         let _ = drain_tx.send(true);
         let deadline = Instant::now() + drain_timeout;

@@ -36,11 +36,18 @@ pub struct WorkerSockets {
 
 /// Binds `count` sockets to one address with `SO_REUSEPORT`. Port 0 picks a
 /// free port once; the rest bind that same port.
-pub fn bind_reuseport(addr: SocketAddr, count: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
+pub fn bind_reuseport(
+    addr: SocketAddr,
+    count: usize,
+) -> std::io::Result<Vec<std::net::TcpListener>> {
     let mut out = Vec::with_capacity(count);
     let mut addr = addr;
     for _ in 0..count {
-        let sock = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+        let sock = socket2::Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::STREAM,
+            Some(socket2::Protocol::TCP),
+        )?;
         sock.set_reuse_address(true)?;
         sock.set_reuse_port(true)?;
         sock.set_nonblocking(true)?;
@@ -61,38 +68,58 @@ pub fn spawn_worker(
     sockets: WorkerSockets,
     drain: watch::Receiver<bool>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
-    std::thread::Builder::new().name(format!("heim-worker-{index}")).spawn(move || {
-        let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-            Ok(rt) => rt,
-            Err(e) => {
-                tracing::error!(error = %e, worker = index, "cannot start worker runtime");
-                return;
-            }
-        };
-        let local = tokio::task::LocalSet::new();
-        local.block_on(&rt, async move {
-            let https = match TcpListener::from_std(sockets.https) {
-                Ok(l) => l,
-                Err(e) => return tracing::error!(error = %e, "cannot register https listener"),
-            };
-            tokio::task::spawn_local(accept_loop(https, Some(TlsAcceptor::from(tls)), shared.clone(), drain.clone()));
-            if let Some(http) = sockets.http {
-                match TcpListener::from_std(http) {
-                    Ok(l) => {
-                        tokio::task::spawn_local(accept_loop(l, None, shared.clone(), drain.clone()));
-                    }
-                    Err(e) => tracing::error!(error = %e, "cannot register http listener"),
+    std::thread::Builder::new()
+        .name(format!("heim-worker-{index}"))
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    tracing::error!(error = %e, worker = index, "cannot start worker runtime");
+                    return;
                 }
-            }
-            shared.workers_ready.fetch_add(1, SeqCst);
-            // Connections finish on their own during a drain; the process
-            // exits from the control thread once they are gone.
-            std::future::pending::<()>().await;
-        });
-    })
+            };
+            let local = tokio::task::LocalSet::new();
+            local.block_on(&rt, async move {
+                let https = match TcpListener::from_std(sockets.https) {
+                    Ok(l) => l,
+                    Err(e) => return tracing::error!(error = %e, "cannot register https listener"),
+                };
+                tokio::task::spawn_local(accept_loop(
+                    https,
+                    Some(TlsAcceptor::from(tls)),
+                    shared.clone(),
+                    drain.clone(),
+                ));
+                if let Some(http) = sockets.http {
+                    match TcpListener::from_std(http) {
+                        Ok(l) => {
+                            tokio::task::spawn_local(accept_loop(
+                                l,
+                                None,
+                                shared.clone(),
+                                drain.clone(),
+                            ));
+                        }
+                        Err(e) => tracing::error!(error = %e, "cannot register http listener"),
+                    }
+                }
+                shared.workers_ready.fetch_add(1, SeqCst);
+                // Connections finish on their own during a drain; the process
+                // exits from the control thread once they are gone.
+                std::future::pending::<()>().await;
+            });
+        })
 }
 
-async fn accept_loop(listener: TcpListener, tls: Option<TlsAcceptor>, shared: Arc<Shared>, mut drain: watch::Receiver<bool>) {
+async fn accept_loop(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    shared: Arc<Shared>,
+    mut drain: watch::Receiver<bool>,
+) {
     loop {
         let accepted = tokio::select! {
             biased;
@@ -107,7 +134,13 @@ async fn accept_loop(listener: TcpListener, tls: Option<TlsAcceptor>, shared: Ar
                     drop(tcp);
                     continue;
                 }
-                tokio::task::spawn_local(serve_connection(tcp, remote, tls.clone(), shared.clone(), drain.clone()));
+                tokio::task::spawn_local(serve_connection(
+                    tcp,
+                    remote,
+                    tls.clone(),
+                    shared.clone(),
+                    drain.clone(),
+                ));
             }
             Err(e) => {
                 // Out of file descriptors and the like: back off a little
@@ -148,10 +181,16 @@ async fn serve_connection(
     let local = tcp.local_addr().unwrap_or(remote);
     let settings = shared.settings.load_full();
     let Some(acceptor) = tls else {
-        let ctx = Rc::new(ConnCtx { shared: shared.clone(), remote, local, tls: None });
+        let ctx = Rc::new(ConnCtx {
+            shared: shared.clone(),
+            remote,
+            local,
+            tls: None,
+        });
         return serve_http1(TokioIo::new(tcp), ctx, &settings, drain).await;
     };
-    let stream = match tokio::time::timeout(settings.handshake_timeout, acceptor.accept(tcp)).await {
+    let stream = match tokio::time::timeout(settings.handshake_timeout, acceptor.accept(tcp)).await
+    {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             shared.metrics.tls_handshakes_failed.fetch_add(1, Relaxed);
@@ -180,7 +219,12 @@ async fn serve_connection(
             _ => "unknown",
         },
     };
-    let ctx = Rc::new(ConnCtx { shared: shared.clone(), remote, local, tls: Some(info) });
+    let ctx = Rc::new(ConnCtx {
+        shared: shared.clone(),
+        remote,
+        local,
+        tls: Some(info),
+    });
     if alpn == Some("h2") {
         serve_http2(TokioIo::new(stream), ctx, &settings, drain).await
     } else {
@@ -188,8 +232,12 @@ async fn serve_connection(
     }
 }
 
-async fn serve_http1<I>(io: I, ctx: Rc<ConnCtx>, settings: &ServerSettings, mut drain: watch::Receiver<bool>)
-where
+async fn serve_http1<I>(
+    io: I,
+    ctx: Rc<ConnCtx>,
+    settings: &ServerSettings,
+    mut drain: watch::Receiver<bool>,
+) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     let svc = service_fn(move |req| service::handle(req, ctx.clone()));
@@ -210,8 +258,12 @@ where
     }
 }
 
-async fn serve_http2<I>(io: I, ctx: Rc<ConnCtx>, settings: &ServerSettings, mut drain: watch::Receiver<bool>)
-where
+async fn serve_http2<I>(
+    io: I,
+    ctx: Rc<ConnCtx>,
+    settings: &ServerSettings,
+    mut drain: watch::Receiver<bool>,
+) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + 'static,
 {
     let svc = service_fn(move |req| service::handle(req, ctx.clone()));

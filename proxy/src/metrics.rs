@@ -48,8 +48,10 @@ impl RouteMetrics {
         if let Some(i) = BUCKETS.iter().position(|b| secs <= *b) {
             self.buckets[i].fetch_add(1, Relaxed);
         }
-        self.sum_micros
-            .fetch_add(elapsed.as_micros().min(u128::from(u64::MAX)) as u64, Relaxed);
+        self.sum_micros.fetch_add(
+            elapsed.as_micros().min(u128::from(u64::MAX)) as u64,
+            Relaxed,
+        );
         self.count.fetch_add(1, Relaxed);
     }
 }
@@ -63,7 +65,8 @@ pub enum UpstreamErrorKind {
     Protocol = 3,
 }
 
-const UPSTREAM_ERROR_KINDS: [&str; 4] = ["connect", "connect_timeout", "response_timeout", "protocol"];
+const UPSTREAM_ERROR_KINDS: [&str; 4] =
+    ["connect", "connect_timeout", "response_timeout", "protocol"];
 
 /// Every metric heim exports.
 #[derive(Debug, Default)]
@@ -97,7 +100,11 @@ impl Metrics {
     /// Renders the Prometheus text format.
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(4096);
-        let routes = self.routes.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let routes = self
+            .routes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         let all = routes
             .iter()
             .map(|(k, v)| (k.as_str(), v))
@@ -106,14 +113,20 @@ impl Metrics {
         out.push_str("# HELP heim_requests_total Requests answered, by route and status code.\n");
         out.push_str("# TYPE heim_requests_total counter\n");
         let mut hist = String::new();
-        hist.push_str("# HELP heim_request_duration_seconds Time from request head to response head.\n");
+        hist.push_str(
+            "# HELP heim_request_duration_seconds Time from request head to response head.\n",
+        );
         hist.push_str("# TYPE heim_request_duration_seconds histogram\n");
         for (name, m) in all {
             let route = escape(name);
             for (i, c) in m.by_status.iter().enumerate() {
                 let v = c.load(Relaxed);
                 if v > 0 {
-                    let _ = writeln!(out, "heim_requests_total{{route=\"{route}\",code=\"{}\"}} {v}", i + 100);
+                    let _ = writeln!(
+                        out,
+                        "heim_requests_total{{route=\"{route}\",code=\"{}\"}} {v}",
+                        i + 100
+                    );
                 }
             }
             let mut cumulative = 0;
@@ -125,21 +138,44 @@ impl Metrics {
                 );
             }
             let count = m.count.load(Relaxed);
-            let _ = writeln!(hist, "heim_request_duration_seconds_bucket{{route=\"{route}\",le=\"+Inf\"}} {count}");
+            let _ = writeln!(
+                hist,
+                "heim_request_duration_seconds_bucket{{route=\"{route}\",le=\"+Inf\"}} {count}"
+            );
             let sum = m.sum_micros.load(Relaxed) as f64 / 1e6;
-            let _ = writeln!(hist, "heim_request_duration_seconds_sum{{route=\"{route}\"}} {sum}");
-            let _ = writeln!(hist, "heim_request_duration_seconds_count{{route=\"{route}\"}} {count}");
+            let _ = writeln!(
+                hist,
+                "heim_request_duration_seconds_sum{{route=\"{route}\"}} {sum}"
+            );
+            let _ = writeln!(
+                hist,
+                "heim_request_duration_seconds_count{{route=\"{route}\"}} {count}"
+            );
         }
         out.push_str(&hist);
 
         out.push_str("# HELP heim_upstream_errors_total Failed upstream attempts, by kind.\n");
         out.push_str("# TYPE heim_upstream_errors_total counter\n");
         for (kind, c) in UPSTREAM_ERROR_KINDS.iter().zip(&self.upstream_errors) {
-            let _ = writeln!(out, "heim_upstream_errors_total{{kind=\"{kind}\"}} {}", c.load(Relaxed));
+            let _ = writeln!(
+                out,
+                "heim_upstream_errors_total{{kind=\"{kind}\"}} {}",
+                c.load(Relaxed)
+            );
         }
         let simple: [(&str, &str, &str, &AtomicU64); 4] = [
-            ("heim_connections_open", "gauge", "Client connections open now.", &self.connections_open),
-            ("heim_connections_total", "counter", "Client connections accepted.", &self.connections_total),
+            (
+                "heim_connections_open",
+                "gauge",
+                "Client connections open now.",
+                &self.connections_open,
+            ),
+            (
+                "heim_connections_total",
+                "counter",
+                "Client connections accepted.",
+                &self.connections_total,
+            ),
             (
                 "heim_connections_refused_total",
                 "counter",
@@ -154,11 +190,19 @@ impl Metrics {
             ),
         ];
         for (name, kind, help, v) in simple {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}", v.load(Relaxed));
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}",
+                v.load(Relaxed)
+            );
         }
         out.push_str("# HELP heim_tls_handshakes_total TLS handshakes, by result.\n");
         out.push_str("# TYPE heim_tls_handshakes_total counter\n");
-        let _ = writeln!(out, "heim_tls_handshakes_total{{result=\"ok\"}} {}", self.tls_handshakes_ok.load(Relaxed));
+        let _ = writeln!(
+            out,
+            "heim_tls_handshakes_total{{result=\"ok\"}} {}",
+            self.tls_handshakes_ok.load(Relaxed)
+        );
         let _ = writeln!(
             out,
             "heim_tls_handshakes_total{{result=\"failed\"}} {}",
@@ -166,14 +210,24 @@ impl Metrics {
         );
         out.push_str("# HELP heim_config_reloads_total Configuration reloads, by result.\n");
         out.push_str("# TYPE heim_config_reloads_total counter\n");
-        let _ = writeln!(out, "heim_config_reloads_total{{result=\"ok\"}} {}", self.reloads_ok.load(Relaxed));
-        let _ = writeln!(out, "heim_config_reloads_total{{result=\"failed\"}} {}", self.reloads_failed.load(Relaxed));
+        let _ = writeln!(
+            out,
+            "heim_config_reloads_total{{result=\"ok\"}} {}",
+            self.reloads_ok.load(Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "heim_config_reloads_total{{result=\"failed\"}} {}",
+            self.reloads_failed.load(Relaxed)
+        );
         out
     }
 }
 
 fn escape(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 #[cfg(test)]
@@ -189,9 +243,14 @@ mod tests {
         r.record(502, Duration::from_secs(20));
         assert!(Arc::ptr_eq(&r, &m.route("app/")), "cells survive lookups");
         let text = m.render();
-        assert!(text.contains("heim_requests_total{route=\"app/\",code=\"200\"} 2"), "{text}");
+        assert!(
+            text.contains("heim_requests_total{route=\"app/\",code=\"200\"} 2"),
+            "{text}"
+        );
         assert!(text.contains("heim_requests_total{route=\"app/\",code=\"502\"} 1"));
-        assert!(text.contains("heim_request_duration_seconds_bucket{route=\"app/\",le=\"0.005\"} 1"));
+        assert!(
+            text.contains("heim_request_duration_seconds_bucket{route=\"app/\",le=\"0.005\"} 1")
+        );
         assert!(text.contains("heim_request_duration_seconds_bucket{route=\"app/\",le=\"0.05\"} 2"));
         assert!(text.contains("heim_request_duration_seconds_bucket{route=\"app/\",le=\"+Inf\"} 3"));
         assert!(text.contains("heim_request_duration_seconds_count{route=\"app/\"} 3"));

@@ -35,14 +35,24 @@ pub struct Reloader {
 impl Reloader {
     /// Watches `config` (already loaded and serving) and its certificate files.
     pub fn new(shared: Arc<Shared>, config: &Config) -> Self {
-        let mut r = Self { shared, path: config.path.clone(), watched: Vec::new(), stamps: Vec::new() };
+        let mut r = Self {
+            shared,
+            path: config.path.clone(),
+            watched: Vec::new(),
+            stamps: Vec::new(),
+        };
         r.watch(config);
         r
     }
 
     fn watch(&mut self, config: &Config) {
         self.watched = std::iter::once(self.path.clone())
-            .chain(config.certificates.iter().flat_map(|c| [c.cert_file.clone(), c.key_file.clone()]))
+            .chain(
+                config
+                    .certificates
+                    .iter()
+                    .flat_map(|c| [c.cert_file.clone(), c.key_file.clone()]),
+            )
             .collect();
         self.stamps = self.watched.iter().map(stamp).collect();
     }
@@ -68,19 +78,30 @@ impl Reloader {
         match result {
             Ok((config, compiled)) => {
                 if compiled.settings.restart_needed(&shared.settings.load()) {
-                    tracing::warn!("listen addresses or workers changed: they take effect on restart only");
+                    tracing::warn!(
+                        "listen addresses or workers changed: they take effect on restart only"
+                    );
                 }
                 let routes = compiled.routes.len();
                 shared.swap(compiled);
                 self.watch(&config);
                 metrics.reloads_ok.fetch_add(1, Relaxed);
-                tracing::info!(reason, routes, certificates = config.certificates.len(), "config reloaded");
+                tracing::info!(
+                    reason,
+                    routes,
+                    certificates = config.certificates.len(),
+                    "config reloaded"
+                );
                 true
             }
             Err(errors) => {
                 log_errors(&errors);
                 metrics.reloads_failed.fetch_add(1, Relaxed);
-                tracing::error!(reason, errors = errors.len(), "config rejected; the previous config keeps serving");
+                tracing::error!(
+                    reason,
+                    errors = errors.len(),
+                    "config rejected; the previous config keeps serving"
+                );
                 false
             }
         }

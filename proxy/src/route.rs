@@ -111,7 +111,7 @@ impl HostRoutes {
                 }
                 self.prefixes.push((key, route));
                 // Longest first; ties cannot happen (duplicates are refused).
-                self.prefixes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+                self.prefixes.sort_by_key(|p| std::cmp::Reverse(p.0.len()));
             }
         }
         Ok(())
@@ -277,7 +277,9 @@ pub fn normalize_path(path: &str) -> Option<Cow<'_, str>> {
         return None;
     }
     let b = path.as_bytes();
-    let suspicious = b.windows(2).any(|w| w == b"//" || w == b"/." || w[0] == b'%');
+    let suspicious = b
+        .windows(2)
+        .any(|w| w == b"//" || w == b"/." || w[0] == b'%');
     if !suspicious {
         return Some(Cow::Borrowed(path));
     }
@@ -390,7 +392,9 @@ mod tests {
             ("/aaa", "app.example.com/:Prefix"),
         ];
         for (path, want) in cases {
-            let got = t.lookup("app.example.com", path).map(|r| r.spec.name.as_str());
+            let got = t
+                .lookup("app.example.com", path)
+                .map(|r| r.spec.name.as_str());
             assert_eq!(got, Some(want), "path {path}");
         }
     }

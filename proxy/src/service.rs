@@ -57,15 +57,28 @@ struct Outcome {
 }
 
 /// hyper's entry point: one request, one response, never an error.
-pub async fn handle(req: Request<Incoming>, conn: Rc<ConnCtx>) -> Result<Response<ProxyBody>, Infallible> {
+pub async fn handle(
+    req: Request<Incoming>,
+    conn: Rc<ConnCtx>,
+) -> Result<Response<ProxyBody>, Infallible> {
     let start = Instant::now();
     let access_log = conn.shared.settings.load().access_log;
-    let logged = access_log.then(|| (req.method().clone(), req.uri().path().to_owned(), req.version()));
+    let logged = access_log.then(|| {
+        (
+            req.method().clone(),
+            req.uri().path().to_owned(),
+            req.version(),
+        )
+    });
     let request_id = match req.headers().get(&X_REQUEST_ID) {
         Some(v) if headers::acceptable_request_id(v) => v.clone(),
         _ => new_request_id(),
     };
-    let mut outcome = Outcome { route: None, upstream: None, request_id };
+    let mut outcome = Outcome {
+        route: None,
+        upstream: None,
+        request_id,
+    };
     let resp = match serve(req, &conn, &mut outcome).await {
         Ok(resp) => resp,
         Err(e) => e.response(),
@@ -104,19 +117,26 @@ pub async fn handle(req: Request<Incoming>, conn: Rc<ConnCtx>) -> Result<Respons
     Ok(resp)
 }
 
-async fn serve(mut req: Request<Incoming>, conn: &ConnCtx, out: &mut Outcome) -> Result<Response<ProxyBody>, ProxyError> {
+async fn serve(
+    mut req: Request<Incoming>,
+    conn: &ConnCtx,
+    out: &mut Outcome,
+) -> Result<Response<ProxyBody>, ProxyError> {
     // === parse ===
     if req.method() == Method::CONNECT {
         return Err(ProxyError::MethodNotAllowed);
     }
     let host_value = request_host(&req).ok_or(ProxyError::BadRequest("missing Host"))?;
-    let host_str = host_value.to_str().map_err(|_| ProxyError::BadRequest("invalid Host"))?;
+    let host_str = host_value
+        .to_str()
+        .map_err(|_| ProxyError::BadRequest("invalid Host"))?;
     let host = normalize_host(host_str).ok_or(ProxyError::BadRequest("invalid Host"))?;
     // Owned only when normalising changed the path.
-    let new_path = match normalize_path(req.uri().path()).ok_or(ProxyError::BadRequest("invalid path"))? {
-        Cow::Borrowed(_) => None,
-        Cow::Owned(p) => Some(p),
-    };
+    let new_path =
+        match normalize_path(req.uri().path()).ok_or(ProxyError::BadRequest("invalid path"))? {
+            Cow::Borrowed(_) => None,
+            Cow::Owned(p) => Some(p),
+        };
 
     // === route ===
     let route = {
@@ -149,7 +169,9 @@ async fn serve(mut req: Request<Incoming>, conn: &ConnCtx, out: &mut Outcome) ->
     }
 
     // === rewrite ===
-    let upgrade = req.version() == Version::HTTP_11 && req.headers().contains_key(UPGRADE) && connection_upgrade(&req);
+    let upgrade = req.version() == Version::HTTP_11
+        && req.headers().contains_key(UPGRADE)
+        && connection_upgrade(&req);
     let protocol = match &route.spec.backend {
         Backend::Upstream(g) => g.protocol,
         Backend::Echo => UpstreamProtocol::Http1,
@@ -174,7 +196,15 @@ async fn serve(mut req: Request<Incoming>, conn: &ConnCtx, out: &mut Outcome) ->
 
     // === backend ===
     let group = match &route.spec.backend {
-        Backend::Echo => return Ok(crate::echo::respond(&req, conn, &route.spec.name, &host, &out.request_id)),
+        Backend::Echo => {
+            return Ok(crate::echo::respond(
+                &req,
+                conn,
+                &route.spec.name,
+                &host,
+                &out.request_id,
+            ))
+        }
         Backend::Upstream(g) => g,
     };
     let metrics = &conn.shared.metrics;
@@ -211,7 +241,12 @@ fn connection_upgrade(req: &Request<Incoming>) -> bool {
 }
 
 fn content_length(req: &Request<Incoming>) -> Option<u64> {
-    req.headers().get(CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
+    req.headers()
+        .get(CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
 }
 
 /// Points the request at the upstream: origin-form for HTTP/1 (the
@@ -223,10 +258,15 @@ fn set_upstream_uri(
     protocol: UpstreamProtocol,
 ) -> Result<(), ProxyError> {
     let bad = |_| ProxyError::BadRequest("invalid request target");
-    let needs_rebuild = new_path.is_some() || req.uri().scheme().is_some() || protocol == UpstreamProtocol::H2c;
+    let needs_rebuild =
+        new_path.is_some() || req.uri().scheme().is_some() || protocol == UpstreamProtocol::H2c;
     if needs_rebuild {
         let pq: PathAndQuery = match (new_path, req.uri().query()) {
-            (None, _) => req.uri().path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/")),
+            (None, _) => req
+                .uri()
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/")),
             (Some(p), None) => p.parse().map_err(bad)?,
             (Some(p), Some(q)) => format!("{p}?{q}").parse().map_err(bad)?,
         };
@@ -252,8 +292,16 @@ fn set_upstream_uri(
 fn redirect_to_https(host: &str, req: &Request<Incoming>, conn: &ConnCtx) -> Response<ProxyBody> {
     let port = conn.shared.settings.load().https_port;
     let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
-    let host = if host.contains(':') { format!("[{host}]") } else { host.to_string() };
-    let location = if port == 443 { format!("https://{host}{pq}") } else { format!("https://{host}:{port}{pq}") };
+    let host = if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.to_string()
+    };
+    let location = if port == 443 {
+        format!("https://{host}{pq}")
+    } else {
+        format!("https://{host}:{port}{pq}")
+    };
     let mut resp = Response::new(ProxyBody::local(""));
     *resp.status_mut() = StatusCode::PERMANENT_REDIRECT;
     if let Ok(v) = HeaderValue::from_str(&location) {
@@ -279,7 +327,11 @@ fn new_request_id() -> HeaderValue {
     let mut buf = [0u8; 32];
     let digits = b"0123456789abcdef";
     for (i, b) in buf.iter_mut().enumerate() {
-        let v = if i < 16 { prefix >> ((15 - i) * 4) } else { n >> ((31 - i) * 4) };
+        let v = if i < 16 {
+            prefix >> ((15 - i) * 4)
+        } else {
+            n >> ((31 - i) * 4)
+        };
         *b = digits[(v & 0xf) as usize];
     }
     HeaderValue::from_bytes(&buf).unwrap_or_else(|_| HeaderValue::from_static("0"))

@@ -37,16 +37,23 @@ impl Compiled {
     /// Reads certificates and compiles routes; errors name file, line and key.
     pub fn new(config: &Config, metrics: &Metrics) -> Result<Compiled, Vec<ConfigError>> {
         let mut errors = Vec::new();
-        let certs = CertStore::from_config(config).map_err(|e| errors.extend(e)).ok();
+        let certs = CertStore::from_config(config)
+            .map_err(|e| errors.extend(e))
+            .ok();
         let routes = RouteTable::build(config.routes.clone(), |name| metrics.route(name))
             .map_err(|dups| {
-                errors.extend(dups.into_iter().map(|d| config.route_error(d.index, d.to_string())));
+                errors.extend(
+                    dups.into_iter()
+                        .map(|d| config.route_error(d.index, d.to_string())),
+                );
             })
             .ok();
         match (certs, routes) {
-            (Some(certs), Some(routes)) if errors.is_empty() => {
-                Ok(Compiled { settings: config.server.clone(), routes, certs })
-            }
+            (Some(certs), Some(routes)) if errors.is_empty() => Ok(Compiled {
+                settings: config.server.clone(),
+                routes,
+                certs,
+            }),
             _ => Err(errors),
         }
     }

@@ -35,8 +35,14 @@ impl CertStore {
     pub fn insert(&mut self, names: &[String], key: Arc<CertifiedKey>) {
         for name in names {
             match name.strip_prefix("*.") {
-                Some(suffix) => self.wildcard.entry(suffix.to_string()).or_insert_with(|| key.clone()),
-                None => self.exact.entry(name.clone()).or_insert_with(|| key.clone()),
+                Some(suffix) => self
+                    .wildcard
+                    .entry(suffix.to_string())
+                    .or_insert_with(|| key.clone()),
+                None => self
+                    .exact
+                    .entry(name.clone())
+                    .or_insert_with(|| key.clone()),
             };
         }
         self.default.get_or_insert(key);
@@ -80,21 +86,40 @@ impl CertStore {
     }
 }
 
+/// The names a certificate serves, and the certificate.
+type NamedKey = (Vec<String>, Arc<CertifiedKey>);
+
 /// Loads one PEM chain + key; on error, which key (`cert_file`/`key_file`) and why.
-fn load_pair(spec: &CertificateSpec) -> Result<(Vec<String>, Arc<CertifiedKey>), (&'static str, String)> {
+fn load_pair(spec: &CertificateSpec) -> Result<NamedKey, (&'static str, String)> {
     let chain = read_chain(&spec.cert_file).map_err(|e| ("cert_file", e))?;
-    let key = PrivateKeyDer::from_pem_file(&spec.key_file)
-        .map_err(|e| ("key_file", format!("{}: no private key: {e}", spec.key_file.display())))?;
-    let signer = aws_lc_rs::sign::any_supported_type(&key)
-        .map_err(|e| ("key_file", format!("{}: unsupported key: {e}", spec.key_file.display())))?;
+    let key = PrivateKeyDer::from_pem_file(&spec.key_file).map_err(|e| {
+        (
+            "key_file",
+            format!("{}: no private key: {e}", spec.key_file.display()),
+        )
+    })?;
+    let signer = aws_lc_rs::sign::any_supported_type(&key).map_err(|e| {
+        (
+            "key_file",
+            format!("{}: unsupported key: {e}", spec.key_file.display()),
+        )
+    })?;
     let names = if spec.hosts.is_empty() {
-        dns_names(&chain[0]).map_err(|e| ("cert_file", format!("{}: {e}", spec.cert_file.display())))?
+        dns_names(&chain[0])
+            .map_err(|e| ("cert_file", format!("{}: {e}", spec.cert_file.display())))?
     } else {
         spec.hosts.clone()
     };
     let certified = CertifiedKey::new(chain, signer);
     certified.keys_match().map_err(|e| {
-        ("key_file", format!("{} does not match {}: {e}", spec.key_file.display(), spec.cert_file.display()))
+        (
+            "key_file",
+            format!(
+                "{} does not match {}: {e}",
+                spec.key_file.display(),
+                spec.cert_file.display()
+            ),
+        )
     })?;
     Ok((names, Arc::new(certified)))
 }
@@ -112,7 +137,8 @@ fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
 /// The DNS names a certificate is for (subjectAltName), lowercased.
 fn dns_names(cert: &CertificateDer<'_>) -> Result<Vec<String>, String> {
     use x509_parser::prelude::*;
-    let (_, x509) = X509Certificate::from_der(cert.as_ref()).map_err(|e| format!("not an X.509 certificate: {e}"))?;
+    let (_, x509) = X509Certificate::from_der(cert.as_ref())
+        .map_err(|e| format!("not an X.509 certificate: {e}"))?;
     let mut names = Vec::new();
     if let Ok(Some(san)) = x509.subject_alternative_name() {
         for n in &san.value.general_names {
@@ -134,7 +160,9 @@ impl ResolvesServerCert for CertResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         let store = self.store.load();
         match hello.server_name() {
-            Some(n) if n.bytes().any(|b| b.is_ascii_uppercase()) => store.get(Some(&n.to_ascii_lowercase())),
+            Some(n) if n.bytes().any(|b| b.is_ascii_uppercase()) => {
+                store.get(Some(&n.to_ascii_lowercase()))
+            }
             n => store.get(n),
         }
     }
@@ -167,7 +195,11 @@ mod tests {
 
     #[test]
     fn sni_picks_exact_then_wildcard_then_default() {
-        let (default, wild, exact) = (key("default.test"), key("*.example.com"), key("app.example.com"));
+        let (default, wild, exact) = (
+            key("default.test"),
+            key("*.example.com"),
+            key("app.example.com"),
+        );
         let mut s = CertStore::default();
         s.insert(&["default.test".into()], default.clone());
         s.insert(&["*.example.com".into()], wild.clone());
@@ -187,7 +219,11 @@ mod tests {
 
     #[test]
     fn names_come_from_subject_alt_names() {
-        let c = rcgen::generate_simple_self_signed(vec!["A.example.com".into(), "*.b.example.com".into()]).expect("rcgen");
+        let c = rcgen::generate_simple_self_signed(vec![
+            "A.example.com".into(),
+            "*.b.example.com".into(),
+        ])
+        .expect("rcgen");
         let names = dns_names(c.cert.der()).expect("parse");
         assert_eq!(names, vec!["a.example.com", "*.b.example.com"]);
     }

@@ -92,7 +92,14 @@ impl UpstreamGroup {
         response_timeout: Duration,
         idle_timeout: Duration,
     ) -> Self {
-        Self { endpoints, protocol, connect_timeout, response_timeout, idle_timeout, next: AtomicUsize::new(0) }
+        Self {
+            endpoints,
+            protocol,
+            connect_timeout,
+            response_timeout,
+            idle_timeout,
+            next: AtomicUsize::new(0),
+        }
     }
 
     /// Picks the next endpoint round-robin, skipping ejected ones and those in
@@ -129,7 +136,8 @@ impl UpstreamGroup {
         let ep = &self.endpoints[i];
         let fails = ep.consecutive_failures.fetch_add(1, Relaxed) + 1;
         if fails >= EJECT_AFTER_FAILURES {
-            ep.ejected_until_ms.store(now_ms() + EJECT_FOR.as_millis() as u64, Relaxed);
+            ep.ejected_until_ms
+                .store(now_ms() + EJECT_FOR.as_millis() as u64, Relaxed);
             tracing::warn!(upstream = %ep.display, failures = fails, "upstream ejected");
         }
     }
@@ -156,7 +164,12 @@ mod tests {
 
     fn group(n: u16) -> UpstreamGroup {
         let eps = (0..n)
-            .map(|i| Endpoint::new(UpstreamAddr::Socket(([127, 0, 0, 1], 1000 + i).into()), UpstreamProtocol::Http1))
+            .map(|i| {
+                Endpoint::new(
+                    UpstreamAddr::Socket(([127, 0, 0, 1], 1000 + i).into()),
+                    UpstreamProtocol::Http1,
+                )
+            })
             .collect();
         let d = Duration::from_secs(1);
         UpstreamGroup::new(eps, UpstreamProtocol::Http1, d, d, d)
@@ -170,7 +183,11 @@ mod tests {
         g.report_failure(1);
         let picks: Vec<_> = (0..4).map(|_| g.pick(&[]).unwrap()).collect();
         assert!(!picks.contains(&1), "{picks:?}");
-        assert_eq!(g.pick(&[0, 2]), Some(1), "an ejected endpoint is still tried last");
+        assert_eq!(
+            g.pick(&[0, 2]),
+            Some(1),
+            "an ejected endpoint is still tried last"
+        );
         assert_eq!(g.pick(&[0, 1, 2]), None);
         g.report_success(1);
         let picks: Vec<_> = (0..3).map(|_| g.pick(&[]).unwrap()).collect();
@@ -179,9 +196,18 @@ mod tests {
 
     #[test]
     fn same_address_same_pool_id() {
-        let a = Endpoint::new(UpstreamAddr::Socket(([127, 0, 0, 1], 80).into()), UpstreamProtocol::Http1);
-        let b = Endpoint::new(UpstreamAddr::Socket(([127, 0, 0, 1], 80).into()), UpstreamProtocol::Http1);
-        let c = Endpoint::new(UpstreamAddr::Socket(([127, 0, 0, 1], 80).into()), UpstreamProtocol::H2c);
+        let a = Endpoint::new(
+            UpstreamAddr::Socket(([127, 0, 0, 1], 80).into()),
+            UpstreamProtocol::Http1,
+        );
+        let b = Endpoint::new(
+            UpstreamAddr::Socket(([127, 0, 0, 1], 80).into()),
+            UpstreamProtocol::Http1,
+        );
+        let c = Endpoint::new(
+            UpstreamAddr::Socket(([127, 0, 0, 1], 80).into()),
+            UpstreamProtocol::H2c,
+        );
         assert_eq!(a.id, b.id);
         assert_ne!(a.id, c.id);
     }

@@ -51,7 +51,14 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         // Fast path: the common values name no other header.
         let named = conn
             .to_str()
-            .map(|v| v.split(',').any(|t| !matches!(t.trim().to_ascii_lowercase().as_str(), "keep-alive" | "close" | "upgrade" | "")))
+            .map(|v| {
+                v.split(',').any(|t| {
+                    !matches!(
+                        t.trim().to_ascii_lowercase().as_str(),
+                        "keep-alive" | "close" | "upgrade" | ""
+                    )
+                })
+            })
             .unwrap_or(false);
         if named {
             let names: Vec<HeaderName> = headers
@@ -68,9 +75,13 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
             }
         }
     }
-    let upgrade = keep_upgrade.then(|| headers.get(UPGRADE).cloned()).flatten();
+    let upgrade = keep_upgrade
+        .then(|| headers.get(UPGRADE).cloned())
+        .flatten();
     // `TE: trailers` is the one TE value allowed end to end (gRPC needs it).
-    let te_trailers = headers.get(TE).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    let te_trailers = headers
+        .get(TE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
     for name in HOP_BY_HOP {
         headers.remove(name);
     }
@@ -89,7 +100,11 @@ pub fn strip_spoofable(headers: &mut HeaderMap) {
         headers.remove(name);
     }
     if headers.keys().any(|k| k.as_str().starts_with("x-heim-")) {
-        let forged: Vec<HeaderName> = headers.keys().filter(|k| k.as_str().starts_with("x-heim-")).cloned().collect();
+        let forged: Vec<HeaderName> = headers
+            .keys()
+            .filter(|k| k.as_str().starts_with("x-heim-"))
+            .cloned()
+            .collect();
         for n in forged {
             headers.remove(n);
         }
@@ -97,7 +112,13 @@ pub fn strip_spoofable(headers: &mut HeaderMap) {
 }
 
 /// Sets the `X-Forwarded-*` family from what heim saw of the connection.
-pub fn set_forwarded(headers: &mut HeaderMap, remote: SocketAddr, tls: bool, host: &HeaderValue, port: u16) {
+pub fn set_forwarded(
+    headers: &mut HeaderMap,
+    remote: SocketAddr,
+    tls: bool,
+    host: &HeaderValue,
+    port: u16,
+) {
     let ip = ip_value(remote);
     headers.insert(X_FORWARDED_FOR.clone(), ip.clone());
     headers.insert(X_REAL_IP.clone(), ip);
@@ -124,7 +145,10 @@ fn ip_value(remote: SocketAddr) -> HeaderValue {
 /// does the same), so a trace can start before heim.
 pub fn acceptable_request_id(v: &HeaderValue) -> bool {
     let b = v.as_bytes();
-    !b.is_empty() && b.len() <= 128 && b.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.' | b':'))
+    !b.is_empty()
+        && b.len() <= 128
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.' | b':'))
 }
 
 #[cfg(test)]
@@ -134,7 +158,10 @@ mod tests {
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
-            h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
         }
         h
     }
@@ -159,7 +186,11 @@ mod tests {
 
     #[test]
     fn upgrade_survives_when_relayed() {
-        let mut h = map(&[("connection", "Upgrade"), ("upgrade", "websocket"), ("sec-websocket-key", "k")]);
+        let mut h = map(&[
+            ("connection", "Upgrade"),
+            ("upgrade", "websocket"),
+            ("sec-websocket-key", "k"),
+        ]);
         strip_hop_by_hop(&mut h, true);
         assert_eq!(h["upgrade"], "websocket");
         assert_eq!(h["connection"], "upgrade");
@@ -184,8 +215,17 @@ mod tests {
 
     #[test]
     fn forwarded_headers_replace_client_claims() {
-        let mut h = map(&[("x-forwarded-for", "6.6.6.6"), ("x-forwarded-proto", "http")]);
-        set_forwarded(&mut h, "[::1]:4000".parse().unwrap(), true, &HeaderValue::from_static("a.test"), 443);
+        let mut h = map(&[
+            ("x-forwarded-for", "6.6.6.6"),
+            ("x-forwarded-proto", "http"),
+        ]);
+        set_forwarded(
+            &mut h,
+            "[::1]:4000".parse().unwrap(),
+            true,
+            &HeaderValue::from_static("a.test"),
+            443,
+        );
         assert_eq!(h["x-forwarded-for"], "::1");
         assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
         assert_eq!(h["x-forwarded-proto"], "https");
@@ -196,9 +236,13 @@ mod tests {
 
     #[test]
     fn request_ids() {
-        assert!(acceptable_request_id(&HeaderValue::from_static("abc-123_x.y:z")));
+        assert!(acceptable_request_id(&HeaderValue::from_static(
+            "abc-123_x.y:z"
+        )));
         assert!(!acceptable_request_id(&HeaderValue::from_static("")));
         assert!(!acceptable_request_id(&HeaderValue::from_static("a b")));
-        assert!(!acceptable_request_id(&HeaderValue::from_str(&"a".repeat(129)).unwrap()));
+        assert!(!acceptable_request_id(
+            &HeaderValue::from_str(&"a".repeat(129)).unwrap()
+        ));
     }
 }

@@ -39,7 +39,11 @@ struct Attempt {
 
 impl Attempt {
     fn fatal(error: ProxyError) -> Self {
-        Self { error, unsent: None, endpoint_failed: false }
+        Self {
+            error,
+            unsent: None,
+            endpoint_failed: false,
+        }
     }
 }
 
@@ -54,7 +58,9 @@ pub async fn forward(
     let mut req = req;
     let mut last = ProxyError::NoUpstream;
     while n_tried < MAX_ENDPOINTS_TRIED {
-        let Some(i) = group.pick(&tried[..n_tried]) else { break };
+        let Some(i) = group.pick(&tried[..n_tried]) else {
+            break;
+        };
         let ep = &group.endpoints[i];
         let attempt = match group.protocol {
             UpstreamProtocol::Http1 => send_http1(ep, group, req, metrics).await,
@@ -93,19 +99,31 @@ async fn send_http1(
             continue;
         }
         match exchange_http1(sender, req, ep, group, metrics).await {
-            Err(Attempt { unsent: Some(r), .. }) => req = r, // went stale in the pool
+            Err(Attempt {
+                unsent: Some(r), ..
+            }) => req = r, // went stale in the pool
             done => return done,
         }
     }
     let tcp = match connect(ep, group.connect_timeout, metrics).await {
         Ok(tcp) => tcp,
-        Err(error) => return Err(Attempt { error, unsent: Some(req), endpoint_failed: true }),
+        Err(error) => {
+            return Err(Attempt {
+                error,
+                unsent: Some(req),
+                endpoint_failed: true,
+            })
+        }
     };
     let (sender, conn) = match http1::Builder::new().handshake(TokioIo::new(tcp)).await {
         Ok(pair) => pair,
         Err(_) => {
             metrics.upstream_error(UpstreamErrorKind::Connect);
-            return Err(Attempt { error: ProxyError::UpstreamConnect, unsent: Some(req), endpoint_failed: true });
+            return Err(Attempt {
+                error: ProxyError::UpstreamConnect,
+                unsent: Some(req),
+                endpoint_failed: true,
+            });
         }
     };
     tokio::task::spawn_local(async move {
@@ -138,11 +156,19 @@ async fn exchange_http1(
             Err(Attempt::fatal(ProxyError::UpstreamTimeout))
         }
         Ok(Ok(resp)) => {
-            let pooled = PooledSender { endpoint: ep.id, idle_timeout: group.idle_timeout, sender };
+            let pooled = PooledSender {
+                endpoint: ep.id,
+                idle_timeout: group.idle_timeout,
+                sender,
+            };
             Ok(resp.map(|b| ProxyBody::pooled(b, pooled)))
         }
         Ok(Err(mut e)) => match e.take_message() {
-            Some(req) => Err(Attempt { error: ProxyError::UpstreamProtocol, unsent: Some(req), endpoint_failed: false }),
+            Some(req) => Err(Attempt {
+                error: ProxyError::UpstreamProtocol,
+                unsent: Some(req),
+                endpoint_failed: false,
+            }),
             None => Err(Attempt::fatal(classify(e.error(), metrics))),
         },
     }
@@ -159,7 +185,13 @@ async fn send_http2(
         None => {
             let tcp = match connect(ep, group.connect_timeout, metrics).await {
                 Ok(tcp) => tcp,
-                Err(error) => return Err(Attempt { error, unsent: Some(req), endpoint_failed: true }),
+                Err(error) => {
+                    return Err(Attempt {
+                        error,
+                        unsent: Some(req),
+                        endpoint_failed: true,
+                    })
+                }
             };
             let handshake = http2::Builder::new(LocalExec)
                 .timer(TokioTimer::new())
@@ -170,7 +202,11 @@ async fn send_http2(
                 Ok(pair) => pair,
                 Err(_) => {
                     metrics.upstream_error(UpstreamErrorKind::Connect);
-                    return Err(Attempt { error: ProxyError::UpstreamConnect, unsent: Some(req), endpoint_failed: true });
+                    return Err(Attempt {
+                        error: ProxyError::UpstreamConnect,
+                        unsent: Some(req),
+                        endpoint_failed: true,
+                    });
                 }
             };
             tokio::task::spawn_local(async move {
@@ -184,7 +220,11 @@ async fn send_http2(
     };
     if sender.ready().await.is_err() {
         metrics.upstream_error(UpstreamErrorKind::Connect);
-        return Err(Attempt { error: ProxyError::UpstreamConnect, unsent: Some(req), endpoint_failed: true });
+        return Err(Attempt {
+            error: ProxyError::UpstreamConnect,
+            unsent: Some(req),
+            endpoint_failed: true,
+        });
     }
     match tokio::time::timeout(group.response_timeout, sender.try_send_request(req)).await {
         Err(_) => {
@@ -193,7 +233,11 @@ async fn send_http2(
         }
         Ok(Ok(resp)) => Ok(resp.map(ProxyBody::Upstream)),
         Ok(Err(mut e)) => match e.take_message() {
-            Some(req) => Err(Attempt { error: ProxyError::UpstreamConnect, unsent: Some(req), endpoint_failed: true }),
+            Some(req) => Err(Attempt {
+                error: ProxyError::UpstreamConnect,
+                unsent: Some(req),
+                endpoint_failed: true,
+            }),
             None => Err(Attempt::fatal(classify(e.error(), metrics))),
         },
     }
@@ -209,7 +253,9 @@ pub async fn forward_upgrade(
 ) -> Result<(Response<ProxyBody>, usize), ProxyError> {
     let i = group.pick(&[]).ok_or(ProxyError::NoUpstream)?;
     let ep = &group.endpoints[i];
-    let tcp = connect(ep, group.connect_timeout, metrics).await.inspect_err(|_| group.report_failure(i))?;
+    let tcp = connect(ep, group.connect_timeout, metrics)
+        .await
+        .inspect_err(|_| group.report_failure(i))?;
     let (mut sender, conn) = http1::Builder::new()
         .handshake(TokioIo::new(tcp))
         .await
@@ -238,7 +284,11 @@ pub async fn forward_upgrade(
     Ok((resp.map(ProxyBody::Upstream), i))
 }
 
-async fn connect(ep: &Endpoint, timeout: Duration, metrics: &Metrics) -> Result<TcpStream, ProxyError> {
+async fn connect(
+    ep: &Endpoint,
+    timeout: Duration,
+    metrics: &Metrics,
+) -> Result<TcpStream, ProxyError> {
     let attempt = async {
         match &ep.addr {
             UpstreamAddr::Socket(a) => TcpStream::connect(a).await,
@@ -248,7 +298,9 @@ async fn connect(ep: &Endpoint, timeout: Duration, metrics: &Metrics) -> Result<
     match tokio::time::timeout(timeout, attempt).await {
         Ok(Ok(tcp)) => {
             let _ = tcp.set_nodelay(true);
-            metrics.upstream_connects.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            metrics
+                .upstream_connects
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             Ok(tcp)
         }
         Ok(Err(e)) => {
@@ -272,7 +324,9 @@ fn classify(e: &hyper::Error, metrics: &Metrics) -> ProxyError {
         if s.downcast_ref::<BodyTooLarge>().is_some() {
             return ProxyError::BodyTooLarge;
         }
-        if let Some(crate::body::BodyError::TooLarge(_)) = s.downcast_ref::<crate::body::BodyError>() {
+        if let Some(crate::body::BodyError::TooLarge(_)) =
+            s.downcast_ref::<crate::body::BodyError>()
+        {
             return ProxyError::BodyTooLarge;
         }
         source = s.source();

@@ -46,18 +46,27 @@ impl PooledSender {
         HTTP1.with_borrow_mut(|pools| {
             let idle = pools.entry(self.endpoint).or_default();
             // The front holds the oldest: drop what has idled too long.
-            while idle.front().is_some_and(|i| i.since.elapsed() >= self.idle_timeout || i.sender.is_closed()) {
+            while idle
+                .front()
+                .is_some_and(|i| i.since.elapsed() >= self.idle_timeout || i.sender.is_closed())
+            {
                 idle.pop_front();
             }
             if idle.len() < MAX_IDLE_PER_ENDPOINT {
-                idle.push_back(Idle { sender: self.sender, since: Instant::now() });
+                idle.push_back(Idle {
+                    sender: self.sender,
+                    since: Instant::now(),
+                });
             }
         });
     }
 }
 
 /// The most recently used idle HTTP/1 connection to `endpoint`, if any.
-pub fn take_http1(endpoint: u64, idle_timeout: Duration) -> Option<http1::SendRequest<UpstreamBody>> {
+pub fn take_http1(
+    endpoint: u64,
+    idle_timeout: Duration,
+) -> Option<http1::SendRequest<UpstreamBody>> {
     HTTP1.with_borrow_mut(|pools| {
         let idle = pools.get_mut(&endpoint)?;
         while let Some(i) = idle.pop_back() {

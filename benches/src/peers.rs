@@ -1,0 +1,442 @@
+//! The processes of a run: the shared backend, the two proxies under test, and what `/proc`
+//! says about them.
+//!
+//! BENCH.md's rules this file implements:
+//!
+//! * **Same backend, same pool.** One cheap loopback backend for everyone — a separate nginx
+//!   answering `return 200 "hello world\n"` — on core 0 next to the load generator. Both proxies
+//!   keep the same upstream keep-alive pool (nginx `keepalive 64`, `proxy_http_version 1.1`,
+//!   `Connection ""`; heim pools by default).
+//! * **Same TLS.** TLS 1.3 (1.2 allowed), X25519, session tickets on, one ECDSA P-256
+//!   certificate (RSA-2048 for `handshake-rsa`), h2 and http/1.1 by ALPN, logging off.
+//! * **Pin.** The proxy under test runs on core 1 with one worker (`taskset -c 1`); the 2-worker
+//!   profile leaves it unpinned.
+//! * **Count CPU, not only requests.** Δ(utime+stime) from `/proc/PID/stat` over every process
+//!   of the proxy (nginx: master and workers), and peak RSS (`VmHWM` from `/proc/PID/status`; for
+//!   nginx the workers', which hold the connections).
+//!
+//! Every child sits in a [`Proc`] guard whose `Drop` stops it (SIGTERM, a bounded wait, then
+//! SIGKILL, and SIGKILL to any nginx worker left behind), so an error anywhere leaves no process
+//! behind.
+
+use std::fs;
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::thread::sleep;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+
+use crate::load::tail;
+
+/// The body the backend answers with (12 bytes).
+pub const BODY: &str = "hello world\n";
+
+/// PEM files of one certificate.
+#[derive(Clone, Debug)]
+pub struct CertFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// Writes a self-signed certificate for `bench.test` and IP 127.0.0.1 into `dir`, as
+/// `{stem}.pem` and `{stem}-key.pem`: ECDSA P-256, or RSA-2048 when `rsa`.
+pub fn write_cert(dir: &Path, stem: &str, rsa: bool) -> Result<CertFiles> {
+    let mut params = rcgen::CertificateParams::new(vec!["bench.test".to_string(), "127.0.0.1".to_string()])
+        .context("certificate parameters")?;
+    params.distinguished_name.push(rcgen::DnType::CommonName, "bench.test");
+    let alg = if rsa { &rcgen::PKCS_RSA_SHA256 } else { &rcgen::PKCS_ECDSA_P256_SHA256 };
+    let key = rcgen::KeyPair::generate_for(alg).context("generate the key pair")?;
+    let cert = params.self_signed(&key).context("self-sign the certificate")?;
+    let files = CertFiles { cert: dir.join(format!("{stem}.pem")), key: dir.join(format!("{stem}-key.pem")) };
+    fs::write(&files.cert, cert.pem()).with_context(|| format!("write {}", files.cert.display()))?;
+    fs::write(&files.key, key.serialize_pem()).with_context(|| format!("write {}", files.key.display()))?;
+    Ok(files)
+}
+
+/// `n` distinct free loopback ports (all bound at once, then released).
+pub fn free_ports(n: usize) -> Result<Vec<u16>> {
+    let listeners = (0..n)
+        .map(|_| TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("bind 127.0.0.1:0"))
+        .collect::<Result<Vec<_>>>()?;
+    listeners.iter().map(|l| Ok(l.local_addr().context("local_addr")?.port())).collect()
+}
+
+/// A nginx version triple from `nginx -v`'s "nginx version: nginx/1.22.1".
+pub fn nginx_version(text: &str) -> Option<(u32, u32, u32)> {
+    let v = text.split("nginx/").nth(1)?.split_whitespace().next()?;
+    let mut it = v.split('.').map(|p| p.parse::<u32>().ok());
+    Some((it.next()??, it.next()??, it.next().flatten().unwrap_or(0)))
+}
+
+/// Settings shared by both nginx configs: temp paths inside the prefix, no access log.
+fn nginx_common(prefix: &Path, workers: u32) -> String {
+    let p = prefix.display();
+    format!(
+        "worker_processes {workers};\n\
+         worker_rlimit_nofile 20000;\n\
+         pid {p}/nginx.pid;\n\
+         error_log {p}/error.log warn;\n\
+         events {{ worker_connections 16384; }}\n"
+    ) + &format!(
+        "http {{\n\
+         \x20 access_log off;\n\
+         \x20 client_body_temp_path {p}/client_body;\n\
+         \x20 proxy_temp_path {p}/proxy;\n\
+         \x20 fastcgi_temp_path {p}/fastcgi;\n\
+         \x20 uwsgi_temp_path {p}/uwsgi;\n\
+         \x20 scgi_temp_path {p}/scgi;\n\
+         \x20 # Long-lived client connections for both peers: nginx's default of 1000 requests per\n\
+         \x20 # connection would make h2load -D stop streams and wrk reconnect mid-run.\n\
+         \x20 keepalive_requests 1000000;\n\
+         \x20 keepalive_timeout 300s;\n"
+    )
+}
+
+/// The backend: one nginx worker answering 200 with [`BODY`].
+pub fn backend_conf(prefix: &Path, port: u16) -> String {
+    nginx_common(prefix, 1)
+        + &format!(
+            "  server {{\n\
+             \x20   listen 127.0.0.1:{port} backlog=4096;\n\
+             \x20   location / {{ return 200 \"hello world\\n\"; }}\n\
+             \x20 }}\n\
+             }}\n"
+        )
+}
+
+/// nginx as the proxy under test, configured the way an ingress would be.
+/// `http2_directive`: nginx ≥ 1.25.1 spells h2 `http2 on;`, older ones `listen … http2`.
+pub fn nginx_proxy_conf(
+    prefix: &Path,
+    workers: u32,
+    plain_port: u16,
+    tls_port: u16,
+    backend_port: u16,
+    cert: &CertFiles,
+    http2_directive: bool,
+) -> String {
+    let (listen_h2, h2_on) = if http2_directive { ("", "    http2 on;\n") } else { (" http2", "") };
+    nginx_common(prefix, workers)
+        + &format!(
+            "  upstream backend {{\n\
+             \x20   server 127.0.0.1:{backend_port};\n\
+             \x20   keepalive 64;\n\
+             \x20   keepalive_requests 1000000;\n\
+             \x20 }}\n\
+             \x20 server {{\n\
+             \x20   listen 127.0.0.1:{plain_port} backlog=4096;\n\
+             \x20   listen 127.0.0.1:{tls_port} ssl{listen_h2} backlog=4096;\n\
+             {h2_on}\
+             \x20   server_name bench.test;\n\
+             \x20   ssl_certificate {cert};\n\
+             \x20   ssl_certificate_key {key};\n\
+             \x20   ssl_protocols TLSv1.2 TLSv1.3;\n\
+             \x20   ssl_ecdh_curve X25519;\n\
+             \x20   ssl_session_tickets on;\n\
+             \x20   ssl_session_cache shared:SSL:10m;\n\
+             \x20   location / {{\n\
+             \x20     proxy_pass http://backend;\n\
+             \x20     proxy_http_version 1.1;\n\
+             \x20     proxy_set_header Connection \"\";\n\
+             \x20     proxy_set_header Host $host;\n\
+             \x20     proxy_set_header X-Real-IP $remote_addr;\n\
+             \x20     proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n\
+             \x20     proxy_set_header X-Forwarded-Proto $scheme;\n\
+             \x20   }}\n\
+             \x20 }}\n\
+             }}\n",
+            cert = cert.cert.display(),
+            key = cert.key.display(),
+        )
+}
+
+/// The equivalent heim-proxy config.
+pub fn heim_conf(
+    workers: u32,
+    https_port: u16,
+    http_port: u16,
+    admin_port: u16,
+    backend_port: u16,
+    cert: &CertFiles,
+) -> String {
+    format!(
+        "[server]\n\
+         https_listen = \"127.0.0.1:{https_port}\"\n\
+         http_listen = \"127.0.0.1:{http_port}\"\n\
+         admin_listen = \"127.0.0.1:{admin_port}\"\n\
+         workers = {workers}\n\
+         access_log = false\n\
+         drain_timeout = \"1s\"\n\
+         \n\
+         [[certificate]]\n\
+         cert_file = {cert:?}\n\
+         key_file = {key:?}\n\
+         \n\
+         [[route]]\n\
+         path = \"/\"\n\
+         upstream = [\"http://127.0.0.1:{backend_port}\"]\n\
+         public = true\n\
+         https_redirect = false\n",
+        cert = cert.cert.display().to_string(),
+        key = cert.key.display().to_string(),
+    )
+}
+
+/// A child process that is stopped when dropped.
+pub struct Proc {
+    pub name: String,
+    child: Child,
+    /// Where its stdout and stderr go, for error messages.
+    log: PathBuf,
+}
+
+impl Proc {
+    /// Spawns `argv` (optionally under `taskset -c CPUS`) with stdout+stderr to `log`.
+    pub fn spawn(name: &str, cpus: Option<&str>, argv: &[String], envs: &[(&str, &str)], log: PathBuf) -> Result<Proc> {
+        let out = fs::File::create(&log).with_context(|| format!("create {}", log.display()))?;
+        let err = out.try_clone().context("dup log file")?;
+        let mut cmd = match cpus {
+            Some(c) => {
+                let mut cmd = Command::new("taskset");
+                cmd.arg("-c").arg(c).args(argv);
+                cmd
+            }
+            None => {
+                let mut cmd = Command::new(&argv[0]);
+                cmd.args(&argv[1..]);
+                cmd
+            }
+        };
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .with_context(|| format!("start {name}: {}", argv.join(" ")))?;
+        Ok(Proc { name: name.to_string(), child, log })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The last lines of its output.
+    pub fn log_tail(&self) -> String {
+        tail(&fs::read_to_string(&self.log).unwrap_or_default(), 20)
+    }
+
+    /// Fails if the process has exited.
+    pub fn check_alive(&mut self) -> Result<()> {
+        if let Some(status) = self.child.try_wait().with_context(|| format!("wait for {}", self.name))? {
+            bail!("{} exited ({status}); its output:\n{}", self.name, self.log_tail());
+        }
+        Ok(())
+    }
+
+    /// Its pid and its children's (nginx's workers).
+    pub fn pids(&self) -> Vec<u32> {
+        let mut v = vec![self.pid()];
+        v.extend(children(self.pid()));
+        v
+    }
+
+    /// Waits (bounded: 200 × 25 ms) until `GET path` on `addr` answers 200.
+    pub fn wait_ready(&mut self, addr: SocketAddr, path: &str) -> Result<()> {
+        let mut last = String::new();
+        for _ in 0..200 {
+            self.check_alive()?;
+            match http_get(addr, path) {
+                Ok((200, _)) => return Ok(()),
+                Ok((status, _)) => last = format!("status {status}"),
+                Err(e) => last = format!("{e:#}"),
+            }
+            sleep(Duration::from_millis(25));
+        }
+        bail!(
+            "{} not ready: GET http://{addr}{path} still fails after 5 s ({last}); its output:\n{}",
+            self.name,
+            self.log_tail()
+        )
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(Some(_))) {
+            return;
+        }
+        let pid = self.pid();
+        let kids = children(pid);
+        // SIGTERM: nginx stops fast, heim drains (drain_timeout = 1 s). std has only SIGKILL,
+        // and SIGKILL on nginx's master would orphan its workers.
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(pid.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        for _ in 0..100 {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                break;
+            }
+            sleep(Duration::from_millis(50));
+        }
+        if !matches!(self.child.try_wait(), Ok(Some(_))) {
+            eprintln!("heim-bench: {} ignored SIGTERM for 5 s; killing it", self.name);
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        for k in kids {
+            if fs::metadata(format!("/proc/{k}")).is_ok() {
+                let _ = Command::new("kill")
+                    .arg("-KILL")
+                    .arg(k.to_string())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status();
+            }
+        }
+    }
+}
+
+/// The pids whose parent is `pid` (found by scanning `/proc`; the kernel here has no
+/// `/proc/PID/task/TID/children`).
+pub fn children(pid: u32) -> Vec<u32> {
+    let Ok(dir) = fs::read_dir("/proc") else { return Vec::new() };
+    let mut out: Vec<u32> = dir
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&p| {
+            fs::read_to_string(format!("/proc/{p}/stat"))
+                .ok()
+                .and_then(|s| parse_stat(&s).ok())
+                .is_some_and(|st| st.ppid == pid)
+        })
+        .collect();
+    out.sort_unstable();
+    out
+}
+
+/// The fields of `/proc/PID/stat` we use.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Stat {
+    pub ppid: u32,
+    /// utime + stime, in clock ticks (fields 14 and 15).
+    pub cpu_ticks: u64,
+}
+
+/// Parses `/proc/PID/stat`. The command name (field 2) may hold spaces and parentheses, so
+/// fields are counted from the last ')'.
+pub fn parse_stat(text: &str) -> Result<Stat> {
+    let rest = &text[text.rfind(')').context("no ')' in /proc/PID/stat")? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // f[0] is field 3 (state), so field n is f[n - 3].
+    if f.len() < 13 {
+        bail!("short /proc/PID/stat: {text:?}");
+    }
+    let n = |i: usize| -> Result<u64> { f[i - 3].parse().with_context(|| format!("stat field {i}: {:?}", f[i - 3])) };
+    Ok(Stat { ppid: u32::try_from(n(4)?).context("ppid")?, cpu_ticks: n(14)? + n(15)? })
+}
+
+/// Σ utime+stime (clock ticks) over `pids`; fails if one is gone.
+pub fn cpu_ticks(pids: &[u32]) -> Result<u64> {
+    pids.iter()
+        .map(|p| {
+            let s = fs::read_to_string(format!("/proc/{p}/stat")).with_context(|| format!("read /proc/{p}/stat (did it exit?)"))?;
+            Ok(parse_stat(&s)?.cpu_ticks)
+        })
+        .sum()
+}
+
+/// A `kB` field (`VmHWM`, `VmRSS`) of `/proc/PID/status`.
+pub fn status_kib(text: &str, field: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Σ `VmHWM` (KiB) over `pids`.
+pub fn peak_rss_kib(pids: &[u32]) -> Result<u64> {
+    pids.iter()
+        .map(|p| {
+            let s = fs::read_to_string(format!("/proc/{p}/status")).with_context(|| format!("read /proc/{p}/status"))?;
+            status_kib(&s, "VmHWM").with_context(|| format!("no VmHWM in /proc/{p}/status"))
+        })
+        .sum()
+}
+
+/// A minimal HTTP/1.1 GET with 1 s timeouts: (status, body).
+pub fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).with_context(|| format!("connect {addr}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(1))).context("set timeout")?;
+    s.set_write_timeout(Some(Duration::from_secs(1))).context("set timeout")?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: bench.test\r\nConnection: close\r\n\r\n").context("send request")?;
+    let mut buf = Vec::new();
+    s.take(1 << 20).read_to_end(&mut buf).context("read response")?;
+    let text = String::from_utf8_lossy(&buf);
+    let status = text
+        .strip_prefix("HTTP/1.1 ")
+        .or_else(|| text.strip_prefix("HTTP/1.0 "))
+        .and_then(|r| r.get(..3)?.parse().ok())
+        .with_context(|| format!("not an HTTP response: {:?}", text.chars().take(80).collect::<String>()))?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Ok((status, body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_fields() {
+        // A real line (nginx worker), with a name holding a space and ')' for good measure.
+        let line = "10392 (nginx) S 10199 10199 10155 0 -1 4194624 3172 0 0 0 117 65 0 0 20 0 1 0 \
+                    1167493 12345 1234 18446744073709551615 1 1 0 0 0 0 0 1 0 0 0 0 17 1 0 0 0 0 0\n";
+        assert_eq!(parse_stat(line).unwrap(), Stat { ppid: 10199, cpu_ticks: 182 });
+        let odd = line.replace("(nginx)", "(a b) c)");
+        assert_eq!(parse_stat(&odd).unwrap(), Stat { ppid: 10199, cpu_ticks: 182 });
+        assert!(parse_stat("1 (x) S 2 3").is_err());
+    }
+
+    #[test]
+    fn status_fields() {
+        let s = "Name:\tnginx\nVmPeak:\t   20000 kB\nVmHWM:\t    5120 kB\nVmRSS:\t    4096 kB\n";
+        assert_eq!(status_kib(s, "VmHWM"), Some(5120));
+        assert_eq!(status_kib(s, "VmRSS"), Some(4096));
+        assert_eq!(status_kib(s, "VmSwap"), None);
+    }
+
+    #[test]
+    fn versions() {
+        assert_eq!(nginx_version("nginx version: nginx/1.22.1\n"), Some((1, 22, 1)));
+        assert_eq!(nginx_version("nginx version: nginx/1.25 (x)"), Some((1, 25, 0)));
+        assert_eq!(nginx_version("nope"), None);
+    }
+
+    #[test]
+    fn ports_are_distinct() {
+        let p = free_ports(5).unwrap();
+        let mut d = p.clone();
+        d.sort_unstable();
+        d.dedup();
+        assert_eq!(d.len(), 5);
+    }
+
+    #[test]
+    fn heim_config_shape() {
+        let c = CertFiles { cert: "/t/c.pem".into(), key: "/t/k.pem".into() };
+        let t = heim_conf(1, 1, 2, 3, 4, &c);
+        assert!(t.contains("https_listen = \"127.0.0.1:1\""));
+        assert!(t.contains("cert_file = \"/t/c.pem\""));
+        assert!(t.contains("upstream = [\"http://127.0.0.1:4\"]"));
+        assert!(t.contains("https_redirect = false"));
+    }
+}

@@ -1,0 +1,221 @@
+//! Real upstream servers for the tests, on loopback, port 0.
+//!
+//! The HTTP ones answer JSON describing the request they received (what
+//! heim forwarded), plus a few behaviours a test can ask for by path:
+//! `/slow?ms=N` (answer late), `/status/N` (answer with status N),
+//! `/stream?chunks=N` (a chunked body of N pieces).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+/// A running upstream; stops when dropped.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    /// Requests (or WebSocket sessions) served so far.
+    pub hits: Arc<AtomicUsize>,
+    /// Connections accepted so far.
+    pub connections: Arc<AtomicUsize>,
+    task: JoinHandle<()>,
+}
+
+impl Upstream {
+    /// `http://ADDR`, for heim's `upstream = [...]`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// An address nothing listens on (connections are refused).
+pub fn dead_addr() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr")
+}
+
+type RespBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+async fn answer(
+    name: &'static str,
+    req: http::Request<Incoming>,
+) -> Result<http::Response<RespBody>, Infallible> {
+    let (parts, body) = req.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let query = parts.uri.query().unwrap_or("");
+    let param = |k: &str| {
+        query
+            .split('&')
+            .find_map(|kv| kv.strip_prefix(k).and_then(|v| v.strip_prefix('=')))
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    let path = parts.uri.path().to_string();
+    if path == "/slow" {
+        tokio::time::sleep(Duration::from_millis(param("ms").unwrap_or(1000))).await;
+    }
+    if path == "/stream" {
+        let n = param("chunks").unwrap_or(3);
+        let chunks = futures_util::stream::iter(
+            (0..n).map(|i| Ok::<_, Infallible>(Frame::data(Bytes::from(format!("chunk{i}\n"))))),
+        );
+        let body = BodyExt::boxed(StreamBody::new(chunks));
+        return Ok(http::Response::builder()
+            .header("x-upstream", name)
+            .body(body)
+            .expect("response"));
+    }
+    let status = path
+        .strip_prefix("/status/")
+        .and_then(|s| s.parse::<u16>().ok())
+        .unwrap_or(200);
+    let mut headers = serde_json::Map::new();
+    for (k, v) in &parts.headers {
+        let v = String::from_utf8_lossy(v.as_bytes()).into_owned();
+        match headers.get_mut(k.as_str()) {
+            Some(serde_json::Value::Array(a)) => a.push(v.into()),
+            _ => {
+                headers.insert(
+                    k.as_str().to_string(),
+                    serde_json::Value::Array(vec![v.into()]),
+                );
+            }
+        }
+    }
+    let doc = serde_json::json!({
+        "upstream": name,
+        "method": parts.method.as_str(),
+        "uri": parts.uri.to_string(),
+        "path": path,
+        "version": format!("{:?}", parts.version),
+        "headers": headers,
+        "body_len": body.len(),
+    });
+    let resp = http::Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .header("x-upstream", name)
+        .header("connection", "keep-alive")
+        .header("keep-alive", "timeout=60")
+        .body(BodyExt::boxed(Full::new(Bytes::from(doc.to_string()))))
+        .expect("response");
+    Ok(resp)
+}
+
+async fn listen() -> (TcpListener, SocketAddr) {
+    let l = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind upstream");
+    let a = l.local_addr().expect("addr");
+    (l, a)
+}
+
+/// An HTTP/1.1 upstream named `name` (its answers carry `x-upstream: name`).
+pub async fn http1(name: &'static str) -> Upstream {
+    let (l, addr) = listen().await;
+    let hits = Arc::new(AtomicUsize::new(0));
+    let connections = Arc::new(AtomicUsize::new(0));
+    let (h, c) = (hits.clone(), connections.clone());
+    let task = tokio::spawn(async move {
+        while let Ok((tcp, _)) = l.accept().await {
+            c.fetch_add(1, SeqCst);
+            let h = h.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req| {
+                    h.fetch_add(1, SeqCst);
+                    answer(name, req)
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tcp), svc)
+                    .await;
+            });
+        }
+    });
+    Upstream {
+        addr,
+        hits,
+        connections,
+        task,
+    }
+}
+
+/// An HTTP/2 upstream over cleartext (prior knowledge), named `name`.
+pub async fn h2c(name: &'static str) -> Upstream {
+    let (l, addr) = listen().await;
+    let hits = Arc::new(AtomicUsize::new(0));
+    let connections = Arc::new(AtomicUsize::new(0));
+    let (h, c) = (hits.clone(), connections.clone());
+    let task = tokio::spawn(async move {
+        while let Ok((tcp, _)) = l.accept().await {
+            c.fetch_add(1, SeqCst);
+            let h = h.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req| {
+                    h.fetch_add(1, SeqCst);
+                    answer(name, req)
+                });
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tcp), svc)
+                    .await;
+            });
+        }
+    });
+    Upstream {
+        addr,
+        hits,
+        connections,
+        task,
+    }
+}
+
+/// A WebSocket server that echoes every message back.
+pub async fn websocket_echo() -> Upstream {
+    let (l, addr) = listen().await;
+    let hits = Arc::new(AtomicUsize::new(0));
+    let connections = Arc::new(AtomicUsize::new(0));
+    let (h, c) = (hits.clone(), connections.clone());
+    let task = tokio::spawn(async move {
+        while let Ok((tcp, _)) = l.accept().await {
+            c.fetch_add(1, SeqCst);
+            let h = h.clone();
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await else {
+                    return;
+                };
+                h.fetch_add(1, SeqCst);
+                while let Some(Ok(msg)) = ws.next().await {
+                    if msg.is_close() {
+                        break;
+                    }
+                    if ws.send(msg).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    Upstream {
+        addr,
+        hits,
+        connections,
+        task,
+    }
+}
