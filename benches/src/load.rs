@@ -155,11 +155,13 @@ pub fn run(
     let args = argv(scenario, target, amount);
     let out_path = scratch.join(format!("{label}.out"));
     let err_path = scratch.join(format!("{label}.err"));
-    let stdout = File::create(&out_path).with_context(|| format!("create {}", out_path.display()))?;
-    let stderr = File::create(&err_path).with_context(|| format!("create {}", err_path.display()))?;
-    let mut child = Command::new("taskset")
-        .arg("-c")
-        .arg("0")
+    let stdout =
+        File::create(&out_path).with_context(|| format!("create {}", out_path.display()))?;
+    let stderr =
+        File::create(&err_path).with_context(|| format!("create {}", err_path.display()))?;
+    // setpriv --pdeathsig KILL: the generator dies with heim-bench.
+    let mut child = Command::new("setpriv")
+        .args(["--pdeathsig", "KILL", "taskset", "-c", "0"])
         .args(&args)
         .stdin(Stdio::null())
         .stdout(stdout)
@@ -182,7 +184,10 @@ pub fn run(
         if start.elapsed() > limit {
             let _ = child.kill();
             let _ = child.wait();
-            bail!("`{}` still running after {limit:?}; killed it", args.join(" "));
+            bail!(
+                "`{}` still running after {limit:?}; killed it",
+                args.join(" ")
+            );
         }
         sleep(Duration::from_millis(20));
     };
@@ -201,7 +206,12 @@ pub fn run(
         _ => parse_h2load(&out),
     };
     parsed.with_context(|| {
-        format!("parse the output of `{}`:\n{}\n{}", args.join(" "), tail(&out, 25), tail(&err, 10))
+        format!(
+            "parse the output of `{}`:\n{}\n{}",
+            args.join(" "),
+            tail(&out, 25),
+            tail(&err, 10)
+        )
     })
 }
 
@@ -227,16 +237,23 @@ pub fn parse_duration_us(s: &str) -> Result<f64> {
     } else {
         bail!("{s:?} has no time unit (us/ms/s/m/h)");
     };
-    let v: f64 = num.trim().parse().with_context(|| format!("{s:?} is not a duration"))?;
+    let v: f64 = num
+        .trim()
+        .parse()
+        .with_context(|| format!("{s:?} is not a duration"))?;
     Ok(v * scale)
 }
 
 fn parse_u64(s: &str) -> Result<u64> {
-    s.trim().parse().with_context(|| format!("{s:?} is not a count"))
+    s.trim()
+        .parse()
+        .with_context(|| format!("{s:?} is not a count"))
 }
 
 fn parse_f64(s: &str) -> Result<f64> {
-    s.trim().parse().with_context(|| format!("{s:?} is not a number"))
+    s.trim()
+        .parse()
+        .with_context(|| format!("{s:?} is not a number"))
 }
 
 /// Parses `wrk --latency` output.
@@ -291,14 +308,22 @@ pub fn parse_h2load(text: &str) -> Result<LoadResult> {
         let t = line.trim();
         if let Some(v) = t.strip_prefix("finished in ") {
             // "finished in 2.00s, 102775.50 req/s, 7.74MB/s"
-            let f = v.split(',').nth(1).context("no req/s after \"finished in\"")?;
-            let f = f.trim().strip_suffix(" req/s").context("no \"req/s\" after \"finished in\"")?;
+            let f = v
+                .split(',')
+                .nth(1)
+                .context("no req/s after \"finished in\"")?;
+            let f = f
+                .trim()
+                .strip_suffix(" req/s")
+                .context("no \"req/s\" after \"finished in\"")?;
             rps = Some(parse_f64(f)?);
         } else if let Some(v) = t.strip_prefix("requests:") {
             // "requests: 17562 total, 17584 started, 17562 done, 16000 succeeded, 1562 failed, …"
             for part in v.split(',') {
                 let mut w = part.split_whitespace();
-                let (Some(n), Some(what)) = (w.next(), w.next()) else { continue };
+                let (Some(n), Some(what)) = (w.next(), w.next()) else {
+                    continue;
+                };
                 match what {
                     "succeeded" => requests = Some(parse_u64(n)?),
                     "failed" => r.errors += parse_u64(n)?,
@@ -324,7 +349,12 @@ pub fn parse_h2load(text: &str) -> Result<LoadResult> {
             r.max_us = Some(parse_duration_us(f[1])?);
             r.mean_us = Some(parse_duration_us(f[2])?);
         } else {
-            for key in ["TLS Protocol:", "Cipher:", "Server Temp Key:", "Application protocol:"] {
+            for key in [
+                "TLS Protocol:",
+                "Cipher:",
+                "Server Temp Key:",
+                "Application protocol:",
+            ] {
                 if let Some(v) = t.strip_prefix(key) {
                     tls.push(v.trim().to_string());
                 }
@@ -409,7 +439,11 @@ mod tests {
     #[test]
     fn wrk_rejects_incomplete_output() {
         assert!(parse_wrk("unable to connect to 127.0.0.1:1 Connection refused\n").is_err());
-        let no_latency: String = WRK_H1.lines().filter(|l| !l.contains('%')).collect::<Vec<_>>().join("\n");
+        let no_latency: String = WRK_H1
+            .lines()
+            .filter(|l| !l.contains('%'))
+            .collect::<Vec<_>>()
+            .join("\n");
         assert!(parse_wrk(&no_latency).is_err());
     }
 
@@ -438,7 +472,10 @@ mod tests {
         assert!(close(r.mean_us.unwrap(), 13_830.0));
         assert!(close(r.max_us.unwrap(), 24_470.0));
 
-        let non_2xx = H2LOAD_H2.replace("205551 2xx, 0 3xx, 0 4xx, 0 5xx", "205000 2xx, 0 3xx, 500 4xx, 51 5xx");
+        let non_2xx = H2LOAD_H2.replace(
+            "205551 2xx, 0 3xx, 0 4xx, 0 5xx",
+            "205000 2xx, 0 3xx, 500 4xx, 51 5xx",
+        );
         assert_eq!(parse_h2load(&non_2xx).unwrap().errors, 551);
     }
 
@@ -465,7 +502,10 @@ mod tests {
 
     #[test]
     fn argv_shapes() {
-        let t = Target { plain_port: 8080, tls_port: 8443 };
+        let t = Target {
+            plain_port: 8080,
+            tls_port: 8443,
+        };
         let a = |secs, conns| Amount { secs, conns };
         assert_eq!(
             argv(Scenario::H1, t, a(10, 9)).join(" "),

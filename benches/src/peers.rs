@@ -17,7 +17,8 @@
 //!
 //! Every child sits in a [`Proc`] guard whose `Drop` stops it (SIGTERM, a bounded wait, then
 //! SIGKILL, and SIGKILL to any nginx worker left behind), so an error anywhere leaves no process
-//! behind.
+//! behind; each is also started under `setpriv --pdeathsig TERM`, so even a `kill -9` of
+//! heim-bench takes them down.
 
 use std::fs;
 use std::io::{Read, Write};
@@ -44,15 +45,29 @@ pub struct CertFiles {
 /// Writes a self-signed certificate for `bench.test` and IP 127.0.0.1 into `dir`, as
 /// `{stem}.pem` and `{stem}-key.pem`: ECDSA P-256, or RSA-2048 when `rsa`.
 pub fn write_cert(dir: &Path, stem: &str, rsa: bool) -> Result<CertFiles> {
-    let mut params = rcgen::CertificateParams::new(vec!["bench.test".to_string(), "127.0.0.1".to_string()])
-        .context("certificate parameters")?;
-    params.distinguished_name.push(rcgen::DnType::CommonName, "bench.test");
-    let alg = if rsa { &rcgen::PKCS_RSA_SHA256 } else { &rcgen::PKCS_ECDSA_P256_SHA256 };
+    let mut params =
+        rcgen::CertificateParams::new(vec!["bench.test".to_string(), "127.0.0.1".to_string()])
+            .context("certificate parameters")?;
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "bench.test");
+    let alg = if rsa {
+        &rcgen::PKCS_RSA_SHA256
+    } else {
+        &rcgen::PKCS_ECDSA_P256_SHA256
+    };
     let key = rcgen::KeyPair::generate_for(alg).context("generate the key pair")?;
-    let cert = params.self_signed(&key).context("self-sign the certificate")?;
-    let files = CertFiles { cert: dir.join(format!("{stem}.pem")), key: dir.join(format!("{stem}-key.pem")) };
-    fs::write(&files.cert, cert.pem()).with_context(|| format!("write {}", files.cert.display()))?;
-    fs::write(&files.key, key.serialize_pem()).with_context(|| format!("write {}", files.key.display()))?;
+    let cert = params
+        .self_signed(&key)
+        .context("self-sign the certificate")?;
+    let files = CertFiles {
+        cert: dir.join(format!("{stem}.pem")),
+        key: dir.join(format!("{stem}-key.pem")),
+    };
+    fs::write(&files.cert, cert.pem())
+        .with_context(|| format!("write {}", files.cert.display()))?;
+    fs::write(&files.key, key.serialize_pem())
+        .with_context(|| format!("write {}", files.key.display()))?;
     Ok(files)
 }
 
@@ -61,7 +76,10 @@ pub fn free_ports(n: usize) -> Result<Vec<u16>> {
     let listeners = (0..n)
         .map(|_| TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("bind 127.0.0.1:0"))
         .collect::<Result<Vec<_>>>()?;
-    listeners.iter().map(|l| Ok(l.local_addr().context("local_addr")?.port())).collect()
+    listeners
+        .iter()
+        .map(|l| Ok(l.local_addr().context("local_addr")?.port()))
+        .collect()
 }
 
 /// A nginx version triple from `nginx -v`'s "nginx version: nginx/1.22.1".
@@ -118,7 +136,11 @@ pub fn nginx_proxy_conf(
     cert: &CertFiles,
     http2_directive: bool,
 ) -> String {
-    let (listen_h2, h2_on) = if http2_directive { ("", "    http2 on;\n") } else { (" http2", "") };
+    let (listen_h2, h2_on) = if http2_directive {
+        ("", "    http2 on;\n")
+    } else {
+        (" http2", "")
+    };
     nginx_common(prefix, workers)
         + &format!(
             "  upstream backend {{\n\
@@ -191,25 +213,31 @@ pub struct Proc {
     child: Child,
     /// Where its stdout and stderr go, for error messages.
     log: PathBuf,
+    /// Children seen so far (nginx workers), to stop them even if the master is gone.
+    kids: Vec<u32>,
 }
 
 impl Proc {
-    /// Spawns `argv` (optionally under `taskset -c CPUS`) with stdout+stderr to `log`.
-    pub fn spawn(name: &str, cpus: Option<&str>, argv: &[String], envs: &[(&str, &str)], log: PathBuf) -> Result<Proc> {
+    /// Spawns `argv` (optionally under `taskset -c CPUS`) with stdout+stderr to `log`; its pid
+    /// is the program's (setpriv and taskset exec it).
+    pub fn spawn(
+        name: &str,
+        cpus: Option<&str>,
+        argv: &[String],
+        envs: &[(&str, &str)],
+        log: PathBuf,
+    ) -> Result<Proc> {
         let out = fs::File::create(&log).with_context(|| format!("create {}", log.display()))?;
         let err = out.try_clone().context("dup log file")?;
-        let mut cmd = match cpus {
-            Some(c) => {
-                let mut cmd = Command::new("taskset");
-                cmd.arg("-c").arg(c).args(argv);
-                cmd
-            }
-            None => {
-                let mut cmd = Command::new(&argv[0]);
-                cmd.args(&argv[1..]);
-                cmd
-            }
-        };
+        // setpriv --pdeathsig: if heim-bench dies, even by SIGKILL, the kernel sends the child
+        // SIGTERM, so no proxy or backend outlives the run (std has no prctl, and unsafe is
+        // forbidden here). It survives the exec into taskset and the program.
+        let mut cmd = Command::new("setpriv");
+        cmd.args(["--pdeathsig", "TERM"]);
+        if let Some(c) = cpus {
+            cmd.args(["taskset", "-c", c]);
+        }
+        cmd.args(argv);
         for (k, v) in envs {
             cmd.env(k, v);
         }
@@ -219,7 +247,12 @@ impl Proc {
             .stderr(err)
             .spawn()
             .with_context(|| format!("start {name}: {}", argv.join(" ")))?;
-        Ok(Proc { name: name.to_string(), child, log })
+        Ok(Proc {
+            name: name.to_string(),
+            child,
+            log,
+            kids: Vec::new(),
+        })
     }
 
     pub fn pid(&self) -> u32 {
@@ -233,16 +266,30 @@ impl Proc {
 
     /// Fails if the process has exited.
     pub fn check_alive(&mut self) -> Result<()> {
-        if let Some(status) = self.child.try_wait().with_context(|| format!("wait for {}", self.name))? {
-            bail!("{} exited ({status}); its output:\n{}", self.name, self.log_tail());
+        if let Some(status) = self
+            .child
+            .try_wait()
+            .with_context(|| format!("wait for {}", self.name))?
+        {
+            bail!(
+                "{} exited ({status}); its output:\n{}",
+                self.name,
+                self.log_tail()
+            );
         }
         Ok(())
     }
 
     /// Its pid and its children's (nginx's workers).
-    pub fn pids(&self) -> Vec<u32> {
+    pub fn pids(&mut self) -> Vec<u32> {
+        let kids = children(self.pid());
+        for k in &kids {
+            if !self.kids.contains(k) {
+                self.kids.push(*k);
+            }
+        }
         let mut v = vec![self.pid()];
-        v.extend(children(self.pid()));
+        v.extend(kids);
         v
     }
 
@@ -268,47 +315,60 @@ impl Proc {
 
 impl Drop for Proc {
     fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(Some(_))) {
-            return;
-        }
         let pid = self.pid();
-        let kids = children(pid);
-        // SIGTERM: nginx stops fast, heim drains (drain_timeout = 1 s). std has only SIGKILL,
-        // and SIGKILL on nginx's master would orphan its workers.
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(pid.to_string())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-        for _ in 0..100 {
-            if matches!(self.child.try_wait(), Ok(Some(_))) {
-                break;
-            }
-            sleep(Duration::from_millis(50));
-        }
+        let mut kids = children(pid);
+        kids.extend(
+            self.kids
+                .iter()
+                .filter(|k| !kids.contains(k))
+                .collect::<Vec<_>>(),
+        );
         if !matches!(self.child.try_wait(), Ok(Some(_))) {
-            eprintln!("heim-bench: {} ignored SIGTERM for 5 s; killing it", self.name);
-            let _ = self.child.kill();
-            let _ = self.child.wait();
+            // SIGTERM: nginx stops fast, heim drains (drain_timeout = 1 s). std has only
+            // SIGKILL, and SIGKILL on nginx's master would orphan its workers.
+            signal("-TERM", pid);
+            for _ in 0..100 {
+                if matches!(self.child.try_wait(), Ok(Some(_))) {
+                    break;
+                }
+                sleep(Duration::from_millis(50));
+            }
+            if !matches!(self.child.try_wait(), Ok(Some(_))) {
+                eprintln!(
+                    "heim-bench: {} ignored SIGTERM for 5 s; killing it",
+                    self.name
+                );
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+            }
         }
+        // Workers left behind (the master crashed, or ignored SIGTERM). A known pid is only
+        // killed while it still looks like nginx, in case the pid was reused.
         for k in kids {
-            if fs::metadata(format!("/proc/{k}")).is_ok() {
-                let _ = Command::new("kill")
-                    .arg("-KILL")
-                    .arg(k.to_string())
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .status();
+            let cmdline = fs::read(format!("/proc/{k}/cmdline")).unwrap_or_default();
+            if String::from_utf8_lossy(&cmdline).contains("nginx") {
+                signal("-KILL", k);
             }
         }
     }
 }
 
+/// `kill SIG PID`, ignoring the outcome (std can only SIGKILL its own children).
+fn signal(sig: &str, pid: u32) {
+    let _ = Command::new("kill")
+        .arg(sig)
+        .arg(pid.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
 /// The pids whose parent is `pid` (found by scanning `/proc`; the kernel here has no
 /// `/proc/PID/task/TID/children`).
 pub fn children(pid: u32) -> Vec<u32> {
-    let Ok(dir) = fs::read_dir("/proc") else { return Vec::new() };
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
     let mut out: Vec<u32> = dir
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
         .filter(|&p| {
@@ -339,15 +399,23 @@ pub fn parse_stat(text: &str) -> Result<Stat> {
     if f.len() < 13 {
         bail!("short /proc/PID/stat: {text:?}");
     }
-    let n = |i: usize| -> Result<u64> { f[i - 3].parse().with_context(|| format!("stat field {i}: {:?}", f[i - 3])) };
-    Ok(Stat { ppid: u32::try_from(n(4)?).context("ppid")?, cpu_ticks: n(14)? + n(15)? })
+    let n = |i: usize| -> Result<u64> {
+        f[i - 3]
+            .parse()
+            .with_context(|| format!("stat field {i}: {:?}", f[i - 3]))
+    };
+    Ok(Stat {
+        ppid: u32::try_from(n(4)?).context("ppid")?,
+        cpu_ticks: n(14)? + n(15)?,
+    })
 }
 
 /// Σ utime+stime (clock ticks) over `pids`; fails if one is gone.
 pub fn cpu_ticks(pids: &[u32]) -> Result<u64> {
     pids.iter()
         .map(|p| {
-            let s = fs::read_to_string(format!("/proc/{p}/stat")).with_context(|| format!("read /proc/{p}/stat (did it exit?)"))?;
+            let s = fs::read_to_string(format!("/proc/{p}/stat"))
+                .with_context(|| format!("read /proc/{p}/stat (did it exit?)"))?;
             Ok(parse_stat(&s)?.cpu_ticks)
         })
         .sum()
@@ -367,7 +435,8 @@ pub fn status_kib(text: &str, field: &str) -> Option<u64> {
 pub fn peak_rss_kib(pids: &[u32]) -> Result<u64> {
     pids.iter()
         .map(|p| {
-            let s = fs::read_to_string(format!("/proc/{p}/status")).with_context(|| format!("read /proc/{p}/status"))?;
+            let s = fs::read_to_string(format!("/proc/{p}/status"))
+                .with_context(|| format!("read /proc/{p}/status"))?;
             status_kib(&s, "VmHWM").with_context(|| format!("no VmHWM in /proc/{p}/status"))
         })
         .sum()
@@ -375,19 +444,36 @@ pub fn peak_rss_kib(pids: &[u32]) -> Result<u64> {
 
 /// A minimal HTTP/1.1 GET with 1 s timeouts: (status, body).
 pub fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).with_context(|| format!("connect {addr}"))?;
-    s.set_read_timeout(Some(Duration::from_secs(1))).context("set timeout")?;
-    s.set_write_timeout(Some(Duration::from_secs(1))).context("set timeout")?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: bench.test\r\nConnection: close\r\n\r\n").context("send request")?;
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1))
+        .with_context(|| format!("connect {addr}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(1)))
+        .context("set timeout")?;
+    s.set_write_timeout(Some(Duration::from_secs(1)))
+        .context("set timeout")?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: bench.test\r\nConnection: close\r\n\r\n"
+    )
+    .context("send request")?;
     let mut buf = Vec::new();
-    s.take(1 << 20).read_to_end(&mut buf).context("read response")?;
+    s.take(1 << 20)
+        .read_to_end(&mut buf)
+        .context("read response")?;
     let text = String::from_utf8_lossy(&buf);
     let status = text
         .strip_prefix("HTTP/1.1 ")
         .or_else(|| text.strip_prefix("HTTP/1.0 "))
         .and_then(|r| r.get(..3)?.parse().ok())
-        .with_context(|| format!("not an HTTP response: {:?}", text.chars().take(80).collect::<String>()))?;
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+        .with_context(|| {
+            format!(
+                "not an HTTP response: {:?}",
+                text.chars().take(80).collect::<String>()
+            )
+        })?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     Ok((status, body))
 }
 
@@ -400,9 +486,21 @@ mod tests {
         // A real line (nginx worker), with a name holding a space and ')' for good measure.
         let line = "10392 (nginx) S 10199 10199 10155 0 -1 4194624 3172 0 0 0 117 65 0 0 20 0 1 0 \
                     1167493 12345 1234 18446744073709551615 1 1 0 0 0 0 0 1 0 0 0 0 17 1 0 0 0 0 0\n";
-        assert_eq!(parse_stat(line).unwrap(), Stat { ppid: 10199, cpu_ticks: 182 });
+        assert_eq!(
+            parse_stat(line).unwrap(),
+            Stat {
+                ppid: 10199,
+                cpu_ticks: 182
+            }
+        );
         let odd = line.replace("(nginx)", "(a b) c)");
-        assert_eq!(parse_stat(&odd).unwrap(), Stat { ppid: 10199, cpu_ticks: 182 });
+        assert_eq!(
+            parse_stat(&odd).unwrap(),
+            Stat {
+                ppid: 10199,
+                cpu_ticks: 182
+            }
+        );
         assert!(parse_stat("1 (x) S 2 3").is_err());
     }
 
@@ -416,8 +514,14 @@ mod tests {
 
     #[test]
     fn versions() {
-        assert_eq!(nginx_version("nginx version: nginx/1.22.1\n"), Some((1, 22, 1)));
-        assert_eq!(nginx_version("nginx version: nginx/1.25 (x)"), Some((1, 25, 0)));
+        assert_eq!(
+            nginx_version("nginx version: nginx/1.22.1\n"),
+            Some((1, 22, 1))
+        );
+        assert_eq!(
+            nginx_version("nginx version: nginx/1.25 (x)"),
+            Some((1, 25, 0))
+        );
         assert_eq!(nginx_version("nope"), None);
     }
 
@@ -432,7 +536,10 @@ mod tests {
 
     #[test]
     fn heim_config_shape() {
-        let c = CertFiles { cert: "/t/c.pem".into(), key: "/t/k.pem".into() };
+        let c = CertFiles {
+            cert: "/t/c.pem".into(),
+            key: "/t/k.pem".into(),
+        };
         let t = heim_conf(1, 1, 2, 3, 4, &c);
         assert!(t.contains("https_listen = \"127.0.0.1:1\""));
         assert!(t.contains("cert_file = \"/t/c.pem\""));

@@ -59,7 +59,11 @@ pub fn summary(values: &[f64]) -> Option<(f64, f64, f64)> {
     let mut v = values.to_vec();
     v.sort_by(f64::total_cmp);
     let n = v.len();
-    let median = if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 };
+    let median = if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    };
     Some((median, v[0], v[n - 1]))
 }
 
@@ -102,7 +106,12 @@ fn cell(values: &[f64], unit: Unit) -> String {
     match summary(values) {
         None => "—".to_string(),
         Some((med, lo, hi)) if values.len() == 1 || lo == hi => fmt_value(med, unit),
-        Some((med, lo, hi)) => format!("{} ({}–{})", fmt_value(med, unit), fmt_value(lo, unit), fmt_value(hi, unit)),
+        Some((med, lo, hi)) => format!(
+            "{} ({}–{})",
+            fmt_value(med, unit),
+            fmt_value(lo, unit),
+            fmt_value(hi, unit)
+        ),
     }
 }
 
@@ -118,17 +127,26 @@ pub fn render(h: &Header, results: &[ScenarioResult], workers: u32) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "## heim-bench, {}\n", h.date);
     let _ = writeln!(s, "- command: `{}`", h.command);
-    let _ = writeln!(s, "- machine: {} cores (nproc), Linux {}", h.nproc, h.kernel);
+    let _ = writeln!(
+        s,
+        "- machine: {} cores (nproc), Linux {}",
+        h.nproc, h.kernel
+    );
     let _ = writeln!(s, "- peers: {}; {}", h.nginx_version, h.heim_version);
     let _ = writeln!(s, "- profile: {}\n", h.profile);
-    s.push_str("| scenario | metric | nginx median (min–max) | heim median (min–max) | heim/nginx |\n");
+    s.push_str(
+        "| scenario | metric | nginx median (min–max) | heim median (min–max) | heim/nginx |\n",
+    );
     s.push_str("| --- | --- | --- | --- | --- |\n");
 
     let mut notes: Vec<String> = Vec::new();
     let mut h2load_latency = false;
     for r in results {
         type Get = fn(&Sample) -> Option<f64>;
-        let mut rows: Vec<(String, Unit, Get)> = vec![(r.scenario.rate_label().to_string(), Unit::Rate, |x| Some(x.rps))];
+        let mut rows: Vec<(String, Unit, Get)> =
+            vec![(r.scenario.rate_label().to_string(), Unit::Rate, |x| {
+                Some(x.rps)
+            })];
         if r.scenario.tool() == "wrk" {
             rows.push(("p50 latency".into(), Unit::Micros, |x| x.p50_us));
             rows.push(("p99 latency".into(), Unit::Micros, |x| x.p99_us));
@@ -137,7 +155,9 @@ pub fn render(h: &Header, results: &[ScenarioResult], workers: u32) -> String {
             rows.push(("mean latency†".into(), Unit::Micros, |x| x.mean_us));
             rows.push(("max latency†".into(), Unit::Micros, |x| x.max_us));
         }
-        rows.push(("CPU-µs/req".into(), Unit::CpuPerReq, |x| Some(x.cpu_us_per_req)));
+        rows.push(("CPU-µs/req".into(), Unit::CpuPerReq, |x| {
+            Some(x.cpu_us_per_req)
+        }));
         rows.push(("proxy CPU".into(), Unit::Percent, |x| Some(x.cpu_pct)));
         rows.push(("peak RSS".into(), Unit::Kib, |x| Some(x.rss_kib as f64)));
         rows.push(("errors".into(), Unit::Count, |x| Some(x.errors as f64)));
@@ -169,7 +189,10 @@ pub fn render(h: &Header, results: &[ScenarioResult], workers: u32) -> String {
         }
         let errs: u64 = r.nginx.iter().chain(&r.heim).map(|x| x.errors).sum();
         if errs > 0 {
-            notes.push(format!("{}: {errs} errors (non-2xx or failed requests) over all rounds.", r.scenario));
+            notes.push(format!(
+                "{}: {errs} errors (non-2xx or failed requests) over all rounds.",
+                r.scenario
+            ));
         }
         if r.nginx_tls.is_some() || r.heim_tls.is_some() {
             notes.push(format!(
@@ -183,6 +206,15 @@ pub fn render(h: &Header, results: &[ScenarioResult], workers: u32) -> String {
     s.push('\n');
     if h2load_latency {
         s.push_str("† h2load prints no percentiles: mean and max of its \"time for request\".  \n");
+    }
+    if results
+        .iter()
+        .any(|r| r.scenario.tool() == "h2load" && r.scenario != Scenario::H2)
+    {
+        s.push_str(
+            "Handshake rounds open all N connections at once (h2load -n N -c N -m1): their latency is \
+             mostly queueing behind that burst.  \n",
+        );
     }
     s.push_str(
         "Higher is better for req/s and handshakes/s; lower for latency, CPU-µs/req and RSS. \
@@ -254,8 +286,14 @@ mod tests {
             heim_tls: None,
         };
         let out = render(&h, &[r], 1);
-        assert!(out.contains("| h1 | req/s | 105 (100–110) | 125 (120–130) | 1.19× |"), "{out}");
-        assert!(out.contains("| h1 | p99 latency | 900 µs | 900 µs | 1.00× |"), "{out}");
+        assert!(
+            out.contains("| h1 | req/s | 105 (100–110) | 125 (120–130) | 1.19× |"),
+            "{out}"
+        );
+        assert!(
+            out.contains("| h1 | p99 latency | 900 µs | 900 µs | 1.00× |"),
+            "{out}"
+        );
         assert!(out.contains("h1: heim used 80 % of its core"), "{out}");
         assert!(!out.contains("h1: nginx used"), "{out}");
         assert!(!out.contains('†'), "{out}");
