@@ -167,6 +167,9 @@ pub fn nginx_proxy_conf(
              \x20     proxy_set_header X-Real-IP $remote_addr;\n\
              \x20     proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n\
              \x20     proxy_set_header X-Forwarded-Proto $scheme;\n\
+             \x20     proxy_set_header X-Forwarded-Host $host;\n\
+             \x20     proxy_set_header X-Forwarded-Port $server_port;\n\
+             \x20     proxy_set_header X-Request-ID $request_id;\n\
              \x20   }}\n\
              \x20 }}\n\
              }}\n",

@@ -181,13 +181,8 @@ async fn serve_connection(
     let local = tcp.local_addr().unwrap_or(remote);
     let settings = shared.settings.load_full();
     let Some(acceptor) = tls else {
-        let ctx = Rc::new(ConnCtx {
-            shared: shared.clone(),
-            remote,
-            local,
-            tls: None,
-        });
-        return serve_http1(TokioIo::new(tcp), ctx, &settings, drain).await;
+        let ctx = Rc::new(ConnCtx::new(shared.clone(), remote, local, None));
+        return serve_http1(TokioIo::new(tcp), ctx, &settings, drain, true).await;
     };
     let stream = match tokio::time::timeout(settings.handshake_timeout, acceptor.accept(tcp)).await
     {
@@ -219,16 +214,13 @@ async fn serve_connection(
             _ => "unknown",
         },
     };
-    let ctx = Rc::new(ConnCtx {
-        shared: shared.clone(),
-        remote,
-        local,
-        tls: Some(info),
-    });
+    let ctx = Rc::new(ConnCtx::new(shared.clone(), remote, local, Some(info)));
     if alpn == Some("h2") {
         serve_http2(TokioIo::new(stream), ctx, &settings, drain).await
     } else {
-        serve_http1(TokioIo::new(stream), ctx, &settings, drain).await
+        // rustls gains nothing from vectored writes: let hyper flatten head
+        // and body into one buffer, so they go out in one TLS record.
+        serve_http1(TokioIo::new(stream), ctx, &settings, drain, false).await
     }
 }
 
@@ -237,6 +229,7 @@ async fn serve_http1<I>(
     ctx: Rc<ConnCtx>,
     settings: &ServerSettings,
     mut drain: watch::Receiver<bool>,
+    vectored: bool,
 ) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
@@ -246,7 +239,8 @@ async fn serve_http1<I>(
         .timer(TokioTimer::new())
         .header_read_timeout(settings.request_head_timeout)
         .max_buf_size(settings.max_header_bytes.max(8192))
-        .max_headers(200);
+        .max_headers(200)
+        .writev(vectored);
     let conn = builder.serve_connection(io, svc).with_upgrades();
     tokio::pin!(conn);
     tokio::select! {

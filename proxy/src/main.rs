@@ -5,6 +5,12 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// mimalloc's per-thread heaps suit heim's thread-per-core workers: the
+/// allocations of a request stay on its worker (measured: glibc malloc was
+/// ~4 % of heim's CPU in the keep-alive benchmark).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// heim's data plane: terminates TLS, routes by host and path (Kubernetes
 /// Ingress v1 rules), forwards to upstreams over pooled HTTP/1.1 or h2c.
 ///

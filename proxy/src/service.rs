@@ -39,6 +39,26 @@ pub struct ConnCtx {
     pub remote: SocketAddr,
     pub local: SocketAddr,
     pub tls: Option<TlsInfo>,
+    /// Made once per connection, applied to every request.
+    pub forwarded: headers::ForwardedFor,
+}
+
+impl ConnCtx {
+    pub fn new(
+        shared: Arc<Shared>,
+        remote: SocketAddr,
+        local: SocketAddr,
+        tls: Option<TlsInfo>,
+    ) -> Self {
+        let forwarded = headers::ForwardedFor::new(remote, local.port(), tls.is_some());
+        Self {
+            shared,
+            remote,
+            local,
+            tls,
+            forwarded,
+        }
+    }
 }
 
 /// The TLS session of a connection.
@@ -179,10 +199,8 @@ async fn serve(
     set_upstream_uri(&mut req, new_path.as_deref(), &host_value, protocol)?;
     {
         let h = req.headers_mut();
-        headers::strip_hop_by_hop(h, upgrade);
-        headers::strip_spoofable(h);
-        let tls = conn.tls.is_some();
-        headers::set_forwarded(h, conn.remote, tls, &host_value, conn.local.port());
+        headers::clean(h, true, upgrade);
+        conn.forwarded.apply(h, &host_value);
         h.insert(X_REQUEST_ID.clone(), out.request_id.clone());
         match protocol {
             UpstreamProtocol::Http1 => {
@@ -218,7 +236,7 @@ async fn serve(
     };
     out.upstream = Some(endpoint);
     let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
-    headers::strip_hop_by_hop(resp.headers_mut(), switching);
+    headers::clean(resp.headers_mut(), false, switching);
     Ok(resp)
 }
 

@@ -11,31 +11,40 @@ use std::net::SocketAddr;
 
 use http::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, TE, UPGRADE};
 
-/// Headers that never cross heim (besides those `Connection` names).
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "proxy-authorization",
-];
+/// What one header name is to heim.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Plain,
+    /// Never crosses heim (RFC 9110 §7.6.1), besides those `Connection` names.
+    HopByHop,
+    /// Only heim may set it: identity, and forwarding headers a client could
+    /// forge. `x-heim-*` is a whole family.
+    Spoofable,
+}
 
-/// Headers only heim may set: identity, and the forwarding headers a client
-/// could forge. Prefix `x-heim-` is matched as a whole family.
-const SPOOFABLE: [&str; 9] = [
-    "forwarded",
-    "x-forwarded-user",
-    "x-forwarded-email",
-    "x-forwarded-groups",
-    "x-forwarded-preferred-username",
-    "x-auth-request-user",
-    "x-auth-request-email",
-    "x-auth-request-groups",
-    "x-auth-request-preferred-username",
-];
+fn kind(name: &str) -> Kind {
+    match name {
+        "connection"
+        | "keep-alive"
+        | "proxy-connection"
+        | "te"
+        | "trailer"
+        | "transfer-encoding"
+        | "upgrade"
+        | "proxy-authorization" => Kind::HopByHop,
+        "forwarded"
+        | "x-forwarded-user"
+        | "x-forwarded-email"
+        | "x-forwarded-groups"
+        | "x-forwarded-preferred-username"
+        | "x-auth-request-user"
+        | "x-auth-request-email"
+        | "x-auth-request-groups"
+        | "x-auth-request-preferred-username" => Kind::Spoofable,
+        n if n.starts_with("x-heim-") => Kind::Spoofable,
+        _ => Kind::Plain,
+    }
+}
 
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -44,36 +53,41 @@ pub static X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-p
 pub static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// Removes hop-by-hop headers; keeps `Upgrade`/`Connection: upgrade` when
-/// the request is an upgrade heim relays.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    if let Some(conn) = headers.get(CONNECTION) {
-        // Fast path: the common values name no other header.
-        let named = conn
-            .to_str()
-            .map(|v| {
-                v.split(',').any(|t| {
-                    !matches!(
-                        t.trim().to_ascii_lowercase().as_str(),
-                        "keep-alive" | "close" | "upgrade" | ""
-                    )
-                })
-            })
-            .unwrap_or(false);
-        if named {
-            let names: Vec<HeaderName> = headers
-                .get_all(CONNECTION)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .flat_map(|v| v.split(','))
-                .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-                // `Connection: host` must not take the host away.
-                .filter(|n| n != http::header::HOST)
-                .collect();
-            for n in names {
-                headers.remove(n);
+/// Removes hop-by-hop headers in either direction, and on requests
+/// (`request`) the identity headers a client may have forged. Keeps
+/// `Upgrade` and `Connection: upgrade` when heim relays an upgrade.
+///
+/// One pass over the names; the common request (nothing to remove) costs
+/// no hashing and no allocation.
+pub fn clean(headers: &mut HeaderMap, request: bool, keep_upgrade: bool) {
+    let mut doomed: Vec<HeaderName> = Vec::new();
+    let mut connection_names_others = false;
+    for name in headers.keys() {
+        match kind(name.as_str()) {
+            Kind::Plain => {}
+            Kind::Spoofable if !request => {}
+            Kind::HopByHop if name == CONNECTION => {
+                connection_names_others =
+                    headers.get_all(CONNECTION).iter().any(names_other_headers);
+                doomed.push(name.clone());
             }
+            _ => doomed.push(name.clone()),
         }
+    }
+    if doomed.is_empty() {
+        return;
+    }
+    if connection_names_others {
+        let named: Vec<HeaderName> = headers
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            // `Connection: host` must not take the host away.
+            .filter(|n| n != http::header::HOST)
+            .collect();
+        doomed.extend(named);
     }
     let upgrade = keep_upgrade
         .then(|| headers.get(UPGRADE).cloned())
@@ -82,7 +96,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     let te_trailers = headers
         .get(TE)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
-    for name in HOP_BY_HOP {
+    for name in doomed {
         headers.remove(name);
     }
     if let Some(u) = upgrade {
@@ -94,51 +108,46 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
-/// Removes identity headers a client may have sent.
-pub fn strip_spoofable(headers: &mut HeaderMap) {
-    for name in SPOOFABLE {
-        headers.remove(name);
-    }
-    if headers.keys().any(|k| k.as_str().starts_with("x-heim-")) {
-        let forged: Vec<HeaderName> = headers
-            .keys()
-            .filter(|k| k.as_str().starts_with("x-heim-"))
-            .cloned()
-            .collect();
-        for n in forged {
-            headers.remove(n);
+/// True when a `Connection` value names a header beyond the usual tokens.
+fn names_other_headers(v: &HeaderValue) -> bool {
+    v.to_str().is_ok_and(|v| {
+        v.split(',').any(|t| {
+            let t = t.trim();
+            !(t.is_empty()
+                || t.eq_ignore_ascii_case("keep-alive")
+                || t.eq_ignore_ascii_case("close")
+                || t.eq_ignore_ascii_case("upgrade"))
+        })
+    })
+}
+
+/// The `X-Forwarded-*` values that depend only on the connection, made
+/// once per connection.
+#[derive(Debug, Clone)]
+pub struct ForwardedFor {
+    ip: HeaderValue,
+    port: HeaderValue,
+    proto: HeaderValue,
+}
+
+impl ForwardedFor {
+    pub fn new(remote: SocketAddr, local_port: u16, tls: bool) -> Self {
+        Self {
+            ip: HeaderValue::from_str(&remote.ip().to_string())
+                .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
+            port: HeaderValue::from(local_port),
+            proto: HeaderValue::from_static(if tls { "https" } else { "http" }),
         }
     }
-}
 
-/// Sets the `X-Forwarded-*` family from what heim saw of the connection.
-pub fn set_forwarded(
-    headers: &mut HeaderMap,
-    remote: SocketAddr,
-    tls: bool,
-    host: &HeaderValue,
-    port: u16,
-) {
-    let ip = ip_value(remote);
-    headers.insert(X_FORWARDED_FOR.clone(), ip.clone());
-    headers.insert(X_REAL_IP.clone(), ip);
-    headers.insert(
-        X_FORWARDED_PROTO.clone(),
-        HeaderValue::from_static(if tls { "https" } else { "http" }),
-    );
-    headers.insert(X_FORWARDED_HOST.clone(), host.clone());
-    headers.insert(X_FORWARDED_PORT.clone(), HeaderValue::from(port));
-}
-
-fn ip_value(remote: SocketAddr) -> HeaderValue {
-    let mut buf = [0u8; 48];
-    let len = {
-        use std::io::Write;
-        let mut cur = std::io::Cursor::new(&mut buf[..]);
-        let _ = write!(cur, "{}", remote.ip());
-        cur.position() as usize
-    };
-    HeaderValue::from_bytes(&buf[..len]).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+    /// Sets the `X-Forwarded-*` family, replacing whatever the client claimed.
+    pub fn apply(&self, headers: &mut HeaderMap, host: &HeaderValue) {
+        headers.insert(X_FORWARDED_FOR.clone(), self.ip.clone());
+        headers.insert(X_REAL_IP.clone(), self.ip.clone());
+        headers.insert(X_FORWARDED_PROTO.clone(), self.proto.clone());
+        headers.insert(X_FORWARDED_HOST.clone(), host.clone());
+        headers.insert(X_FORWARDED_PORT.clone(), self.port.clone());
+    }
 }
 
 /// A client's `X-Request-Id` is kept when it is a sane token (ingress-nginx
@@ -167,6 +176,21 @@ mod tests {
     }
 
     #[test]
+    fn plain_headers_stay() {
+        let mut h = map(&[
+            ("host", "a.test"),
+            ("accept", "*/*"),
+            ("connection", "keep-alive"),
+        ]);
+        clean(&mut h, true, false);
+        let left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, ["host", "accept"]);
+        let mut h = map(&[("te", "trailers"), ("content-type", "application/grpc")]);
+        clean(&mut h, true, false);
+        assert_eq!(h["te"], "trailers");
+    }
+
+    #[test]
     fn hop_by_hop_and_connection_named_headers_go() {
         let mut h = map(&[
             ("host", "a.test"),
@@ -179,7 +203,7 @@ mod tests {
             ("proxy-authorization", "Basic Zm9vOmJhcg=="),
             ("accept", "*/*"),
         ]);
-        strip_hop_by_hop(&mut h, false);
+        clean(&mut h, true, false);
         let left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
         assert_eq!(left, ["host", "accept"]);
     }
@@ -191,7 +215,7 @@ mod tests {
             ("upgrade", "websocket"),
             ("sec-websocket-key", "k"),
         ]);
-        strip_hop_by_hop(&mut h, true);
+        clean(&mut h, true, true);
         assert_eq!(h["upgrade"], "websocket");
         assert_eq!(h["connection"], "upgrade");
         assert_eq!(h["sec-websocket-key"], "k");
@@ -208,9 +232,13 @@ mod tests {
             ("forwarded", "for=1.2.3.4"),
             ("x-heimdall", "kept"),
         ]);
-        strip_spoofable(&mut h);
+        let mut response = h.clone();
+        clean(&mut h, true, false);
         let left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
         assert_eq!(left, ["x-heimdall"]);
+        // Upstreams may set heim-looking headers on responses.
+        clean(&mut response, false, false);
+        assert_eq!(response.len(), 7);
     }
 
     #[test]
@@ -219,13 +247,8 @@ mod tests {
             ("x-forwarded-for", "6.6.6.6"),
             ("x-forwarded-proto", "http"),
         ]);
-        set_forwarded(
-            &mut h,
-            "[::1]:4000".parse().unwrap(),
-            true,
-            &HeaderValue::from_static("a.test"),
-            443,
-        );
+        let fwd = ForwardedFor::new("[::1]:4000".parse().unwrap(), 443, true);
+        fwd.apply(&mut h, &HeaderValue::from_static("a.test"));
         assert_eq!(h["x-forwarded-for"], "::1");
         assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
         assert_eq!(h["x-forwarded-proto"], "https");
