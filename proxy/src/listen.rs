@@ -243,7 +243,10 @@ async fn serve_http1<I>(
         .writev(vectored);
     let conn = builder.serve_connection(io, svc).with_upgrades();
     tokio::pin!(conn);
+    // `biased`: poll the connection first and skip select's per-poll
+    // random number; the drain signal is checked on every wake-up anyway.
     tokio::select! {
+        biased;
         _ = conn.as_mut() => {}
         _ = drain.wait_for(|d| *d) => {
             conn.as_mut().graceful_shutdown();
@@ -269,7 +272,10 @@ async fn serve_http2<I>(
         .keep_alive_interval(Duration::from_secs(60));
     let conn = builder.serve_connection(io, svc);
     tokio::pin!(conn);
+    // `biased`: poll the connection first and skip select's per-poll
+    // random number; the drain signal is checked on every wake-up anyway.
     tokio::select! {
+        biased;
         _ = conn.as_mut() => {}
         _ = drain.wait_for(|d| *d) => {
             conn.as_mut().graceful_shutdown();

@@ -74,6 +74,8 @@ struct Outcome {
     route: Option<Arc<Route>>,
     upstream: Option<usize>,
     request_id: HeaderValue,
+    /// Why heim answered itself, if it did.
+    error: Option<ProxyError>,
 }
 
 /// hyper's entry point: one request, one response, never an error.
@@ -98,10 +100,14 @@ pub async fn handle(
         route: None,
         upstream: None,
         request_id,
+        error: None,
     };
     let resp = match serve(req, &conn, &mut outcome).await {
         Ok(resp) => resp,
-        Err(e) => e.response(),
+        Err(e) => {
+            outcome.error = Some(e);
+            e.response()
+        }
     };
 
     // === log ===
@@ -129,6 +135,7 @@ pub async fn handle(
             duration_us = elapsed.as_micros() as u64,
             route = outcome.route.as_ref().map(|r| r.spec.name.as_str()),
             upstream,
+            error = outcome.error.map(tracing::field::display),
             remote = %conn.remote,
             request_id = outcome.request_id.to_str().unwrap_or(""),
             "request"

@@ -907,19 +907,19 @@ fn check_names_file_line_and_key() {
         String::from_utf8_lossy(&out.stderr)
     );
 
-    // The README's example stays valid.
-    let quickstart =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/quickstart.toml");
-    let out = std::process::Command::new(heim_e2e::heim_binary())
-        .args(["check", "--config"])
-        .arg(&quickstart)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "quickstart.toml: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    // The shipped examples stay valid.
+    for example in ["quickstart.toml", "edge.toml"] {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../deploy/examples")
+            .join(example);
+        let out = std::process::Command::new(heim_e2e::heim_binary())
+            .args(["check", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{example}: {err}");
+    }
 
     // A certificate that does not exist is caught by check, too.
     std::fs::remove_file(e.dir.join("app.pem")).unwrap();

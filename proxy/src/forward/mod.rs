@@ -72,7 +72,9 @@ pub async fn forward(
                 return Ok((resp, i));
             }
             Err(a) => {
-                if a.endpoint_failed {
+                // Like nginx's max_fails: connect errors and timeouts count
+                // against the endpoint (a timed-out request is not retried).
+                if a.endpoint_failed || a.error == ProxyError::UpstreamTimeout {
                     group.report_failure(i);
                 }
                 tried[n_tried] = i;
