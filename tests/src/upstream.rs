@@ -130,6 +130,12 @@ async fn listen() -> (TcpListener, SocketAddr) {
 
 /// An HTTP/1.1 upstream named `name` (its answers carry `x-upstream: name`).
 pub async fn http1(name: &'static str) -> Upstream {
+    http1_closing_idle(name, None).await
+}
+
+/// An HTTP/1.1 upstream that closes keep-alive connections idle for
+/// `idle` (like many app servers do, often without saying so).
+pub async fn http1_closing_idle(name: &'static str, idle: Option<Duration>) -> Upstream {
     let (l, addr) = listen().await;
     let hits = Arc::new(AtomicUsize::new(0));
     let connections = Arc::new(AtomicUsize::new(0));
@@ -143,9 +149,13 @@ pub async fn http1(name: &'static str) -> Upstream {
                     h.fetch_add(1, SeqCst);
                     answer(name, req)
                 });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tcp), svc)
-                    .await;
+                let mut builder = hyper::server::conn::http1::Builder::new();
+                if let Some(idle) = idle {
+                    builder
+                        .timer(hyper_util::rt::TokioTimer::new())
+                        .header_read_timeout(idle);
+                }
+                let _ = builder.serve_connection(TokioIo::new(tcp), svc).await;
             });
         }
     });

@@ -425,6 +425,35 @@ async fn upstream_keepalive_connections_are_reused() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_closing_idle_connections_costs_no_request() {
+    let e = env("stale");
+    let a = upstream::http1_closing_idle("a", Some(Duration::from_millis(100))).await;
+    let heim = Heim::start(
+        &e.dir,
+        &config("workers = 1", &route("app.test", "/", &up(&a))),
+    )
+    .expect("start");
+    let mut conn = e.client.connect_h1(heim.https, "app.test").await.unwrap();
+    for i in 0..5 {
+        let r = conn.send(get("app.test", "/")).await.unwrap();
+        assert_eq!(r.status, 200, "request {i}: {:?}", r.body);
+        // Idle past the upstream's keep-alive timeout: the pooled
+        // connection heim holds is closed by the time the next request comes.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let post = http::Request::post("/")
+        .header("host", "app.test")
+        .body(Body::from("x"))
+        .unwrap();
+    assert_eq!(conn.send(post).await.unwrap().status, 200);
+    assert_eq!(a.hits.load(SeqCst), 6);
+    assert!(
+        a.connections.load(SeqCst) >= 5,
+        "the upstream closed its idle connections"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_swaps_routes_without_dropping_requests() {
     let e = env("reload");
     let (a, b) = (upstream::http1("a").await, upstream::http1("b").await);
