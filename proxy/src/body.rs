@@ -6,14 +6,18 @@
 //! * [`UpstreamBody`] is what heim sends upstream: the client's body, cut off
 //!   at the route's size limit.
 //! * A pooled HTTP/1 upstream connection goes back to its worker's pool when
-//!   the response body it carries has been read to the end.
+//!   the response body it carries has been read to the end; a body that
+//!   stalls past the route's `response_timeout` is cut off.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
+use tokio::time::{Instant, Sleep};
 
 use crate::forward::pool::PooledSender;
 
@@ -97,15 +101,32 @@ impl Body for UpstreamBody {
     }
 }
 
+/// An upstream's response body stalled for longer than the route's
+/// `response_timeout` (like nginx's `proxy_read_timeout`).
+#[derive(Debug, thiserror::Error)]
+#[error("upstream response body stalled")]
+pub struct BodyStalled;
+
 /// What heim answers a client with.
 #[derive(Debug)]
 pub enum ProxyBody {
     /// A body heim made itself (`None` once sent).
     Local(Option<Bytes>),
-    /// An upstream body on a connection that is not pooled (h2c, upgrades).
-    Upstream(Incoming),
-    /// An upstream body whose HTTP/1 connection returns to the pool at its end.
-    Pooled(Incoming, Option<PooledSender>),
+    /// An upstream's body, relayed as it comes.
+    Upstream(UpstreamResponse),
+}
+
+/// An upstream's response body on its way to the client: cut off when it
+/// stalls, and its HTTP/1 connection given back to the pool at its end.
+#[derive(Debug)]
+pub struct UpstreamResponse {
+    body: Incoming,
+    pooled: Option<PooledSender>,
+    read_timeout: Duration,
+    /// Armed only when the body is waited for, so a response that arrives
+    /// whole costs no timer.
+    stall: Option<Pin<Box<Sleep>>>,
+    progressed: bool,
 }
 
 impl ProxyBody {
@@ -115,46 +136,80 @@ impl ProxyBody {
         ProxyBody::Local((!b.is_empty()).then_some(b))
     }
 
-    /// An upstream body whose connection is given back once it is read.
-    pub fn pooled(body: Incoming, sender: PooledSender) -> Self {
-        if body.is_end_stream() {
-            sender.release();
-            ProxyBody::Pooled(body, None)
-        } else {
-            ProxyBody::Pooled(body, Some(sender))
+    /// An upstream body; `pooled` is its connection, given back once the
+    /// body is read to the end.
+    pub fn upstream(body: Incoming, pooled: Option<PooledSender>, read_timeout: Duration) -> Self {
+        let pooled = match pooled {
+            Some(p) if body.is_end_stream() => {
+                p.release();
+                None
+            }
+            p => p,
+        };
+        ProxyBody::Upstream(UpstreamResponse {
+            body,
+            pooled,
+            read_timeout,
+            stall: None,
+            progressed: false,
+        })
+    }
+}
+
+impl UpstreamResponse {
+    fn release(&mut self) {
+        if let Some(p) = self.pooled.take() {
+            p.release();
         }
     }
 }
 
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 impl Body for ProxyBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        match self.get_mut() {
-            ProxyBody::Local(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-            ProxyBody::Upstream(b) => Pin::new(b).poll_frame(cx),
-            ProxyBody::Pooled(b, sender) => {
-                let r = Pin::new(&mut *b).poll_frame(cx);
-                let done = match &r {
-                    Poll::Ready(None) => true,
-                    Poll::Ready(Some(Ok(_))) => b.is_end_stream(),
-                    // An error: the connection is not reusable; dropping closes it.
-                    Poll::Ready(Some(Err(_))) => {
-                        sender.take();
-                        false
-                    }
-                    Poll::Pending => false,
-                };
-                if done {
-                    if let Some(s) = sender.take() {
-                        s.release();
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let u = match self.get_mut() {
+            ProxyBody::Local(b) => return Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            ProxyBody::Upstream(u) => u,
+        };
+        match Pin::new(&mut u.body).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                u.progressed = true;
+                if u.body.is_end_stream() {
+                    u.release();
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                // Not reusable: dropping the sender closes the connection.
+                u.pooled = None;
+                Poll::Ready(Some(Err(e.into())))
+            }
+            Poll::Ready(None) => {
+                u.release();
+                Poll::Ready(None)
+            }
+            Poll::Pending => {
+                let deadline = Instant::now() + u.read_timeout;
+                match &mut u.stall {
+                    None => u.stall = Some(Box::pin(tokio::time::sleep_until(deadline))),
+                    Some(s) if u.progressed => s.as_mut().reset(deadline),
+                    Some(_) => {}
+                }
+                u.progressed = false;
+                if let Some(s) = &mut u.stall {
+                    if s.as_mut().poll(cx).is_ready() {
+                        u.pooled = None;
+                        return Poll::Ready(Some(Err(BodyStalled.into())));
                     }
                 }
-                r
+                Poll::Pending
             }
         }
     }
@@ -162,15 +217,14 @@ impl Body for ProxyBody {
     fn is_end_stream(&self) -> bool {
         match self {
             ProxyBody::Local(b) => b.is_none(),
-            ProxyBody::Upstream(b) => b.is_end_stream(),
-            ProxyBody::Pooled(b, _) => b.is_end_stream(),
+            ProxyBody::Upstream(u) => u.body.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
             ProxyBody::Local(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
-            ProxyBody::Upstream(b) | ProxyBody::Pooled(b, _) => b.size_hint(),
+            ProxyBody::Upstream(u) => u.body.size_hint(),
         }
     }
 }

@@ -45,6 +45,7 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
     let metrics = Metrics::default();
     let compiled = Compiled::new(&config, &metrics).map_err(ConfigErrors)?;
     let settings = compiled.settings.clone();
+    compiled.warn_denied();
     let shared = Shared::new(compiled, metrics);
     let tls = tls::server_config(shared.certs.clone())?;
 

@@ -83,6 +83,7 @@ impl Reloader {
                     );
                 }
                 let routes = compiled.routes.len();
+                compiled.warn_denied();
                 shared.swap(compiled);
                 self.watch(&config);
                 metrics.reloads_ok.fetch_add(1, Relaxed);

@@ -317,6 +317,21 @@ pub fn normalize_path(path: &str) -> Option<Cow<'_, str>> {
     }
 }
 
+/// The path a route is chosen by: the normalised path with encoded slashes
+/// (`%2F`) decoded, and normalised again.
+///
+/// heim forwards `%2F` as it came, but many backends decode it, so
+/// `/admin%2Fusers` may well reach `/admin/users`: choosing the route by the
+/// decoded form makes sure such a request meets the `/admin` route's policy
+/// and never a more lenient one. `None` if the decoded path climbs above `/`.
+pub fn routing_path(normalized: &str) -> Option<Cow<'_, str>> {
+    if !normalized.contains("%2F") && !normalized.contains("%2f") {
+        return Some(Cow::Borrowed(normalized));
+    }
+    let decoded = normalized.replace("%2F", "/").replace("%2f", "/");
+    normalize_path(&decoded).map(|p| Cow::Owned(p.into_owned()))
+}
+
 /// Decodes `%2e`/`%2E` (an encoded `.`), the one escape that changes what a
 /// dot segment is; every other escape is left for the backend.
 fn decode_dots(path: &str) -> Cow<'_, str> {
@@ -464,6 +479,21 @@ mod tests {
         ];
         for (raw, want) in cases {
             assert_eq!(normalize_host(raw).as_deref(), want, "{raw:?}");
+        }
+    }
+
+    #[test]
+    fn routing_decodes_encoded_slashes() {
+        let cases = [
+            ("/a/b", Some("/a/b")),
+            ("/admin%2Fusers", Some("/admin/users")),
+            ("/admin%2fusers", Some("/admin/users")),
+            ("/public%2F..%2Fadmin", Some("/admin")),
+            ("/public%2F%2e%2e%2Fadmin", Some("/admin")),
+            ("/%2F..%2F..", None),
+        ];
+        for (raw, want) in cases {
+            assert_eq!(routing_path(raw).as_deref(), want, "{raw:?}");
         }
     }
 

@@ -28,7 +28,7 @@ use hyper::body::Incoming;
 use crate::body::{ProxyBody, UpstreamBody};
 use crate::error::ProxyError;
 use crate::forward::headers::{self, X_REQUEST_ID};
-use crate::route::{normalize_host, normalize_path, Backend, Policy, Route};
+use crate::route::{normalize_host, normalize_path, routing_path, Backend, Policy, Route};
 use crate::state::Shared;
 use crate::upstream::UpstreamProtocol;
 
@@ -168,7 +168,9 @@ async fn serve(
     // === route ===
     let route = {
         let table = conn.shared.routes.load();
-        match table.lookup(&host, new_path.as_deref().unwrap_or(req.uri().path())) {
+        let path = new_path.as_deref().unwrap_or(req.uri().path());
+        let path = routing_path(path).ok_or(ProxyError::BadRequest("invalid path"))?;
+        match table.lookup(&host, &path) {
             Some(r) => r.clone(),
             None if conn.tls.is_none() && table.knows_host(&host) => {
                 return Ok(redirect_to_https(&host, &req, conn));

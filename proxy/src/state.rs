@@ -9,7 +9,7 @@ use arc_swap::ArcSwap;
 
 use crate::config::{Config, ConfigError, ServerSettings};
 use crate::metrics::Metrics;
-use crate::route::RouteTable;
+use crate::route::{Policy, RouteTable};
 use crate::tls::CertStore;
 
 /// Shared by the workers and the control thread.
@@ -55,6 +55,21 @@ impl Compiled {
                 certs,
             }),
             _ => Err(errors),
+        }
+    }
+}
+
+impl Compiled {
+    /// Logs the routes that deny everyone, so that an operator sees why
+    /// they answer 403.
+    pub fn warn_denied(&self) {
+        for r in self.routes.routes() {
+            if r.spec.policy == Policy::Deny {
+                tracing::warn!(
+                    route = %r.spec.name,
+                    "route has no policy (public = true): every request gets 403"
+                );
+            }
         }
     }
 }

@@ -3,7 +3,8 @@
 //! The HTTP ones answer JSON describing the request they received (what
 //! heim forwarded), plus a few behaviours a test can ask for by path:
 //! `/slow?ms=N` (answer late), `/status/N` (answer with status N),
-//! `/stream?chunks=N` (a chunked body of N pieces).
+//! `/stream?chunks=N` (a chunked body of N pieces), `.../stall` (a body that
+//! stops after 10 of its 100 bytes).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -82,6 +83,18 @@ async fn answer(
             .header("x-upstream", name)
             .body(body)
             .expect("response"));
+    }
+    if path.ends_with("/stall") {
+        // Promises 100 bytes, sends 10, then nothing, ever.
+        let chunks = futures_util::stream::iter([Ok::<_, Infallible>(Frame::data(
+            Bytes::from_static(b"0123456789"),
+        ))])
+        .chain(futures_util::stream::pending());
+        let body = BodyExt::boxed(StreamBody::new(chunks));
+        let resp = http::Response::builder()
+            .header("content-length", "100")
+            .body(body);
+        return Ok(resp.expect("response"));
     }
     let status = path
         .strip_prefix("/status/")

@@ -127,8 +127,15 @@ async fn routes_by_host_and_path_with_ingress_semantics() {
     assert_eq!(r.json()["route"], "app.test/api/exact");
 
     // Dot segments are resolved before routing, and the upstream sees the
-    // same path heim matched: no `/public/../private` bypass.
-    for raw in ["/x/../private", "/x/%2e%2e/private", "//private"] {
+    // same path heim matched: no `/public/../private` bypass. Encoded
+    // slashes are decoded for routing, as a backend may decode them.
+    for raw in [
+        "/x/../private",
+        "/x/%2e%2e/private",
+        "//private",
+        "/private%2Fx",
+        "/x%2F..%2Fprivate",
+    ] {
         let r = e.client.get(heim.https, "app.test", raw).await.unwrap();
         assert_eq!(r.status, 403, "{raw}");
     }
@@ -383,6 +390,19 @@ async fn upstream_failures_give_502_504_and_round_robin_skips_dead_endpoints() {
         seen.insert(r.headers["x-upstream"].to_str().unwrap().to_string());
     }
     assert_eq!(seen.len(), 2, "{seen:?}");
+
+    // A body that stalls is cut off after response_timeout: the client sees
+    // the response fail, it does not hang.
+    let stalled = tokio::time::timeout(
+        Duration::from_secs(20),
+        e.client.get(heim.https, "app.test", "/slow/stall"),
+    )
+    .await
+    .expect("a stalled body must not hang the client");
+    assert!(
+        stalled.is_err(),
+        "a truncated body passed as complete: {stalled:?}"
+    );
 
     let m = heim.admin("/metrics").1;
     assert!(

@@ -163,7 +163,7 @@ async fn exchange_http1(
                 idle_timeout: group.idle_timeout,
                 sender,
             };
-            Ok(resp.map(|b| ProxyBody::pooled(b, pooled)))
+            Ok(resp.map(|b| ProxyBody::upstream(b, Some(pooled), group.response_timeout)))
         }
         Ok(Err(mut e)) => match e.take_message() {
             Some(req) => Err(Attempt {
@@ -233,7 +233,7 @@ async fn send_http2(
             metrics.upstream_error(UpstreamErrorKind::ResponseTimeout);
             Err(Attempt::fatal(ProxyError::UpstreamTimeout))
         }
-        Ok(Ok(resp)) => Ok(resp.map(ProxyBody::Upstream)),
+        Ok(Ok(resp)) => Ok(resp.map(|b| ProxyBody::upstream(b, None, group.response_timeout))),
         Ok(Err(mut e)) => match e.take_message() {
             Some(req) => Err(Attempt {
                 error: ProxyError::UpstreamConnect,
@@ -283,7 +283,10 @@ pub async fn forward_upgrade(
             }
         });
     }
-    Ok((resp.map(ProxyBody::Upstream), i))
+    Ok((
+        resp.map(|b| ProxyBody::upstream(b, None, group.response_timeout)),
+        i,
+    ))
 }
 
 async fn connect(
