@@ -21,6 +21,8 @@ use crate::state::Shared;
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>, workers: usize) {
     loop {
         let Ok((tcp, _)) = listener.accept().await else {
+            // Out of file descriptors and the like: do not spin.
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             continue;
         };
         let shared = shared.clone();

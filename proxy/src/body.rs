@@ -4,35 +4,112 @@
 //! * [`ProxyBody`] is what heim answers with: a local body (errors, echo,
 //!   redirects) or an upstream's body.
 //! * [`UpstreamBody`] is what heim sends upstream: the client's body, cut off
-//!   at the route's size limit.
+//!   at the route's size limit or when the client stalls, and telling
+//!   ([`BodySent`]) when it has been sent whole.
 //! * A pooled HTTP/1 upstream connection goes back to its worker's pool when
-//!   the response body it carries has been read to the end; a body that
-//!   stalls past the route's `response_timeout` is cut off.
+//!   the response body it carries has been read to the end (and the request
+//!   body sent whole); a response body that stalls past the route's
+//!   `response_timeout` is cut off.
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
+use tokio::sync::Notify;
 use tokio::time::{Instant, Sleep};
 
 use crate::forward::pool::PooledSender;
 
-/// A request body over the route's `max_body_bytes`.
-#[derive(Debug, thiserror::Error)]
-#[error("request body larger than the route allows")]
-pub struct BodyTooLarge;
-
-/// Errors of the bodies heim relays.
+/// Errors of the client's request body.
 #[derive(Debug, thiserror::Error)]
 pub enum BodyError {
-    #[error(transparent)]
-    TooLarge(#[from] BodyTooLarge),
+    /// Over the route's `max_body_bytes`.
+    #[error("request body larger than the route allows")]
+    TooLarge,
+    /// The client sent nothing for longer than `request_head_timeout`.
+    #[error("client stopped sending its request body")]
+    ClientStalled,
     #[error(transparent)]
     Hyper(#[from] hyper::Error),
+}
+
+/// An upstream's response body stalled for longer than the route's
+/// `response_timeout` (like nginx's `proxy_read_timeout`).
+#[derive(Debug, thiserror::Error)]
+#[error("upstream response body stalled")]
+pub struct BodyStalled;
+
+/// Cuts off a body that waits longer than `timeout` for its next piece. The
+/// timer is armed only when the body has to wait, so a body that arrives
+/// whole costs none.
+#[derive(Debug)]
+struct StallGuard {
+    timeout: Duration,
+    sleep: Option<Pin<Box<Sleep>>>,
+    progressed: bool,
+}
+
+impl StallGuard {
+    fn new(timeout: Duration) -> Self {
+        Self {
+            timeout,
+            sleep: None,
+            progressed: false,
+        }
+    }
+
+    fn progress(&mut self) {
+        self.progressed = true;
+    }
+
+    /// Call when the body is pending: true once it has waited too long.
+    fn stalled(&mut self, cx: &mut Context<'_>) -> bool {
+        let deadline = Instant::now() + self.timeout;
+        match &mut self.sleep {
+            None => self.sleep = Some(Box::pin(tokio::time::sleep_until(deadline))),
+            Some(s) if self.progressed => s.as_mut().reset(deadline),
+            Some(_) => {}
+        }
+        self.progressed = false;
+        self.sleep
+            .as_mut()
+            .is_some_and(|s| s.as_mut().poll(cx).is_ready())
+    }
+}
+
+/// Tells when a request body has been sent upstream whole: the response
+/// timeout starts then (a slow upload is not the upstream's fault), and only
+/// then may the connection go back to the pool.
+#[derive(Debug, Default)]
+pub struct BodySent {
+    done: AtomicBool,
+    notify: Notify,
+}
+
+impl BodySent {
+    fn finish(&self) {
+        if !self.done.swap(true, SeqCst) {
+            self.notify.notify_one();
+        }
+    }
+
+    /// True once the body has been read to its end.
+    pub fn is_done(&self) -> bool {
+        self.done.load(SeqCst)
+    }
+
+    /// Waits until the body has been read to its end.
+    pub async fn wait(&self) {
+        if !self.is_done() {
+            self.notify.notified().await;
+        }
+    }
 }
 
 /// The client's request body on its way upstream.
@@ -40,22 +117,32 @@ pub enum BodyError {
 pub struct UpstreamBody {
     inner: Option<Incoming>,
     remaining: u64,
+    stall: StallGuard,
+    sent: Option<Arc<BodySent>>,
 }
 
 impl UpstreamBody {
-    /// Wraps a client body; `limit` of `None` means no limit.
-    pub fn new(inner: Incoming, limit: Option<u64>) -> Self {
-        Self {
+    /// Wraps a client body. `limit` of `None` means no limit; `read_timeout`
+    /// bounds the wait for each piece. The [`BodySent`] is `None` for an
+    /// empty body (nothing to wait for).
+    pub fn new(
+        inner: Incoming,
+        limit: Option<u64>,
+        read_timeout: Duration,
+    ) -> (Self, Option<Arc<BodySent>>) {
+        let sent = (!inner.is_end_stream()).then(Arc::<BodySent>::default);
+        let body = Self {
             inner: Some(inner),
             remaining: limit.unwrap_or(u64::MAX),
-        }
+            stall: StallGuard::new(read_timeout),
+            sent: sent.clone(),
+        };
+        (body, sent)
     }
 
-    /// A body with nothing in it.
-    pub fn empty() -> Self {
-        Self {
-            inner: None,
-            remaining: 0,
+    fn end(&mut self) {
+        if let Some(s) = &self.sent {
+            s.finish();
         }
     }
 }
@@ -68,23 +155,35 @@ impl Body for UpstreamBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        let Some(inner) = self.inner.as_mut() else {
+        let this = &mut *self;
+        let Some(inner) = this.inner.as_mut() else {
             return Poll::Ready(None);
         };
-        match Pin::new(inner).poll_frame(cx) {
+        match Pin::new(&mut *inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
+                this.stall.progress();
                 if let Some(data) = frame.data_ref() {
                     let n = data.len() as u64;
-                    if n > self.remaining {
-                        self.inner = None;
-                        return Poll::Ready(Some(Err(BodyTooLarge.into())));
+                    if n > this.remaining {
+                        this.inner = None;
+                        return Poll::Ready(Some(Err(BodyError::TooLarge)));
                     }
-                    self.remaining -= n;
+                    this.remaining -= n;
+                }
+                if inner.is_end_stream() {
+                    this.end();
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
-            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Ready(None) => {
+                this.end();
+                Poll::Ready(None)
+            }
+            Poll::Pending if this.stall.stalled(cx) => {
+                this.inner = None;
+                Poll::Ready(Some(Err(BodyError::ClientStalled)))
+            }
             Poll::Pending => Poll::Pending,
         }
     }
@@ -101,12 +200,6 @@ impl Body for UpstreamBody {
     }
 }
 
-/// An upstream's response body stalled for longer than the route's
-/// `response_timeout` (like nginx's `proxy_read_timeout`).
-#[derive(Debug, thiserror::Error)]
-#[error("upstream response body stalled")]
-pub struct BodyStalled;
-
 /// What heim answers a client with.
 #[derive(Debug)]
 pub enum ProxyBody {
@@ -122,11 +215,7 @@ pub enum ProxyBody {
 pub struct UpstreamResponse {
     body: Incoming,
     pooled: Option<PooledSender>,
-    read_timeout: Duration,
-    /// Armed only when the body is waited for, so a response that arrives
-    /// whole costs no timer.
-    stall: Option<Pin<Box<Sleep>>>,
-    progressed: bool,
+    stall: StallGuard,
 }
 
 impl ProxyBody {
@@ -139,20 +228,15 @@ impl ProxyBody {
     /// An upstream body; `pooled` is its connection, given back once the
     /// body is read to the end.
     pub fn upstream(body: Incoming, pooled: Option<PooledSender>, read_timeout: Duration) -> Self {
-        let pooled = match pooled {
-            Some(p) if body.is_end_stream() => {
-                p.release();
-                None
-            }
-            p => p,
-        };
-        ProxyBody::Upstream(UpstreamResponse {
+        let mut u = UpstreamResponse {
             body,
             pooled,
-            read_timeout,
-            stall: None,
-            progressed: false,
-        })
+            stall: StallGuard::new(read_timeout),
+        };
+        if u.body.is_end_stream() {
+            u.release();
+        }
+        ProxyBody::Upstream(u)
     }
 }
 
@@ -180,7 +264,7 @@ impl Body for ProxyBody {
         };
         match Pin::new(&mut u.body).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
-                u.progressed = true;
+                u.stall.progress();
                 if u.body.is_end_stream() {
                     u.release();
                 }
@@ -195,22 +279,11 @@ impl Body for ProxyBody {
                 u.release();
                 Poll::Ready(None)
             }
-            Poll::Pending => {
-                let deadline = Instant::now() + u.read_timeout;
-                match &mut u.stall {
-                    None => u.stall = Some(Box::pin(tokio::time::sleep_until(deadline))),
-                    Some(s) if u.progressed => s.as_mut().reset(deadline),
-                    Some(_) => {}
-                }
-                u.progressed = false;
-                if let Some(s) = &mut u.stall {
-                    if s.as_mut().poll(cx).is_ready() {
-                        u.pooled = None;
-                        return Poll::Ready(Some(Err(BodyStalled.into())));
-                    }
-                }
-                Poll::Pending
+            Poll::Pending if u.stall.stalled(cx) => {
+                u.pooled = None;
+                Poll::Ready(Some(Err(BodyStalled.into())))
             }
+            Poll::Pending => Poll::Pending,
         }
     }
 

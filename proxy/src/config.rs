@@ -344,13 +344,13 @@ impl Cx<'_> {
     ) -> Duration {
         let Some(v) = v else { return default };
         match parse_duration(v.get_ref()) {
-            Some(d) => d,
-            None => {
+            Some(d) if !d.is_zero() => d,
+            _ => {
                 self.err(
                     &v.span(),
                     key.into(),
                     format!(
-                        "{:?} is not a duration (e.g. \"500ms\", \"10s\", \"2m\")",
+                        "{:?} is not a duration above zero (e.g. \"500ms\", \"10s\", \"2m\")",
                         v.get_ref()
                     ),
                 );
@@ -437,12 +437,12 @@ impl Cx<'_> {
         );
         let max_header_bytes =
             self.size_or("server.max_header_bytes", &s.max_header_bytes, 64 * 1024);
-        if max_header_bytes < 8192 {
+        if !(8192..=1 << 20).contains(&max_header_bytes) {
             if let Some(v) = &s.max_header_bytes {
                 self.err(
                     &v.span(),
                     "server.max_header_bytes".into(),
-                    "must be at least 8k".into(),
+                    "must be between 8k and 1m".into(),
                 );
             }
         }
@@ -763,6 +763,18 @@ echo = true
             ),
             ("workers = 1", "workers = 0", 6, "server.workers"),
             ("workers = 1", "workers = 1\nbogus = 2", 7, "bogus"),
+            (
+                "workers = 1",
+                "workers = 1\nhandshake_timeout = \"0s\"",
+                7,
+                "server.handshake_timeout",
+            ),
+            (
+                "workers = 1",
+                "workers = 1\nmax_header_bytes = \"4g\"",
+                7,
+                "server.max_header_bytes",
+            ),
             ("workers = 1", "workers = \"two\"", 6, "workers"),
             (
                 "host = \"App.Example.com\"",

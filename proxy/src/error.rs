@@ -18,6 +18,8 @@ pub enum ProxyError {
     MethodNotAllowed,
     #[error("request body too large")]
     BodyTooLarge,
+    #[error("the client stopped sending its request")]
+    ClientTimeout,
     #[error("the route has no upstream endpoint")]
     NoUpstream,
     #[error("could not connect to the upstream")]
@@ -39,6 +41,7 @@ impl ProxyError {
             ProxyError::Forbidden => StatusCode::FORBIDDEN,
             ProxyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::ClientTimeout => StatusCode::REQUEST_TIMEOUT,
             ProxyError::NoUpstream => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::UpstreamConnect | ProxyError::UpstreamProtocol => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamConnectTimeout | ProxyError::UpstreamTimeout => {

@@ -23,10 +23,9 @@ use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::ServerSettings;
-use crate::metrics::Metrics;
 use crate::rt::LocalExec;
 use crate::service::{self, ConnCtx, TlsInfo};
-use crate::state::Shared;
+use crate::state::{OpenConnection, Shared};
 
 /// One worker's sockets.
 pub struct WorkerSockets {
@@ -134,7 +133,10 @@ async fn accept_loop(
                     drop(tcp);
                     continue;
                 }
+                // Counted before the task starts, so a burst cannot overshoot.
+                let open = OpenConnection::new(&shared);
                 tokio::task::spawn_local(serve_connection(
+                    open,
                     tcp,
                     remote,
                     tls.clone(),
@@ -152,31 +154,14 @@ async fn accept_loop(
     }
 }
 
-/// Counts a connection open for as long as it lives.
-struct OpenConnection<'a>(&'a Metrics);
-
-impl<'a> OpenConnection<'a> {
-    fn new(m: &'a Metrics) -> Self {
-        m.connections_open.fetch_add(1, Relaxed);
-        m.connections_total.fetch_add(1, Relaxed);
-        Self(m)
-    }
-}
-
-impl Drop for OpenConnection<'_> {
-    fn drop(&mut self) {
-        self.0.connections_open.fetch_sub(1, Relaxed);
-    }
-}
-
 async fn serve_connection(
+    _open: OpenConnection,
     tcp: TcpStream,
     remote: SocketAddr,
     tls: Option<TlsAcceptor>,
     shared: Arc<Shared>,
     drain: watch::Receiver<bool>,
 ) {
-    let _open = OpenConnection::new(&shared.metrics);
     let _ = tcp.set_nodelay(true);
     let local = tcp.local_addr().unwrap_or(remote);
     let settings = shared.settings.load_full();
@@ -263,6 +248,7 @@ async fn serve_http2<I>(
 ) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + 'static,
 {
+    let activity = ctx.clone();
     let svc = service_fn(move |req| service::handle(req, ctx.clone()));
     let mut builder = http2::Builder::new(LocalExec);
     builder
@@ -272,14 +258,26 @@ async fn serve_http2<I>(
         .keep_alive_interval(Duration::from_secs(60));
     let conn = builder.serve_connection(io, svc);
     tokio::pin!(conn);
-    // `biased`: poll the connection first and skip select's per-poll
-    // random number; the drain signal is checked on every wake-up anyway.
-    tokio::select! {
-        biased;
-        _ = conn.as_mut() => {}
-        _ = drain.wait_for(|d| *d) => {
-            conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
+    // HTTP/2 has no request-head timer: a connection that starts no request
+    // for a whole `request_head_timeout` and has none in flight is closed
+    // (GOAWAY), so idle clients cannot hold `max_connections` forever.
+    let mut idle_check = tokio::time::interval(settings.request_head_timeout);
+    idle_check.tick().await;
+    let mut seen = activity.requests_started.get();
+    loop {
+        tokio::select! {
+            biased;
+            _ = conn.as_mut() => return,
+            _ = drain.wait_for(|d| *d) => break,
+            _ = idle_check.tick() => {
+                let now = activity.requests_started.get();
+                if now == seen && activity.requests_in_flight.get() == 0 {
+                    break;
+                }
+                seen = now;
+            }
         }
     }
+    conn.as_mut().graceful_shutdown();
+    let _ = conn.await;
 }

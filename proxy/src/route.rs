@@ -210,9 +210,13 @@ impl RouteTable {
         self.host_routes(host)?.lookup(path)
     }
 
-    /// True when some route names this host (exactly, by wildcard, or any-host).
-    pub fn knows_host(&self, host: &str) -> bool {
-        self.host_routes(host).is_some()
+    /// True when a rule names this host, exactly or by wildcard (a rule
+    /// without a host names none).
+    pub fn names_host(&self, host: &str) -> bool {
+        self.exact_hosts.contains_key(host)
+            || host.split_once('.').is_some_and(|(first, suffix)| {
+                !first.is_empty() && self.wildcard_hosts.contains_key(suffix)
+            })
     }
 
     /// Every route, in no particular order.
@@ -243,7 +247,7 @@ pub fn normalize_host(raw: &str) -> Option<Cow<'_, str>> {
             None => raw,
         }
     };
-    if host.is_empty() || host.len() > 253 {
+    if host.is_empty() || host.len() > 253 || host.contains("..") || host.starts_with('.') {
         return None;
     }
     let ok = host
@@ -317,19 +321,57 @@ pub fn normalize_path(path: &str) -> Option<Cow<'_, str>> {
     }
 }
 
-/// The path a route is chosen by: the normalised path with encoded slashes
-/// (`%2F`) decoded, and normalised again.
+/// The path a route is chosen by: the normalised path with every
+/// percent-escape decoded and `;` parameters cut from each segment, then
+/// normalised again.
 ///
-/// heim forwards `%2F` as it came, but many backends decode it, so
-/// `/admin%2Fusers` may well reach `/admin/users`: choosing the route by the
-/// decoded form makes sure such a request meets the `/admin` route's policy
-/// and never a more lenient one. `None` if the decoded path climbs above `/`.
+/// heim forwards the path as it came (dot segments resolved), but backends
+/// decode escapes (`/%61dmin` is `/admin`) and Java servers drop `;x` path
+/// parameters (`/admin;x` is `/admin`): choosing the route by what the
+/// backend will see makes sure such a request meets the `/admin` route's
+/// policy, never a more lenient one. `None` (a 400) for a decoded NUL, bytes
+/// that are not UTF-8, or a path that climbs above `/`.
 pub fn routing_path(normalized: &str) -> Option<Cow<'_, str>> {
-    if !normalized.contains("%2F") && !normalized.contains("%2f") {
+    if !normalized.contains(['%', ';']) {
         return Some(Cow::Borrowed(normalized));
     }
-    let decoded = normalized.replace("%2F", "/").replace("%2f", "/");
-    normalize_path(&decoded).map(|p| Cow::Owned(p.into_owned()))
+    let decoded = percent_decode(normalized)?;
+    let mut stripped = String::with_capacity(decoded.len());
+    for (i, segment) in decoded.split('/').enumerate() {
+        if i > 0 {
+            stripped.push('/');
+        }
+        stripped.push_str(segment.split(';').next().unwrap_or(""));
+    }
+    normalize_path(&stripped).map(|p| Cow::Owned(p.into_owned()))
+}
+
+/// Decodes every `%XX` escape; a `%` not followed by two hex digits stays.
+fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        match (
+            b[i],
+            b.get(i + 1).copied().and_then(hex),
+            b.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (c, _, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    if out.contains(&0) {
+        return None;
+    }
+    String::from_utf8(out).ok()
 }
 
 /// Decodes `%2e`/`%2E` (an encoded `.`), the one escape that changes what a
@@ -476,6 +518,8 @@ mod tests {
             ("host:port", None),
             ("evil.com/x", None),
             ("[::1", None),
+            ("a..b", None),
+            (".a", None),
         ];
         for (raw, want) in cases {
             assert_eq!(normalize_host(raw).as_deref(), want, "{raw:?}");
@@ -491,6 +535,14 @@ mod tests {
             ("/public%2F..%2Fadmin", Some("/admin")),
             ("/public%2F%2e%2e%2Fadmin", Some("/admin")),
             ("/%2F..%2F..", None),
+            ("/%61dmin", Some("/admin")),
+            ("/%41dmin", Some("/Admin")),
+            ("/admin;jsessionid=1/x", Some("/admin/x")),
+            ("/public/..;/admin", Some("/admin")),
+            ("/a%00b", None),
+            ("/a%ffb", None),
+            ("/100%", Some("/100%")),
+            ("/a%2", Some("/a%2")),
         ];
         for (raw, want) in cases {
             assert_eq!(routing_path(raw).as_deref(), want, "{raw:?}");

@@ -13,14 +13,15 @@
 //! Sign-in will slot in between 2 and 4 as an `authenticate` phase.
 
 use std::borrow::Cow;
+use std::cell::Cell;
 use std::convert::Infallible;
 use std::hash::{BuildHasher, Hasher};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use http::header::{CONTENT_LENGTH, HOST, LOCATION, UPGRADE};
+use http::header::{CONTENT_LENGTH, COOKIE, HOST, LOCATION, UPGRADE};
 use http::uri::PathAndQuery;
 use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
@@ -41,6 +42,10 @@ pub struct ConnCtx {
     pub tls: Option<TlsInfo>,
     /// Made once per connection, applied to every request.
     pub forwarded: headers::ForwardedFor,
+    /// Requests started on this connection, and those not answered yet
+    /// (HTTP/2 closes connections that stay idle).
+    pub requests_started: Cell<u64>,
+    pub requests_in_flight: Cell<u32>,
 }
 
 impl ConnCtx {
@@ -57,7 +62,30 @@ impl ConnCtx {
             local,
             tls,
             forwarded,
+            requests_started: Cell::new(0),
+            requests_in_flight: Cell::new(0),
         }
+    }
+}
+
+/// Counts a request in flight on its connection until it is answered (or
+/// dropped, when the client goes away).
+struct InFlight<'a>(&'a ConnCtx);
+
+impl<'a> InFlight<'a> {
+    fn new(conn: &'a ConnCtx) -> Self {
+        conn.requests_started.set(conn.requests_started.get() + 1);
+        conn.requests_in_flight
+            .set(conn.requests_in_flight.get() + 1);
+        Self(conn)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0
+            .requests_in_flight
+            .set(self.0.requests_in_flight.get().saturating_sub(1));
     }
 }
 
@@ -84,7 +112,11 @@ pub async fn handle(
     conn: Rc<ConnCtx>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let start = Instant::now();
-    let access_log = conn.shared.settings.load().access_log;
+    let _in_flight = InFlight::new(&conn);
+    let (access_log, body_timeout) = {
+        let s = conn.shared.settings.load();
+        (s.access_log, s.request_head_timeout)
+    };
     let logged = access_log.then(|| {
         (
             req.method().clone(),
@@ -102,7 +134,7 @@ pub async fn handle(
         request_id,
         error: None,
     };
-    let resp = match serve(req, &conn, &mut outcome).await {
+    let resp = match serve(req, &conn, body_timeout, &mut outcome).await {
         Ok(resp) => resp,
         Err(e) => {
             outcome.error = Some(e);
@@ -147,6 +179,7 @@ pub async fn handle(
 async fn serve(
     mut req: Request<Incoming>,
     conn: &ConnCtx,
+    body_timeout: Duration,
     out: &mut Outcome,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     // === parse ===
@@ -170,20 +203,20 @@ async fn serve(
         let table = conn.shared.routes.load();
         let path = new_path.as_deref().unwrap_or(req.uri().path());
         let path = routing_path(path).ok_or(ProxyError::BadRequest("invalid path"))?;
-        match table.lookup(&host, &path) {
-            Some(r) => r.clone(),
-            None if conn.tls.is_none() && table.knows_host(&host) => {
+        let route = table.lookup(&host, &path).cloned();
+        // === redirect ===
+        // Plain HTTP: routes that allow it are served; everything else is
+        // redirected, but only for hosts heim names (a rule or a
+        // certificate), never to any Host a client makes up.
+        if conn.tls.is_none() && route.as_ref().is_none_or(|r| r.spec.https_redirect) {
+            if table.names_host(&host) || conn.shared.certs.load().covers(&host) {
                 return Ok(redirect_to_https(&host, &req, conn));
             }
-            None => return Err(ProxyError::NoRoute),
+            return Err(ProxyError::NoRoute);
         }
+        route.ok_or(ProxyError::NoRoute)?
     };
     out.route = Some(route.clone());
-
-    // === redirect ===
-    if conn.tls.is_none() && route.spec.https_redirect {
-        return Ok(redirect_to_https(&host, &req, conn));
-    }
 
     // === authorize ===
     if route.spec.policy != Policy::Public {
@@ -198,13 +231,24 @@ async fn serve(
     }
 
     // === rewrite ===
+    // Only WebSocket is relayed: any other `Upgrade` (h2c among them) is
+    // dropped as the hop-by-hop header it is, so a client can never talk to
+    // a backend around heim.
     let upgrade = req.version() == Version::HTTP_11
-        && req.headers().contains_key(UPGRADE)
+        && req.method() == Method::GET
+        && req
+            .headers()
+            .get(UPGRADE)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"))
         && connection_upgrade(&req);
     let protocol = match &route.spec.backend {
-        Backend::Upstream(g) => g.protocol,
-        Backend::Echo => UpstreamProtocol::Http1,
+        // Upgrades always speak HTTP/1.1 to the upstream.
+        Backend::Upstream(g) if !upgrade => g.protocol,
+        _ => UpstreamProtocol::Http1,
     };
+    if req.version() == Version::HTTP_2 && protocol == UpstreamProtocol::Http1 {
+        join_cookies(req.headers_mut());
+    }
     set_upstream_uri(&mut req, new_path.as_deref(), &host_value, protocol)?;
     {
         let h = req.headers_mut();
@@ -234,14 +278,18 @@ async fn serve(
         }
         Backend::Upstream(g) => g,
     };
-    let metrics = &conn.shared.metrics;
-    let (mut resp, endpoint) = if upgrade {
-        let on_upgrade = hyper::upgrade::on(&mut req);
-        let req = req.map(|b| UpstreamBody::new(b, route.spec.max_body_bytes));
-        crate::forward::forward_upgrade(req, on_upgrade, group, metrics).await?
-    } else {
-        let req = req.map(|b| UpstreamBody::new(b, route.spec.max_body_bytes));
-        crate::forward::forward(req, group, metrics).await?
+    let on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let (parts, body) = req.into_parts();
+    let (body, sent) = UpstreamBody::new(body, route.spec.max_body_bytes, body_timeout);
+    let request = Request::from_parts(parts, body);
+    let (mut resp, endpoint) = match on_upgrade {
+        Some(on_upgrade) => {
+            crate::forward::forward_upgrade(request, on_upgrade, group, &conn.shared).await?
+        }
+        None => {
+            let out = crate::forward::Outgoing { request, sent };
+            crate::forward::forward(out, group, &conn.shared.metrics).await?
+        }
     };
     out.upstream = Some(endpoint);
     let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
@@ -265,6 +313,23 @@ fn connection_upgrade(req: &Request<Incoming>) -> bool {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+/// HTTP/2 clients may split `Cookie` into several fields; HTTP/1.1 servers
+/// expect one (RFC 9113 §8.2.3), joined with `; `.
+fn join_cookies(headers: &mut http::HeaderMap) {
+    if headers.get_all(COOKIE).iter().nth(1).is_none() {
+        return;
+    }
+    let joined = headers
+        .get_all(COOKIE)
+        .iter()
+        .map(|v| v.as_bytes())
+        .collect::<Vec<_>>()
+        .join(&b"; "[..]);
+    if let Ok(v) = HeaderValue::from_bytes(&joined) {
+        headers.insert(COOKIE, v);
+    }
 }
 
 fn content_length(req: &Request<Incoming>) -> Option<u64> {

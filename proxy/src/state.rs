@@ -2,7 +2,7 @@
 //! settings (each a snapshot behind an `ArcSwap`, replaced whole on reload),
 //! the metrics, and the drain signal.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -92,5 +92,24 @@ impl Shared {
         self.certs.store(Arc::new(compiled.certs));
         self.routes.store(Arc::new(compiled.routes));
         self.settings.store(Arc::new(compiled.settings));
+    }
+}
+
+/// Counts a client connection open for as long as it lives (a spliced
+/// WebSocket pair included), for `max_connections` and the gauge.
+#[derive(Debug)]
+pub struct OpenConnection(Arc<Shared>);
+
+impl OpenConnection {
+    pub fn new(shared: &Arc<Shared>) -> Self {
+        shared.metrics.connections_open.fetch_add(1, Relaxed);
+        shared.metrics.connections_total.fetch_add(1, Relaxed);
+        Self(shared.clone())
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.metrics.connections_open.fetch_sub(1, Relaxed);
     }
 }

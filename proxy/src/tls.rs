@@ -63,6 +63,14 @@ impl CertStore {
         self.default.clone()
     }
 
+    /// True when a certificate other than the default names `host`.
+    pub fn covers(&self, host: &str) -> bool {
+        self.exact.contains_key(host)
+            || host.split_once('.').is_some_and(|(first, suffix)| {
+                !first.is_empty() && self.wildcard.contains_key(suffix)
+            })
+    }
+
     /// Reads every certificate of a config. Errors name the entry's line and key.
     pub fn from_config(config: &Config) -> Result<CertStore, Vec<ConfigError>> {
         let mut store = CertStore::default();

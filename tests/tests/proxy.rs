@@ -135,6 +135,10 @@ async fn routes_by_host_and_path_with_ingress_semantics() {
         "//private",
         "/private%2Fx",
         "/x%2F..%2Fprivate",
+        "/%70rivate",
+        "/%50rivate/../private",
+        "/private;jsessionid=x",
+        "/x/..;/private",
     ] {
         let r = e.client.get(heim.https, "app.test", raw).await.unwrap();
         assert_eq!(r.status, 403, "{raw}");
@@ -201,6 +205,9 @@ async fn forwarded_headers_are_set_and_forged_identity_is_stripped() {
         .header("x-heim-user", "admin@example.com")
         .header("X-Heim-Groups", "admins")
         .header("x-forwarded-user", "admin")
+        .header("x_heim_user", "admin@example.com")
+        .header("x-original-url", "/admin")
+        .header("upgrade", "h2c")
         .header("x-forwarded-for", "6.6.6.6")
         .header("connection", "keep-alive, x-drop-me")
         .header("x-drop-me", "1")
@@ -218,6 +225,9 @@ async fn forwarded_headers_are_set_and_forged_identity_is_stripped() {
     assert_eq!(header(&j, "host"), Some("app.test"));
     assert_eq!(header(&j, "x-keep-me"), Some("2"));
     for gone in [
+        "x_heim_user",
+        "x-original-url",
+        "upgrade",
         "x-heim-user",
         "x-heim-groups",
         "x-forwarded-user",
@@ -299,6 +309,41 @@ async fn http2_downstream_and_h2c_upstream() {
     assert_eq!(r.json()["method"], "POST");
     // The h2c connection is reused: one upstream connection for both requests.
     assert_eq!(h2.connections.load(SeqCst), 1);
+
+    // Cookies an h2 client split over several fields reach an HTTP/1.1
+    // upstream as one header (RFC 9113 §8.2.3).
+    let req = http::Request::get("https://app.test/c")
+        .header("cookie", "a=1")
+        .header("cookie", "b=2")
+        .body(Body::default())
+        .unwrap();
+    let j = e.client.request_h2(heim.https, req).await.unwrap().json();
+    assert_eq!(j["headers"]["cookie"], serde_json::json!(["a=1; b=2"]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_http2_connections_are_closed() {
+    let e = env("h2idle");
+    let extra = "request_head_timeout = \"1s\"";
+    let heim = Heim::start(
+        &e.dir,
+        &config(extra, &route("app.test", "/", "echo = true")),
+    )
+    .expect("start");
+    let (tls, _) = e.client.tls(heim.https, "app.test", true).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .handshake::<_, Body>(hyper_util::rt::TokioIo::new(tls))
+            .await
+            .unwrap();
+    let conn = tokio::spawn(conn);
+    let req = http::Request::get("https://app.test/")
+        .body(Body::default())
+        .unwrap();
+    assert_eq!(sender.send_request(req).await.unwrap().status(), 200);
+    // Then nothing: heim ends the connection (GOAWAY) on its own.
+    let ended = tokio::time::timeout(Duration::from_secs(15), conn).await;
+    assert!(ended.is_ok(), "an idle HTTP/2 connection stayed open");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -321,6 +366,26 @@ async fn websocket_upgrade_passes_through() {
         assert_eq!(back.into_text().unwrap().as_str(), msg);
     }
     assert_eq!(ws.hits.load(SeqCst), 1);
+    // The spliced connection still counts against max_connections.
+    assert!(heim
+        .admin("/metrics")
+        .1
+        .contains("heim_connections_open 1\n"));
+    socket.close(None).await.unwrap();
+    drop(socket);
+    let mut closed = false;
+    for _ in 0..250 {
+        if heim
+            .admin("/metrics")
+            .1
+            .contains("heim_connections_open 0\n")
+        {
+            closed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(closed, "the WebSocket pair was not released");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -358,6 +423,29 @@ async fn upstream_failures_give_502_504_and_round_robin_skips_dead_endpoints() {
         .await
         .unwrap();
     assert_eq!(r.status, 504);
+
+    // A slow upload is not a slow upstream: the response timeout (300ms)
+    // starts once the body is in, so this 900ms upload succeeds.
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut tls, _) = e.client.tls(heim.https, "app.test", false).await.unwrap();
+        tls.write_all(b"POST /slow?ms=0 HTTP/1.1\r\nHost: app.test\r\nContent-Length: 30\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        for _ in 0..3 {
+            // The client's pace is what is under test here.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            tls.write_all(b"0123456789").await.unwrap();
+        }
+        let mut out = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut out))
+            .await
+            .unwrap()
+            .unwrap();
+        let out = String::from_utf8_lossy(&out);
+        assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+        assert!(out.contains("\"body_len\":30"), "{out}");
+    }
 
     // A dead endpoint next to a live one: every request still succeeds
     // (connect failures are retried elsewhere, and the dead one is ejected).
@@ -660,11 +748,13 @@ async fn sigterm_drains_in_flight_requests_then_exits() {
 async fn slow_and_idle_clients_are_cut_off() {
     let e = env("slowloris");
     let extra = "request_head_timeout = \"1s\"\nhandshake_timeout = \"1s\"";
-    let heim = Heim::start(
-        &e.dir,
-        &config(extra, &route("app.test", "/", "echo = true")),
-    )
-    .expect("start");
+    let a = upstream::http1("a").await;
+    let routes = [
+        route("app.test", "/", "echo = true"),
+        route("x.wild.test", "/", &up(&a)),
+    ]
+    .concat();
+    let heim = Heim::start(&e.dir, &config(extra, &routes)).expect("start");
     // A request head that never ends.
     let (_, closed) = e
         .client
@@ -677,6 +767,18 @@ async fn slow_and_idle_clients_are_cut_off() {
         .await
         .unwrap();
     assert!(closed, "a never-ending request head keeps its connection");
+    // A request body that stops coming gets 408, not a held connection.
+    let (out, closed) = e
+        .client
+        .raw(
+            heim.https,
+            "x.wild.test",
+            b"POST / HTTP/1.1\r\nHost: x.wild.test\r\nContent-Length: 100\r\n\r\nonly-this",
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    assert!(closed && out.starts_with("HTTP/1.1 408"), "{out}");
     // A TCP connection that never starts TLS.
     let mut tcp = tokio::net::TcpStream::connect(heim.https).await.unwrap();
     let mut buf = [0u8; 16];
@@ -792,6 +894,8 @@ async fn http_listener_redirects_known_hosts_and_serves_plain_routes() {
             "{}https_redirect = false\n",
             route("plain.test", "/", "echo = true")
         ),
+        // A catch-all route must not make heim redirect any Host it is sent.
+        "[[route]]\npath = \"/\"\necho = true\npublic = true\n".to_string(),
     ]
     .concat();
     let heim = Heim::start(&e.dir, &config("https_port = 443", &routes)).expect("start");

@@ -4,8 +4,10 @@
 //! directions (RFC 9110 §7.6.1), including every header the `Connection`
 //! header names. Identity headers are heim's to set: whatever a client sends
 //! under those names is removed before anything else, so a backend that
-//! trusts them can never see a forged one. `X-Forwarded-*` are set from
-//! what heim saw, not appended to what the client claimed.
+//! trusts them can never see a forged one. Header names with `_` are dropped
+//! from requests (nginx's `underscores_in_headers off`): CGI-style servers
+//! read `X_Heim_User` as `X-Heim-User`. `X-Forwarded-*` are set from what
+//! heim saw, not appended to what the client claimed.
 
 use std::net::SocketAddr;
 
@@ -17,8 +19,9 @@ enum Kind {
     Plain,
     /// Never crosses heim (RFC 9110 §7.6.1), besides those `Connection` names.
     HopByHop,
-    /// Only heim may set it: identity, and forwarding headers a client could
-    /// forge. `x-heim-*` is a whole family.
+    /// Only heim may set it: identity, and forwarding or rewriting headers a
+    /// client could forge. `x-heim-*` is a whole family, and so is every
+    /// name with an underscore.
     Spoofable,
 }
 
@@ -28,7 +31,6 @@ fn kind(name: &str) -> Kind {
         | "keep-alive"
         | "proxy-connection"
         | "te"
-        | "trailer"
         | "transfer-encoding"
         | "upgrade"
         | "proxy-authorization" => Kind::HopByHop,
@@ -40,8 +42,17 @@ fn kind(name: &str) -> Kind {
         | "x-auth-request-user"
         | "x-auth-request-email"
         | "x-auth-request-groups"
-        | "x-auth-request-preferred-username" => Kind::Spoofable,
-        n if n.starts_with("x-heim-") => Kind::Spoofable,
+        | "x-auth-request-preferred-username"
+        // Rewrite the path in some servers (IIS, Symfony): a route bypass.
+        | "x-original-url"
+        | "x-rewrite-url"
+        | "x-original-uri"
+        | "x-forwarded-uri"
+        | "x-forwarded-prefix"
+        | "x-forwarded-ssl"
+        | "x-forwarded-scheme"
+        | "x-scheme" => Kind::Spoofable,
+        n if n.starts_with("x-heim-") || n.contains('_') => Kind::Spoofable,
         _ => Kind::Plain,
     }
 }
@@ -228,6 +239,9 @@ mod tests {
             ("X-Heim-Email", "root@example.com"),
             ("x-heim-jwt", "eyJ"),
             ("x-forwarded-user", "admin"),
+            ("x_heim_user", "admin"),
+            ("x_forwarded_for", "1.2.3.4"),
+            ("x-original-url", "/admin"),
             ("x-auth-request-email", "a@b"),
             ("forwarded", "for=1.2.3.4"),
             ("x-heimdall", "kept"),
@@ -238,7 +252,7 @@ mod tests {
         assert_eq!(left, ["x-heimdall"]);
         // Upstreams may set heim-looking headers on responses.
         clean(&mut response, false, false);
-        assert_eq!(response.len(), 7);
+        assert_eq!(response.len(), 10);
     }
 
     #[test]

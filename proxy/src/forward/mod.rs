@@ -5,12 +5,18 @@
 //! heim is tried again elsewhere: after a failed connect (the endpoint is
 //! reported, and ejected), or when a pooled keep-alive connection turns out
 //! to be closed (hyper gives the unsent request back). A request that was
-//! sent is never replayed. Upgrades (WebSocket and friends) get a fresh,
-//! unpooled connection and are spliced byte for byte after the 101.
+//! sent is never replayed. Upgrades (WebSocket) get a fresh, unpooled
+//! connection and are spliced byte for byte after the 101.
+//!
+//! The response timeout starts once the request body has been sent whole:
+//! a slow upload is the client's business (bounded by its own read timeout),
+//! not a sign of a failing upstream.
 
 pub mod headers;
 pub mod pool;
 
+use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Request, Response, StatusCode};
@@ -19,15 +25,22 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
-use crate::body::{BodyTooLarge, ProxyBody, UpstreamBody};
+use crate::body::{BodyError, BodySent, ProxyBody, UpstreamBody};
 use crate::error::ProxyError;
 use crate::metrics::{Metrics, UpstreamErrorKind};
 use crate::rt::LocalExec;
+use crate::state::{OpenConnection, Shared};
 use crate::upstream::{Endpoint, UpstreamAddr, UpstreamGroup, UpstreamProtocol};
 use pool::PooledSender;
 
 /// Endpoints tried per request, at most.
 const MAX_ENDPOINTS_TRIED: usize = 3;
+
+/// A request on its way upstream, and what tells when its body is sent.
+pub struct Outgoing {
+    pub request: Request<UpstreamBody>,
+    pub sent: Option<Arc<BodySent>>,
+}
 
 /// One failed attempt: the error, and the request if it was never sent.
 struct Attempt {
@@ -45,17 +58,25 @@ impl Attempt {
             endpoint_failed: false,
         }
     }
+
+    fn unsent(error: ProxyError, req: Request<UpstreamBody>, endpoint_failed: bool) -> Self {
+        Self {
+            error,
+            unsent: Some(req),
+            endpoint_failed,
+        }
+    }
 }
 
-/// Sends `req` upstream; returns the response and the endpoint that gave it.
+/// Sends a request upstream; returns the response and the endpoint that gave it.
 pub async fn forward(
-    req: Request<UpstreamBody>,
+    out: Outgoing,
     group: &UpstreamGroup,
     metrics: &Metrics,
 ) -> Result<(Response<ProxyBody>, usize), ProxyError> {
+    let Outgoing { mut request, sent } = out;
     let mut tried = [usize::MAX; MAX_ENDPOINTS_TRIED];
     let mut n_tried = 0;
-    let mut req = req;
     let mut last = ProxyError::NoUpstream;
     while n_tried < MAX_ENDPOINTS_TRIED {
         let Some(i) = group.pick(&tried[..n_tried]) else {
@@ -63,8 +84,8 @@ pub async fn forward(
         };
         let ep = &group.endpoints[i];
         let attempt = match group.protocol {
-            UpstreamProtocol::Http1 => send_http1(ep, group, req, metrics).await,
-            UpstreamProtocol::H2c => send_http2(ep, group, req, metrics).await,
+            UpstreamProtocol::Http1 => send_http1(ep, group, request, sent.as_ref(), metrics).await,
+            UpstreamProtocol::H2c => send_http2(ep, group, request, sent.as_ref(), metrics).await,
         };
         match attempt {
             Ok(resp) => {
@@ -72,16 +93,14 @@ pub async fn forward(
                 return Ok((resp, i));
             }
             Err(a) => {
-                // Like nginx's max_fails: connect errors and timeouts count
-                // against the endpoint (a timed-out request is not retried).
-                if a.endpoint_failed || a.error == ProxyError::UpstreamTimeout {
+                if a.endpoint_failed {
                     group.report_failure(i);
                 }
                 tried[n_tried] = i;
                 n_tried += 1;
                 last = a.error;
                 match a.unsent {
-                    Some(r) => req = r,
+                    Some(r) => request = r,
                     None => return Err(a.error),
                 }
             }
@@ -94,46 +113,32 @@ async fn send_http1(
     ep: &Endpoint,
     group: &UpstreamGroup,
     mut req: Request<UpstreamBody>,
+    sent: Option<&Arc<BodySent>>,
     metrics: &Metrics,
 ) -> Result<Response<ProxyBody>, Attempt> {
     while let Some(mut sender) = pool::take_http1(ep.id, group.idle_timeout) {
-        if sender.ready().await.is_err() {
+        // Normally ready at once; a connection that does not become ready
+        // soon is not waited for.
+        if !sender.is_ready()
+            && !matches!(
+                tokio::time::timeout(group.connect_timeout, sender.ready()).await,
+                Ok(Ok(()))
+            )
+        {
             continue;
         }
-        match exchange_http1(sender, req, ep, group, metrics).await {
+        match exchange_http1(sender, req, ep, group, sent, metrics).await {
             Err(Attempt {
                 unsent: Some(r), ..
             }) => req = r, // went stale in the pool
             done => return done,
         }
     }
-    let tcp = match connect(ep, group.connect_timeout, metrics).await {
-        Ok(tcp) => tcp,
-        Err(error) => {
-            return Err(Attempt {
-                error,
-                unsent: Some(req),
-                endpoint_failed: true,
-            })
-        }
+    let sender = match open_http1(ep, group, metrics, false).await {
+        Ok(s) => s,
+        Err(error) => return Err(Attempt::unsent(error, req, true)),
     };
-    let (sender, conn) = match http1::Builder::new().handshake(TokioIo::new(tcp)).await {
-        Ok(pair) => pair,
-        Err(_) => {
-            metrics.upstream_error(UpstreamErrorKind::Connect);
-            return Err(Attempt {
-                error: ProxyError::UpstreamConnect,
-                unsent: Some(req),
-                endpoint_failed: true,
-            });
-        }
-    };
-    tokio::task::spawn_local(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!(error = %e, "upstream connection ended");
-        }
-    });
-    match exchange_http1(sender, req, ep, group, metrics).await {
+    match exchange_http1(sender, req, ep, group, sent, metrics).await {
         // A fresh connection that would not even take the request: the
         // endpoint is at fault.
         Err(mut a) if a.unsent.is_some() => {
@@ -150,27 +155,25 @@ async fn exchange_http1(
     req: Request<UpstreamBody>,
     ep: &Endpoint,
     group: &UpstreamGroup,
+    sent: Option<&Arc<BodySent>>,
     metrics: &Metrics,
 ) -> Result<Response<ProxyBody>, Attempt> {
-    match tokio::time::timeout(group.response_timeout, sender.try_send_request(req)).await {
-        Err(_) => {
+    match response_within(group.response_timeout, sent, sender.try_send_request(req)).await {
+        None => {
             metrics.upstream_error(UpstreamErrorKind::ResponseTimeout);
             Err(Attempt::fatal(ProxyError::UpstreamTimeout))
         }
-        Ok(Ok(resp)) => {
+        Some(Ok(resp)) => {
             let pooled = PooledSender {
                 endpoint: ep.id,
                 idle_timeout: group.idle_timeout,
                 sender,
+                request: sent.cloned(),
             };
             Ok(resp.map(|b| ProxyBody::upstream(b, Some(pooled), group.response_timeout)))
         }
-        Ok(Err(mut e)) => match e.take_message() {
-            Some(req) => Err(Attempt {
-                error: ProxyError::UpstreamProtocol,
-                unsent: Some(req),
-                endpoint_failed: false,
-            }),
+        Some(Err(mut e)) => match e.take_message() {
+            Some(req) => Err(Attempt::unsent(ProxyError::UpstreamProtocol, req, false)),
             None => Err(Attempt::fatal(classify(e.error(), metrics))),
         },
     }
@@ -180,91 +183,129 @@ async fn send_http2(
     ep: &Endpoint,
     group: &UpstreamGroup,
     req: Request<UpstreamBody>,
+    sent: Option<&Arc<BodySent>>,
     metrics: &Metrics,
 ) -> Result<Response<ProxyBody>, Attempt> {
-    let mut sender = match pool::http2(ep.id) {
-        Some(s) => s,
-        None => {
-            let tcp = match connect(ep, group.connect_timeout, metrics).await {
-                Ok(tcp) => tcp,
-                Err(error) => {
-                    return Err(Attempt {
-                        error,
-                        unsent: Some(req),
-                        endpoint_failed: true,
-                    })
-                }
-            };
-            let handshake = http2::Builder::new(LocalExec)
-                .timer(TokioTimer::new())
-                .adaptive_window(true)
-                .keep_alive_interval(Duration::from_secs(30))
-                .handshake(TokioIo::new(tcp));
-            let (sender, conn) = match handshake.await {
-                Ok(pair) => pair,
-                Err(_) => {
-                    metrics.upstream_error(UpstreamErrorKind::Connect);
-                    return Err(Attempt {
-                        error: ProxyError::UpstreamConnect,
-                        unsent: Some(req),
-                        endpoint_failed: true,
-                    });
-                }
-            };
-            tokio::task::spawn_local(async move {
-                if let Err(e) = conn.await {
-                    tracing::debug!(error = %e, "upstream h2 connection ended");
-                }
-            });
-            pool::put_http2(ep.id, sender.clone());
-            sender
+    // A pooled connection that went away (GOAWAY, idle close) is replaced
+    // by a fresh one; only a fresh one failing is the endpoint's fault.
+    let mut pooled = pool::http2(ep.id);
+    if let Some(s) = &mut pooled {
+        if s.ready().await.is_err() {
+            pooled = None;
         }
-    };
-    if sender.ready().await.is_err() {
-        metrics.upstream_error(UpstreamErrorKind::Connect);
-        return Err(Attempt {
-            error: ProxyError::UpstreamConnect,
-            unsent: Some(req),
-            endpoint_failed: true,
-        });
     }
-    match tokio::time::timeout(group.response_timeout, sender.try_send_request(req)).await {
-        Err(_) => {
+    let mut sender = match pooled {
+        Some(s) => s,
+        None => match open_http2(ep, group, metrics).await {
+            Ok(s) => s,
+            Err(error) => return Err(Attempt::unsent(error, req, true)),
+        },
+    };
+    match response_within(group.response_timeout, sent, sender.try_send_request(req)).await {
+        None => {
             metrics.upstream_error(UpstreamErrorKind::ResponseTimeout);
             Err(Attempt::fatal(ProxyError::UpstreamTimeout))
         }
-        Ok(Ok(resp)) => Ok(resp.map(|b| ProxyBody::upstream(b, None, group.response_timeout))),
-        Ok(Err(mut e)) => match e.take_message() {
-            Some(req) => Err(Attempt {
-                error: ProxyError::UpstreamConnect,
-                unsent: Some(req),
-                endpoint_failed: true,
-            }),
+        Some(Ok(resp)) => Ok(resp.map(|b| ProxyBody::upstream(b, None, group.response_timeout))),
+        Some(Err(mut e)) => match e.take_message() {
+            Some(req) => Err(Attempt::unsent(ProxyError::UpstreamConnect, req, true)),
             None => Err(Attempt::fatal(classify(e.error(), metrics))),
         },
     }
 }
 
-/// Relays an upgrade request (`Connection: upgrade`) on a fresh connection;
-/// once the upstream answers 101, the two connections are spliced.
+/// Awaits `response`, giving up `timeout` after the request body has been
+/// sent whole (at once when there is none). `None` on timeout.
+async fn response_within<F: Future>(
+    timeout: Duration,
+    sent: Option<&Arc<BodySent>>,
+    response: F,
+) -> Option<F::Output> {
+    match sent {
+        None => tokio::time::timeout(timeout, response).await.ok(),
+        Some(sent) => {
+            let deadline = async {
+                sent.wait().await;
+                tokio::time::sleep(timeout).await;
+            };
+            tokio::select! {
+                biased;
+                r = response => Some(r),
+                _ = deadline => None,
+            }
+        }
+    }
+}
+
+/// Opens an HTTP/1.1 connection to `ep`; `upgrades` keeps it open for an
+/// upgrade after the response.
+async fn open_http1(
+    ep: &Endpoint,
+    group: &UpstreamGroup,
+    metrics: &Metrics,
+    upgrades: bool,
+) -> Result<http1::SendRequest<UpstreamBody>, ProxyError> {
+    let tcp = connect(ep, group.connect_timeout, metrics).await?;
+    let (sender, conn) = http1::Builder::new()
+        .handshake(TokioIo::new(tcp))
+        .await
+        .map_err(|_| {
+            metrics.upstream_error(UpstreamErrorKind::Connect);
+            ProxyError::UpstreamConnect
+        })?;
+    tokio::task::spawn_local(async move {
+        let ended = if upgrades {
+            conn.with_upgrades().await
+        } else {
+            conn.await
+        };
+        if let Err(e) = ended {
+            tracing::debug!(error = %e, "upstream connection ended");
+        }
+    });
+    Ok(sender)
+}
+
+/// Opens an h2c connection to `ep` and keeps it for the worker's next requests.
+async fn open_http2(
+    ep: &Endpoint,
+    group: &UpstreamGroup,
+    metrics: &Metrics,
+) -> Result<http2::SendRequest<UpstreamBody>, ProxyError> {
+    let tcp = connect(ep, group.connect_timeout, metrics).await?;
+    let handshake = http2::Builder::new(LocalExec)
+        .timer(TokioTimer::new())
+        .adaptive_window(true)
+        .keep_alive_interval(Duration::from_secs(30))
+        .handshake(TokioIo::new(tcp));
+    let (sender, conn) = handshake.await.map_err(|_| {
+        metrics.upstream_error(UpstreamErrorKind::Connect);
+        ProxyError::UpstreamConnect
+    })?;
+    tokio::task::spawn_local(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "upstream h2 connection ended");
+        }
+    });
+    pool::put_http2(ep.id, sender.clone());
+    Ok(sender)
+}
+
+/// Relays a WebSocket upgrade on a fresh connection; once the upstream
+/// answers 101, the two connections are spliced. The spliced pair counts as
+/// an open connection until it closes.
 pub async fn forward_upgrade(
     req: Request<UpstreamBody>,
     client_upgrade: OnUpgrade,
     group: &UpstreamGroup,
-    metrics: &Metrics,
+    shared: &Arc<Shared>,
 ) -> Result<(Response<ProxyBody>, usize), ProxyError> {
+    let metrics = &shared.metrics;
     let i = group.pick(&[]).ok_or(ProxyError::NoUpstream)?;
     let ep = &group.endpoints[i];
-    let tcp = connect(ep, group.connect_timeout, metrics)
+    let mut sender = open_http1(ep, group, metrics, true)
         .await
         .inspect_err(|_| group.report_failure(i))?;
-    let (mut sender, conn) = http1::Builder::new()
-        .handshake(TokioIo::new(tcp))
-        .await
-        .map_err(|_| ProxyError::UpstreamConnect)?;
-    tokio::task::spawn_local(async move {
-        let _ = conn.with_upgrades().await;
-    });
     let mut resp = tokio::time::timeout(group.response_timeout, sender.send_request(req))
         .await
         .map_err(|_| ProxyError::UpstreamTimeout)?
@@ -272,7 +313,9 @@ pub async fn forward_upgrade(
     group.report_success(i);
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
+        let open = OpenConnection::new(shared);
         tokio::task::spawn_local(async move {
+            let _open = open;
             match tokio::try_join!(client_upgrade, upstream_upgrade) {
                 Ok((client, upstream)) => {
                     let mut client = TokioIo::new(client);
@@ -321,18 +364,15 @@ async fn connect(
     }
 }
 
-/// Maps an error of a sent request: the client's body over the limit is the
-/// client's fault (413); anything else the upstream's (502).
+/// Maps an error of a sent request: the client's body over the limit (413)
+/// or stalled (408) is the client's doing; anything else the upstream's (502).
 fn classify(e: &hyper::Error, metrics: &Metrics) -> ProxyError {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(s) = source {
-        if s.downcast_ref::<BodyTooLarge>().is_some() {
-            return ProxyError::BodyTooLarge;
-        }
-        if let Some(crate::body::BodyError::TooLarge(_)) =
-            s.downcast_ref::<crate::body::BodyError>()
-        {
-            return ProxyError::BodyTooLarge;
+        match s.downcast_ref::<BodyError>() {
+            Some(BodyError::TooLarge) => return ProxyError::BodyTooLarge,
+            Some(BodyError::ClientStalled) => return ProxyError::ClientTimeout,
+            _ => {}
         }
         source = s.source();
     }

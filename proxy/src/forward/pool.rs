@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 
 use hyper::client::conn::{http1, http2};
 
-use crate::body::UpstreamBody;
+use std::sync::Arc;
+
+use crate::body::{BodySent, UpstreamBody};
 
 /// Idle HTTP/1 connections kept per endpoint and worker.
 const MAX_IDLE_PER_ENDPOINT: usize = 256;
@@ -35,12 +37,15 @@ pub struct PooledSender {
     pub endpoint: u64,
     pub idle_timeout: Duration,
     pub sender: http1::SendRequest<UpstreamBody>,
+    /// The request body, when there was one: a connection still sending it
+    /// (the upstream answered early) is not reusable, and is closed.
+    pub request: Option<Arc<BodySent>>,
 }
 
 impl PooledSender {
     /// Returns the connection to this worker's pool.
     pub fn release(self) {
-        if self.sender.is_closed() {
+        if self.sender.is_closed() || self.request.is_some_and(|r| !r.is_done()) {
             return;
         }
         HTTP1.with_borrow_mut(|pools| {
