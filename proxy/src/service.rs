@@ -293,6 +293,10 @@ async fn serve(
     };
     out.upstream = Some(endpoint);
     let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+    if switching && !upgrade {
+        // A 101 nobody asked for would leave the client in limbo.
+        return Err(ProxyError::UpstreamProtocol);
+    }
     headers::clean(resp.headers_mut(), false, switching);
     Ok(resp)
 }

@@ -242,3 +242,69 @@ pub async fn websocket_echo() -> Upstream {
         task,
     }
 }
+
+/// A real nginx (Debian's `nginx-light`) serving on loopback, stopped on drop.
+pub struct Nginx {
+    pub addr: SocketAddr,
+    child: std::process::Child,
+}
+
+impl Nginx {
+    /// Starts nginx with `server_block` (the body of one `server { }`; it
+    /// must not contain `listen`). Fails, saying how to get it, when nginx is
+    /// not installed.
+    pub fn start(dir: &std::path::Path, server_block: &str) -> anyhow::Result<Nginx> {
+        let nginx = ["/usr/sbin/nginx", "/usr/bin/nginx"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists())
+            .ok_or_else(|| {
+                anyhow::anyhow!("nginx is missing: apt-get install nginx-light (tests/run does)")
+            })?;
+        // nginx cannot listen on port 0 and report it: take a free port.
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+        let conf = dir.join("nginx.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "master_process off;\npid {dir}/nginx.pid;\nerror_log {dir}/nginx-error.log;\n\
+                 events {{ worker_connections 1024; }}\n\
+                 http {{\n  access_log off;\n  client_body_temp_path {dir};\n  proxy_temp_path {dir};\n\
+                 fastcgi_temp_path {dir};\n  uwsgi_temp_path {dir};\n  scgi_temp_path {dir};\n\
+                 server {{\n    listen {addr};\n{server_block}\n  }}\n}}\n",
+                dir = dir.display(),
+            ),
+        )?;
+        let child = std::process::Command::new(nginx)
+            .args(["-p"])
+            .arg(dir)
+            .arg("-c")
+            .arg(&conf)
+            .args(["-g", "daemon off;"])
+            // One process (master_process off), no inherited pipes: killing
+            // it leaves nothing behind holding the test runner's output.
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()?;
+        let nginx = Nginx { addr, child };
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(addr).is_ok() {
+                return Ok(nginx);
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        anyhow::bail!("nginx did not start; see {}/nginx-error.log", dir.display())
+    }
+
+    /// `http://ADDR`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1118,3 +1118,48 @@ async fn large_bodies_stream_both_ways() {
             .sum::<usize>()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwards_to_a_real_nginx_that_recycles_keepalive_connections() {
+    let e = env("nginx");
+    // nginx closes each keep-alive connection after 3 requests and answers
+    // with what it received.
+    let nginx = upstream::Nginx::start(
+        &e.dir,
+        "    keepalive_requests 3;\n    location / {\n      default_type text/plain;\n      \
+         return 200 \"$request_method $request_uri host=$host xff=$http_x_forwarded_for user=$http_x_heim_user\\n\";\n    }",
+    )
+    .expect("nginx");
+    let heim = Heim::start(
+        &e.dir,
+        &config(
+            "workers = 1",
+            &route(
+                "app.test",
+                "/",
+                &format!("upstream = [\"{}\"]", nginx.url()),
+            ),
+        ),
+    )
+    .expect("start");
+    let mut conn = e.client.connect_h1(heim.https, "app.test").await.unwrap();
+    for i in 0..20 {
+        let req = http::Request::get(format!("/n/{i}?q=1"))
+            .header("host", "app.test")
+            .header("x-heim-user", "forged")
+            .body(Body::default())
+            .unwrap();
+        let r = conn.send(req).await.unwrap();
+        assert_eq!(r.status, 200, "request {i}");
+        let body = String::from_utf8_lossy(&r.body).into_owned();
+        assert_eq!(
+            body,
+            format!("GET /n/{i}?q=1 host=app.test xff=127.0.0.1 user=\n")
+        );
+    }
+    let m = heim.admin("/metrics").1;
+    assert!(
+        m.contains("heim_requests_total{route=\"app.test/\",code=\"200\"} 20"),
+        "{m}"
+    );
+}
