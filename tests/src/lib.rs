@@ -282,42 +282,45 @@ impl Reply {
 }
 
 impl Client {
+    /// A client that verifies heim's certificate against the test CA.
     pub fn new(ca: &CertificateDer<'static>) -> Client {
         let mut roots = rustls::RootCertStore::empty();
         roots.add(ca.clone()).expect("add CA");
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let mk = |alpn: Vec<Vec<u8>>| {
-            let mut cfg = rustls::ClientConfig::builder_with_provider(provider.clone())
-                .with_safe_default_protocol_versions()
-                .expect("versions")
-                .with_root_certificates(roots.clone())
-                .with_no_client_auth();
-            cfg.alpn_protocols = alpn;
-            TlsConnector::from(Arc::new(cfg))
-        };
-        Client {
-            connector: mk(vec![b"http/1.1".to_vec()]),
-            h2_connector: mk(vec![b"h2".to_vec()]),
-        }
+        Client::with(|b| {
+            b.with_root_certificates(roots.clone())
+                .with_no_client_auth()
+        })
     }
 
     /// A client that accepts any server certificate: for tests that look at
     /// *which* certificate heim presents, not whether it is valid for the name.
     pub fn any_certificate() -> Client {
+        Client::with(|b| {
+            let provider = b.crypto_provider().clone();
+            b.dangerous()
+                .with_custom_certificate_verifier(Arc::new(AcceptAny(provider)))
+                .with_no_client_auth()
+        })
+    }
+
+    /// One HTTP/1.1 and one h2 connector from the same verification setup.
+    fn with(
+        finish: impl Fn(
+            rustls::ConfigBuilder<rustls::ClientConfig, rustls::WantsVerifier>,
+        ) -> rustls::ClientConfig,
+    ) -> Client {
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let mk = |alpn: Vec<Vec<u8>>| {
-            let mut cfg = rustls::ClientConfig::builder_with_provider(provider.clone())
+        let mk = |alpn: &[u8]| {
+            let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
                 .with_safe_default_protocol_versions()
-                .expect("versions")
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(AcceptAny(provider.clone())))
-                .with_no_client_auth();
-            cfg.alpn_protocols = alpn;
+                .expect("versions");
+            let mut cfg = finish(builder);
+            cfg.alpn_protocols = vec![alpn.to_vec()];
             TlsConnector::from(Arc::new(cfg))
         };
         Client {
-            connector: mk(vec![b"http/1.1".to_vec()]),
-            h2_connector: mk(vec![b"h2".to_vec()]),
+            connector: mk(b"http/1.1"),
+            h2_connector: mk(b"h2"),
         }
     }
 

@@ -18,7 +18,7 @@ use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
 /// A running upstream; stops when dropped.
@@ -141,6 +141,31 @@ async fn listen() -> (TcpListener, SocketAddr) {
     (l, a)
 }
 
+/// Accepts connections on a fresh loopback port and hands each to `conn`
+/// with the request counter; counts connections.
+async fn serve<F, Fut>(conn: F) -> Upstream
+where
+    F: Fn(TcpStream, Arc<AtomicUsize>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (l, addr) = listen().await;
+    let hits = Arc::new(AtomicUsize::new(0));
+    let connections = Arc::new(AtomicUsize::new(0));
+    let (h, c) = (hits.clone(), connections.clone());
+    let task = tokio::spawn(async move {
+        while let Ok((tcp, _)) = l.accept().await {
+            c.fetch_add(1, SeqCst);
+            tokio::spawn(conn(tcp, h.clone()));
+        }
+    });
+    Upstream {
+        addr,
+        hits,
+        connections,
+        task,
+    }
+}
+
 /// An HTTP/1.1 upstream named `name` (its answers carry `x-upstream: name`).
 pub async fn http1(name: &'static str) -> Upstream {
     http1_closing_idle(name, None).await
@@ -149,98 +174,50 @@ pub async fn http1(name: &'static str) -> Upstream {
 /// An HTTP/1.1 upstream that closes keep-alive connections idle for
 /// `idle` (like many app servers do, often without saying so).
 pub async fn http1_closing_idle(name: &'static str, idle: Option<Duration>) -> Upstream {
-    let (l, addr) = listen().await;
-    let hits = Arc::new(AtomicUsize::new(0));
-    let connections = Arc::new(AtomicUsize::new(0));
-    let (h, c) = (hits.clone(), connections.clone());
-    let task = tokio::spawn(async move {
-        while let Ok((tcp, _)) = l.accept().await {
-            c.fetch_add(1, SeqCst);
-            let h = h.clone();
-            tokio::spawn(async move {
-                let svc = service_fn(move |req| {
-                    h.fetch_add(1, SeqCst);
-                    answer(name, req)
-                });
-                let mut builder = hyper::server::conn::http1::Builder::new();
-                if let Some(idle) = idle {
-                    builder
-                        .timer(hyper_util::rt::TokioTimer::new())
-                        .header_read_timeout(idle);
-                }
-                let _ = builder.serve_connection(TokioIo::new(tcp), svc).await;
-            });
+    serve(move |tcp, hits| async move {
+        let svc = service_fn(move |req| {
+            hits.fetch_add(1, SeqCst);
+            answer(name, req)
+        });
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        if let Some(idle) = idle {
+            builder
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(idle);
         }
-    });
-    Upstream {
-        addr,
-        hits,
-        connections,
-        task,
-    }
+        let _ = builder.serve_connection(TokioIo::new(tcp), svc).await;
+    })
+    .await
 }
 
 /// An HTTP/2 upstream over cleartext (prior knowledge), named `name`.
 pub async fn h2c(name: &'static str) -> Upstream {
-    let (l, addr) = listen().await;
-    let hits = Arc::new(AtomicUsize::new(0));
-    let connections = Arc::new(AtomicUsize::new(0));
-    let (h, c) = (hits.clone(), connections.clone());
-    let task = tokio::spawn(async move {
-        while let Ok((tcp, _)) = l.accept().await {
-            c.fetch_add(1, SeqCst);
-            let h = h.clone();
-            tokio::spawn(async move {
-                let svc = service_fn(move |req| {
-                    h.fetch_add(1, SeqCst);
-                    answer(name, req)
-                });
-                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(tcp), svc)
-                    .await;
-            });
-        }
-    });
-    Upstream {
-        addr,
-        hits,
-        connections,
-        task,
-    }
+    serve(move |tcp, hits| async move {
+        let svc = service_fn(move |req| {
+            hits.fetch_add(1, SeqCst);
+            answer(name, req)
+        });
+        let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .serve_connection(TokioIo::new(tcp), svc)
+            .await;
+    })
+    .await
 }
 
 /// A WebSocket server that echoes every message back.
 pub async fn websocket_echo() -> Upstream {
-    let (l, addr) = listen().await;
-    let hits = Arc::new(AtomicUsize::new(0));
-    let connections = Arc::new(AtomicUsize::new(0));
-    let (h, c) = (hits.clone(), connections.clone());
-    let task = tokio::spawn(async move {
-        while let Ok((tcp, _)) = l.accept().await {
-            c.fetch_add(1, SeqCst);
-            let h = h.clone();
-            tokio::spawn(async move {
-                let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await else {
-                    return;
-                };
-                h.fetch_add(1, SeqCst);
-                while let Some(Ok(msg)) = ws.next().await {
-                    if msg.is_close() {
-                        break;
-                    }
-                    if ws.send(msg).await.is_err() {
-                        break;
-                    }
-                }
-            });
+    serve(|tcp, hits| async move {
+        let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await else {
+            return;
+        };
+        hits.fetch_add(1, SeqCst);
+        while let Some(Ok(msg)) = ws.next().await {
+            if msg.is_close() || ws.send(msg).await.is_err() {
+                break;
+            }
         }
-    });
-    Upstream {
-        addr,
-        hits,
-        connections,
-        task,
-    }
+    })
+    .await
 }
 
 /// A real nginx (Debian's `nginx-light`) serving on loopback, stopped on drop.

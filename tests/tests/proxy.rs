@@ -791,11 +791,19 @@ async fn slow_and_idle_clients_are_cut_off() {
         matches!(read, Ok(Ok(0)) | Ok(Err(_))),
         "a silent TCP connection stays open: {read:?}"
     );
-    let m = heim.admin("/metrics").1;
-    assert!(
-        m.contains("heim_tls_handshakes_total{result=\"failed\"} 1"),
-        "{m}"
-    );
+    let mut counted = false;
+    for _ in 0..250 {
+        if heim
+            .admin("/metrics")
+            .1
+            .contains("heim_tls_handshakes_total{result=\"failed\"} 1")
+        {
+            counted = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(counted, "{}", heim.admin("/metrics").1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
