@@ -154,15 +154,18 @@ impl Metrics {
         }
         out.push_str(&hist);
 
-        out.push_str("# HELP heim_upstream_errors_total Failed upstream attempts, by kind.\n");
-        out.push_str("# TYPE heim_upstream_errors_total counter\n");
-        for (kind, c) in UPSTREAM_ERROR_KINDS.iter().zip(&self.upstream_errors) {
-            let _ = writeln!(
-                out,
-                "heim_upstream_errors_total{{kind=\"{kind}\"}} {}",
-                c.load(Relaxed)
-            );
-        }
+        let errors: Vec<_> = UPSTREAM_ERROR_KINDS
+            .iter()
+            .copied()
+            .zip(&self.upstream_errors)
+            .collect();
+        labeled(
+            &mut out,
+            "heim_upstream_errors_total",
+            "Failed upstream attempts, by kind.",
+            "kind",
+            &errors,
+        );
         let simple: [(&str, &str, &str, &AtomicU64); 4] = [
             (
                 "heim_connections_open",
@@ -196,31 +199,32 @@ impl Metrics {
                 v.load(Relaxed)
             );
         }
-        out.push_str("# HELP heim_tls_handshakes_total TLS handshakes, by result.\n");
-        out.push_str("# TYPE heim_tls_handshakes_total counter\n");
-        let _ = writeln!(
-            out,
-            "heim_tls_handshakes_total{{result=\"ok\"}} {}",
-            self.tls_handshakes_ok.load(Relaxed)
+        labeled(
+            &mut out,
+            "heim_tls_handshakes_total",
+            "TLS handshakes, by result.",
+            "result",
+            &[
+                ("ok", &self.tls_handshakes_ok),
+                ("failed", &self.tls_handshakes_failed),
+            ],
         );
-        let _ = writeln!(
-            out,
-            "heim_tls_handshakes_total{{result=\"failed\"}} {}",
-            self.tls_handshakes_failed.load(Relaxed)
-        );
-        out.push_str("# HELP heim_config_reloads_total Configuration reloads, by result.\n");
-        out.push_str("# TYPE heim_config_reloads_total counter\n");
-        let _ = writeln!(
-            out,
-            "heim_config_reloads_total{{result=\"ok\"}} {}",
-            self.reloads_ok.load(Relaxed)
-        );
-        let _ = writeln!(
-            out,
-            "heim_config_reloads_total{{result=\"failed\"}} {}",
-            self.reloads_failed.load(Relaxed)
+        labeled(
+            &mut out,
+            "heim_config_reloads_total",
+            "Configuration reloads, by result.",
+            "result",
+            &[("ok", &self.reloads_ok), ("failed", &self.reloads_failed)],
         );
         out
+    }
+}
+
+/// Writes one counter split by one label.
+fn labeled(out: &mut String, name: &str, help: &str, label: &str, values: &[(&str, &AtomicU64)]) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+    for (value, c) in values {
+        let _ = writeln!(out, "{name}{{{label}=\"{value}\"}} {}", c.load(Relaxed));
     }
 }
 

@@ -143,7 +143,7 @@ pub struct RouteTable {
     /// Keyed by the suffix after `*.`, e.g. `example.com` for `*.example.com`.
     wildcard_hosts: HashMap<String, HostRoutes>,
     any_host: Option<HostRoutes>,
-    /// Exact host names with at least one route (for redirects and certificates).
+    /// Routes in the table.
     len: usize,
 }
 
@@ -192,17 +192,10 @@ impl RouteTable {
     }
 
     fn host_routes(&self, host: &str) -> Option<&HostRoutes> {
-        if let Some(r) = self.exact_hosts.get(host) {
-            return Some(r);
-        }
-        if let Some((first, suffix)) = host.split_once('.') {
-            if !first.is_empty() {
-                if let Some(r) = self.wildcard_hosts.get(suffix) {
-                    return Some(r);
-                }
-            }
-        }
-        self.any_host.as_ref()
+        self.exact_hosts
+            .get(host)
+            .or_else(|| self.wildcard_hosts.get(wildcard_suffix(host)?))
+            .or(self.any_host.as_ref())
     }
 
     /// The route for a normalised host (lowercase, no port) and path.
@@ -214,9 +207,7 @@ impl RouteTable {
     /// without a host names none).
     pub fn names_host(&self, host: &str) -> bool {
         self.exact_hosts.contains_key(host)
-            || host.split_once('.').is_some_and(|(first, suffix)| {
-                !first.is_empty() && self.wildcard_hosts.contains_key(suffix)
-            })
+            || wildcard_suffix(host).is_some_and(|s| self.wildcard_hosts.contains_key(s))
     }
 
     /// Every route, in no particular order.
@@ -226,6 +217,16 @@ impl RouteTable {
             .chain(self.wildcard_hosts.values())
             .chain(self.any_host.iter())
             .flat_map(|h| h.exact.values().chain(h.prefixes.iter().map(|(_, r)| r)))
+    }
+}
+
+/// The suffix a `*.suffix` wildcard must have to match `host`: everything
+/// after its first label (a wildcard stands for exactly one label). Shared
+/// by route and certificate lookup so that both agree on what matches.
+pub fn wildcard_suffix(host: &str) -> Option<&str> {
+    match host.split_once('.') {
+        Some((first, suffix)) if !first.is_empty() && !suffix.is_empty() => Some(suffix),
+        _ => None,
     }
 }
 
@@ -503,6 +504,15 @@ mod tests {
         .expect_err("duplicate prefix");
         assert_eq!(err.len(), 1);
         assert_eq!(err[0].index, 1);
+    }
+
+    #[test]
+    fn wildcard_suffix_is_one_label() {
+        assert_eq!(wildcard_suffix("a.example.com"), Some("example.com"));
+        assert_eq!(wildcard_suffix("example.com"), Some("com"));
+        assert_eq!(wildcard_suffix(".example.com"), None);
+        assert_eq!(wildcard_suffix("localhost"), None);
+        assert_eq!(wildcard_suffix("a."), None);
     }
 
     #[test]

@@ -38,7 +38,6 @@ use crate::upstream::UpstreamProtocol;
 pub struct ConnCtx {
     pub shared: Arc<Shared>,
     pub remote: SocketAddr,
-    pub local: SocketAddr,
     pub tls: Option<TlsInfo>,
     /// Made once per connection, applied to every request.
     pub forwarded: headers::ForwardedFor,
@@ -49,6 +48,8 @@ pub struct ConnCtx {
 }
 
 impl ConnCtx {
+    /// `local` is the address the client connected to (its port goes into
+    /// `X-Forwarded-Port`).
     pub fn new(
         shared: Arc<Shared>,
         remote: SocketAddr,
@@ -59,7 +60,6 @@ impl ConnCtx {
         Self {
             shared,
             remote,
-            local,
             tls,
             forwarded,
             requests_started: Cell::new(0),

@@ -20,6 +20,7 @@ use rustls::sign::CertifiedKey;
 use rustls::ServerConfig;
 
 use crate::config::{CertificateSpec, Config, ConfigError};
+use crate::route::wildcard_suffix;
 
 /// Host name -> certificate, with a default for unknown or missing SNI.
 #[derive(Debug, Default)]
@@ -54,10 +55,8 @@ impl CertStore {
             if let Some(k) = self.exact.get(name) {
                 return Some(k.clone());
             }
-            if let Some((_, suffix)) = name.split_once('.') {
-                if let Some(k) = self.wildcard.get(suffix) {
-                    return Some(k.clone());
-                }
+            if let Some(k) = wildcard_suffix(name).and_then(|s| self.wildcard.get(s)) {
+                return Some(k.clone());
             }
         }
         self.default.clone()
@@ -66,9 +65,7 @@ impl CertStore {
     /// True when a certificate other than the default names `host`.
     pub fn covers(&self, host: &str) -> bool {
         self.exact.contains_key(host)
-            || host.split_once('.').is_some_and(|(first, suffix)| {
-                !first.is_empty() && self.wildcard.contains_key(suffix)
-            })
+            || wildcard_suffix(host).is_some_and(|s| self.wildcard.contains_key(s))
     }
 
     /// Reads every certificate of a config. Errors name the entry's line and key.

@@ -203,20 +203,20 @@ impl Heim {
 
     /// Waits (bounded) until a log line contains `needle`.
     pub fn wait_log(&self, needle: &str, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if self
-                .logs
+        poll_until(timeout, || {
+            self.logs
                 .lock()
                 .expect("logs")
                 .iter()
                 .any(|l| l.contains(needle))
-            {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        false
+        })
+    }
+
+    /// Waits (bounded) until `/metrics` contains `needle`.
+    pub fn wait_metric(&self, needle: &str, timeout: Duration) -> bool {
+        poll_until(timeout, || {
+            admin_get(self.admin, "/metrics").is_ok_and(|(_, m)| m.contains(needle))
+        })
     }
 
     /// Sends a signal to heim.
@@ -238,6 +238,20 @@ impl Drop for Heim {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Checks `done` every 20 ms until it holds or `timeout` passes.
+pub fn poll_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if done() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

@@ -373,18 +373,7 @@ async fn websocket_upgrade_passes_through() {
         .contains("heim_connections_open 1\n"));
     socket.close(None).await.unwrap();
     drop(socket);
-    let mut closed = false;
-    for _ in 0..250 {
-        if heim
-            .admin("/metrics")
-            .1
-            .contains("heim_connections_open 0\n")
-        {
-            closed = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let closed = heim.wait_metric("heim_connections_open 0\n", Duration::from_secs(5));
     assert!(closed, "the WebSocket pair was not released");
 }
 
@@ -791,18 +780,10 @@ async fn slow_and_idle_clients_are_cut_off() {
         matches!(read, Ok(Ok(0)) | Ok(Err(_))),
         "a silent TCP connection stays open: {read:?}"
     );
-    let mut counted = false;
-    for _ in 0..250 {
-        if heim
-            .admin("/metrics")
-            .1
-            .contains("heim_tls_handshakes_total{result=\"failed\"} 1")
-        {
-            counted = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let counted = heim.wait_metric(
+        "heim_tls_handshakes_total{result=\"failed\"} 1",
+        Duration::from_secs(5),
+    );
     assert!(counted, "{}", heim.admin("/metrics").1);
 }
 
@@ -864,18 +845,7 @@ async fn limits_on_body_headers_and_connections() {
 
     // max_connections = 3: the fourth concurrent connection is closed at once.
     // First let the connections above finish closing.
-    let mut idle = false;
-    for _ in 0..250 {
-        if heim
-            .admin("/metrics")
-            .1
-            .contains("heim_connections_open 0\n")
-        {
-            idle = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let idle = heim.wait_metric("heim_connections_open 0\n", Duration::from_secs(5));
     assert!(idle, "connections did not close");
     let mut held = Vec::new();
     for _ in 0..3 {
