@@ -35,8 +35,10 @@ pub enum BodyError {
     /// The client sent nothing for longer than `request_head_timeout`.
     #[error("client stopped sending its request body")]
     ClientStalled,
-    #[error(transparent)]
-    Hyper(#[from] hyper::Error),
+    /// Reading the client's body failed: broken chunked framing, or the
+    /// client went away. Never the upstream's fault.
+    #[error("client request body: {0}")]
+    Client(#[from] hyper::Error),
 }
 
 /// An upstream's response body stalled for longer than the route's

@@ -4,6 +4,7 @@
 use http::{header, HeaderValue, Response, StatusCode};
 
 use crate::body::ProxyBody;
+use crate::metrics::ClientErrorKind;
 
 /// Why heim answered a request itself instead of a backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -16,6 +17,8 @@ pub enum ProxyError {
     Forbidden,
     #[error("method not allowed")]
     MethodNotAllowed,
+    #[error("malformed request body")]
+    MalformedBody,
     #[error("request body too large")]
     BodyTooLarge,
     #[error("the client stopped sending its request")]
@@ -36,7 +39,7 @@ impl ProxyError {
     /// The status a client sees.
     pub fn status(self) -> StatusCode {
         match self {
-            ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::BadRequest(_) | ProxyError::MalformedBody => StatusCode::BAD_REQUEST,
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::Forbidden => StatusCode::FORBIDDEN,
             ProxyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -48,6 +51,18 @@ impl ProxyError {
                 StatusCode::GATEWAY_TIMEOUT
             }
         }
+    }
+
+    /// The client's fault, for `heim_client_errors_total`; `None` for
+    /// everything else (routing, policy, the upstream).
+    pub fn client_error(self) -> Option<ClientErrorKind> {
+        Some(match self {
+            ProxyError::BadRequest(_) | ProxyError::MethodNotAllowed => ClientErrorKind::BadRequest,
+            ProxyError::MalformedBody => ClientErrorKind::MalformedBody,
+            ProxyError::BodyTooLarge => ClientErrorKind::BodyTooLarge,
+            ProxyError::ClientTimeout => ClientErrorKind::BodyTimeout,
+            _ => return None,
+        })
     }
 
     /// A short plain-text response; it says what failed, never why in detail.
@@ -66,7 +81,7 @@ impl ProxyError {
             HeaderValue::from_static("text/plain; charset=utf-8"),
         );
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        if matches!(self, ProxyError::BadRequest(_)) {
+        if matches!(self, ProxyError::BadRequest(_) | ProxyError::MalformedBody) {
             h.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         resp

@@ -68,6 +68,32 @@ pub enum UpstreamErrorKind {
 const UPSTREAM_ERROR_KINDS: [&str; 4] =
     ["connect", "connect_timeout", "response_timeout", "protocol"];
 
+/// Kinds of client misbehaviour, for `heim_client_errors_total`.
+#[derive(Clone, Copy, Debug)]
+pub enum ClientErrorKind {
+    /// A malformed request head (400) or method (405).
+    BadRequest = 0,
+    /// A request body that broke its framing (bad chunked encoding).
+    MalformedBody = 1,
+    BodyTooLarge = 2,
+    /// The client stopped sending its body.
+    BodyTimeout = 3,
+    /// An HTTP/2 stream the client reset after heim had accepted it.
+    StreamReset = 4,
+    /// A PROXY protocol header that was malformed, missing, or from an
+    /// untrusted address: the connection was closed.
+    ProxyProtocol = 5,
+}
+
+const CLIENT_ERROR_KINDS: [&str; 6] = [
+    "bad_request",
+    "malformed_body",
+    "body_too_large",
+    "body_timeout",
+    "stream_reset",
+    "proxy_protocol",
+];
+
 /// Every metric heim exports.
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -75,6 +101,9 @@ pub struct Metrics {
     /// Requests that matched no route (404) or were malformed (400).
     pub unrouted: Arc<RouteMetrics>,
     pub upstream_errors: [AtomicU64; 4],
+    pub client_errors: [AtomicU64; 6],
+    /// HTTP/2 connections closed with GOAWAY `ENHANCE_YOUR_CALM`.
+    pub h2_calm_goaways: AtomicU64,
     pub connections_open: AtomicU64,
     pub connections_total: AtomicU64,
     pub connections_refused: AtomicU64,
@@ -95,6 +124,11 @@ impl Metrics {
     /// Counts one upstream failure.
     pub fn upstream_error(&self, kind: UpstreamErrorKind) {
         self.upstream_errors[kind as usize].fetch_add(1, Relaxed);
+    }
+
+    /// Counts one client error.
+    pub fn client_error(&self, kind: ClientErrorKind) {
+        self.client_errors[kind as usize].fetch_add(1, Relaxed);
     }
 
     /// Renders the Prometheus text format.
@@ -166,7 +200,19 @@ impl Metrics {
             "kind",
             &errors,
         );
-        let simple: [(&str, &str, &str, &AtomicU64); 4] = [
+        let client: Vec<_> = CLIENT_ERROR_KINDS
+            .iter()
+            .copied()
+            .zip(&self.client_errors)
+            .collect();
+        labeled(
+            &mut out,
+            "heim_client_errors_total",
+            "Requests and connections refused for the client's fault, by kind.",
+            "kind",
+            &client,
+        );
+        let simple: [(&str, &str, &str, &AtomicU64); 5] = [
             (
                 "heim_connections_open",
                 "gauge",
@@ -184,6 +230,12 @@ impl Metrics {
                 "counter",
                 "Client connections closed at once because max_connections was reached.",
                 &self.connections_refused,
+            ),
+            (
+                "heim_h2_enhance_your_calm_total",
+                "counter",
+                "HTTP/2 connections closed with GOAWAY ENHANCE_YOUR_CALM (too many streams reset after acceptance).",
+                &self.h2_calm_goaways,
             ),
             (
                 "heim_upstream_connections_total",

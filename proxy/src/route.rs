@@ -323,20 +323,22 @@ pub fn normalize_path(path: &str) -> Option<Cow<'_, str>> {
 }
 
 /// The path a route is chosen by: the normalised path with every
-/// percent-escape decoded and `;` parameters cut from each segment, then
-/// normalised again.
+/// percent-escape decoded, `\` read as `/`, and `;` parameters cut from
+/// each segment, then normalised again.
 ///
 /// heim forwards the path as it came (dot segments resolved), but backends
 /// decode escapes (`/%61dmin` is `/admin`) and Java servers drop `;x` path
-/// parameters (`/admin;x` is `/admin`): choosing the route by what the
-/// backend will see makes sure such a request meets the `/admin` route's
-/// policy, never a more lenient one. `None` (a 400) for a decoded NUL, bytes
-/// that are not UTF-8, or a path that climbs above `/`.
+/// parameters (`/admin;x` is `/admin`), and WHATWG URL parsers (Node), IIS
+/// and some Java servers read `\` as `/` (`/public\..\admin` is
+/// `/admin`): choosing the route by what the backend will see makes sure
+/// such a request meets the `/admin` route's policy, never a more lenient
+/// one. `None` (a 400) for a decoded NUL, bytes that are not UTF-8, or a
+/// path that climbs above `/`.
 pub fn routing_path(normalized: &str) -> Option<Cow<'_, str>> {
-    if !normalized.contains(['%', ';']) {
+    if !normalized.contains(['%', ';', '\\']) {
         return Some(Cow::Borrowed(normalized));
     }
-    let decoded = percent_decode(normalized)?;
+    let decoded = percent_decode(normalized)?.replace('\\', "/");
     let mut stripped = String::with_capacity(decoded.len());
     for (i, segment) in decoded.split('/').enumerate() {
         if i > 0 {
@@ -553,6 +555,12 @@ mod tests {
             ("/a%ffb", None),
             ("/100%", Some("/100%")),
             ("/a%2", Some("/a%2")),
+            // Backslashes are slashes to Node, IIS and some Java servers.
+            ("/public\\..\\admin", Some("/admin")),
+            ("/public%5C..%5Cadmin", Some("/admin")),
+            ("/public%5c%2e%2e%5cadmin", Some("/admin")),
+            ("/a\\b", Some("/a/b")),
+            ("/a\\..\\..\\x", None),
         ];
         for (raw, want) in cases {
             assert_eq!(routing_path(raw).as_deref(), want, "{raw:?}");

@@ -138,6 +138,9 @@ pub async fn handle(
         Ok(resp) => resp,
         Err(e) => {
             outcome.error = Some(e);
+            if let Some(kind) = e.client_error() {
+                conn.shared.metrics.client_error(kind);
+            }
             e.response()
         }
     };
@@ -186,7 +189,7 @@ async fn serve(
     if req.method() == Method::CONNECT {
         return Err(ProxyError::MethodNotAllowed);
     }
-    let host_value = request_host(&req).ok_or(ProxyError::BadRequest("missing Host"))?;
+    let host_value = request_host(&req)?;
     let host_str = host_value
         .to_str()
         .map_err(|_| ProxyError::BadRequest("invalid Host"))?;
@@ -301,12 +304,26 @@ async fn serve(
     Ok(resp)
 }
 
-/// The host a request is for: the URI's authority (HTTP/2, absolute-form),
-/// else the `Host` header.
-fn request_host(req: &Request<Incoming>) -> Option<HeaderValue> {
-    match req.uri().authority() {
-        Some(a) => HeaderValue::from_str(a.as_str()).ok(),
-        None => req.headers().get(HOST).cloned(),
+/// The host a request is for: the URI's authority (HTTP/2's `:authority`,
+/// or an absolute-form target), else the `Host` header. More than one
+/// `Host`, or a `Host` that disagrees with the authority, is refused (RFC
+/// 9112 §3.2, RFC 9113 §8.3.1): heim never guesses which one a backend
+/// would believe.
+fn request_host(req: &Request<Incoming>) -> Result<HeaderValue, ProxyError> {
+    let mut hosts = req.headers().get_all(HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Err(ProxyError::BadRequest("more than one Host header"));
+    }
+    match (req.uri().authority(), host) {
+        (Some(a), Some(h)) if !a.as_str().as_bytes().eq_ignore_ascii_case(h.as_bytes()) => Err(
+            ProxyError::BadRequest("Host disagrees with the request's authority"),
+        ),
+        (Some(a), _) => {
+            HeaderValue::from_str(a.as_str()).map_err(|_| ProxyError::BadRequest("invalid Host"))
+        }
+        (None, Some(h)) => Ok(h.clone()),
+        (None, None) => Err(ProxyError::BadRequest("missing Host")),
     }
 }
 

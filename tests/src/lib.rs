@@ -414,6 +414,22 @@ impl Client {
         collect(resp).await
     }
 
+    /// A raw HTTP/2 connection (the `h2` crate's client, which leaves
+    /// headers, resets and GOAWAY reasons to the test); the second value
+    /// ends with the connection and says how (a GOAWAY's reason, say).
+    pub async fn h2(
+        &self,
+        addr: SocketAddr,
+        sni: &str,
+    ) -> anyhow::Result<(
+        h2::client::SendRequest<Bytes>,
+        tokio::task::JoinHandle<Result<(), h2::Error>>,
+    )> {
+        let (tls, _) = self.tls(addr, sni, true).await?;
+        let (sender, conn) = h2::client::handshake(tls).await?;
+        Ok((sender, tokio::spawn(conn)))
+    }
+
     /// A GET on a new HTTP/1.1 connection to `https://host/path`.
     pub async fn get(&self, addr: SocketAddr, host: &str, path: &str) -> anyhow::Result<Reply> {
         self.request(addr, get(host, path)).await
@@ -426,6 +442,11 @@ impl Client {
         tokio::spawn(conn.with_upgrades());
         Ok(H1Conn { sender })
     }
+}
+
+/// The status of a raw HTTP/1 response (0 if there is none).
+pub fn raw_status(out: &str) -> u16 {
+    out.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0)
 }
 
 /// A keep-alive HTTP/1.1 client connection.
@@ -530,4 +551,68 @@ impl rustls::client::danger::ServerCertVerifier for AcceptAny {
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
     }
+}
+
+// === fixtures shared by the test files ===
+
+/// A scratch dir with a CA and three certificates: `default.test` (first,
+/// so the default), `app.test`, `*.wild.test`.
+pub struct Env {
+    pub dir: std::path::PathBuf,
+    pub pki: Pki,
+    pub client: Client,
+}
+
+pub fn env(name: &str) -> Env {
+    let dir = scratch(name);
+    let pki = Pki::new(&dir);
+    pki.leaf("default", &["default.test"]);
+    pki.leaf("app", &["app.test"]);
+    pki.leaf("wild", &["*.wild.test"]);
+    let client = Client::new(&pki.ca_der);
+    Env { dir, pki, client }
+}
+
+pub fn config(server_extra: &str, routes: &str) -> String {
+    let workers = if server_extra.contains("workers") {
+        ""
+    } else {
+        "workers = 2"
+    };
+    format!(
+        r#"
+[server]
+https_listen = "127.0.0.1:0"
+http_listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+{workers}
+{server_extra}
+
+[[certificate]]
+cert_file = "default.pem"
+key_file = "default-key.pem"
+
+[[certificate]]
+cert_file = "app.pem"
+key_file = "app-key.pem"
+
+[[certificate]]
+cert_file = "wild.pem"
+key_file = "wild-key.pem"
+
+{routes}
+"#
+    )
+}
+
+pub fn route(host: &str, path: &str, backend: &str) -> String {
+    format!("[[route]]\nhost = \"{host}\"\npath = \"{path}\"\n{backend}\npublic = true\n\n")
+}
+
+pub fn up(u: &upstream::Upstream) -> String {
+    format!("upstream = [\"{}\"]", u.url())
+}
+
+pub fn header<'a>(j: &'a serde_json::Value, name: &str) -> Option<&'a str> {
+    j["headers"][name][0].as_str()
 }

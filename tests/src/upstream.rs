@@ -204,6 +204,27 @@ pub async fn h2c(name: &'static str) -> Upstream {
     .await
 }
 
+/// An upstream that answers every request with the same raw bytes, then
+/// closes the connection: for responses no well-behaved server would send
+/// (conflicting framing and the like). It reads the request head first.
+pub async fn raw_response(response: &'static [u8]) -> Upstream {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    serve(move |mut tcp, hits| async move {
+        let mut head = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => head.extend_from_slice(&buf[..n]),
+            }
+        }
+        hits.fetch_add(1, SeqCst);
+        let _ = tcp.write_all(response).await;
+        let _ = tcp.shutdown().await;
+    })
+    .await
+}
+
 /// A WebSocket server that echoes every message back.
 pub async fn websocket_echo() -> Upstream {
     serve(|tcp, hits| async move {

@@ -7,69 +7,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use heim_e2e::{cert_names, get, scratch, upstream, Body, Client, Heim, Pki};
-
-/// A scratch dir with a CA and three certificates: `default.test` (first,
-/// so the default), `app.test`, `*.wild.test`.
-struct Env {
-    dir: std::path::PathBuf,
-    pki: Pki,
-    client: Client,
-}
-
-fn env(name: &str) -> Env {
-    let dir = scratch(name);
-    let pki = Pki::new(&dir);
-    pki.leaf("default", &["default.test"]);
-    pki.leaf("app", &["app.test"]);
-    pki.leaf("wild", &["*.wild.test"]);
-    let client = Client::new(&pki.ca_der);
-    Env { dir, pki, client }
-}
-
-fn config(server_extra: &str, routes: &str) -> String {
-    let workers = if server_extra.contains("workers") {
-        ""
-    } else {
-        "workers = 2"
-    };
-    format!(
-        r#"
-[server]
-https_listen = "127.0.0.1:0"
-http_listen = "127.0.0.1:0"
-admin_listen = "127.0.0.1:0"
-{workers}
-{server_extra}
-
-[[certificate]]
-cert_file = "default.pem"
-key_file = "default-key.pem"
-
-[[certificate]]
-cert_file = "app.pem"
-key_file = "app-key.pem"
-
-[[certificate]]
-cert_file = "wild.pem"
-key_file = "wild-key.pem"
-
-{routes}
-"#
-    )
-}
-
-fn route(host: &str, path: &str, backend: &str) -> String {
-    format!("[[route]]\nhost = \"{host}\"\npath = \"{path}\"\n{backend}\npublic = true\n\n")
-}
-
-fn up(u: &upstream::Upstream) -> String {
-    format!("upstream = [\"{}\"]", u.url())
-}
-
-fn header<'a>(j: &'a serde_json::Value, name: &str) -> Option<&'a str> {
-    j["headers"][name][0].as_str()
-}
+use heim_e2e::{cert_names, config, env, get, header, route, up, upstream, Body, Client, Heim};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routes_by_host_and_path_with_ingress_semantics() {

@@ -11,7 +11,9 @@
 
 use std::net::SocketAddr;
 
-use http::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, TE, UPGRADE};
+use http::header::{
+    HeaderMap, HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, TE, TRANSFER_ENCODING, UPGRADE,
+};
 
 /// What one header name is to heim.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -77,6 +79,13 @@ pub fn clean(headers: &mut HeaderMap, request: bool, keep_upgrade: bool) {
         match kind(name.as_str()) {
             Kind::Plain => {}
             Kind::Spoofable if !request => {}
+            // A message with both framings was read by Transfer-Encoding
+            // (RFC 9112 §6.3); passing its Content-Length on would frame the
+            // body differently on the next hop (a truncated or overlong body).
+            Kind::HopByHop if name == TRANSFER_ENCODING => {
+                doomed.push(name.clone());
+                doomed.push(CONTENT_LENGTH);
+            }
             Kind::HopByHop if name == CONNECTION => {
                 connection_names_others =
                     headers.get_all(CONNECTION).iter().any(names_other_headers);
@@ -217,6 +226,23 @@ mod tests {
         clean(&mut h, true, false);
         let left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
         assert_eq!(left, ["host", "accept"]);
+    }
+
+    #[test]
+    fn transfer_encoding_overrides_content_length() {
+        for request in [true, false] {
+            let mut h = map(&[
+                ("content-length", "3"),
+                ("transfer-encoding", "chunked"),
+                ("content-type", "text/plain"),
+            ]);
+            clean(&mut h, request, false);
+            let left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+            assert_eq!(left, ["content-type"], "request: {request}");
+        }
+        let mut h = map(&[("content-length", "3")]);
+        clean(&mut h, false, false);
+        assert_eq!(h["content-length"], "3");
     }
 
     #[test]

@@ -364,15 +364,18 @@ async fn connect(
     }
 }
 
-/// Maps an error of a sent request: the client's body over the limit (413)
-/// or stalled (408) is the client's doing; anything else the upstream's (502).
+/// Maps an error of a sent request: the client's body over the limit (413),
+/// stalled (408) or broken (bad chunked framing: 400) is the client's
+/// doing; anything else the upstream's (502). The upstream connection is
+/// dropped either way, never pooled.
 fn classify(e: &hyper::Error, metrics: &Metrics) -> ProxyError {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(s) = source {
         match s.downcast_ref::<BodyError>() {
             Some(BodyError::TooLarge) => return ProxyError::BodyTooLarge,
             Some(BodyError::ClientStalled) => return ProxyError::ClientTimeout,
-            _ => {}
+            Some(BodyError::Client(_)) => return ProxyError::MalformedBody,
+            None => {}
         }
         source = s.source();
     }
