@@ -17,7 +17,8 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::route::{Backend, PathMatch, Policy, RouteSpec};
-use crate::upstream::{Endpoint, UpstreamAddr, UpstreamGroup, UpstreamProtocol};
+use crate::trust::{IpNet, TrustedProxies};
+use crate::upstream::{Endpoint, UpstreamAddr, UpstreamGroup, UpstreamLimits, UpstreamProtocol};
 
 /// One problem in a config file.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -89,7 +90,13 @@ struct RawServer {
     connect_timeout: Option<Spanned<String>>,
     response_timeout: Option<Spanned<String>>,
     upstream_idle_timeout: Option<Spanned<String>>,
+    upstream_max_connections: Option<Spanned<i64>>,
+    upstream_queue_size: Option<Spanned<i64>>,
     max_body_bytes: Option<Spanned<ByteSize>>,
+    keepalive_requests: Option<Spanned<i64>>,
+    websocket_idle_timeout: Option<Spanned<String>>,
+    proxy_protocol: Option<bool>,
+    trusted_proxies: Option<Spanned<Vec<String>>>,
 }
 
 #[derive(Deserialize)]
@@ -143,6 +150,18 @@ pub struct ServerSettings {
     pub max_header_bytes: usize,
     pub drain_timeout: Duration,
     pub access_log: bool,
+    /// Requests one client connection may make before heim closes it
+    /// (HTTP/1: `Connection: close`; HTTP/2: GOAWAY), like nginx's
+    /// `keepalive_requests`.
+    pub keepalive_requests: u64,
+    /// Spliced WebSockets with no byte either way for this long are closed.
+    pub websocket_idle_timeout: Option<Duration>,
+    /// The https and http listeners read a PROXY protocol header (v1 or v2)
+    /// from peers in `trusted_proxies`.
+    pub proxy_protocol: bool,
+    /// Peers believed about the client: their PROXY protocol header, their
+    /// `X-Forwarded-For` and `X-Forwarded-Proto`.
+    pub trusted_proxies: TrustedProxies,
 }
 
 impl ServerSettings {
@@ -260,15 +279,13 @@ impl Config {
 }
 
 struct RouteDefaults {
-    connect_timeout: Duration,
-    response_timeout: Duration,
-    idle_timeout: Duration,
+    upstream: UpstreamLimits,
     max_body_bytes: u64,
 }
 
 impl RouteDefaults {
     fn from_raw(cx: &mut Cx, s: &RawServer) -> Self {
-        Self {
+        let upstream = UpstreamLimits {
             connect_timeout: cx.duration_or(
                 "server.connect_timeout",
                 &s.connect_timeout,
@@ -284,6 +301,21 @@ impl RouteDefaults {
                 &s.upstream_idle_timeout,
                 Duration::from_secs(60),
             ),
+            max_connections: cx.int_in(
+                "server.upstream_max_connections",
+                &s.upstream_max_connections,
+                1..1_000_001,
+                256,
+            ) as usize,
+            queue_size: cx.int_in(
+                "server.upstream_queue_size",
+                &s.upstream_queue_size,
+                0..10_000_001,
+                4096,
+            ) as usize,
+        };
+        Self {
+            upstream,
             max_body_bytes: cx.size_or("server.max_body_bytes", &s.max_body_bytes, 1 << 20),
         }
     }
@@ -446,6 +478,41 @@ impl Cx<'_> {
                 );
             }
         }
+        let keepalive_requests = self.int_in(
+            "server.keepalive_requests",
+            &s.keepalive_requests,
+            1..1_000_000_001,
+            1000,
+        ) as u64;
+        let websocket_idle_timeout = s.websocket_idle_timeout.as_ref().map(|v| {
+            self.duration_or(
+                "server.websocket_idle_timeout",
+                &Some(v.clone()),
+                Duration::ZERO,
+            )
+        });
+        let mut trusted = Vec::new();
+        if let Some(list) = &s.trusted_proxies {
+            for net in list.get_ref() {
+                match net.parse::<IpNet>() {
+                    Ok(n) => trusted.push(n),
+                    Err(why) => self.err(
+                        &list.span(),
+                        "server.trusted_proxies".into(),
+                        format!("{net:?}: {why}"),
+                    ),
+                }
+            }
+        }
+        let proxy_protocol = s.proxy_protocol.unwrap_or(false);
+        if proxy_protocol && trusted.is_empty() {
+            self.err(
+                &raw.span(),
+                "server.proxy_protocol".into(),
+                "needs server.trusted_proxies: the balancers' addresses, e.g. [\"10.0.0.0/8\"]"
+                    .into(),
+            );
+        }
         let https_listen = https_listen?;
         let default_port = i64::from(https_listen.port());
         let https_port =
@@ -462,6 +529,10 @@ impl Cx<'_> {
             max_header_bytes: max_header_bytes as usize,
             drain_timeout,
             access_log: s.access_log.unwrap_or(true),
+            keepalive_requests,
+            websocket_idle_timeout,
+            proxy_protocol,
+            trusted_proxies: TrustedProxies::new(trusted),
         })
     }
 
@@ -584,19 +655,21 @@ impl Cx<'_> {
                         Err(why) => self.err(&u.span(), k("upstream"), format!("{url:?}: {why}")),
                     }
                 }
-                let connect =
-                    self.duration_or(&k("connect_timeout"), &r.connect_timeout, d.connect_timeout);
-                let response = self.duration_or(
-                    &k("response_timeout"),
-                    &r.response_timeout,
-                    d.response_timeout,
-                );
+                let limits = UpstreamLimits {
+                    connect_timeout: self.duration_or(
+                        &k("connect_timeout"),
+                        &r.connect_timeout,
+                        d.upstream.connect_timeout,
+                    ),
+                    response_timeout: self.duration_or(
+                        &k("response_timeout"),
+                        &r.response_timeout,
+                        d.upstream.response_timeout,
+                    ),
+                    ..d.upstream
+                };
                 Some(Backend::Upstream(Arc::new(UpstreamGroup::new(
-                    endpoints,
-                    protocol,
-                    connect,
-                    response,
-                    d.idle_timeout,
+                    endpoints, protocol, limits,
                 ))))
             }
         };

@@ -19,6 +19,7 @@ pub fn respond(
     route: &str,
     host: &str,
     request_id: &HeaderValue,
+    client: std::net::IpAddr,
 ) -> Response<ProxyBody> {
     let mut headers = Map::new();
     for (name, value) in req.headers() {
@@ -44,7 +45,7 @@ pub fn respond(
         "query": req.uri().query(),
         "version": format!("{:?}", req.version()),
         "headers": headers,
-        "remote_addr": conn.remote.to_string(),
+        "remote_addr": client.to_string(),
         "tls": tls,
         "route": route,
         "request_id": request_id.to_str().unwrap_or(""),

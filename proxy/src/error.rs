@@ -27,6 +27,8 @@ pub enum ProxyError {
     NoUpstream,
     #[error("could not connect to the upstream")]
     UpstreamConnect,
+    #[error("every connection to the upstream is busy and the line is full")]
+    UpstreamBusy,
     #[error("timed out connecting to the upstream")]
     UpstreamConnectTimeout,
     #[error("timed out waiting for the upstream's response")]
@@ -45,7 +47,7 @@ impl ProxyError {
             ProxyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::ClientTimeout => StatusCode::REQUEST_TIMEOUT,
-            ProxyError::NoUpstream => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::NoUpstream | ProxyError::UpstreamBusy => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::UpstreamConnect | ProxyError::UpstreamProtocol => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamConnectTimeout | ProxyError::UpstreamTimeout => {
                 StatusCode::GATEWAY_TIMEOUT

@@ -20,6 +20,7 @@ pub mod rt;
 pub mod service;
 pub mod state;
 pub mod tls;
+pub mod trust;
 pub mod upstream;
 
 use std::path::Path;

@@ -63,10 +63,18 @@ pub enum UpstreamErrorKind {
     ConnectTimeout = 1,
     ResponseTimeout = 2,
     Protocol = 3,
+    /// Every connection busy (`upstream_max_connections`) and the line
+    /// full, or waited in for `connect_timeout`.
+    Busy = 4,
 }
 
-const UPSTREAM_ERROR_KINDS: [&str; 4] =
-    ["connect", "connect_timeout", "response_timeout", "protocol"];
+const UPSTREAM_ERROR_KINDS: [&str; 5] = [
+    "connect",
+    "connect_timeout",
+    "response_timeout",
+    "protocol",
+    "busy",
+];
 
 /// Kinds of client misbehaviour, for `heim_client_errors_total`.
 #[derive(Clone, Copy, Debug)]
@@ -100,7 +108,7 @@ pub struct Metrics {
     routes: Mutex<BTreeMap<String, Arc<RouteMetrics>>>,
     /// Requests that matched no route (404) or were malformed (400).
     pub unrouted: Arc<RouteMetrics>,
-    pub upstream_errors: [AtomicU64; 4],
+    pub upstream_errors: [AtomicU64; 5],
     pub client_errors: [AtomicU64; 6],
     /// HTTP/2 connections closed with GOAWAY `ENHANCE_YOUR_CALM`.
     pub h2_calm_goaways: AtomicU64,

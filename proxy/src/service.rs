@@ -16,7 +16,7 @@ use std::borrow::Cow;
 use std::cell::Cell;
 use std::convert::Infallible;
 use std::hash::{BuildHasher, Hasher};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,23 +29,55 @@ use hyper::body::Incoming;
 use crate::body::{ProxyBody, UpstreamBody};
 use crate::error::ProxyError;
 use crate::forward::headers::{self, X_REQUEST_ID};
+use crate::metrics::ClientErrorKind;
 use crate::route::{normalize_host, normalize_path, routing_path, Backend, Policy, Route};
 use crate::state::Shared;
+use crate::trust::{Forwarded, TrustedProxies};
 use crate::upstream::UpstreamProtocol;
 
 /// What heim knows about the client connection a request came on.
 #[derive(Debug)]
 pub struct ConnCtx {
     pub shared: Arc<Shared>,
+    /// The client: the TCP peer, or what a trusted balancer's PROXY
+    /// protocol header said.
     pub remote: SocketAddr,
     pub tls: Option<TlsInfo>,
     /// Made once per connection, applied to every request.
     pub forwarded: headers::ForwardedFor,
-    /// Requests started on this connection, and those not answered yet
-    /// (HTTP/2 closes connections that stay idle).
+    /// `Some` when `remote` is a trusted proxy, whose `X-Forwarded-For` is
+    /// believed.
+    pub trusted_peer: Option<TrustedProxies>,
+    /// Requests started on this connection, those not answered yet (HTTP/2
+    /// closes connections that stay idle), and those the client gave up
+    /// on before their answer (HTTP/2 resets).
     pub requests_started: Cell<u64>,
     pub requests_in_flight: Cell<u32>,
+    pub requests_cancelled: Cell<u64>,
+    /// How the connection should end, set by its requests, acted on by
+    /// `listen` when `close_signal` fires.
+    pub closing: Cell<Closing>,
+    pub close_signal: tokio::sync::Notify,
 }
+
+/// How a client connection should end.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Closing {
+    /// It may go on.
+    No,
+    /// After the requests in flight (HTTP/2 GOAWAY `NO_ERROR`): it made
+    /// `keepalive_requests` requests.
+    Graceful,
+    /// At once, with GOAWAY `ENHANCE_YOUR_CALM`: it reset too many of the
+    /// streams heim had accepted (rapid reset).
+    Calm,
+}
+
+/// Streams an HTTP/2 client may reset after heim accepted them before its
+/// connection is cut, if they are also more than half its streams. A
+/// browser cancels a stream now and then; a rapid-reset flood cancels
+/// nearly all of them, each having cost an upstream request.
+const RESETS_ALLOWED: u64 = 100;
 
 impl ConnCtx {
     /// `local` is the address the client connected to (its port goes into
@@ -57,35 +89,71 @@ impl ConnCtx {
         tls: Option<TlsInfo>,
     ) -> Self {
         let forwarded = headers::ForwardedFor::new(remote, local.port(), tls.is_some());
+        let trusted_peer = {
+            let proxies = &shared.settings.load().trusted_proxies;
+            proxies.contains(remote.ip()).then(|| proxies.clone())
+        };
         Self {
             shared,
             remote,
             tls,
             forwarded,
+            trusted_peer,
             requests_started: Cell::new(0),
             requests_in_flight: Cell::new(0),
+            requests_cancelled: Cell::new(0),
+            closing: Cell::new(Closing::No),
+            close_signal: tokio::sync::Notify::new(),
+        }
+    }
+
+    fn http2(&self) -> bool {
+        self.tls.as_ref().is_some_and(|t| t.alpn == Some("h2"))
+    }
+
+    /// Asks `listen` to end the connection (the stronger wish wins).
+    fn close(&self, how: Closing) {
+        if how > self.closing.get() {
+            self.closing.set(how);
+            self.close_signal.notify_one();
         }
     }
 }
 
-/// Counts a request in flight on its connection until it is answered (or
-/// dropped, when the client goes away).
-struct InFlight<'a>(&'a ConnCtx);
+/// Counts a request in flight on its connection until it is answered, or
+/// dropped unanswered (the client went away, or reset its HTTP/2 stream).
+struct InFlight<'a> {
+    conn: &'a ConnCtx,
+    answered: bool,
+}
 
 impl<'a> InFlight<'a> {
     fn new(conn: &'a ConnCtx) -> Self {
         conn.requests_started.set(conn.requests_started.get() + 1);
         conn.requests_in_flight
             .set(conn.requests_in_flight.get() + 1);
-        Self(conn)
+        Self {
+            conn,
+            answered: false,
+        }
     }
 }
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        self.0
-            .requests_in_flight
-            .set(self.0.requests_in_flight.get().saturating_sub(1));
+        let conn = self.conn;
+        conn.requests_in_flight
+            .set(conn.requests_in_flight.get().saturating_sub(1));
+        if !self.answered && conn.http2() {
+            let cancelled = conn.requests_cancelled.get() + 1;
+            conn.requests_cancelled.set(cancelled);
+            conn.shared
+                .metrics
+                .client_error(ClientErrorKind::StreamReset);
+            if cancelled > RESETS_ALLOWED && cancelled * 2 > conn.requests_started.get() {
+                conn.close(Closing::Calm);
+            }
+        }
     }
 }
 
@@ -99,6 +167,8 @@ pub struct TlsInfo {
 
 /// What the phases found out, for metrics and the access log.
 struct Outcome {
+    /// The client's address: the peer's, or the one a trusted proxy named.
+    client: IpAddr,
     route: Option<Arc<Route>>,
     upstream: Option<usize>,
     request_id: HeaderValue,
@@ -112,11 +182,17 @@ pub async fn handle(
     conn: Rc<ConnCtx>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let start = Instant::now();
-    let _in_flight = InFlight::new(&conn);
-    let (access_log, body_timeout) = {
+    let mut in_flight = InFlight::new(&conn);
+    let (access_log, body_timeout, keepalive_requests) = {
         let s = conn.shared.settings.load();
-        (s.access_log, s.request_head_timeout)
+        (s.access_log, s.request_head_timeout, s.keepalive_requests)
     };
+    // The connection's last request (nginx's `keepalive_requests`): HTTP/2
+    // says so with a GOAWAY at once, HTTP/1 on this response.
+    let last = conn.requests_started.get() >= keepalive_requests;
+    if last && conn.http2() {
+        conn.close(Closing::Graceful);
+    }
     let logged = access_log.then(|| {
         (
             req.method().clone(),
@@ -129,12 +205,13 @@ pub async fn handle(
         _ => new_request_id(),
     };
     let mut outcome = Outcome {
+        client: conn.remote.ip(),
         route: None,
         upstream: None,
         request_id,
         error: None,
     };
-    let resp = match serve(req, &conn, body_timeout, &mut outcome).await {
+    let mut resp = match serve(req, &conn, body_timeout, &mut outcome).await {
         Ok(resp) => resp,
         Err(e) => {
             outcome.error = Some(e);
@@ -144,6 +221,12 @@ pub async fn handle(
             e.response()
         }
     };
+
+    in_flight.answered = true;
+    if last && !conn.http2() {
+        resp.headers_mut()
+            .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+    }
 
     // === log ===
     let elapsed = start.elapsed();
@@ -171,7 +254,7 @@ pub async fn handle(
             route = outcome.route.as_ref().map(|r| r.spec.name.as_str()),
             upstream,
             error = outcome.error.map(tracing::field::display),
-            remote = %conn.remote,
+            remote = %outcome.client,
             request_id = outcome.request_id.to_str().unwrap_or(""),
             "request"
         );
@@ -194,6 +277,18 @@ async fn serve(
         .to_str()
         .map_err(|_| ProxyError::BadRequest("invalid Host"))?;
     let host = normalize_host(host_str).ok_or(ProxyError::BadRequest("invalid Host"))?;
+    // A trusted proxy's word on the client (and its scheme), else the peer.
+    let forwarded: Option<Forwarded> = conn
+        .trusted_peer
+        .as_ref()
+        .and_then(|t| t.forwarded(conn.remote.ip(), req.headers()));
+    if let Some(f) = &forwarded {
+        out.client = f.client;
+    }
+    let secure = conn.tls.is_some()
+        || forwarded
+            .as_ref()
+            .is_some_and(|f| f.proto.as_ref().is_some_and(|p| p == "https"));
     // Owned only when normalising changed the path.
     let new_path =
         match normalize_path(req.uri().path()).ok_or(ProxyError::BadRequest("invalid path"))? {
@@ -211,7 +306,7 @@ async fn serve(
         // Plain HTTP: routes that allow it are served; everything else is
         // redirected, but only for hosts heim names (a rule or a
         // certificate), never to any Host a client makes up.
-        if conn.tls.is_none() && route.as_ref().is_none_or(|r| r.spec.https_redirect) {
+        if !secure && route.as_ref().is_none_or(|r| r.spec.https_redirect) {
             if table.names_host(&host) || conn.shared.certs.load().covers(&host) {
                 return Ok(redirect_to_https(&host, &req, conn));
             }
@@ -256,7 +351,7 @@ async fn serve(
     {
         let h = req.headers_mut();
         headers::clean(h, true, upgrade);
-        conn.forwarded.apply(h, &host_value);
+        conn.forwarded.apply(h, &host_value, forwarded.as_ref());
         h.insert(X_REQUEST_ID.clone(), out.request_id.clone());
         match protocol {
             UpstreamProtocol::Http1 => {
@@ -277,6 +372,7 @@ async fn serve(
                 &route.spec.name,
                 &host,
                 &out.request_id,
+                out.client,
             ))
         }
         Backend::Upstream(g) => g,

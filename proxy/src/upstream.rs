@@ -68,14 +68,28 @@ impl Endpoint {
     }
 }
 
+/// Timeouts and bounds of a route's upstream connections.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UpstreamLimits {
+    pub connect_timeout: Duration,
+    /// To the response head, and between two pieces of the response body.
+    pub response_timeout: Duration,
+    /// How long a pooled keep-alive connection may idle.
+    pub idle_timeout: Duration,
+    /// HTTP/1 connections one worker keeps open to one endpoint, busy or
+    /// idle (upgraded WebSockets aside): past it, requests wait in line.
+    pub max_connections: usize,
+    /// Requests one worker lets wait for a connection to one endpoint;
+    /// past it, and after `connect_timeout` in line, a request gets 503.
+    pub queue_size: usize,
+}
+
 /// The endpoints of one route and how to talk to them.
 #[derive(Debug)]
 pub struct UpstreamGroup {
     pub endpoints: Vec<Endpoint>,
     pub protocol: UpstreamProtocol,
-    pub connect_timeout: Duration,
-    pub response_timeout: Duration,
-    pub idle_timeout: Duration,
+    pub limits: UpstreamLimits,
     next: AtomicUsize,
 }
 
@@ -88,16 +102,12 @@ impl UpstreamGroup {
     pub fn new(
         endpoints: Vec<Endpoint>,
         protocol: UpstreamProtocol,
-        connect_timeout: Duration,
-        response_timeout: Duration,
-        idle_timeout: Duration,
+        limits: UpstreamLimits,
     ) -> Self {
         Self {
             endpoints,
             protocol,
-            connect_timeout,
-            response_timeout,
-            idle_timeout,
+            limits,
             next: AtomicUsize::new(0),
         }
     }
@@ -172,7 +182,14 @@ mod tests {
             })
             .collect();
         let d = Duration::from_secs(1);
-        UpstreamGroup::new(eps, UpstreamProtocol::Http1, d, d, d)
+        let limits = UpstreamLimits {
+            connect_timeout: d,
+            response_timeout: d,
+            idle_timeout: d,
+            max_connections: 8,
+            queue_size: 8,
+        };
+        UpstreamGroup::new(eps, UpstreamProtocol::Http1, limits)
     }
 
     #[test]

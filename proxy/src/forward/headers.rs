@@ -11,6 +11,8 @@
 
 use std::net::SocketAddr;
 
+use crate::trust::Forwarded;
+
 use http::header::{
     HeaderMap, HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, TE, TRANSFER_ENCODING, UPGRADE,
 };
@@ -160,11 +162,24 @@ impl ForwardedFor {
         }
     }
 
-    /// Sets the `X-Forwarded-*` family, replacing whatever the client claimed.
-    pub fn apply(&self, headers: &mut HeaderMap, host: &HeaderValue) {
-        headers.insert(X_FORWARDED_FOR.clone(), self.ip.clone());
-        headers.insert(X_REAL_IP.clone(), self.ip.clone());
-        headers.insert(X_FORWARDED_PROTO.clone(), self.proto.clone());
+    /// Sets the `X-Forwarded-*` family, replacing whatever the client
+    /// claimed; `via` is what a trusted proxy in front said (see `trust`).
+    pub fn apply(&self, headers: &mut HeaderMap, host: &HeaderValue, via: Option<&Forwarded>) {
+        match via {
+            None => {
+                headers.insert(X_FORWARDED_FOR.clone(), self.ip.clone());
+                headers.insert(X_REAL_IP.clone(), self.ip.clone());
+                headers.insert(X_FORWARDED_PROTO.clone(), self.proto.clone());
+            }
+            Some(f) => {
+                let client = HeaderValue::from_str(&f.client.to_string())
+                    .unwrap_or_else(|_| self.ip.clone());
+                headers.insert(X_FORWARDED_FOR.clone(), f.chain.clone());
+                headers.insert(X_REAL_IP.clone(), client);
+                let proto = f.proto.as_ref().unwrap_or(&self.proto);
+                headers.insert(X_FORWARDED_PROTO.clone(), proto.clone());
+            }
+        }
         headers.insert(X_FORWARDED_HOST.clone(), host.clone());
         headers.insert(X_FORWARDED_PORT.clone(), self.port.clone());
     }
@@ -288,7 +303,7 @@ mod tests {
             ("x-forwarded-proto", "http"),
         ]);
         let fwd = ForwardedFor::new("[::1]:4000".parse().unwrap(), 443, true);
-        fwd.apply(&mut h, &HeaderValue::from_static("a.test"));
+        fwd.apply(&mut h, &HeaderValue::from_static("a.test"), None);
         assert_eq!(h["x-forwarded-for"], "::1");
         assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
         assert_eq!(h["x-forwarded-proto"], "https");

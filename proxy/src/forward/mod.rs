@@ -14,6 +14,7 @@
 
 pub mod headers;
 pub mod pool;
+mod splice;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -116,25 +117,45 @@ async fn send_http1(
     sent: Option<&Arc<BodySent>>,
     metrics: &Metrics,
 ) -> Result<Response<ProxyBody>, Attempt> {
-    while let Some(mut sender) = pool::take_http1(ep.id, group.idle_timeout) {
-        // Normally ready at once; a connection that does not become ready
-        // soon is not waited for.
-        if !sender.is_ready()
-            && !matches!(
-                tokio::time::timeout(group.connect_timeout, sender.ready()).await,
-                Ok(Ok(()))
-            )
-        {
-            continue;
+    // In line for at most `connect_timeout`, like a connect.
+    let give_up = tokio::time::Instant::now() + group.limits.connect_timeout;
+    let slot = loop {
+        while let Some(mut sender) = pool::take_http1(ep.id, group.limits.idle_timeout) {
+            // Normally ready at once; a connection that does not become
+            // ready soon is not waited for.
+            if !sender.is_ready()
+                && !matches!(
+                    tokio::time::timeout(group.limits.connect_timeout, sender.ready()).await,
+                    Ok(Ok(()))
+                )
+            {
+                continue;
+            }
+            match exchange_http1(sender, req, ep, group, sent, metrics).await {
+                Err(Attempt {
+                    unsent: Some(r), ..
+                }) => req = r, // went stale in the pool
+                done => return done,
+            }
         }
-        match exchange_http1(sender, req, ep, group, sent, metrics).await {
-            Err(Attempt {
-                unsent: Some(r), ..
-            }) => req = r, // went stale in the pool
-            done => return done,
+        match pool::admit(ep.id, &group.limits) {
+            pool::Admission::Open(slot) => break slot,
+            pool::Admission::Wait(freed, _waiting) => {
+                if tokio::time::timeout_at(give_up, freed.notified())
+                    .await
+                    .is_err()
+                {
+                    metrics.upstream_error(UpstreamErrorKind::Busy);
+                    return Err(Attempt::unsent(ProxyError::UpstreamBusy, req, false));
+                }
+            }
+            pool::Admission::Full => {
+                metrics.upstream_error(UpstreamErrorKind::Busy);
+                return Err(Attempt::unsent(ProxyError::UpstreamBusy, req, false));
+            }
         }
-    }
-    let sender = match open_http1(ep, group, metrics, false).await {
+    };
+    let sender = match open_http1(ep, group, metrics, Some(slot)).await {
         Ok(s) => s,
         Err(error) => return Err(Attempt::unsent(error, req, true)),
     };
@@ -158,7 +179,13 @@ async fn exchange_http1(
     sent: Option<&Arc<BodySent>>,
     metrics: &Metrics,
 ) -> Result<Response<ProxyBody>, Attempt> {
-    match response_within(group.response_timeout, sent, sender.try_send_request(req)).await {
+    match response_within(
+        group.limits.response_timeout,
+        sent,
+        sender.try_send_request(req),
+    )
+    .await
+    {
         None => {
             metrics.upstream_error(UpstreamErrorKind::ResponseTimeout);
             Err(Attempt::fatal(ProxyError::UpstreamTimeout))
@@ -166,11 +193,11 @@ async fn exchange_http1(
         Some(Ok(resp)) => {
             let pooled = PooledSender {
                 endpoint: ep.id,
-                idle_timeout: group.idle_timeout,
+                idle_timeout: group.limits.idle_timeout,
                 sender,
                 request: sent.cloned(),
             };
-            Ok(resp.map(|b| ProxyBody::upstream(b, Some(pooled), group.response_timeout)))
+            Ok(resp.map(|b| ProxyBody::upstream(b, Some(pooled), group.limits.response_timeout)))
         }
         Some(Err(mut e)) => match e.take_message() {
             Some(req) => Err(Attempt::unsent(ProxyError::UpstreamProtocol, req, false)),
@@ -201,12 +228,20 @@ async fn send_http2(
             Err(error) => return Err(Attempt::unsent(error, req, true)),
         },
     };
-    match response_within(group.response_timeout, sent, sender.try_send_request(req)).await {
+    match response_within(
+        group.limits.response_timeout,
+        sent,
+        sender.try_send_request(req),
+    )
+    .await
+    {
         None => {
             metrics.upstream_error(UpstreamErrorKind::ResponseTimeout);
             Err(Attempt::fatal(ProxyError::UpstreamTimeout))
         }
-        Some(Ok(resp)) => Ok(resp.map(|b| ProxyBody::upstream(b, None, group.response_timeout))),
+        Some(Ok(resp)) => {
+            Ok(resp.map(|b| ProxyBody::upstream(b, None, group.limits.response_timeout)))
+        }
         Some(Err(mut e)) => match e.take_message() {
             Some(req) => Err(Attempt::unsent(ProxyError::UpstreamConnect, req, true)),
             None => Err(Attempt::fatal(classify(e.error(), metrics))),
@@ -237,15 +272,16 @@ async fn response_within<F: Future>(
     }
 }
 
-/// Opens an HTTP/1.1 connection to `ep`; `upgrades` keeps it open for an
-/// upgrade after the response.
+/// Opens an HTTP/1.1 connection to `ep`, for pooling when it has its
+/// place in the pool's count (`slot`), else for one upgrade (WebSocket)
+/// after the response.
 async fn open_http1(
     ep: &Endpoint,
     group: &UpstreamGroup,
     metrics: &Metrics,
-    upgrades: bool,
+    slot: Option<pool::Slot>,
 ) -> Result<http1::SendRequest<UpstreamBody>, ProxyError> {
-    let tcp = connect(ep, group.connect_timeout, metrics).await?;
+    let tcp = connect(ep, group.limits.connect_timeout, metrics).await?;
     let (sender, conn) = http1::Builder::new()
         .handshake(TokioIo::new(tcp))
         .await
@@ -254,10 +290,10 @@ async fn open_http1(
             ProxyError::UpstreamConnect
         })?;
     tokio::task::spawn_local(async move {
-        let ended = if upgrades {
-            conn.with_upgrades().await
-        } else {
-            conn.await
+        let ended = match slot {
+            // The place is freed when the connection ends.
+            Some(_slot) => conn.await,
+            None => conn.with_upgrades().await,
         };
         if let Err(e) = ended {
             tracing::debug!(error = %e, "upstream connection ended");
@@ -272,7 +308,7 @@ async fn open_http2(
     group: &UpstreamGroup,
     metrics: &Metrics,
 ) -> Result<http2::SendRequest<UpstreamBody>, ProxyError> {
-    let tcp = connect(ep, group.connect_timeout, metrics).await?;
+    let tcp = connect(ep, group.limits.connect_timeout, metrics).await?;
     let handshake = http2::Builder::new(LocalExec)
         .timer(TokioTimer::new())
         .adaptive_window(true)
@@ -303,10 +339,10 @@ pub async fn forward_upgrade(
     let metrics = &shared.metrics;
     let i = group.pick(&[]).ok_or(ProxyError::NoUpstream)?;
     let ep = &group.endpoints[i];
-    let mut sender = open_http1(ep, group, metrics, true)
+    let mut sender = open_http1(ep, group, metrics, None)
         .await
         .inspect_err(|_| group.report_failure(i))?;
-    let mut resp = tokio::time::timeout(group.response_timeout, sender.send_request(req))
+    let mut resp = tokio::time::timeout(group.limits.response_timeout, sender.send_request(req))
         .await
         .map_err(|_| ProxyError::UpstreamTimeout)?
         .map_err(|e| classify(&e, metrics))?;
@@ -314,20 +350,17 @@ pub async fn forward_upgrade(
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
         let open = OpenConnection::new(shared);
+        let idle = shared.settings.load().websocket_idle_timeout;
         tokio::task::spawn_local(async move {
             let _open = open;
             match tokio::try_join!(client_upgrade, upstream_upgrade) {
-                Ok((client, upstream)) => {
-                    let mut client = TokioIo::new(client);
-                    let mut upstream = TokioIo::new(upstream);
-                    let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
-                }
+                Ok((client, upstream)) => splice::splice(client, upstream, idle).await,
                 Err(e) => tracing::debug!(error = %e, "upgrade failed"),
             }
         });
     }
     Ok((
-        resp.map(|b| ProxyBody::upstream(b, None, group.response_timeout)),
+        resp.map(|b| ProxyBody::upstream(b, None, group.limits.response_timeout)),
         i,
     ))
 }

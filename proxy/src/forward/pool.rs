@@ -6,16 +6,26 @@
 //! idle in a LIFO (the warmest first) and dropped once older than the
 //! route's idle timeout; an HTTP/2 (h2c) connection is shared by every
 //! request of the worker to that endpoint.
+//!
+//! HTTP/1 connections are also counted, busy or idle, per endpoint and
+//! worker ([`admit`]): past `upstream_max_connections`, a request waits in
+//! line (up to `upstream_queue_size` of them) for a connection to come back
+//! to the pool or to close. So a burst of client requests (or of HTTP/2
+//! streams, or a rapid-reset flood) cannot make heim open one upstream
+//! connection per request.
 
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use hyper::client::conn::{http1, http2};
+use tokio::sync::Notify;
 
 use std::sync::Arc;
 
 use crate::body::{BodySent, UpstreamBody};
+use crate::upstream::UpstreamLimits;
 
 /// Idle HTTP/1 connections kept per endpoint and worker.
 const MAX_IDLE_PER_ENDPOINT: usize = 256;
@@ -25,9 +35,91 @@ struct Idle {
     since: Instant,
 }
 
+/// One endpoint's HTTP/1 connections in this worker.
+#[derive(Default)]
+struct Slots {
+    open: usize,
+    waiting: usize,
+    /// Woken when a connection comes back to the pool or closes.
+    freed: Rc<Notify>,
+}
+
 thread_local! {
     static HTTP1: RefCell<HashMap<u64, VecDeque<Idle>>> = RefCell::new(HashMap::new());
     static HTTP2: RefCell<HashMap<u64, http2::SendRequest<UpstreamBody>>> = RefCell::new(HashMap::new());
+    static SLOTS: RefCell<HashMap<u64, Slots>> = RefCell::new(HashMap::new());
+}
+
+/// A counted HTTP/1 connection to an endpoint, held by the connection's
+/// task; dropping it frees the place and wakes a waiting request.
+#[derive(Debug)]
+pub struct Slot {
+    endpoint: u64,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        SLOTS.with_borrow_mut(|slots| {
+            if let Some(s) = slots.get_mut(&self.endpoint) {
+                s.open = s.open.saturating_sub(1);
+                s.freed.notify_one();
+            }
+        });
+    }
+}
+
+/// A request waiting for a connection; leaves the line when dropped.
+#[derive(Debug)]
+pub struct Waiting {
+    endpoint: u64,
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        SLOTS.with_borrow_mut(|slots| {
+            if let Some(s) = slots.get_mut(&self.endpoint) {
+                s.waiting = s.waiting.saturating_sub(1);
+            }
+        });
+    }
+}
+
+/// May a request open a new HTTP/1 connection to `endpoint`?
+pub enum Admission {
+    /// Yes: the connection's place.
+    Open(Slot),
+    /// Not now: wait for the notification (then look in the pool again).
+    Wait(Rc<Notify>, Waiting),
+    /// No: the line is full.
+    Full,
+}
+
+/// Asks for a place for a new connection to `endpoint` (after the pool had
+/// no idle one).
+pub fn admit(endpoint: u64, limits: &UpstreamLimits) -> Admission {
+    SLOTS.with_borrow_mut(|slots| {
+        let s = slots.entry(endpoint).or_default();
+        if s.open < limits.max_connections {
+            s.open += 1;
+            Admission::Open(Slot { endpoint })
+        } else if s.waiting < limits.queue_size {
+            s.waiting += 1;
+            Admission::Wait(s.freed.clone(), Waiting { endpoint })
+        } else {
+            Admission::Full
+        }
+    })
+}
+
+/// Wakes one request waiting for a connection to `endpoint`.
+fn wake_one(endpoint: u64) {
+    SLOTS.with_borrow(|slots| {
+        if let Some(s) = slots.get(&endpoint) {
+            if s.waiting > 0 {
+                s.freed.notify_one();
+            }
+        }
+    });
 }
 
 /// An HTTP/1 connection checked out of the pool, to give back when its
@@ -64,6 +156,7 @@ impl PooledSender {
                 });
             }
         });
+        wake_one(self.endpoint);
     }
 }
 

@@ -6,7 +6,13 @@
 //! connections over workers and nothing on a connection's path is shared
 //! but read-mostly snapshots (see `state`). Limits enforced here: the
 //! connection count, the handshake timeout, the request-head timeout
-//! (slowloris; it also bounds keep-alive idleness) and the header size.
+//! (slowloris; it also bounds keep-alive idleness), the header size, and
+//! the end of connections their requests asked for (`keepalive_requests`,
+//! too many HTTP/2 resets: see `goaway`). A PROXY protocol header from a
+//! trusted balancer is read first (`proxy_protocol`).
+
+pub mod goaway;
+pub mod proxy_protocol;
 
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -23,9 +29,11 @@ use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::ServerSettings;
+use crate::metrics::ClientErrorKind;
 use crate::rt::LocalExec;
-use crate::service::{self, ConnCtx, TlsInfo};
+use crate::service::{self, Closing, ConnCtx, TlsInfo};
 use crate::state::{OpenConnection, Shared};
+use goaway::{GoawayIo, GoawayTrigger};
 
 /// One worker's sockets.
 pub struct WorkerSockets {
@@ -156,8 +164,8 @@ async fn accept_loop(
 
 async fn serve_connection(
     _open: OpenConnection,
-    tcp: TcpStream,
-    remote: SocketAddr,
+    mut tcp: TcpStream,
+    mut remote: SocketAddr,
     tls: Option<TlsAcceptor>,
     shared: Arc<Shared>,
     drain: watch::Receiver<bool>,
@@ -165,6 +173,23 @@ async fn serve_connection(
     let _ = tcp.set_nodelay(true);
     let local = tcp.local_addr().unwrap_or(remote);
     let settings = shared.settings.load_full();
+    if settings.proxy_protocol {
+        let peer = remote;
+        let told = proxy_protocol::accept(
+            &mut tcp,
+            peer,
+            &settings.trusted_proxies,
+            settings.handshake_timeout,
+        );
+        match told.await {
+            Ok(client) => remote = client,
+            Err(e) => {
+                shared.metrics.client_error(ClientErrorKind::ProxyProtocol);
+                tracing::debug!(%peer, error = %e, "connection refused");
+                return;
+            }
+        }
+    }
     let Some(acceptor) = tls else {
         let ctx = Rc::new(ConnCtx::new(shared.clone(), remote, local, None));
         return serve_http1(TokioIo::new(tcp), ctx, &settings, drain, true).await;
@@ -201,7 +226,7 @@ async fn serve_connection(
     };
     let ctx = Rc::new(ConnCtx::new(shared.clone(), remote, local, Some(info)));
     if alpn == Some("h2") {
-        serve_http2(TokioIo::new(stream), ctx, &settings, drain).await
+        serve_http2(stream, ctx, &settings, drain).await
     } else {
         // rustls gains nothing from vectored writes: let hyper flatten head
         // and body into one buffer, so they go out in one TLS record.
@@ -248,9 +273,11 @@ async fn serve_http2<I>(
     settings: &ServerSettings,
     mut drain: watch::Receiver<bool>,
 ) where
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + 'static,
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'static,
 {
     let activity = ctx.clone();
+    let goaway = GoawayTrigger::default();
+    let io = TokioIo::new(GoawayIo::new(io, goaway.clone()));
     let svc = service_fn(move |req| Box::pin(service::handle(req, ctx.clone())));
     let mut builder = http2::Builder::new(LocalExec);
     builder
@@ -271,6 +298,24 @@ async fn serve_http2<I>(
             biased;
             _ = conn.as_mut() => return,
             _ = drain.wait_for(|d| *d) => break,
+            _ = activity.close_signal.notified() => match activity.closing.get() {
+                Closing::Calm => {
+                    activity.shared.metrics.h2_calm_goaways.fetch_add(1, Relaxed);
+                    tracing::info!(
+                        remote = %activity.remote,
+                        resets = activity.requests_cancelled.get(),
+                        "HTTP/2 client reset too many streams: GOAWAY ENHANCE_YOUR_CALM"
+                    );
+                    goaway.trip();
+                    // The GOAWAY goes out between two of hyper's frames; the
+                    // connection then ends at once. Bounded, should the
+                    // client stop reading.
+                    let _ = tokio::time::timeout(settings.handshake_timeout, conn.as_mut()).await;
+                    return;
+                }
+                Closing::Graceful => break,
+                Closing::No => {}
+            },
             _ = idle_check.tick() => {
                 let now = activity.requests_started.get();
                 if now == seen && activity.requests_in_flight.get() == 0 {
