@@ -255,6 +255,35 @@ pub fn poll_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
     }
 }
 
+/// Checks `done` every 20 ms until it holds or `timeout` passes, without
+/// blocking the async runtime.
+pub async fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if done() {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A TCP connection to `to` from the loopback address `from` (any of
+/// 127.0.0.0/8 works on Linux): a second "host" for trust tests.
+pub async fn connect_from(from: std::net::IpAddr, to: SocketAddr) -> std::io::Result<TcpStream> {
+    let sock = tokio::net::TcpSocket::new_v4()?;
+    sock.bind(SocketAddr::new(from, 0))?;
+    sock.connect(to).await
+}
+
+/// The value of a counter line in Prometheus text (`name{labels} value`).
+pub fn metric(text: &str, series: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
 /// A tiny blocking HTTP/1.0 GET for the admin port.
 pub fn admin_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
     use std::io::{Read, Write};
@@ -369,7 +398,20 @@ impl Client {
         tokio_rustls::client::TlsStream<TcpStream>,
         CertificateDer<'static>,
     )> {
-        let tcp = TcpStream::connect(addr).await?;
+        self.tls_on(TcpStream::connect(addr).await?, sni, h2).await
+    }
+
+    /// TLS on a TCP connection the test opened itself (from a chosen source
+    /// address, or after a PROXY protocol header).
+    pub async fn tls_on(
+        &self,
+        tcp: TcpStream,
+        sni: &str,
+        h2: bool,
+    ) -> anyhow::Result<(
+        tokio_rustls::client::TlsStream<TcpStream>,
+        CertificateDer<'static>,
+    )> {
         let name = ServerName::try_from(sni.to_string())?;
         let connector = if h2 {
             &self.h2_connector
@@ -385,6 +427,19 @@ impl Client {
             .cloned()
             .context("no certificate")?;
         Ok((tls, cert))
+    }
+
+    /// One HTTP/1.1 request over TLS on `tcp`.
+    pub async fn request_on(
+        &self,
+        tcp: TcpStream,
+        req: http::Request<Body>,
+    ) -> anyhow::Result<Reply> {
+        let (tls, _) = self.tls_on(tcp, &sni_of(&req), false).await?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
+        tokio::spawn(conn);
+        let resp = sender.send_request(req).await?;
+        collect(resp).await
     }
 
     /// One request on a new HTTP/1.1 connection.

@@ -143,7 +143,9 @@ impl<I: AsyncWrite + Unpin> GoawayIo<I> {
                 Poll::Pending => return Poll::Pending,
             }
         }
-        match Pin::new(&mut self.io).poll_flush(cx) {
+        // A clean close after it (TLS close_notify, then FIN), so the
+        // client reads the GOAWAY rather than a truncated stream.
+        match Pin::new(&mut self.io).poll_shutdown(cx) {
             Poll::Pending => Poll::Pending,
             Poll::Ready(_) => {
                 self.done = true;
