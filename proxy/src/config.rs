@@ -812,9 +812,15 @@ echo = true
         assert_eq!(c.routes[1].policy, Policy::Deny, "no policy means deny");
         assert_eq!(c.routes[1].path_type, PathMatch::Exact);
         assert_eq!(c.route_lines, vec![12, 17]);
+        assert_eq!(c.server.keepalive_requests, 1000, "nginx's default");
+        assert_eq!(c.server.websocket_idle_timeout, None, "off by default");
+        assert!(!c.server.proxy_protocol);
+        assert!(c.server.trusted_proxies.is_empty());
         let Backend::Upstream(g) = &c.routes[0].backend else {
             panic!("upstream")
         };
+        assert_eq!(g.limits.max_connections, 256);
+        assert_eq!(g.limits.queue_size, 4096);
         assert_eq!(
             g.endpoints[1].addr,
             UpstreamAddr::Name {
@@ -881,6 +887,36 @@ echo = true
                 "route[1].upstream",
             ),
             ("echo = true", "", 17, "route[1]"),
+            (
+                "workers = 1",
+                "workers = 1\ntrusted_proxies = [\"10.0.0.0/33\"]",
+                7,
+                "server.trusted_proxies",
+            ),
+            (
+                "workers = 1",
+                "workers = 1\nproxy_protocol = true",
+                2,
+                "server.proxy_protocol",
+            ),
+            (
+                "workers = 1",
+                "workers = 1\nkeepalive_requests = 0",
+                7,
+                "server.keepalive_requests",
+            ),
+            (
+                "workers = 1",
+                "workers = 1\nupstream_max_connections = 0",
+                7,
+                "server.upstream_max_connections",
+            ),
+            (
+                "workers = 1",
+                "workers = 1\nwebsocket_idle_timeout = \"0s\"",
+                7,
+                "server.websocket_idle_timeout",
+            ),
             (
                 "public = true",
                 "public = true\nmax_body_bytes = \"ten\"",
