@@ -266,7 +266,7 @@ pub fn normalize_host(raw: &str) -> Option<Cow<'_, str>> {
 }
 
 fn valid_port(p: &str) -> bool {
-    !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit())
+    !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) && p.parse::<u16>().is_ok()
 }
 
 /// Normalises a request path the way the route and the backend should both
@@ -528,6 +528,8 @@ mod tests {
             ("", None),
             ("a b", None),
             ("host:port", None),
+            ("app.test:99999", None),
+            ("app.test:", None),
             ("evil.com/x", None),
             ("[::1", None),
             ("a..b", None),

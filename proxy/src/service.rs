@@ -1,16 +1,20 @@
-//! The request's way through heim, as named phases in order:
+//! The request's way through heim, as named phases in order, each a plain
+//! function that `serve` calls (so each can be tested without a socket):
 //!
-//! 1. **parse** — host and path, normalised; malformed -> 400.
-//! 2. **route** — the current `RouteTable`; no match -> 404.
-//! 3. **redirect** — plain-HTTP requests for https routes -> 308.
-//! 4. **authorize** — the route's policy; deny by default -> 403.
-//! 5. **limit** — the route's body size -> 413.
-//! 6. **rewrite** — hop-by-hop and forged identity headers out,
+//! 1. [`parse`] — host and path, normalised, and who the client is;
+//!    malformed -> 400.
+//! 2. [`route`] — the current `RouteTable`; no match -> 404; plain-HTTP
+//!    requests for https routes -> 308 (**redirect**).
+//! 3. [`authorize`] — the route's policy; deny by default -> 403.
+//! 4. [`limit`] — the route's body size -> 413.
+//! 5. [`rewrite`] — hop-by-hop and forged identity headers out,
 //!    `X-Forwarded-*` and `X-Request-Id` in.
-//! 7. **backend** — `echo`, or `forward` to an upstream.
-//! 8. **log** — metrics and the access log line, once, at the end.
+//! 6. **backend** — `echo`, or `forward` to an upstream.
+//! 7. **log** — metrics and the access log line, once, at the end
+//!    ([`handle`]).
 //!
-//! Sign-in will slot in between 2 and 4 as an `authenticate` phase.
+//! Sign-in slots in as a `/.heim/` phase before `route` and an
+//! `authenticate` phase between `route` and `authorize`.
 
 use std::borrow::Cow;
 use std::cell::Cell;
@@ -268,67 +272,127 @@ async fn serve(
     body_timeout: Duration,
     out: &mut Outcome,
 ) -> Result<Response<ProxyBody>, ProxyError> {
-    // === parse ===
+    let parsed = parse(&req, conn)?;
+    if let Some(f) = &parsed.forwarded {
+        out.client = f.client;
+    }
+    let route = match route(&req, &parsed, conn)? {
+        Routed::To(route) => route,
+        Routed::Redirect(location) => return Ok(redirect(location)),
+    };
+    out.route = Some(route.clone());
+    authorize(&route)?;
+    limit(&req, &route)?;
+    let upgrade = rewrite(&mut req, &parsed, &route, conn, &out.request_id)?;
+    backend(req, &parsed, &route, upgrade, conn, body_timeout, out).await
+}
+
+/// What the parse phase found out about a request.
+#[derive(Debug)]
+pub struct Parsed {
+    /// The `Host` (or authority) as sent, for the upstream.
+    pub host_value: HeaderValue,
+    /// Lowercase, without port: what routes and certificates are matched by.
+    pub host: String,
+    /// The normalised path, when normalising changed it.
+    pub new_path: Option<String>,
+    /// What a trusted proxy in front said about the client.
+    pub forwarded: Option<Forwarded>,
+    /// The client used TLS (to heim, or to a trusted proxy that says so).
+    pub secure: bool,
+}
+
+/// The route phase's verdict.
+#[derive(Debug)]
+pub enum Routed {
+    To(Arc<Route>),
+    /// Plain HTTP for an https route: 308 to this https URL.
+    Redirect(HeaderValue),
+}
+
+/// === parse === the host and path, normalised; malformed -> 400.
+pub fn parse<B>(req: &Request<B>, conn: &ConnCtx) -> Result<Parsed, ProxyError> {
     if req.method() == Method::CONNECT {
         return Err(ProxyError::MethodNotAllowed);
     }
-    let host_value = request_host(&req)?;
+    let host_value = request_host(req)?;
     let host_str = host_value
         .to_str()
         .map_err(|_| ProxyError::BadRequest("invalid Host"))?;
-    let host = normalize_host(host_str).ok_or(ProxyError::BadRequest("invalid Host"))?;
+    let host = normalize_host(host_str)
+        .ok_or(ProxyError::BadRequest("invalid Host"))?
+        .into_owned();
     // A trusted proxy's word on the client (and its scheme), else the peer.
     let forwarded: Option<Forwarded> = conn
         .trusted_peer
         .as_ref()
         .and_then(|t| t.forwarded(conn.remote.ip(), req.headers()));
-    if let Some(f) = &forwarded {
-        out.client = f.client;
-    }
     let secure = conn.tls.is_some()
         || forwarded
             .as_ref()
             .is_some_and(|f| f.proto.as_ref().is_some_and(|p| p == "https"));
-    // Owned only when normalising changed the path.
     let new_path =
         match normalize_path(req.uri().path()).ok_or(ProxyError::BadRequest("invalid path"))? {
             Cow::Borrowed(_) => None,
             Cow::Owned(p) => Some(p),
         };
+    Ok(Parsed {
+        host_value,
+        host,
+        new_path,
+        forwarded,
+        secure,
+    })
+}
 
-    // === route ===
-    let route = {
-        let table = conn.shared.routes.load();
-        let path = new_path.as_deref().unwrap_or(req.uri().path());
-        let path = routing_path(path).ok_or(ProxyError::BadRequest("invalid path"))?;
-        let route = table.lookup(&host, &path).cloned();
-        // === redirect ===
-        // Plain HTTP: routes that allow it are served; everything else is
-        // redirected, but only for hosts heim names (a rule or a
-        // certificate), never to any Host a client makes up.
-        if !secure && route.as_ref().is_none_or(|r| r.spec.https_redirect) {
-            if table.names_host(&host) || conn.shared.certs.load().covers(&host) {
-                return Ok(redirect_to_https(&host, &req, conn));
-            }
-            return Err(ProxyError::NoRoute);
+/// === route === the current `RouteTable` (no match -> 404), and
+/// === redirect === plain-HTTP requests for https routes -> 308.
+pub fn route<B>(req: &Request<B>, parsed: &Parsed, conn: &ConnCtx) -> Result<Routed, ProxyError> {
+    let table = conn.shared.routes.load();
+    let path = parsed.new_path.as_deref().unwrap_or(req.uri().path());
+    let path = routing_path(path).ok_or(ProxyError::BadRequest("invalid path"))?;
+    let route = table.lookup(&parsed.host, &path).cloned();
+    // Plain HTTP: routes that allow it are served; everything else is
+    // redirected, but only for hosts heim names (a rule or a certificate),
+    // never to any Host a client makes up.
+    if !parsed.secure && route.as_ref().is_none_or(|r| r.spec.https_redirect) {
+        if table.names_host(&parsed.host) || conn.shared.certs.load().covers(&parsed.host) {
+            return https_url(&parsed.host, req, conn)
+                .map(Routed::Redirect)
+                .ok_or(ProxyError::BadRequest("invalid request target"));
         }
-        route.ok_or(ProxyError::NoRoute)?
-    };
-    out.route = Some(route.clone());
-
-    // === authorize ===
-    if route.spec.policy != Policy::Public {
-        return Err(ProxyError::Forbidden);
+        return Err(ProxyError::NoRoute);
     }
+    route.map(Routed::To).ok_or(ProxyError::NoRoute)
+}
 
-    // === limit ===
-    if let (Some(max), Some(len)) = (route.spec.max_body_bytes, content_length(&req)) {
-        if len > max {
-            return Err(ProxyError::BodyTooLarge);
-        }
+/// === authorize === the route's policy; deny by default -> 403.
+pub fn authorize(route: &Route) -> Result<(), ProxyError> {
+    match route.spec.policy {
+        Policy::Public => Ok(()),
+        Policy::Deny => Err(ProxyError::Forbidden),
     }
+}
 
-    // === rewrite ===
+/// === limit === the route's body size, by `Content-Length` -> 413 (a
+/// streamed body is cut off as it passes the limit, in `UpstreamBody`).
+pub fn limit<B>(req: &Request<B>, route: &Route) -> Result<(), ProxyError> {
+    match (route.spec.max_body_bytes, content_length(req)) {
+        (Some(max), Some(len)) if len > max => Err(ProxyError::BodyTooLarge),
+        _ => Ok(()),
+    }
+}
+
+/// === rewrite === the request as the upstream gets it: its target, hop-by-hop
+/// and forged identity headers out, `X-Forwarded-*` and `X-Request-Id` in.
+/// True when it is a WebSocket upgrade to relay.
+pub fn rewrite<B>(
+    req: &mut Request<B>,
+    parsed: &Parsed,
+    route: &Route,
+    conn: &ConnCtx,
+    request_id: &HeaderValue,
+) -> Result<bool, ProxyError> {
     // Only WebSocket is relayed: any other `Upgrade` (h2c among them) is
     // dropped as the hop-by-hop header it is, so a client can never talk to
     // a backend around heim.
@@ -338,7 +402,7 @@ async fn serve(
             .headers()
             .get(UPGRADE)
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"))
-        && connection_upgrade(&req);
+        && connection_upgrade(req);
     let protocol = match &route.spec.backend {
         // Upgrades always speak HTTP/1.1 to the upstream.
         Backend::Upstream(g) if !upgrade => g.protocol,
@@ -347,30 +411,46 @@ async fn serve(
     if req.version() == Version::HTTP_2 && protocol == UpstreamProtocol::Http1 {
         join_cookies(req.headers_mut());
     }
-    set_upstream_uri(&mut req, new_path.as_deref(), &host_value, protocol)?;
-    {
-        let h = req.headers_mut();
-        headers::clean(h, true, upgrade);
-        conn.forwarded.apply(h, &host_value, forwarded.as_ref());
-        h.insert(X_REQUEST_ID.clone(), out.request_id.clone());
-        match protocol {
-            UpstreamProtocol::Http1 => {
-                h.insert(HOST, host_value.clone());
-            }
-            UpstreamProtocol::H2c => {
-                h.remove(HOST);
-            }
+    set_upstream_uri(
+        req,
+        parsed.new_path.as_deref(),
+        &parsed.host_value,
+        protocol,
+    )?;
+    let h = req.headers_mut();
+    headers::clean(h, true, upgrade);
+    conn.forwarded
+        .apply(h, &parsed.host_value, parsed.forwarded.as_ref());
+    h.insert(X_REQUEST_ID.clone(), request_id.clone());
+    match protocol {
+        UpstreamProtocol::Http1 => {
+            h.insert(HOST, parsed.host_value.clone());
+        }
+        UpstreamProtocol::H2c => {
+            h.remove(HOST);
         }
     }
+    Ok(upgrade)
+}
 
-    // === backend ===
+/// === backend === `echo`, or `forward` to an upstream (a relayed upgrade
+/// included).
+async fn backend(
+    mut req: Request<Incoming>,
+    parsed: &Parsed,
+    route: &Route,
+    upgrade: bool,
+    conn: &ConnCtx,
+    body_timeout: Duration,
+    out: &mut Outcome,
+) -> Result<Response<ProxyBody>, ProxyError> {
     let group = match &route.spec.backend {
         Backend::Echo => {
             return Ok(crate::echo::respond(
                 &req,
                 conn,
                 &route.spec.name,
-                &host,
+                &parsed.host,
                 &out.request_id,
                 out.client,
             ))
@@ -405,7 +485,7 @@ async fn serve(
 /// `Host`, or a `Host` that disagrees with the authority, is refused (RFC
 /// 9112 §3.2, RFC 9113 §8.3.1): heim never guesses which one a backend
 /// would believe.
-fn request_host(req: &Request<Incoming>) -> Result<HeaderValue, ProxyError> {
+fn request_host<B>(req: &Request<B>) -> Result<HeaderValue, ProxyError> {
     let mut hosts = req.headers().get_all(HOST).iter();
     let host = hosts.next();
     if hosts.next().is_some() {
@@ -423,7 +503,7 @@ fn request_host(req: &Request<Incoming>) -> Result<HeaderValue, ProxyError> {
     }
 }
 
-fn connection_upgrade(req: &Request<Incoming>) -> bool {
+fn connection_upgrade<B>(req: &Request<B>) -> bool {
     req.headers()
         .get_all(http::header::CONNECTION)
         .iter()
@@ -449,7 +529,7 @@ fn join_cookies(headers: &mut http::HeaderMap) {
     }
 }
 
-fn content_length(req: &Request<Incoming>) -> Option<u64> {
+fn content_length<B>(req: &Request<B>) -> Option<u64> {
     req.headers()
         .get(CONTENT_LENGTH)?
         .to_str()
@@ -460,8 +540,8 @@ fn content_length(req: &Request<Incoming>) -> Option<u64> {
 
 /// Points the request at the upstream: origin-form for HTTP/1 (the
 /// normalised path, the query untouched), absolute-form for h2c.
-fn set_upstream_uri(
-    req: &mut Request<Incoming>,
+fn set_upstream_uri<B>(
+    req: &mut Request<B>,
     new_path: Option<&str>,
     host: &HeaderValue,
     protocol: UpstreamProtocol,
@@ -496,9 +576,9 @@ fn set_upstream_uri(
     Ok(())
 }
 
-/// `308` to the same host, path and query over https. Only hosts heim has
-/// routes for get here, so this is never an open redirect.
-fn redirect_to_https(host: &str, req: &Request<Incoming>, conn: &ConnCtx) -> Response<ProxyBody> {
+/// The same host, path and query over https. Only hosts heim has routes or
+/// certificates for get here, so this is never an open redirect.
+fn https_url<B>(host: &str, req: &Request<B>, conn: &ConnCtx) -> Option<HeaderValue> {
     let port = conn.shared.settings.load().https_port;
     let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
     let host = if host.contains(':') {
@@ -511,11 +591,14 @@ fn redirect_to_https(host: &str, req: &Request<Incoming>, conn: &ConnCtx) -> Res
     } else {
         format!("https://{host}:{port}{pq}")
     };
+    HeaderValue::from_str(&location).ok()
+}
+
+/// A `308` to `location`.
+fn redirect(location: HeaderValue) -> Response<ProxyBody> {
     let mut resp = Response::new(ProxyBody::local(""));
     *resp.status_mut() = StatusCode::PERMANENT_REDIRECT;
-    if let Ok(v) = HeaderValue::from_str(&location) {
-        resp.headers_mut().insert(LOCATION, v);
-    }
+    resp.headers_mut().insert(LOCATION, location);
     resp
 }
 
@@ -549,6 +632,166 @@ fn new_request_id() -> HeaderValue {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Config;
+    use crate::metrics::Metrics;
+    use crate::state::Compiled;
+
+    /// A connection context over a config of `routes`, with a throwaway
+    /// certificate for `app.test`; `peer` is the client's address.
+    fn conn(server_extra: &str, routes: &str, peer: &str) -> ConnCtx {
+        let dir = std::env::temp_dir().join(format!(
+            "heim-service-test-{}-{}",
+            std::process::id(),
+            new_request_id().to_str().unwrap()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["app.test".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        std::fs::write(dir.join("c.pem"), cert.pem()).unwrap();
+        std::fs::write(dir.join("k.pem"), key.serialize_pem()).unwrap();
+        let text = format!(
+            "[server]\nhttps_listen = \"127.0.0.1:0\"\n{server_extra}\n\
+             [[certificate]]\ncert_file = \"c.pem\"\nkey_file = \"k.pem\"\n{routes}"
+        );
+        let config = Config::parse(&dir.join("heim.toml"), &text).expect("config");
+        let metrics = Metrics::default();
+        let compiled = Compiled::new(&config, &metrics).expect("compiled");
+        let _ = std::fs::remove_dir_all(&dir);
+        let shared = Shared::new(compiled, metrics);
+        let tls = TlsInfo {
+            sni: Some("app.test".into()),
+            alpn: Some("http/1.1"),
+            version: "TLSv1.3",
+        };
+        let remote = SocketAddr::new(peer.parse().unwrap(), 40000);
+        ConnCtx::new(shared, remote, "127.0.0.1:443".parse().unwrap(), Some(tls))
+    }
+
+    const ADMIN: &str =
+        "[[route]]\nhost = \"app.test\"\npath = \"/\"\necho = true\npublic = true\n\
+                         [[route]]\nhost = \"app.test\"\npath = \"/admin\"\necho = true\n";
+
+    fn request(target: &str, headers: &[(&str, &str)]) -> Request<()> {
+        let mut b = Request::get(target);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b.body(()).unwrap()
+    }
+
+    /// The phases a request takes up to `authorize`, as a status: 200 when
+    /// it would reach its backend.
+    fn verdict(conn: &ConnCtx, req: &Request<()>) -> u16 {
+        let parsed = match parse(req, conn) {
+            Ok(p) => p,
+            Err(e) => return e.status().as_u16(),
+        };
+        match route(req, &parsed, conn) {
+            Ok(Routed::To(r)) => match authorize(&r) {
+                Ok(()) => 200,
+                Err(e) => e.status().as_u16(),
+            },
+            Ok(Routed::Redirect(_)) => 308,
+            Err(e) => e.status().as_u16(),
+        }
+    }
+
+    #[test]
+    fn every_way_of_spelling_admin_meets_its_policy() {
+        let c = conn("", ADMIN, "127.0.0.1");
+        let host = [("host", "app.test")];
+        for path in [
+            "/admin",
+            "/./admin",
+            "//admin",
+            "/%61dmin",
+            "/admin%2F",
+            "/admin%2Fusers",
+            "/admin;x",
+            "/public/..;/admin",
+            "/public/../admin",
+            "/public/%2e%2e/admin",
+            "/public%5C..%5Cadmin",
+        ] {
+            assert_eq!(verdict(&c, &request(path, &host)), 403, "{path}");
+        }
+        for path in ["/", "/public", "/adminx", "/public/admin"] {
+            assert_eq!(verdict(&c, &request(path, &host)), 200, "{path}");
+        }
+        assert_eq!(verdict(&c, &request("/..", &host)), 400);
+    }
+
+    #[test]
+    fn malformed_hosts_are_refused() {
+        let c = conn("", ADMIN, "127.0.0.1");
+        let cases: [(Request<()>, u16); 5] = [
+            (
+                request("/", &[("host", "app.test"), ("host", "app.test")]),
+                400,
+            ),
+            (request("https://other.test/", &[("host", "app.test")]), 400),
+            (request("https://APP.test/", &[("host", "app.TEST")]), 200),
+            (request("/", &[]), 400),
+            (request("/", &[("host", "app.test:99999")]), 400),
+        ];
+        for (req, want) in cases {
+            assert_eq!(verdict(&c, &req), want, "{req:?}");
+        }
+        let connect = Request::connect("app.test:22").body(()).unwrap();
+        assert_eq!(verdict(&c, &connect), 405);
+    }
+
+    #[test]
+    fn trusted_proxies_name_the_client_and_others_cannot() {
+        let routes = "[[route]]\nhost = \"app.test\"\necho = true\npublic = true\n";
+        let trusted = "trusted_proxies = [\"10.0.0.0/8\"]";
+        let forged = [
+            ("host", "app.test"),
+            ("x-forwarded-for", "6.6.6.6, 198.51.100.7"),
+            ("x-heim-user", "admin"),
+            ("x_heim_user", "admin"),
+        ];
+        for (peer, client, xff) in [
+            ("10.0.0.1", "198.51.100.7", "198.51.100.7, 10.0.0.1"),
+            ("192.0.2.1", "192.0.2.1", "192.0.2.1"),
+        ] {
+            let c = conn(trusted, routes, peer);
+            let mut req = request("/", &forged);
+            let parsed = parse(&req, &c).unwrap();
+            let Routed::To(r) = route(&req, &parsed, &c).unwrap() else {
+                panic!("routed")
+            };
+            let id = HeaderValue::from_static("id");
+            rewrite(&mut req, &parsed, &r, &c, &id).unwrap();
+            let got = parsed
+                .forwarded
+                .as_ref()
+                .map_or(c.remote.ip(), |f| f.client);
+            assert_eq!(got.to_string(), client, "peer {peer}");
+            let h = req.headers();
+            assert_eq!(h["x-forwarded-for"], xff, "peer {peer}");
+            assert_eq!(h["x-real-ip"], client);
+            assert!(h.get("x-heim-user").is_none() && h.get("x_heim_user").is_none());
+        }
+    }
+
+    #[test]
+    fn body_limit_by_content_length() {
+        let routes =
+            "[[route]]\nhost = \"app.test\"\necho = true\npublic = true\nmax_body_bytes = 10\n";
+        let c = conn("", routes, "127.0.0.1");
+        let req = request("/", &[("host", "app.test"), ("content-length", "11")]);
+        let parsed = parse(&req, &c).unwrap();
+        let Routed::To(r) = route(&req, &parsed, &c).unwrap() else {
+            panic!("routed")
+        };
+        assert_eq!(limit(&req, &r), Err(ProxyError::BodyTooLarge));
+        let req = request("/", &[("host", "app.test"), ("content-length", "10")]);
+        assert_eq!(limit(&req, &r), Ok(()));
+    }
 
     #[test]
     fn request_ids_are_distinct_hex() {
