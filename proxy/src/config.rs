@@ -16,7 +16,9 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::route::{Backend, PathMatch, Policy, RouteSpec};
+use crate::auth::policy::AccessRules;
+use crate::auth::{AuthSpec, ProviderKind, ProviderSpec};
+use crate::route::{Backend, IdentityField, PathMatch, Policy, RouteSpec};
 use crate::trust::{IpNet, TrustedProxies};
 use crate::upstream::{Endpoint, UpstreamAddr, UpstreamGroup, UpstreamLimits, UpstreamProtocol};
 
@@ -71,6 +73,36 @@ struct RawConfig {
     certificate: Vec<Spanned<RawCertificate>>,
     #[serde(default)]
     route: Vec<Spanned<RawRoute>>,
+    auth: Option<Spanned<RawAuth>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAuth {
+    auth_host: Spanned<String>,
+    cookie_secret_file: Spanned<String>,
+    #[serde(default)]
+    previous_cookie_secret_files: Vec<String>,
+    session_ttl: Option<Spanned<String>>,
+    signing_key_file: Spanned<String>,
+    #[serde(default)]
+    provider: Vec<Spanned<RawProvider>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProvider {
+    name: Spanned<String>,
+    kind: Spanned<String>,
+    client_id: Option<String>,
+    client_secret_file: Option<String>,
+    issuer: Option<Spanned<String>>,
+    scopes: Option<Vec<String>>,
+    groups_claim: Option<String>,
+    hd: Option<String>,
+    api_url: Option<Spanned<String>>,
+    web_url: Option<Spanned<String>>,
+    users_file: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -122,6 +154,13 @@ struct RawRoute {
     max_body_bytes: Option<Spanned<ByteSize>>,
     connect_timeout: Option<Spanned<String>>,
     response_timeout: Option<Spanned<String>>,
+    allow_emails: Option<Spanned<Vec<String>>>,
+    allow_domains: Option<Spanned<Vec<String>>>,
+    allow_groups: Option<Spanned<Vec<String>>>,
+    allow_github_orgs: Option<Spanned<Vec<String>>>,
+    allow_github_teams: Option<Spanned<Vec<String>>>,
+    allow_any_authenticated: Option<Spanned<bool>>,
+    identity_headers: Option<Spanned<std::collections::BTreeMap<String, String>>>,
 }
 
 /// A size written as a number of bytes or as `"64k"`, `"10m"`, `"1g"`.
@@ -195,6 +234,8 @@ pub struct Config {
     pub routes: Vec<RouteSpec>,
     /// Line of each route, for errors found when the table is compiled.
     pub route_lines: Vec<usize>,
+    /// `[auth]`, when sign-in is configured.
+    pub auth: Option<AuthSpec>,
 }
 
 impl Config {
@@ -244,10 +285,11 @@ impl Config {
                 "at least one [[certificate]] is needed to serve https".into(),
             );
         }
+        let auth = raw.auth.as_ref().and_then(|a| cx.auth(a, &base));
         let mut routes = Vec::new();
         let mut route_lines = Vec::new();
         for (i, r) in raw.route.iter().enumerate() {
-            if let Some(spec) = cx.route(i, r, &defaults) {
+            if let Some(spec) = cx.route(i, r, &defaults, raw.auth.is_some()) {
                 routes.push(spec);
                 route_lines.push(cx.line(&r.span()));
             }
@@ -260,6 +302,7 @@ impl Config {
                     certificates,
                     routes,
                     route_lines,
+                    auth,
                 });
             }
         }
@@ -565,7 +608,257 @@ impl Cx<'_> {
         }
     }
 
-    fn route(&mut self, i: usize, raw: &Spanned<RawRoute>, d: &RouteDefaults) -> Option<RouteSpec> {
+    fn auth(&mut self, raw: &Spanned<RawAuth>, base: &Path) -> Option<AuthSpec> {
+        let a = raw.get_ref();
+        let before = self.errors.len();
+        let auth_host = match valid_host(a.auth_host.get_ref()) {
+            Some(h) if !h.starts_with("*.") => h,
+            _ => {
+                self.err(
+                    &a.auth_host.span(),
+                    "auth.auth_host".into(),
+                    format!("{:?} is not a host name", a.auth_host.get_ref()),
+                );
+                String::new()
+            }
+        };
+        let session_ttl = self.duration_or(
+            "auth.session_ttl",
+            &a.session_ttl,
+            Duration::from_secs(12 * 3600),
+        );
+        let mut providers: Vec<ProviderSpec> = Vec::new();
+        for (i, p) in a.provider.iter().enumerate() {
+            let r = p.get_ref();
+            let k = |name: &str| format!("auth.provider[{i}].{name}");
+            let line = self.line(&p.span());
+            let kind = match r.kind.get_ref().as_str() {
+                "google" => ProviderKind::Google,
+                "oidc" => ProviderKind::Oidc,
+                "github" => ProviderKind::Github,
+                "local" => ProviderKind::Local,
+                other => {
+                    self.err(
+                        &r.kind.span(),
+                        k("kind"),
+                        format!(
+                            "{other:?} is not one of \"google\", \"oidc\", \"github\", \"local\""
+                        ),
+                    );
+                    continue;
+                }
+            };
+            let name = r.name.get_ref().clone();
+            if name.is_empty()
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
+                self.err(
+                    &r.name.span(),
+                    k("name"),
+                    "use letters, digits, - and _".into(),
+                );
+            } else if providers.iter().any(|q| q.name == name) {
+                self.err(
+                    &r.name.span(),
+                    k("name"),
+                    format!("a second provider named {name:?}"),
+                );
+            }
+            let needs = |cx: &mut Self, present: bool, field: &str| {
+                if !present {
+                    cx.err(
+                        &p.span(),
+                        k(field),
+                        format!("a {} provider needs {field}", r.kind.get_ref()),
+                    );
+                }
+            };
+            match kind {
+                ProviderKind::Local => needs(self, r.users_file.is_some(), "users_file"),
+                _ => {
+                    needs(self, r.client_id.is_some(), "client_id");
+                    needs(self, r.client_secret_file.is_some(), "client_secret_file");
+                }
+            }
+            let issuer = match (kind, &r.issuer) {
+                (ProviderKind::Google, None) => Some("https://accounts.google.com".to_string()),
+                (ProviderKind::Oidc, None) => {
+                    needs(self, false, "issuer");
+                    None
+                }
+                (_, Some(iss)) => {
+                    if !issuer_allowed(iss.get_ref()) {
+                        self.err(
+                            &iss.span(),
+                            k("issuer"),
+                            "must be an https:// URL (http:// only on a loopback address)".into(),
+                        );
+                    }
+                    Some(iss.get_ref().trim_end_matches('/').to_string())
+                }
+                _ => None,
+            };
+            for (field, url) in [("api_url", &r.api_url), ("web_url", &r.web_url)] {
+                if let Some(u) = url {
+                    if !issuer_allowed(u.get_ref()) {
+                        self.err(
+                            &u.span(),
+                            k(field),
+                            "must be an https:// URL (http:// only on a loopback address)".into(),
+                        );
+                    }
+                }
+            }
+            providers.push(ProviderSpec {
+                name,
+                kind,
+                client_id: r.client_id.clone(),
+                client_secret_file: r.client_secret_file.as_ref().map(|f| base.join(f)),
+                issuer,
+                scopes: r
+                    .scopes
+                    .clone()
+                    .unwrap_or_else(|| ["openid", "email", "profile"].map(String::from).to_vec()),
+                groups_claim: r.groups_claim.clone().unwrap_or_else(|| "groups".into()),
+                hd: r.hd.clone(),
+                api_url: r
+                    .api_url
+                    .as_ref()
+                    .map(|u| u.get_ref().trim_end_matches('/').to_string()),
+                web_url: r
+                    .web_url
+                    .as_ref()
+                    .map(|u| u.get_ref().trim_end_matches('/').to_string()),
+                users_file: r.users_file.as_ref().map(|f| base.join(f)),
+                line,
+            });
+        }
+        if a.provider.is_empty() {
+            self.err(
+                &raw.span(),
+                "auth.provider".into(),
+                "at least one [[auth.provider]] is needed".into(),
+            );
+        }
+        if self.errors.len() > before {
+            return None;
+        }
+        Some(AuthSpec {
+            auth_host,
+            cookie_secret_file: base.join(a.cookie_secret_file.get_ref()),
+            previous_cookie_secret_files: a
+                .previous_cookie_secret_files
+                .iter()
+                .map(|f| base.join(f))
+                .collect(),
+            session_ttl,
+            signing_key_file: base.join(a.signing_key_file.get_ref()),
+            providers,
+            line: self.line(&raw.span()),
+        })
+    }
+
+    /// The route's allow rules (`None`: it has none).
+    fn access_rules(&mut self, i: usize, r: &RawRoute) -> Option<AccessRules> {
+        let k = |name: &str| format!("route[{i}].{name}");
+        let lower = |v: &Option<Spanned<Vec<String>>>| -> Vec<String> {
+            v.as_ref()
+                .map(|l| l.get_ref().iter().map(|s| s.to_ascii_lowercase()).collect())
+                .unwrap_or_default()
+        };
+        let rules = AccessRules {
+            any_authenticated: r
+                .allow_any_authenticated
+                .as_ref()
+                .is_some_and(|b| *b.get_ref()),
+            emails: lower(&r.allow_emails),
+            domains: lower(&r.allow_domains),
+            groups: r
+                .allow_groups
+                .as_ref()
+                .map(|g| g.get_ref().clone())
+                .unwrap_or_default(),
+            github_orgs: lower(&r.allow_github_orgs),
+            github_teams: lower(&r.allow_github_teams),
+        };
+        if let Some(emails) = &r.allow_emails {
+            for e in emails.get_ref() {
+                if crate::auth::policy::valid_email(e).is_none() {
+                    self.err(
+                        &emails.span(),
+                        k("allow_emails"),
+                        format!("{e:?} is not an email address"),
+                    );
+                }
+            }
+        }
+        if let Some(teams) = &r.allow_github_teams {
+            for t in teams.get_ref() {
+                if !t
+                    .split_once('/')
+                    .is_some_and(|(o, t)| !o.is_empty() && !t.is_empty() && !t.contains('/'))
+                {
+                    self.err(
+                        &teams.span(),
+                        k("allow_github_teams"),
+                        format!("{t:?} is not \"org/team\""),
+                    );
+                }
+            }
+        }
+        (!rules.is_empty()).then_some(rules)
+    }
+
+    /// `identity_headers = { "X-WEBAUTH-USER" = "email" }`.
+    fn identity_headers(
+        &mut self,
+        i: usize,
+        r: &RawRoute,
+    ) -> Vec<(http::HeaderName, IdentityField)> {
+        let Some(map) = &r.identity_headers else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for (name, field) in map.get_ref() {
+            let key = format!("route[{i}].identity_headers");
+            let header = match http::HeaderName::from_bytes(name.as_bytes()) {
+                Ok(h) if !crate::forward::headers::is_hop_by_hop(&h) && !name.contains('_') => h,
+                _ => {
+                    self.err(
+                        &map.span(),
+                        key,
+                        format!("{name:?} cannot be an identity header"),
+                    );
+                    continue;
+                }
+            };
+            let field = match field.as_str() {
+                "email" => IdentityField::Email,
+                "user" => IdentityField::User,
+                "groups" => IdentityField::Groups,
+                other => {
+                    self.err(
+                        &map.span(),
+                        key,
+                        format!("{other:?} is not one of \"email\", \"user\", \"groups\""),
+                    );
+                    continue;
+                }
+            };
+            out.push((header, field));
+        }
+        out
+    }
+
+    fn route(
+        &mut self,
+        i: usize,
+        raw: &Spanned<RawRoute>,
+        d: &RouteDefaults,
+        have_auth: bool,
+    ) -> Option<RouteSpec> {
         let r = raw.get_ref();
         let before = self.errors.len();
         let k = |name: &str| format!("route[{i}].{name}");
@@ -675,13 +968,29 @@ impl Cx<'_> {
         };
         let max_body_bytes =
             self.size_or(&k("max_body_bytes"), &r.max_body_bytes, d.max_body_bytes);
+        let rules = self.access_rules(i, r);
+        let identity_headers = self.identity_headers(i, r);
+        if rules.is_some() && r.public == Some(true) {
+            self.err(
+                &raw.span(),
+                format!("route[{i}].public"),
+                "a route is either public or has allow rules, not both".into(),
+            );
+        }
+        if rules.is_some() && !have_auth {
+            self.err(
+                &raw.span(),
+                format!("route[{i}]"),
+                "allow rules need sign-in: add an [auth] table with a provider".into(),
+            );
+        }
         if self.errors.len() > before {
             return None;
         }
-        let policy = if r.public == Some(true) {
-            Policy::Public
-        } else {
-            Policy::Deny
+        let policy = match (r.public == Some(true), rules) {
+            (true, _) => Policy::Public,
+            (false, Some(rules)) => Policy::Allow(Arc::new(rules)),
+            (false, None) => Policy::Deny,
         };
         let name = r
             .name
@@ -696,7 +1005,26 @@ impl Cx<'_> {
             policy,
             https_redirect: r.https_redirect.unwrap_or(true),
             max_body_bytes: Some(max_body_bytes).filter(|n| *n > 0),
+            identity_headers,
         })
+    }
+}
+
+/// An issuer or API URL: https, or http on a loopback address (tests, a
+/// provider beside heim).
+fn issuer_allowed(url: &str) -> bool {
+    let Ok(uri) = url.parse::<http::Uri>() else {
+        return false;
+    };
+    match (uri.scheme_str(), uri.host()) {
+        (Some("https"), Some(_)) => true,
+        (Some("http"), Some(h)) => {
+            let h = h.trim_start_matches('[').trim_end_matches(']');
+            h == "localhost"
+                || h.parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+        }
+        _ => false,
     }
 }
 

@@ -20,6 +20,7 @@ pub fn respond(
     host: &str,
     request_id: &HeaderValue,
     client: std::net::IpAddr,
+    session: Option<&crate::auth::policy::Session>,
 ) -> Response<ProxyBody> {
     let mut headers = Map::new();
     for (name, value) in req.headers() {
@@ -49,7 +50,14 @@ pub fn respond(
         "tls": tls,
         "route": route,
         "request_id": request_id.to_str().unwrap_or(""),
-        "identity": Value::Null,
+        "identity": session.map(|s| json!({
+            "user": s.user,
+            "email": s.email,
+            "groups": s.groups,
+            "github_orgs": s.orgs,
+            "github_teams": s.teams,
+            "provider": s.provider,
+        })),
     });
     let mut body = serde_json::to_vec_pretty(&doc).unwrap_or_default();
     body.push(b'\n');

@@ -6,9 +6,28 @@ use http::{header, HeaderValue, Response, StatusCode};
 use crate::body::ProxyBody;
 use crate::metrics::ClientErrorKind;
 
+/// Who was denied, for the 403 page.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Denied {
+    pub user: String,
+    pub email: Option<String>,
+    /// Where to sign out and in again as someone else.
+    pub switch_url: String,
+}
+
 /// Why heim answered a request itself instead of a backend.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProxyError {
+    /// A browser without a session: off to sign in (302 to `location`).
+    #[error("sign-in needed")]
+    SignIn { location: HeaderValue },
+    /// A non-browser client without a session (401).
+    #[error("authentication needed")]
+    Unauthorized,
+    /// Signed in, but the route's policy does not admit the user (403 page
+    /// that says who they are and how to switch).
+    #[error("the route's policy denies this user")]
+    Denied(Box<Denied>),
     #[error("bad request: {0}")]
     BadRequest(&'static str),
     #[error("no route for this host and path")]
@@ -39,8 +58,11 @@ pub enum ProxyError {
 
 impl ProxyError {
     /// The status a client sees.
-    pub fn status(self) -> StatusCode {
+    pub fn status(&self) -> StatusCode {
         match self {
+            ProxyError::SignIn { .. } => StatusCode::FOUND,
+            ProxyError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ProxyError::Denied(_) => StatusCode::FORBIDDEN,
             ProxyError::BadRequest(_) | ProxyError::MalformedBody => StatusCode::BAD_REQUEST,
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::Forbidden => StatusCode::FORBIDDEN,
@@ -57,7 +79,7 @@ impl ProxyError {
 
     /// The client's fault, for `heim_client_errors_total`; `None` for
     /// everything else (routing, policy, the upstream).
-    pub fn client_error(self) -> Option<ClientErrorKind> {
+    pub fn client_error(&self) -> Option<ClientErrorKind> {
         Some(match self {
             ProxyError::BadRequest(_) | ProxyError::MethodNotAllowed => ClientErrorKind::BadRequest,
             ProxyError::MalformedBody => ClientErrorKind::MalformedBody,
@@ -68,20 +90,38 @@ impl ProxyError {
     }
 
     /// A short plain-text response; it says what failed, never why in detail.
-    pub fn response(self) -> Response<ProxyBody> {
+    pub fn response(&self) -> Response<ProxyBody> {
         let status = self.status();
-        let body = format!(
-            "{} {}\n",
-            status.as_u16(),
-            status.canonical_reason().unwrap_or("")
-        );
+        let (body, content_type) = match self {
+            ProxyError::Denied(d) => (
+                crate::auth::endpoints::denied_page(d),
+                "text/html; charset=utf-8",
+            ),
+            _ => (
+                format!(
+                    "{} {}\n",
+                    status.as_u16(),
+                    status.canonical_reason().unwrap_or("")
+                ),
+                "text/plain; charset=utf-8",
+            ),
+        };
         let mut resp = Response::new(ProxyBody::local(body));
         *resp.status_mut() = status;
         let h = resp.headers_mut();
-        h.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; charset=utf-8"),
-        );
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+        match self {
+            ProxyError::SignIn { location } => {
+                h.insert(header::LOCATION, location.clone());
+            }
+            ProxyError::Unauthorized => {
+                h.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"heim\""),
+                );
+            }
+            _ => {}
+        }
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         if matches!(self, ProxyError::BadRequest(_) | ProxyError::MalformedBody) {
             h.insert(header::CONNECTION, HeaderValue::from_static("close"));

@@ -7,6 +7,7 @@
 //! `state` (the live snapshots), `reload`, `admin`, `metrics`.
 
 pub mod admin;
+pub mod auth;
 pub mod body;
 pub mod config;
 pub mod echo;
@@ -37,14 +38,14 @@ use state::{Compiled, Shared};
 /// Loads and fully checks a config file, certificates included.
 pub fn check(path: &Path) -> Result<Compiled, ConfigErrors> {
     let config = Config::load(path)?;
-    Compiled::new(&config, &Metrics::default()).map_err(ConfigErrors)
+    Compiled::new(&config, &Metrics::default(), false).map_err(ConfigErrors)
 }
 
 /// Runs the proxy until SIGTERM or SIGINT, then drains and returns.
 pub fn run(path: &Path) -> anyhow::Result<()> {
     let config = Config::load(path)?;
     let metrics = Metrics::default();
-    let compiled = Compiled::new(&config, &metrics).map_err(ConfigErrors)?;
+    let compiled = Compiled::new(&config, &metrics, true).map_err(ConfigErrors)?;
     let settings = compiled.settings.clone();
     compiled.warn_denied();
     let shared = Shared::new(compiled, metrics);

@@ -74,7 +74,7 @@ impl Reloader {
         let metrics = &shared.metrics;
         let result = Config::load(&self.path)
             .map_err(|e| e.0)
-            .and_then(|config| Compiled::new(&config, metrics).map(|c| (config, c)));
+            .and_then(|config| Compiled::new(&config, metrics, true).map(|c| (config, c)));
         match result {
             Ok((config, compiled)) => {
                 if compiled.settings.restart_needed(&shared.settings.load()) {

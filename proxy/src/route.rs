@@ -43,14 +43,24 @@ pub enum Backend {
     Echo,
 }
 
-/// Who may use a route. Sign-in lands later; until then only `Public`
-/// routes serve, everything else is denied.
+/// Who may use a route.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Policy {
     /// Anyone, without signing in.
     Public,
+    /// Signed-in users the rules admit.
+    Allow(Arc<crate::auth::policy::AccessRules>),
     /// Nobody: the default when a route names no policy.
     Deny,
+}
+
+/// What an extra identity header carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IdentityField {
+    Email,
+    User,
+    /// Comma-separated.
+    Groups,
 }
 
 /// A route as its source declares it: plain values, validated.
@@ -68,6 +78,9 @@ pub struct RouteSpec {
     pub https_redirect: bool,
     /// Largest request body accepted, in bytes.
     pub max_body_bytes: Option<u64>,
+    /// Extra headers that carry the signed-in user's identity (besides
+    /// `X-Heim-*`); whatever a client sends under these names is removed.
+    pub identity_headers: Vec<(http::HeaderName, IdentityField)>,
 }
 
 /// A compiled route: the spec plus what the hot path needs next to it.
@@ -414,6 +427,7 @@ mod tests {
             policy: Policy::Public,
             https_redirect: true,
             max_body_bytes: None,
+            identity_headers: Vec::new(),
         }
     }
 

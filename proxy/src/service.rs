@@ -30,11 +30,15 @@ use http::uri::PathAndQuery;
 use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 
+use crate::auth::policy::Session;
+use crate::auth::Auth;
 use crate::body::{ProxyBody, UpstreamBody};
 use crate::error::ProxyError;
 use crate::forward::headers::{self, X_REQUEST_ID};
 use crate::metrics::ClientErrorKind;
-use crate::route::{normalize_host, normalize_path, routing_path, Backend, Policy, Route};
+use crate::route::{
+    normalize_host, normalize_path, routing_path, Backend, IdentityField, Policy, Route,
+};
 use crate::state::Shared;
 use crate::trust::{Forwarded, TrustedProxies};
 use crate::upstream::UpstreamProtocol;
@@ -218,11 +222,12 @@ pub async fn handle(
     let mut resp = match serve(req, &conn, body_timeout, &mut outcome).await {
         Ok(resp) => resp,
         Err(e) => {
-            outcome.error = Some(e);
             if let Some(kind) = e.client_error() {
                 conn.shared.metrics.client_error(kind);
             }
-            e.response()
+            let resp = e.response();
+            outcome.error = Some(e);
+            resp
         }
     };
 
@@ -257,7 +262,7 @@ pub async fn handle(
             duration_us = elapsed.as_micros() as u64,
             route = outcome.route.as_ref().map(|r| r.spec.name.as_str()),
             upstream,
-            error = outcome.error.map(tracing::field::display),
+            error = outcome.error.as_ref().map(tracing::field::display),
             remote = %outcome.client,
             request_id = outcome.request_id.to_str().unwrap_or(""),
             "request"
@@ -276,15 +281,56 @@ async fn serve(
     if let Some(f) = &parsed.forwarded {
         out.client = f.client;
     }
+    let auth = conn.shared.auth.load_full();
+    // === heim endpoints === `/.heim/*`, over https, before any route.
+    if parsed.secure && is_heim_path(&req, &parsed) {
+        let Some(auth) = &auth else {
+            return Err(ProxyError::NoRoute);
+        };
+        if let Some(answer) = crate::auth::endpoints::serve(req, &parsed, conn, auth).await {
+            return answer;
+        }
+        return Err(ProxyError::NoRoute);
+    }
     let route = match route(&req, &parsed, conn)? {
         Routed::To(route) => route,
         Routed::Redirect(location) => return Ok(redirect(location)),
     };
     out.route = Some(route.clone());
-    authorize(&route)?;
+    let session = authenticate(&req, &route, auth.as_deref(), conn);
+    authorize(
+        &req,
+        &parsed,
+        &route,
+        session.as_ref(),
+        auth.as_deref(),
+        conn,
+    )?;
     limit(&req, &route)?;
     let upgrade = rewrite(&mut req, &parsed, &route, conn, &out.request_id)?;
-    backend(req, &parsed, &route, upgrade, conn, body_timeout, out).await
+    if let (Some(s), Some(auth)) = (&session, &auth) {
+        identify(&mut req, &parsed, &route, s, auth, conn);
+    }
+    backend(
+        req,
+        &parsed,
+        &route,
+        upgrade,
+        conn,
+        body_timeout,
+        session.as_ref(),
+        out,
+    )
+    .await
+}
+
+/// True for heim's own pages, `/.heim/...` (by the normalised path).
+fn is_heim_path<B>(req: &Request<B>, parsed: &Parsed) -> bool {
+    parsed
+        .new_path
+        .as_deref()
+        .unwrap_or(req.uri().path())
+        .starts_with("/.heim/")
 }
 
 /// What the parse phase found out about a request.
@@ -366,11 +412,121 @@ pub fn route<B>(req: &Request<B>, parsed: &Parsed, conn: &ConnCtx) -> Result<Rou
     route.map(Routed::To).ok_or(ProxyError::NoRoute)
 }
 
-/// === authorize === the route's policy; deny by default -> 403.
-pub fn authorize(route: &Route) -> Result<(), ProxyError> {
-    match route.spec.policy {
-        Policy::Public => Ok(()),
-        Policy::Deny => Err(ProxyError::Forbidden),
+/// === authenticate === the session of a request to a route that needs
+/// one: the session cookie or a CLI bearer token, opened and checked
+/// (expiry, revocation). Public and denied routes skip it.
+pub fn authenticate<B>(
+    req: &Request<B>,
+    route: &Route,
+    auth: Option<&Auth>,
+    conn: &ConnCtx,
+) -> Option<Session> {
+    match (&route.spec.policy, auth) {
+        (Policy::Allow(_), Some(auth)) => auth.session(req.headers(), &conn.shared.auth_state),
+        _ => None,
+    }
+}
+
+/// === authorize === the route's policy; deny by default. No session: a
+/// browser is sent to sign in (302), anything else gets 401; a session the
+/// rules do not admit gets the 403 page.
+pub fn authorize<B>(
+    req: &Request<B>,
+    parsed: &Parsed,
+    route: &Route,
+    session: Option<&Session>,
+    auth: Option<&Auth>,
+    conn: &ConnCtx,
+) -> Result<(), ProxyError> {
+    let rules = match &route.spec.policy {
+        Policy::Public => return Ok(()),
+        Policy::Deny => return Err(ProxyError::Forbidden),
+        Policy::Allow(rules) => rules,
+    };
+    let Some(auth) = auth else {
+        return Err(ProxyError::Forbidden);
+    };
+    let port = conn.shared.settings.load().https_port;
+    let auth_origin = crate::auth::endpoints::origin(&auth.auth_host, port);
+    let here = {
+        let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        format!("{}{pq}", crate::auth::endpoints::origin(&parsed.host, port))
+    };
+    match session {
+        Some(s) if rules.allows(s) => Ok(()),
+        Some(s) => Err(ProxyError::Denied(Box::new(crate::error::Denied {
+            user: s.user.clone(),
+            email: s.email.clone(),
+            switch_url: format!(
+                "{auth_origin}/.heim/logout?rd={}",
+                crate::auth::endpoints::url_encode(&crate::auth::endpoints::login_url(
+                    &auth_origin,
+                    &here
+                ))
+            ),
+        }))),
+        None if is_browser(req) => {
+            let location = crate::auth::endpoints::login_url(&auth_origin, &here);
+            HeaderValue::from_str(&location)
+                .map(|location| ProxyError::SignIn { location })
+                .map_or(Err(ProxyError::Unauthorized), Err)
+        }
+        None => Err(ProxyError::Unauthorized),
+    }
+}
+
+/// A browser navigating (it asks for HTML), not a script or an API client.
+fn is_browser<B>(req: &Request<B>) -> bool {
+    let h = req.headers();
+    let html = h
+        .get(http::header::ACCEPT)
+        .and_then(|a| a.to_str().ok())
+        .is_some_and(|a| a.contains("text/html"));
+    let xhr = h
+        .get("x-requested-with")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"xmlhttprequest"));
+    html && !xhr
+}
+
+/// The signed-in user's identity for the backend: `X-Heim-User`, `-Email`,
+/// `-Groups`, `-Jwt` and the route's `identity_headers`, after `rewrite`
+/// removed whatever the client sent under those names.
+fn identify<B>(
+    req: &mut Request<B>,
+    parsed: &Parsed,
+    route: &Route,
+    s: &Session,
+    auth: &Auth,
+    conn: &ConnCtx,
+) {
+    let port = conn.shared.settings.load().https_port;
+    let iss = crate::auth::endpoints::origin(&auth.auth_host, port);
+    let jwt = crate::auth::jwt::for_request(&auth.signing, &iss, &parsed.host, s);
+    let h = req.headers_mut();
+    let value = |v: &str| HeaderValue::from_str(v).ok();
+    let groups = s.groups.join(",");
+    for (name, v) in [
+        (&headers::X_HEIM_USER, value(&s.user)),
+        (&headers::X_HEIM_EMAIL, s.email.as_deref().and_then(value)),
+        (
+            &headers::X_HEIM_GROUPS,
+            (!groups.is_empty()).then(|| value(&groups)).flatten(),
+        ),
+        (&headers::X_HEIM_JWT, jwt),
+    ] {
+        if let Some(v) = v {
+            h.insert(name.clone(), v);
+        }
+    }
+    for (name, field) in &route.spec.identity_headers {
+        let v = match field {
+            IdentityField::Email => s.email.as_deref().and_then(value),
+            IdentityField::User => value(&s.user),
+            IdentityField::Groups => value(&groups),
+        };
+        if let Some(v) = v {
+            h.insert(name.clone(), v);
+        }
     }
 }
 
@@ -419,6 +575,10 @@ pub fn rewrite<B>(
     )?;
     let h = req.headers_mut();
     headers::clean(h, true, upgrade);
+    // The route's own identity headers are heim's to set, like `X-Heim-*`.
+    for (name, _) in &route.spec.identity_headers {
+        h.remove(name);
+    }
     conn.forwarded
         .apply(h, &parsed.host_value, parsed.forwarded.as_ref());
     h.insert(X_REQUEST_ID.clone(), request_id.clone());
@@ -435,6 +595,7 @@ pub fn rewrite<B>(
 
 /// === backend === `echo`, or `forward` to an upstream (a relayed upgrade
 /// included).
+#[allow(clippy::too_many_arguments)]
 async fn backend(
     mut req: Request<Incoming>,
     parsed: &Parsed,
@@ -442,6 +603,7 @@ async fn backend(
     upgrade: bool,
     conn: &ConnCtx,
     body_timeout: Duration,
+    session: Option<&Session>,
     out: &mut Outcome,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let group = match &route.spec.backend {
@@ -453,6 +615,7 @@ async fn backend(
                 &parsed.host,
                 &out.request_id,
                 out.client,
+                session,
             ))
         }
         Backend::Upstream(g) => g,
@@ -658,7 +821,7 @@ mod tests {
         );
         let config = Config::parse(&dir.join("heim.toml"), &text).expect("config");
         let metrics = Metrics::default();
-        let compiled = Compiled::new(&config, &metrics).expect("compiled");
+        let compiled = Compiled::new(&config, &metrics, false).expect("compiled");
         let _ = std::fs::remove_dir_all(&dir);
         let shared = Shared::new(compiled, metrics);
         let tls = TlsInfo {
@@ -690,7 +853,7 @@ mod tests {
             Err(e) => return e.status().as_u16(),
         };
         match route(req, &parsed, conn) {
-            Ok(Routed::To(r)) => match authorize(&r) {
+            Ok(Routed::To(r)) => match authorize(req, &parsed, &r, None, None, conn) {
                 Ok(()) => 200,
                 Err(e) => e.status().as_u16(),
             },

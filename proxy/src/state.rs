@@ -5,7 +5,9 @@
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
+
+use crate::auth::{Auth, AuthState};
 
 use crate::config::{Config, ConfigError, ServerSettings};
 use crate::metrics::Metrics;
@@ -18,6 +20,10 @@ pub struct Shared {
     pub routes: ArcSwap<RouteTable>,
     pub certs: Arc<ArcSwap<CertStore>>,
     pub settings: ArcSwap<ServerSettings>,
+    /// Sign-in, when `[auth]` is configured.
+    pub auth: ArcSwapOption<Auth>,
+    /// Revocations and the like: kept across reloads.
+    pub auth_state: AuthState,
     pub metrics: Metrics,
     /// Set once SIGTERM starts the drain; `/readyz` turns 503.
     pub draining: AtomicBool,
@@ -31,12 +37,34 @@ pub struct Compiled {
     pub settings: ServerSettings,
     pub routes: RouteTable,
     pub certs: CertStore,
+    pub auth: Option<Auth>,
 }
 
 impl Compiled {
-    /// Reads certificates and compiles routes; errors name file, line and key.
-    pub fn new(config: &Config, metrics: &Metrics) -> Result<Compiled, Vec<ConfigError>> {
+    /// Reads certificates and sign-in's files and compiles routes; errors
+    /// name file, line and key. `create_keys` creates a missing JWT
+    /// signing key (a serving heim does; `check` does not).
+    pub fn new(
+        config: &Config,
+        metrics: &Metrics,
+        create_keys: bool,
+    ) -> Result<Compiled, Vec<ConfigError>> {
         let mut errors = Vec::new();
+        let auth = match &config.auth {
+            None => None,
+            Some(spec) => match Auth::load(spec, create_keys) {
+                Ok(a) => Some(a),
+                Err(errs) => {
+                    errors.extend(errs.into_iter().map(|(key, message)| ConfigError {
+                        file: config.path.clone(),
+                        line: spec.line,
+                        key,
+                        message,
+                    }));
+                    None
+                }
+            },
+        };
         let certs = CertStore::from_config(config)
             .map_err(|e| errors.extend(e))
             .ok();
@@ -53,6 +81,7 @@ impl Compiled {
                 settings: config.server.clone(),
                 routes,
                 certs,
+                auth,
             }),
             _ => Err(errors),
         }
@@ -67,7 +96,7 @@ impl Compiled {
             if r.spec.policy == Policy::Deny {
                 tracing::warn!(
                     route = %r.spec.name,
-                    "route has no policy (public = true): every request gets 403"
+                    "route has no policy (public = true, or an allow_* rule): every request gets 403"
                 );
             }
         }
@@ -81,6 +110,8 @@ impl Shared {
             routes: ArcSwap::from_pointee(compiled.routes),
             certs: Arc::new(ArcSwap::from_pointee(compiled.certs)),
             settings: ArcSwap::from_pointee(compiled.settings),
+            auth: ArcSwapOption::from(compiled.auth.map(Arc::new)),
+            auth_state: AuthState::default(),
             metrics,
             draining: AtomicBool::new(false),
             workers_ready: AtomicUsize::new(0),
@@ -90,6 +121,7 @@ impl Shared {
     /// Swaps in a new compiled config; requests in flight keep the old one.
     pub fn swap(&self, compiled: Compiled) {
         self.certs.store(Arc::new(compiled.certs));
+        self.auth.store(compiled.auth.map(Arc::new));
         self.routes.store(Arc::new(compiled.routes));
         self.settings.store(Arc::new(compiled.settings));
     }

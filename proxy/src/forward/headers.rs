@@ -61,12 +61,22 @@ fn kind(name: &str) -> Kind {
     }
 }
 
+/// True for headers that belong to one connection (never an identity
+/// header's name).
+pub fn is_hop_by_hop(name: &HeaderName) -> bool {
+    kind(name.as_str()) == Kind::HopByHop || name == http::header::HOST
+}
+
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 pub static X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
 pub static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub static X_HEIM_USER: HeaderName = HeaderName::from_static("x-heim-user");
+pub static X_HEIM_EMAIL: HeaderName = HeaderName::from_static("x-heim-email");
+pub static X_HEIM_GROUPS: HeaderName = HeaderName::from_static("x-heim-groups");
+pub static X_HEIM_JWT: HeaderName = HeaderName::from_static("x-heim-jwt");
 
 /// Removes hop-by-hop headers in either direction, and on requests
 /// (`request`) the identity headers a client may have forged. Keeps

@@ -99,11 +99,11 @@ pub async fn forward(
                 }
                 tried[n_tried] = i;
                 n_tried += 1;
-                last = a.error;
                 match a.unsent {
                     Some(r) => request = r,
                     None => return Err(a.error),
                 }
+                last = a.error;
             }
         }
     }

@@ -1,0 +1,712 @@
+//! heim's own pages under `/.heim/`, on any host heim serves, answered
+//! before routing:
+//!
+//! * `login` (GET: the form or the provider; POST: the local form),
+//! * `handoff` (the one-time, short-lived sealed token that carries a
+//!   session from the auth host to a route's own host, which sets its own
+//!   host-only cookie: hosts need no common parent domain),
+//! * `logout` (GET: a confirmation page; POST with its CSRF token),
+//! * `me` (who am I, which routes may I use; HTML or JSON),
+//! * `jwks.json` (the key that verifies `X-Heim-Jwt`).
+//!
+//! Every redirect target is checked by `redirect::safe_return_url`.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{ACCEPT, CACHE_CONTROL, CONTENT_TYPE, LOCATION, SET_COOKIE};
+use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use serde::{Deserialize, Serialize};
+
+use super::policy::Session;
+use super::redirect::safe_return_url;
+use super::seal::{random_token, Purpose};
+use super::{cookie, unix_now, Auth, ProviderImpl, PRE_AUTH_PREFIX, SESSION_COOKIE};
+use crate::body::ProxyBody;
+use crate::error::{Denied, ProxyError};
+use crate::route::Policy;
+use crate::service::{ConnCtx, Parsed};
+
+/// How long a sign-in attempt (its pre-auth cookie) may take.
+const PRE_AUTH_TTL: u64 = 600;
+/// How long a hand-off token is good for.
+const HANDOFF_TTL: u64 = 60;
+/// Largest form heim reads.
+const MAX_FORM: usize = 16 * 1024;
+
+/// One sign-in attempt, in its own pre-auth cookie (so several tabs can
+/// sign in at once).
+#[derive(Serialize, Deserialize)]
+struct PreAuth {
+    state: String,
+    rd: String,
+    provider: String,
+    exp: u64,
+}
+
+/// A session on its way from the auth host to a route's host.
+#[derive(Serialize, Deserialize)]
+struct Handoff {
+    session: Session,
+    rd: String,
+    aud: String,
+    exp: u64,
+    jti: String,
+}
+
+/// Serves `/.heim/*`; `None` when the path is not one of heim's pages.
+pub async fn serve(
+    req: Request<Incoming>,
+    parsed: &Parsed,
+    conn: &ConnCtx,
+    auth: &Auth,
+) -> Option<Result<Response<ProxyBody>, ProxyError>> {
+    let path = parsed.new_path.as_deref().unwrap_or(req.uri().path());
+    let page = path.strip_prefix("/.heim/")?;
+    let cx = Cx { parsed, conn, auth };
+    let method = req.method().clone();
+    Some(match (page, method) {
+        ("jwks.json", Method::GET | Method::HEAD) => Ok(json(StatusCode::OK, &auth.signing.jwks())),
+        ("login", Method::GET | Method::HEAD) => Ok(cx.login_page(&req)),
+        ("login", Method::POST) => cx.login_post(req).await,
+        ("handoff", Method::GET) => Ok(cx.handoff(&req)),
+        ("logout", Method::GET | Method::HEAD) => Ok(cx.logout_page(&req)),
+        ("logout", Method::POST) => cx.logout_post(req).await,
+        ("me", Method::GET | Method::HEAD) => Ok(cx.me(&req)),
+        ("jwks.json" | "login" | "handoff" | "logout" | "me", _) => {
+            Err(ProxyError::MethodNotAllowed)
+        }
+        _ => Err(ProxyError::NoRoute),
+    })
+}
+
+struct Cx<'a> {
+    parsed: &'a Parsed,
+    conn: &'a ConnCtx,
+    auth: &'a Auth,
+}
+
+impl Cx<'_> {
+    fn https_port(&self) -> u16 {
+        self.conn.shared.settings.load().https_port
+    }
+
+    /// `https://HOST[:port]`.
+    fn origin_of(&self, host: &str) -> String {
+        origin(host, self.https_port())
+    }
+
+    fn auth_origin(&self) -> String {
+        self.origin_of(&self.auth.auth_host)
+    }
+
+    fn on_auth_host(&self) -> bool {
+        self.parsed.host == self.auth.auth_host
+    }
+
+    /// True when heim serves `host` (a route or a certificate names it).
+    fn serves(&self, host: &str) -> bool {
+        host == self.auth.auth_host
+            || self.conn.shared.routes.load().names_host(host)
+            || self.conn.shared.certs.load().covers(host)
+    }
+
+    fn session<B>(&self, req: &Request<B>) -> Option<Session> {
+        self.auth
+            .session(req.headers(), &self.conn.shared.auth_state)
+    }
+
+    /// `rd` if safe, else heim's own `me` page on the auth host.
+    fn return_url(&self, rd: Option<&str>) -> String {
+        rd.and_then(|rd| safe_return_url(rd, |h| self.serves(h)))
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("{}/.heim/me", self.auth_origin()))
+    }
+
+    // === login ===
+
+    fn login_page<B>(&self, req: &Request<B>) -> Response<ProxyBody> {
+        let query = req.uri().query().unwrap_or("");
+        if !self.on_auth_host() {
+            // Sign-in happens on the auth host; carry the query over.
+            return redirect(&format!("{}/.heim/login?{query}", self.auth_origin()));
+        }
+        let rd = self.return_url(query_param(query, "rd").as_deref());
+        if let Some(session) = self.session(req) {
+            return self.finish(session, &rd, None);
+        }
+        let chosen = query_param(query, "provider");
+        let provider = match (chosen.as_deref(), self.auth.providers.as_slice()) {
+            (Some(name), _) => self.auth.provider(name),
+            (None, [only]) => Some(only),
+            _ => None,
+        };
+        let Some(provider) = provider else {
+            return self.chooser(&rd);
+        };
+        match &provider.imp {
+            ProviderImpl::Local(_) => self.local_form(&provider.name, &rd, None, StatusCode::OK),
+        }
+    }
+
+    /// The list of providers, when there are several.
+    fn chooser(&self, rd: &str) -> Response<ProxyBody> {
+        let mut items = String::new();
+        for p in &self.auth.providers {
+            let _ = write!(
+                items,
+                "<li><a href=\"/.heim/login?provider={}&amp;rd={}\">Sign in with {}</a></li>",
+                url_encode(&p.name),
+                url_encode(rd),
+                escape(&p.name)
+            );
+        }
+        page(StatusCode::OK, "Sign in", &format!("<ul>{items}</ul>"))
+    }
+
+    /// heim's sign-in form for a local provider, with a fresh attempt.
+    fn local_form(
+        &self,
+        provider: &str,
+        rd: &str,
+        error: Option<&str>,
+        status: StatusCode,
+    ) -> Response<ProxyBody> {
+        let state = random_token(16);
+        let pre = PreAuth {
+            state: state.clone(),
+            rd: rd.to_string(),
+            provider: provider.to_string(),
+            exp: unix_now() + PRE_AUTH_TTL,
+        };
+        let sealed = self.auth.sealer.seal(Purpose::PreAuth, &pre);
+        let error = error
+            .map(|e| format!("<p class=\"error\" role=\"alert\">{}</p>", escape(e)))
+            .unwrap_or_default();
+        let body = format!(
+            "{error}<form method=\"post\" action=\"/.heim/login\">\
+             <input type=\"hidden\" name=\"state\" value=\"{state}\">\
+             <label>User <input name=\"user\" autocomplete=\"username\" required autofocus></label>\
+             <label>Password <input name=\"password\" type=\"password\" autocomplete=\"current-password\" required></label>\
+             <button type=\"submit\">Sign in</button></form>"
+        );
+        let mut resp = page(status, "Sign in", &body);
+        set_cookie(
+            &mut resp,
+            &format!("{PRE_AUTH_PREFIX}{state}"),
+            &sealed,
+            PRE_AUTH_TTL,
+        );
+        resp
+    }
+
+    async fn login_post(&self, req: Request<Incoming>) -> Result<Response<ProxyBody>, ProxyError> {
+        if !self.on_auth_host() {
+            return Err(ProxyError::NoRoute);
+        }
+        let headers = req.headers().clone();
+        let form = read_form(req).await?;
+        let field = |k: &str| form.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+        let state = field("state").unwrap_or("");
+        // The attempt must be this browser's own: its pre-auth cookie.
+        let pre: Option<PreAuth> = (!state.is_empty())
+            .then(|| cookie(&headers, &format!("{PRE_AUTH_PREFIX}{state}")))
+            .flatten()
+            .and_then(|c| self.auth.sealer.open(Purpose::PreAuth, c))
+            .filter(|p: &PreAuth| p.state == state && p.exp > unix_now());
+        let Some(pre) = pre else {
+            return Ok(page(
+                StatusCode::BAD_REQUEST,
+                "Sign-in expired",
+                "<p>This sign-in form expired or was opened in another browser. <a href=\"/.heim/login\">Start again</a>.</p>",
+            ));
+        };
+        let Some(provider) = self.auth.provider(&pre.provider) else {
+            return Err(ProxyError::BadRequest("unknown provider"));
+        };
+        let ProviderImpl::Local(users) = &provider.imp;
+        let users = users.clone();
+        let user = field("user").unwrap_or("").to_string();
+        let password = field("password").unwrap_or("").to_string();
+        let client = self
+            .parsed
+            .forwarded
+            .as_ref()
+            .map_or(self.conn.remote.ip(), |f| f.client);
+        let throttle = &self.conn.shared.auth_state.throttle;
+        if let Err(wait) = throttle.check(&user, client) {
+            let msg = format!(
+                "Too many failed attempts: try again in {} s.",
+                wait.as_secs().max(1)
+            );
+            let mut resp = self.local_form(
+                &pre.provider,
+                &pre.rd,
+                Some(&msg),
+                StatusCode::TOO_MANY_REQUESTS,
+            );
+            if let Ok(v) = HeaderValue::from_str(&wait.as_secs().max(1).to_string()) {
+                resp.headers_mut().insert(http::header::RETRY_AFTER, v);
+            }
+            return Ok(resp);
+        }
+        // bcrypt and argon2 are slow on purpose: off the event loop.
+        let ok = {
+            let name = user.clone();
+            tokio::task::spawn_blocking(move || users.verify(&name, &password))
+                .await
+                .unwrap_or(false)
+        };
+        throttle.record(&user, client, ok);
+        if !ok {
+            tracing::info!(provider = %pre.provider, user = %user, %client, "local sign-in failed");
+            return Ok(self.local_form(
+                &pre.provider,
+                &pre.rd,
+                Some("Wrong user name or password."),
+                StatusCode::UNAUTHORIZED,
+            ));
+        }
+        tracing::info!(provider = %pre.provider, user = %user, "signed in");
+        let email = super::policy::valid_email(&user).map(|_| user.clone());
+        let session = Session {
+            user,
+            email,
+            groups: Vec::new(),
+            orgs: Vec::new(),
+            teams: Vec::new(),
+            provider: provider.name.clone(),
+            expires: unix_now() + self.auth.session_ttl.as_secs(),
+            id: random_token(16),
+        };
+        Ok(self.finish(session, &pre.rd, Some(&pre.state)))
+    }
+
+    /// Signed in on the auth host: set its session cookie (when new) and
+    /// send the browser on, through a hand-off when `rd` is another host.
+    fn finish(&self, session: Session, rd: &str, state: Option<&str>) -> Response<ProxyBody> {
+        let rd_host = rd
+            .strip_prefix("https://")
+            .and_then(|r| r.split(['/', '?', '#']).next())
+            .and_then(crate::route::normalize_host)
+            .map(|h| h.into_owned())
+            .unwrap_or_default();
+        let target = if rd_host == self.auth.auth_host {
+            rd.to_string()
+        } else {
+            let handoff = Handoff {
+                session: session.clone(),
+                rd: rd.to_string(),
+                aud: rd_host.clone(),
+                exp: unix_now() + HANDOFF_TTL,
+                jti: random_token(12),
+            };
+            let t = self.auth.sealer.seal(Purpose::Handoff, &handoff);
+            format!("{}/.heim/handoff?t={t}", self.origin_of(&rd_host))
+        };
+        let mut resp = redirect_see_other(&target);
+        if let Some(state) = state {
+            let ttl = session.expires.saturating_sub(unix_now());
+            let sealed = self.auth.sealer.seal(Purpose::Session, &session);
+            set_cookie(&mut resp, SESSION_COOKIE, &sealed, ttl);
+            clear_cookie(&mut resp, &format!("{PRE_AUTH_PREFIX}{state}"));
+        }
+        resp
+    }
+
+    // === handoff ===
+
+    fn handoff<B>(&self, req: &Request<B>) -> Response<ProxyBody> {
+        let t = query_param(req.uri().query().unwrap_or(""), "t").unwrap_or_default();
+        let now = unix_now();
+        let h: Option<Handoff> = self.auth.sealer.open(Purpose::Handoff, &t);
+        let valid = h.filter(|h| {
+            h.aud == self.parsed.host
+                && h.exp > now
+                && h.session.expires > now
+                && !self.conn.shared.auth_state.is_revoked(&h.session.id)
+        });
+        let Some(h) = valid.filter(|h| self.conn.shared.auth_state.use_once(&h.jti, h.exp)) else {
+            return page(
+                StatusCode::BAD_REQUEST,
+                "Sign-in link expired",
+                &format!(
+                    "<p>This sign-in link is used up or expired. <a href=\"{}/.heim/login\">Sign in again</a>.</p>",
+                    escape(&self.auth_origin())
+                ),
+            );
+        };
+        let rd = self.return_url(Some(&h.rd));
+        let mut resp = redirect(&rd);
+        let ttl = h.session.expires.saturating_sub(now);
+        let sealed = self.auth.sealer.seal(Purpose::Session, &h.session);
+        set_cookie(&mut resp, SESSION_COOKIE, &sealed, ttl);
+        resp
+    }
+
+    // === logout ===
+
+    fn logout_page<B>(&self, req: &Request<B>) -> Response<ProxyBody> {
+        let rd = query_param(req.uri().query().unwrap_or(""), "rd");
+        let Some(session) = self.session(req) else {
+            return page(
+                StatusCode::OK,
+                "Signed out",
+                "<p>You are not signed in.</p>",
+            );
+        };
+        let csrf = self.auth.sealer.seal(Purpose::Csrf, &session.id);
+        let rd = rd
+            .map(|r| {
+                format!(
+                    "<input type=\"hidden\" name=\"rd\" value=\"{}\">",
+                    escape(&r)
+                )
+            })
+            .unwrap_or_default();
+        page(
+            StatusCode::OK,
+            "Sign out",
+            &format!(
+                "<p>Signed in as <strong>{}</strong>.</p>\
+                 <form method=\"post\" action=\"/.heim/logout\">\
+                 <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">{rd}\
+                 <button type=\"submit\">Sign out</button></form>",
+                escape(&session.user)
+            ),
+        )
+    }
+
+    async fn logout_post(&self, req: Request<Incoming>) -> Result<Response<ProxyBody>, ProxyError> {
+        let session = self.session(&req);
+        let form = read_form(req).await?;
+        let field = |k: &str| form.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+        let Some(session) = session else {
+            return Ok(page(
+                StatusCode::OK,
+                "Signed out",
+                "<p>You are not signed in.</p>",
+            ));
+        };
+        // Only heim's own confirmation page can sign a user out.
+        let csrf_ok = field("csrf")
+            .and_then(|c| self.auth.sealer.open::<String>(Purpose::Csrf, c))
+            .is_some_and(|id| super::constant_time_eq(id.as_bytes(), session.id.as_bytes()));
+        if !csrf_ok {
+            return Ok(page(
+                StatusCode::FORBIDDEN,
+                "Sign out",
+                "<p>Sign out from <a href=\"/.heim/logout\">heim's own page</a>.</p>",
+            ));
+        }
+        self.conn
+            .shared
+            .auth_state
+            .revoke(&session.id, session.expires);
+        tracing::info!(user = %session.user, "signed out");
+        let next = field("rd")
+            .and_then(|rd| safe_return_url(rd, |h| self.serves(h)))
+            .map(str::to_string);
+        let mut resp = match next {
+            Some(rd) => redirect_see_other(&rd),
+            None => page(
+                StatusCode::OK,
+                "Signed out",
+                &format!(
+                    "<p>You are signed out.</p><p><a href=\"{}/.heim/login\">Sign in again</a></p>",
+                    escape(&self.auth_origin())
+                ),
+            ),
+        };
+        clear_cookie(&mut resp, SESSION_COOKIE);
+        Ok(resp)
+    }
+
+    // === me ===
+
+    fn me<B>(&self, req: &Request<B>) -> Response<ProxyBody> {
+        let wants_json = req
+            .headers()
+            .get(ACCEPT)
+            .and_then(|a| a.to_str().ok())
+            .is_some_and(|a| a.contains("application/json"));
+        let Some(s) = self.session(req) else {
+            return if wants_json {
+                json(
+                    StatusCode::UNAUTHORIZED,
+                    &serde_json::json!({ "signed_in": false }),
+                )
+            } else {
+                let here = format!("{}/.heim/me", self.origin_of(&self.parsed.host));
+                redirect(&login_url(&self.auth_origin(), &here))
+            };
+        };
+        let table = self.conn.shared.routes.load();
+        let mut routes: Vec<serde_json::Value> = table
+            .routes()
+            .filter(|r| match &r.spec.policy {
+                Policy::Public => true,
+                Policy::Allow(rules) => rules.allows(&s),
+                Policy::Deny => false,
+            })
+            .map(|r| {
+                serde_json::json!({
+                    "name": r.spec.name,
+                    "host": r.spec.host,
+                    "path": r.spec.path,
+                    "public": r.spec.policy == Policy::Public,
+                })
+            })
+            .collect();
+        routes.sort_by_key(|r| r["name"].as_str().unwrap_or("").to_string());
+        let doc = serde_json::json!({
+            "signed_in": true,
+            "user": s.user,
+            "email": s.email,
+            "groups": s.groups,
+            "github_orgs": s.orgs,
+            "github_teams": s.teams,
+            "provider": s.provider,
+            "expires": s.expires,
+            "routes": routes,
+        });
+        if wants_json {
+            return json(StatusCode::OK, &doc);
+        }
+        let mut list = String::new();
+        for r in &routes {
+            let _ = write!(
+                list,
+                "<li>{} <code>{}{}</code></li>",
+                escape(r["name"].as_str().unwrap_or("")),
+                escape(r["host"].as_str().unwrap_or("*")),
+                escape(r["path"].as_str().unwrap_or(""))
+            );
+        }
+        page(
+            StatusCode::OK,
+            "Signed in",
+            &format!(
+                "<p>Signed in as <strong>{}</strong>{} with {}.</p><p>Groups: {}</p>\
+                 <h2>Routes you may use</h2><ul>{list}</ul>\
+                 <p><a href=\"/.heim/logout\">Sign out</a></p>",
+                escape(&s.user),
+                s.email
+                    .as_deref()
+                    .map(|e| format!(" ({})", escape(e)))
+                    .unwrap_or_default(),
+                escape(&s.provider),
+                escape(&s.groups.join(", ")),
+            ),
+        )
+    }
+}
+
+/// `https://host[:port]`.
+pub fn origin(host: &str, port: u16) -> String {
+    if port == 443 {
+        format!("https://{host}")
+    } else {
+        format!("https://{host}:{port}")
+    }
+}
+
+/// The auth host's login page, returning to `rd`.
+pub fn login_url(auth_origin: &str, rd: &str) -> String {
+    format!("{auth_origin}/.heim/login?rd={}", url_encode(rd))
+}
+
+/// The 403 page: who the user is, and how to switch account.
+pub fn denied_page(d: &Denied) -> String {
+    render(
+        "Access denied",
+        &format!(
+            "<p>You are signed in as <strong>{}</strong>{}, and this page is not open to you.</p>\
+             <p><a href=\"{}\">Sign in as someone else</a></p>",
+            escape(&d.user),
+            d.email
+                .as_deref()
+                .map(|e| format!(" ({})", escape(e)))
+                .unwrap_or_default(),
+            escape(&d.switch_url),
+        ),
+    )
+}
+
+/// Reads an `application/x-www-form-urlencoded` body (bounded).
+async fn read_form(req: Request<Incoming>) -> Result<Vec<(String, String)>, ProxyError> {
+    let body = http_body_util::Limited::new(req.into_body(), MAX_FORM);
+    let bytes: Bytes = tokio::time::timeout(Duration::from_secs(10), body.collect())
+        .await
+        .map_err(|_| ProxyError::ClientTimeout)?
+        .map_err(|_| ProxyError::BadRequest("unreadable form"))?
+        .to_bytes();
+    let text =
+        std::str::from_utf8(&bytes).map_err(|_| ProxyError::BadRequest("form is not UTF-8"))?;
+    Ok(text
+        .split('&')
+        .filter(|kv| !kv.is_empty())
+        .map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            (form_decode(k), form_decode(v))
+        })
+        .collect())
+}
+
+/// A query parameter, decoded.
+pub fn query_param(query: &str, name: &str) -> Option<String> {
+    query.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        (form_decode(k) == name).then(|| form_decode(v))
+    })
+}
+
+/// Decodes `+` and `%XX` (invalid escapes stay as they are).
+fn form_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        match (
+            b[i],
+            b.get(i + 1).copied().and_then(hex),
+            b.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (b'+', _, _) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (c, _, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Percent-encodes everything but unreserved characters.
+pub fn url_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    out
+}
+
+/// HTML-escapes text and attribute values.
+pub fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn render(title: &str, body: &str) -> String {
+    format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta name=\"viewport\" content=\"width=device-width\"><title>{t} · heim</title>\
+         <style>body{{font-family:system-ui,sans-serif;max-width:32rem;margin:4rem auto;padding:0 1rem}}\
+         label{{display:block;margin:.5rem 0}}input{{display:block;width:100%}}.error{{color:#b00}}</style>\
+         </head><body><h1>{t}</h1>{body}</body></html>",
+        t = escape(title)
+    )
+}
+
+fn page(status: StatusCode, title: &str, body: &str) -> Response<ProxyBody> {
+    let mut resp = Response::new(ProxyBody::local(render(title, body)));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(
+        "content-security-policy",
+        HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'"),
+    );
+    h.insert("x-frame-options", HeaderValue::from_static("DENY"));
+    resp
+}
+
+fn json(status: StatusCode, v: &serde_json::Value) -> Response<ProxyBody> {
+    let mut resp = Response::new(ProxyBody::local(v.to_string()));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+fn redirect_with(status: StatusCode, to: &str) -> Response<ProxyBody> {
+    let mut resp = Response::new(ProxyBody::local(""));
+    *resp.status_mut() = status;
+    if let Ok(v) = HeaderValue::from_str(to) {
+        resp.headers_mut().insert(LOCATION, v);
+    }
+    resp.headers_mut()
+        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+fn redirect(to: &str) -> Response<ProxyBody> {
+    redirect_with(StatusCode::FOUND, to)
+}
+
+/// After a POST: the browser follows with a GET.
+fn redirect_see_other(to: &str) -> Response<ProxyBody> {
+    redirect_with(StatusCode::SEE_OTHER, to)
+}
+
+fn set_cookie(resp: &mut Response<ProxyBody>, name: &str, value: &str, max_age: u64) {
+    let c = format!("{name}={value}; Path=/; Secure; HttpOnly; SameSite=Lax; Max-Age={max_age}");
+    if let Ok(v) = HeaderValue::from_str(&c) {
+        resp.headers_mut().append(SET_COOKIE, v);
+    }
+}
+
+fn clear_cookie(resp: &mut Response<ProxyBody>, name: &str) {
+    set_cookie(resp, name, "", 0);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encoding_round_trips() {
+        let rd = "https://app.test:8443/a b?x=1&y=/%2F";
+        assert_eq!(form_decode(&url_encode(rd)), rd);
+        assert_eq!(
+            query_param("a=1&rd=https%3A%2F%2Fx%2F&b", "rd").as_deref(),
+            Some("https://x/")
+        );
+        assert_eq!(query_param("a=1", "rd"), None);
+        assert_eq!(form_decode("a+b%zz"), "a b%zz");
+        assert_eq!(
+            escape("<a href=\"x\">'&"),
+            "&lt;a href=&quot;x&quot;&gt;&#39;&amp;"
+        );
+    }
+}
