@@ -558,6 +558,7 @@ impl Cx<'_> {
         }
         let https_listen = https_listen?;
         let default_port = i64::from(https_listen.port());
+        // 0 (listening on port 0, e.g. in tests): the port the listener gets.
         let https_port =
             self.int_in("server.https_port", &s.https_port, 1..65536, default_port) as u16;
         Some(ServerSettings {

@@ -76,6 +76,7 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
         None => None,
     };
     let https_addr = https[0].local_addr()?;
+    shared.bound_https_port.store(https_addr.port(), Relaxed);
     let http_addr = http[0].as_ref().map(|l| l.local_addr()).transpose()?;
     let admin_addr = admin.as_ref().map(|l| l.local_addr()).transpose()?;
 

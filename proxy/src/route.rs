@@ -88,6 +88,10 @@ pub struct RouteSpec {
 pub struct Route {
     pub spec: RouteSpec,
     pub metrics: Arc<crate::metrics::RouteMetrics>,
+    /// Every header any route of the table names in `identity_headers`:
+    /// removed from every request (a public route may share a backend
+    /// that trusts them).
+    pub identity_names: Arc<[http::HeaderName]>,
 }
 
 /// Two routes that claim the same host, path and path type.
@@ -168,9 +172,20 @@ impl RouteTable {
     ) -> Result<Self, Vec<DuplicateRoute>> {
         let mut table = RouteTable::default();
         let mut dups = Vec::new();
+        let mut names: Vec<http::HeaderName> = specs
+            .iter()
+            .flat_map(|s| s.identity_headers.iter().map(|(n, _)| n.clone()))
+            .collect();
+        names.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        names.dedup();
+        let identity_names: Arc<[http::HeaderName]> = names.into();
         for (index, spec) in specs.into_iter().enumerate() {
             let metrics = metrics_for(&spec.name);
-            let route = Arc::new(Route { spec, metrics });
+            let route = Arc::new(Route {
+                spec,
+                metrics,
+                identity_names: identity_names.clone(),
+            });
             let slot = match route.spec.host.as_deref() {
                 None => table.any_host.get_or_insert_with(HostRoutes::default),
                 Some(h) => match h.strip_prefix("*.") {

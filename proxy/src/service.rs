@@ -446,7 +446,7 @@ pub fn authorize<B>(
     let Some(auth) = auth else {
         return Err(ProxyError::Forbidden);
     };
-    let port = conn.shared.settings.load().https_port;
+    let port = conn.shared.https_port();
     let auth_origin = crate::auth::endpoints::origin(&auth.auth_host, port);
     let here = {
         let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
@@ -499,7 +499,7 @@ fn identify<B>(
     auth: &Auth,
     conn: &ConnCtx,
 ) {
-    let port = conn.shared.settings.load().https_port;
+    let port = conn.shared.https_port();
     let iss = crate::auth::endpoints::origin(&auth.auth_host, port);
     let jwt = crate::auth::jwt::for_request(&auth.signing, &iss, &parsed.host, s);
     let h = req.headers_mut();
@@ -575,8 +575,8 @@ pub fn rewrite<B>(
     )?;
     let h = req.headers_mut();
     headers::clean(h, true, upgrade);
-    // The route's own identity headers are heim's to set, like `X-Heim-*`.
-    for (name, _) in &route.spec.identity_headers {
+    // Identity headers any route names are heim's to set, like `X-Heim-*`.
+    for name in route.identity_names.iter() {
         h.remove(name);
     }
     conn.forwarded
@@ -742,7 +742,7 @@ fn set_upstream_uri<B>(
 /// The same host, path and query over https. Only hosts heim has routes or
 /// certificates for get here, so this is never an open redirect.
 fn https_url<B>(host: &str, req: &Request<B>, conn: &ConnCtx) -> Option<HeaderValue> {
-    let port = conn.shared.settings.load().https_port;
+    let port = conn.shared.https_port();
     let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
     let host = if host.contains(':') {
         format!("[{host}]")

@@ -2,7 +2,7 @@
 //! settings (each a snapshot behind an `ArcSwap`, replaced whole on reload),
 //! the metrics, and the drain signal.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
@@ -29,6 +29,8 @@ pub struct Shared {
     pub draining: AtomicBool,
     /// Workers that have started accepting.
     pub workers_ready: AtomicUsize,
+    /// The port the https listener got, for `https_listen` on port 0.
+    pub bound_https_port: AtomicU16,
 }
 
 /// Everything a config file compiles to, ready to swap in.
@@ -115,7 +117,17 @@ impl Shared {
             metrics,
             draining: AtomicBool::new(false),
             workers_ready: AtomicUsize::new(0),
+            bound_https_port: AtomicU16::new(0),
         })
+    }
+
+    /// The https port in URLs heim makes (redirects, sign-in): `https_port`,
+    /// or the port the listener got when it was asked for port 0.
+    pub fn https_port(&self) -> u16 {
+        match self.settings.load().https_port {
+            0 => self.bound_https_port.load(Relaxed),
+            p => p,
+        }
     }
 
     /// Swaps in a new compiled config; requests in flight keep the old one.

@@ -91,7 +91,7 @@ struct Cx<'a> {
 
 impl Cx<'_> {
     fn https_port(&self) -> u16 {
-        self.conn.shared.settings.load().https_port
+        self.conn.shared.https_port()
     }
 
     /// `https://HOST[:port]`.

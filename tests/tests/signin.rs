@@ -1,0 +1,554 @@
+//! Sign-in against the real binary, by HTTP exchanges a browser would make
+//! (its cookies kept by hand): local users, sessions carried to a route's
+//! host by a one-time hand-off, policies, identity headers and the JWT, and
+//! the attacks the issue names.
+
+use std::collections::BTreeMap;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use heim_e2e::{env, Body, Env, Heim, Reply};
+
+const PASSWORD: &str = "correct horse";
+
+/// heim with sign-in: `auth.wild.test` is the auth host; `app.test/private`
+/// admits `alice@example.com`, `app.test/admin` only `root@example.com`,
+/// `app.test/` is public.
+fn start(e: &Env, extra_routes: &str) -> Heim {
+    let hash = bcrypt::hash(PASSWORD, 4).unwrap();
+    std::fs::write(
+        e.dir.join("users.txt"),
+        format!("alice@example.com:{hash}\nbob:{hash}\n"),
+    )
+    .unwrap();
+    std::fs::write(e.dir.join("cookie.secret"), [7u8; 32]).unwrap();
+    let config = heim_e2e::config(
+        "",
+        &format!(
+            r#"
+[auth]
+auth_host = "auth.wild.test"
+cookie_secret_file = "cookie.secret"
+signing_key_file = "jwt.pem"
+session_ttl = "1h"
+
+[[auth.provider]]
+name = "local"
+kind = "local"
+users_file = "users.txt"
+
+[[route]]
+host = "app.test"
+path = "/"
+echo = true
+public = true
+
+[[route]]
+host = "app.test"
+path = "/private"
+echo = true
+allow_emails = ["alice@example.com"]
+identity_headers = {{ "X-WEBAUTH-USER" = "email" }}
+
+[[route]]
+host = "app.test"
+path = "/admin"
+echo = true
+allow_emails = ["root@example.com"]
+{extra_routes}
+"#
+        ),
+    );
+    Heim::start(&e.dir, &config).expect("start")
+}
+
+/// A browser, as far as heim can tell: cookies per host, HTML wanted.
+struct Browser<'a> {
+    e: &'a Env,
+    heim: &'a Heim,
+    cookies: BTreeMap<String, BTreeMap<String, String>>,
+}
+
+impl<'a> Browser<'a> {
+    fn new(e: &'a Env, heim: &'a Heim) -> Self {
+        Self {
+            e,
+            heim,
+            cookies: BTreeMap::new(),
+        }
+    }
+
+    /// One request to `https://host:port/path` (or a path on `host`).
+    async fn go(&mut self, method: &str, url: &str, form: Option<&str>) -> Reply {
+        let rest = url.strip_prefix("https://").expect("an https URL");
+        let (authority, pq) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+        let host = authority.split(':').next().unwrap().to_string();
+        let mut b = http::Request::builder()
+            .method(method)
+            .uri(if pq.is_empty() { "/" } else { pq })
+            .header("host", &host)
+            .header("accept", "text/html,application/xhtml+xml");
+        if let Some(jar) = self.cookies.get(&host) {
+            let c: Vec<String> = jar.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            if !c.is_empty() {
+                b = b.header("cookie", c.join("; "));
+            }
+        }
+        if form.is_some() {
+            b = b.header("content-type", "application/x-www-form-urlencoded");
+        }
+        let body = form.map(|f| Body::from(f.to_string())).unwrap_or_default();
+        let r = self
+            .e
+            .client
+            .request(self.heim.https, b.body(body).unwrap())
+            .await
+            .unwrap();
+        for sc in r.headers.get_all("set-cookie") {
+            let sc = sc.to_str().unwrap();
+            let (kv, _) = sc.split_once(';').unwrap_or((sc, ""));
+            let (k, v) = kv.split_once('=').unwrap();
+            let jar = self.cookies.entry(host.clone()).or_default();
+            if v.is_empty() || sc.contains("Max-Age=0") {
+                jar.remove(k);
+            } else {
+                jar.insert(k.to_string(), v.to_string());
+            }
+        }
+        r
+    }
+
+    async fn get(&mut self, url: &str) -> Reply {
+        self.go("GET", url, None).await
+    }
+
+    fn url(&self, host: &str, pq: &str) -> String {
+        format!("https://{host}:{}{pq}", self.heim.https.port())
+    }
+}
+
+fn location(r: &Reply) -> String {
+    r.headers
+        .get("location")
+        .unwrap_or_else(|| panic!("no Location in {} {:?}", r.status, r.body))
+        .to_str()
+        .unwrap()
+        .to_string()
+}
+
+fn hidden(body: &[u8], name: &str) -> String {
+    let html = String::from_utf8_lossy(body);
+    let needle = format!("name=\"{name}\" value=\"");
+    let start = html
+        .find(&needle)
+        .unwrap_or_else(|| panic!("no {name} in {html}"))
+        + needle.len();
+    html[start..start + html[start..].find('"').unwrap()].to_string()
+}
+
+fn enc(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// Signs `user` in starting from `start_url`; returns the last response.
+async fn sign_in(b: &mut Browser<'_>, start_url: &str, user: &str, password: &str) -> Reply {
+    let r = b.get(start_url).await;
+    assert_eq!(r.status, 302, "{:?}", r.body);
+    let login = location(&r);
+    let form = b.get(&login).await;
+    assert_eq!(form.status, 200, "{:?}", form.body);
+    let state = hidden(&form.body, "state");
+    let post_url = b.url("auth.wild.test", "/.heim/login");
+    let body = format!(
+        "state={state}&user={}&password={}",
+        enc(user),
+        enc(password)
+    );
+    b.go("POST", &post_url, Some(&body)).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_sign_in_hands_the_session_to_the_route_host() {
+    let e = env("signin-flow");
+    let heim = start(&e, "");
+    let mut b = Browser::new(&e, &heim);
+    let private = b.url("app.test", "/private/x?y=1");
+
+    // Not signed in: a browser is sent to the auth host, with rd.
+    let r = b.get(&private).await;
+    assert_eq!(r.status, 302);
+    let login = location(&r);
+    assert!(
+        login.starts_with(&b.url(
+            "auth.wild.test",
+            "/.heim/login?rd=https%3A%2F%2Fapp.test%3A"
+        )),
+        "{login}"
+    );
+    // A script gets 401.
+    let api = e
+        .client
+        .request(
+            heim.https,
+            http::Request::get("/private")
+                .header("host", "app.test")
+                .header("accept", "application/json")
+                .body(Body::default())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(api.status, 401);
+    assert!(api.headers.contains_key("www-authenticate"));
+
+    let done = sign_in(&mut b, &private, "alice@example.com", PASSWORD).await;
+    assert_eq!(done.status, 303, "{:?}", done.body);
+    // The auth host's own session cookie, with every attribute.
+    let set: Vec<&str> = done
+        .headers
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .collect();
+    let session = set
+        .iter()
+        .find(|c| c.starts_with("__Host-heim-session="))
+        .expect("a session cookie");
+    for attr in ["Path=/", "Secure", "HttpOnly", "SameSite=Lax", "Max-Age="] {
+        assert!(session.contains(attr), "{session}");
+    }
+    assert!(!session.contains("Domain"), "host-only: {session}");
+    assert!(session.len() < 4096);
+    let handoff = location(&done);
+    assert!(
+        handoff.starts_with(&b.url("app.test", "/.heim/handoff?t=")),
+        "{handoff}"
+    );
+
+    // The hand-off sets app.test's own cookie and returns to the page.
+    let r = b.get(&handoff).await;
+    assert_eq!(r.status, 302);
+    assert_eq!(location(&r), private);
+    assert!(b.cookies["app.test"].contains_key("__Host-heim-session"));
+    // It works once.
+    let mut other = Browser::new(&e, &heim);
+    assert_eq!(other.get(&handoff).await.status, 400, "a replayed hand-off");
+
+    let r = b.get(&private).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let j = r.json();
+    assert_eq!(j["identity"]["user"], "alice@example.com");
+    assert_eq!(j["headers"]["x-heim-user"], "alice@example.com");
+    assert_eq!(j["headers"]["x-heim-email"], "alice@example.com");
+    assert_eq!(j["headers"]["x-webauth-user"], "alice@example.com");
+    let jwt = j["headers"]["x-heim-jwt"]
+        .as_str()
+        .expect("a JWT")
+        .to_string();
+    verify_jwt(&mut b, &jwt, "app.test").await;
+
+    // Someone the policy does not name: the 403 page says who they are.
+    let r = b.get(&b.url("app.test", "/admin")).await;
+    assert_eq!(r.status, 403);
+    let page = String::from_utf8_lossy(&r.body);
+    assert!(page.contains("alice@example.com"), "{page}");
+    assert!(page.contains("/.heim/logout"), "{page}");
+
+    // /.heim/me: the user and the routes they may use, never a token.
+    let me = e
+        .client
+        .request(heim.https, {
+            let c = format!(
+                "__Host-heim-session={}",
+                b.cookies["app.test"]["__Host-heim-session"]
+            );
+            http::Request::get("/.heim/me")
+                .header("host", "app.test")
+                .header("accept", "application/json")
+                .header("cookie", c)
+                .body(Body::default())
+                .unwrap()
+        })
+        .await
+        .unwrap();
+    let j = me.json();
+    assert_eq!(j["user"], "alice@example.com");
+    let names: Vec<&str> = j["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["path"].as_str().unwrap())
+        .collect();
+    assert!(
+        names.contains(&"/private") && !names.contains(&"/admin"),
+        "{names:?}"
+    );
+    let text = j.to_string();
+    assert!(!text.contains("__Host") && !text.contains("eyJ"), "{text}");
+}
+
+/// Checks a JWT's ES256 signature against `/.heim/jwks.json` and its claims.
+async fn verify_jwt(b: &mut Browser<'_>, jwt: &str, aud: &str) {
+    let jwks = b
+        .get(&b.url("auth.wild.test", "/.heim/jwks.json"))
+        .await
+        .json();
+    let k = &jwks["keys"][0];
+    let parts: Vec<&str> = jwt.split('.').collect();
+    let header: serde_json::Value =
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[0]).unwrap()).unwrap();
+    assert_eq!(header["alg"], "ES256");
+    assert_eq!(header["kid"], k["kid"]);
+    let claims: serde_json::Value =
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[1]).unwrap()).unwrap();
+    assert_eq!(claims["aud"], aud);
+    assert_eq!(claims["iss"], b.url("auth.wild.test", ""));
+    let ttl = claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap();
+    assert!(ttl <= 300, "{ttl}");
+    let mut point = vec![4u8];
+    point.extend(URL_SAFE_NO_PAD.decode(k["x"].as_str().unwrap()).unwrap());
+    point.extend(URL_SAFE_NO_PAD.decode(k["y"].as_str().unwrap()).unwrap());
+    let sig = URL_SAFE_NO_PAD.decode(parts[2]).unwrap();
+    use aws_lc_rs::signature::{UnparsedPublicKey, ECDSA_P256_SHA256_FIXED};
+    UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, &point)
+        .verify(format!("{}.{}", parts[0], parts[1]).as_bytes(), &sig)
+        .expect("the JWT verifies with the JWKS key");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_passwords_and_unknown_users_look_alike_and_slow_down() {
+    let e = env("signin-fail");
+    let heim = start(&e, "");
+    let mut answers = Vec::new();
+    for (user, password) in [("alice@example.com", "wrong"), ("nobody", PASSWORD)] {
+        let mut b = Browser::new(&e, &heim);
+        let r = sign_in(
+            &mut b,
+            &format!("https://app.test:{}/private", heim.https.port()),
+            user,
+            password,
+        )
+        .await;
+        assert_eq!(r.status, 401);
+        let text = String::from_utf8_lossy(&r.body).into_owned();
+        // The same page but for the fresh attempt's state token.
+        let state = hidden(&r.body, "state");
+        answers.push(text.replace(&state, "STATE"));
+        assert!(!b
+            .cookies
+            .get("auth.wild.test")
+            .is_some_and(|j| j.contains_key("__Host-heim-session")));
+    }
+    assert_eq!(
+        answers[0], answers[1],
+        "unknown user and wrong password answer alike"
+    );
+    // A third failure for alice, then she is slowed down, right password or not.
+    let mut b = Browser::new(&e, &heim);
+    let r = sign_in(
+        &mut b,
+        &format!("https://app.test:{}/private", heim.https.port()),
+        "alice@example.com",
+        "x",
+    )
+    .await;
+    assert_eq!(r.status, 401);
+    let r = sign_in(
+        &mut b,
+        &format!("https://app.test:{}/private", heim.https.port()),
+        "alice@example.com",
+        "y",
+    )
+    .await;
+    assert_eq!(r.status, 429);
+    assert!(r.headers.contains_key("retry-after"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logout_needs_heims_own_form_and_revokes_the_session_everywhere() {
+    let e = env("signin-logout");
+    let heim = start(&e, "");
+    let mut b = Browser::new(&e, &heim);
+    let private = b.url("app.test", "/private");
+    let done = sign_in(&mut b, &private, "alice@example.com", PASSWORD).await;
+    b.get(&location(&done)).await;
+    assert_eq!(b.get(&private).await.status, 200);
+    let stolen = b.cookies["app.test"]["__Host-heim-session"].clone();
+
+    // CSRF: a POST without heim's token signs nobody out.
+    let r = b
+        .go("POST", &b.url("app.test", "/.heim/logout"), Some(""))
+        .await;
+    assert_eq!(r.status, 403);
+    assert_eq!(b.get(&private).await.status, 200);
+
+    let page = b.get(&b.url("app.test", "/.heim/logout")).await;
+    assert_eq!(page.status, 200);
+    let csrf = hidden(&page.body, "csrf");
+    let r = b
+        .go(
+            "POST",
+            &b.url("app.test", "/.heim/logout"),
+            Some(&format!("csrf={csrf}")),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(b.get(&private).await.status, 302, "signed out");
+    // A copy of the cookie stops working too, on every host.
+    let mut thief = Browser::new(&e, &heim);
+    thief
+        .cookies
+        .entry("app.test".into())
+        .or_default()
+        .insert("__Host-heim-session".into(), stolen);
+    assert_eq!(thief.get(&private).await.status, 302);
+    let auth_me = b.get(&b.url("auth.wild.test", "/.heim/me")).await;
+    assert_eq!(auth_me.status, 302, "the auth host's session is gone too");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_cookies_tokens_and_identity_headers_get_nowhere() {
+    let e = env("signin-forged");
+    let heim = start(&e, "");
+    let mut b = Browser::new(&e, &heim);
+    let private = b.url("app.test", "/private");
+    let done = sign_in(&mut b, &private, "alice@example.com", PASSWORD).await;
+    b.get(&location(&done)).await;
+    let good = b.cookies["app.test"]["__Host-heim-session"].clone();
+
+    let mut tampered = good.clone().into_bytes();
+    let i = tampered.len() / 2;
+    tampered[i] = if tampered[i] == b'A' { b'B' } else { b'A' };
+    let tampered = String::from_utf8(tampered).unwrap();
+    let none_jwt = format!(
+        "{}.{}.",
+        URL_SAFE_NO_PAD.encode(r#"{"alg":"none","typ":"JWT"}"#),
+        URL_SAFE_NO_PAD
+            .encode(r#"{"sub":"alice@example.com","email":"alice@example.com","exp":9999999999}"#)
+    );
+    let cases: Vec<(&str, String)> = vec![
+        ("cookie", format!("__Host-heim-session={tampered}")),
+        (
+            "cookie",
+            format!("__Host-heim-session={}", &good[..good.len() - 4]),
+        ),
+        ("cookie", "__Host-heim-session=".to_string()),
+        ("authorization", format!("Bearer {none_jwt}")),
+        ("authorization", format!("Bearer {good}")),
+    ];
+    for (name, value) in cases {
+        let r = e
+            .client
+            .request(
+                heim.https,
+                http::Request::get("/private")
+                    .header("host", "app.test")
+                    .header(name, &value)
+                    .body(Body::default())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status, 401, "{name}: {value}");
+    }
+    // Forged identity headers never reach the backend, with or without a session.
+    let forged = [
+        ("x-heim-user", "root@example.com"),
+        ("x-heim-email", "root@example.com"),
+        ("x_heim_email", "root@example.com"),
+        ("x-webauth-user", "root@example.com"),
+        ("x-forwarded-user", "root@example.com"),
+    ];
+    let mut req = http::Request::get("/private")
+        .header("host", "app.test")
+        .header("cookie", format!("__Host-heim-session={good}"));
+    for (k, v) in forged {
+        req = req.header(k, v);
+    }
+    let j = e
+        .client
+        .request(heim.https, req.body(Body::default()).unwrap())
+        .await
+        .unwrap()
+        .json();
+    assert_eq!(j["headers"]["x-heim-email"], "alice@example.com");
+    assert_eq!(j["headers"]["x-webauth-user"], "alice@example.com");
+    assert!(j["headers"].get("x_heim_email").is_none());
+    assert!(j["headers"].get("x-forwarded-user").is_none());
+    let mut req = http::Request::get("/").header("host", "app.test");
+    for (k, v) in forged {
+        req = req.header(k, v);
+    }
+    let j = e
+        .client
+        .request(heim.https, req.body(Body::default()).unwrap())
+        .await
+        .unwrap()
+        .json();
+    for (k, _) in forged {
+        assert!(j["headers"].get(k).is_none(), "{k} on a public route");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn return_urls_never_leave_the_hosts_heim_serves() {
+    let e = env("signin-rd");
+    let heim = start(&e, "");
+    let port = heim.https.port();
+    let evil = [
+        "//evil.com".to_string(),
+        "https:evil.com".into(),
+        "\\\\evil.com".into(),
+        "/%09/evil.com".into(),
+        "https://app.test@evil.com/".into(),
+        format!("https://app.test:{port}@evil.com/"),
+        "https://evil.com/".into(),
+        "javascript:alert(1)".into(),
+        "data:text/html,x".into(),
+        "http://app.test/".into(),
+    ];
+    for rd in &evil {
+        let mut b = Browser::new(&e, &heim);
+        let start_url = b.url("auth.wild.test", &format!("/.heim/login?rd={}", enc(rd)));
+        let form = b.get(&start_url).await;
+        assert_eq!(form.status, 200);
+        let state = hidden(&form.body, "state");
+        let body = format!("state={state}&user=bob&password={}", enc(PASSWORD));
+        let r = b
+            .go(
+                "POST",
+                &b.url("auth.wild.test", "/.heim/login"),
+                Some(&body),
+            )
+            .await;
+        assert_eq!(r.status, 303);
+        let to = location(&r);
+        assert_eq!(
+            to,
+            b.url("auth.wild.test", "/.heim/me"),
+            "rd {rd:?} went to {to}"
+        );
+    }
+    // A pre-auth state from another browser (no cookie) is refused.
+    let mut a = Browser::new(&e, &heim);
+    let form = a.get(&a.url("auth.wild.test", "/.heim/login")).await;
+    let state = hidden(&form.body, "state");
+    let mut other = Browser::new(&e, &heim);
+    let body = format!("state={state}&user=bob&password={}", enc(PASSWORD));
+    let r = other
+        .go(
+            "POST",
+            &other.url("auth.wild.test", "/.heim/login"),
+            Some(&body),
+        )
+        .await;
+    assert_eq!(r.status, 400);
+}
