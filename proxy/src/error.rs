@@ -38,6 +38,8 @@ pub enum ProxyError {
     MethodNotAllowed,
     #[error("malformed request body")]
     MalformedBody,
+    #[error("the client went away while sending its body")]
+    ClientAborted,
     #[error("request body too large")]
     BodyTooLarge,
     #[error("the client stopped sending its request")]
@@ -63,7 +65,9 @@ impl ProxyError {
             ProxyError::SignIn { .. } => StatusCode::FOUND,
             ProxyError::Unauthorized => StatusCode::UNAUTHORIZED,
             ProxyError::Denied(_) => StatusCode::FORBIDDEN,
-            ProxyError::BadRequest(_) | ProxyError::MalformedBody => StatusCode::BAD_REQUEST,
+            ProxyError::BadRequest(_) | ProxyError::MalformedBody | ProxyError::ClientAborted => {
+                StatusCode::BAD_REQUEST
+            }
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::Forbidden => StatusCode::FORBIDDEN,
             ProxyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -83,6 +87,7 @@ impl ProxyError {
         Some(match self {
             ProxyError::BadRequest(_) | ProxyError::MethodNotAllowed => ClientErrorKind::BadRequest,
             ProxyError::MalformedBody => ClientErrorKind::MalformedBody,
+            ProxyError::ClientAborted => ClientErrorKind::BodyAborted,
             ProxyError::BodyTooLarge => ClientErrorKind::BodyTooLarge,
             ProxyError::ClientTimeout => ClientErrorKind::BodyTimeout,
             _ => return None,

@@ -91,15 +91,18 @@ pub enum ClientErrorKind {
     /// A PROXY protocol header that was malformed, missing, or from an
     /// untrusted address: the connection was closed.
     ProxyProtocol = 5,
+    /// The client went away in the middle of its request body.
+    BodyAborted = 6,
 }
 
-const CLIENT_ERROR_KINDS: [&str; 6] = [
+const CLIENT_ERROR_KINDS: [&str; 7] = [
     "bad_request",
     "malformed_body",
     "body_too_large",
     "body_timeout",
     "stream_reset",
     "proxy_protocol",
+    "body_aborted",
 ];
 
 /// Every metric heim exports.
@@ -109,7 +112,7 @@ pub struct Metrics {
     /// Requests that matched no route (404) or were malformed (400).
     pub unrouted: Arc<RouteMetrics>,
     pub upstream_errors: [AtomicU64; 5],
-    pub client_errors: [AtomicU64; 6],
+    pub client_errors: [AtomicU64; 7],
     /// HTTP/2 connections closed with GOAWAY `ENHANCE_YOUR_CALM`.
     pub h2_calm_goaways: AtomicU64,
     pub connections_open: AtomicU64,

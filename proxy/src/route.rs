@@ -261,21 +261,28 @@ pub fn wildcard_suffix(host: &str) -> Option<&str> {
 /// Lowercases a `Host` value and strips its port. `None` if it is not a
 /// plausible host name or address (the request gets a 400).
 pub fn normalize_host(raw: &str) -> Option<Cow<'_, str>> {
-    let host = if let Some(rest) = raw.strip_prefix('[') {
+    host_and_port(raw).map(|(h, _)| h)
+}
+
+/// A `Host` value's normalised host and its port, if it names one.
+pub fn host_and_port(raw: &str) -> Option<(Cow<'_, str>, Option<u16>)> {
+    let (host, port) = if let Some(rest) = raw.strip_prefix('[') {
         // IPv6 literal: keep the brackets off, the port off.
         let end = rest.find(']')?;
         let after = &rest[end + 1..];
-        if !(after.is_empty() || valid_port(after.strip_prefix(':')?)) {
-            return None;
-        }
-        &rest[..end]
+        let port = match after {
+            "" => None,
+            a => Some(a.strip_prefix(':').filter(|p| valid_port(p))?),
+        };
+        (&rest[..end], port)
     } else {
         match raw.rsplit_once(':') {
-            Some((h, port)) if valid_port(port) => h,
+            Some((h, port)) if valid_port(port) => (h, Some(port)),
             Some(_) => return None,
-            None => raw,
+            None => (raw, None),
         }
     };
+    let port = port.map(|p| p.parse::<u16>().ok()).unwrap_or(None);
     if host.is_empty() || host.len() > 253 || host.contains("..") || host.starts_with('.') {
         return None;
     }
@@ -286,11 +293,12 @@ pub fn normalize_host(raw: &str) -> Option<Cow<'_, str>> {
         return None;
     }
     let host = host.strip_suffix('.').unwrap_or(host);
-    if host.bytes().any(|b| b.is_ascii_uppercase()) {
-        Some(Cow::Owned(host.to_ascii_lowercase()))
+    let host = if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(host.to_ascii_lowercase())
     } else {
-        Some(Cow::Borrowed(host))
-    }
+        Cow::Borrowed(host)
+    };
+    Some((host, port))
 }
 
 fn valid_port(p: &str) -> bool {

@@ -37,7 +37,8 @@ use crate::error::ProxyError;
 use crate::forward::headers::{self, X_REQUEST_ID};
 use crate::metrics::ClientErrorKind;
 use crate::route::{
-    normalize_host, normalize_path, routing_path, Backend, IdentityField, Policy, Route,
+    host_and_port, normalize_host, normalize_path, routing_path, Backend, IdentityField, Policy,
+    Route,
 };
 use crate::state::Shared;
 use crate::trust::{Forwarded, TrustedProxies};
@@ -66,6 +67,11 @@ pub struct ConnCtx {
     /// `listen` when `close_signal` fires.
     pub closing: Cell<Closing>,
     pub close_signal: tokio::sync::Notify,
+    /// What is left of the reset budget, and when it was last topped up.
+    resets_left: Cell<(f64, Instant)>,
+    /// Set once the connection is over: requests dropped then were not
+    /// given up on by the client.
+    pub ended: Cell<bool>,
 }
 
 /// How a client connection should end.
@@ -81,11 +87,13 @@ pub enum Closing {
     Calm,
 }
 
-/// Streams an HTTP/2 client may reset after heim accepted them before its
-/// connection is cut, if they are also more than half its streams. A
-/// browser cancels a stream now and then; a rapid-reset flood cancels
-/// nearly all of them, each having cost an upstream request.
-const RESETS_ALLOWED: u64 = 100;
+/// Streams an HTTP/2 client may reset after heim accepted them, at once
+/// (the budget), and then per second (its refill) before its connection is
+/// cut. A browser cancels a stream now and then; a rapid-reset flood
+/// cancels thousands a second, each having cost an upstream request.
+/// Answered requests do not refill it, so it cannot be paid in advance.
+const RESET_BUDGET: f64 = 100.0;
+const RESETS_PER_SECOND: f64 = 10.0;
 
 impl ConnCtx {
     /// `local` is the address the client connected to (its port goes into
@@ -112,6 +120,26 @@ impl ConnCtx {
             requests_cancelled: Cell::new(0),
             closing: Cell::new(Closing::No),
             close_signal: tokio::sync::Notify::new(),
+            resets_left: Cell::new((RESET_BUDGET, Instant::now())),
+            ended: Cell::new(false),
+        }
+    }
+
+    /// Counts a stream the client reset after heim accepted it; cuts the
+    /// connection once the budget is spent.
+    fn count_reset(&self) {
+        self.requests_cancelled
+            .set(self.requests_cancelled.get() + 1);
+        self.shared
+            .metrics
+            .client_error(ClientErrorKind::StreamReset);
+        let (left, since) = self.resets_left.get();
+        let now = Instant::now();
+        let refill = now.duration_since(since).as_secs_f64() * RESETS_PER_SECOND;
+        let left = (left + refill).min(RESET_BUDGET) - 1.0;
+        self.resets_left.set((left, now));
+        if left < 0.0 {
+            self.close(Closing::Calm);
         }
     }
 
@@ -152,15 +180,8 @@ impl Drop for InFlight<'_> {
         let conn = self.conn;
         conn.requests_in_flight
             .set(conn.requests_in_flight.get().saturating_sub(1));
-        if !self.answered && conn.http2() {
-            let cancelled = conn.requests_cancelled.get() + 1;
-            conn.requests_cancelled.set(cancelled);
-            conn.shared
-                .metrics
-                .client_error(ClientErrorKind::StreamReset);
-            if cancelled > RESETS_ALLOWED && cancelled * 2 > conn.requests_started.get() {
-                conn.close(Closing::Calm);
-            }
+        if !self.answered && conn.http2() && !conn.ended.get() {
+            conn.count_reset();
         }
     }
 }
@@ -232,7 +253,9 @@ pub async fn handle(
     };
 
     in_flight.answered = true;
-    if last && !conn.http2() {
+    // Not on a 101: its `Connection: upgrade` must stay (RFC 6455 §4.1),
+    // and the connection is the WebSocket's from then on.
+    if last && !conn.http2() && resp.status() != StatusCode::SWITCHING_PROTOCOLS {
         resp.headers_mut()
             .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
     }
@@ -655,14 +678,29 @@ fn request_host<B>(req: &Request<B>) -> Result<HeaderValue, ProxyError> {
         return Err(ProxyError::BadRequest("more than one Host header"));
     }
     match (req.uri().authority(), host) {
-        (Some(a), Some(h)) if !a.as_str().as_bytes().eq_ignore_ascii_case(h.as_bytes()) => Err(
-            ProxyError::BadRequest("Host disagrees with the request's authority"),
-        ),
+        (Some(a), Some(h)) if !same_authority(req, a.as_str(), h) => Err(ProxyError::BadRequest(
+            "Host disagrees with the request's authority",
+        )),
         (Some(a), _) => {
             HeaderValue::from_str(a.as_str()).map_err(|_| ProxyError::BadRequest("invalid Host"))
         }
         (None, Some(h)) => Ok(h.clone()),
         (None, None) => Err(ProxyError::BadRequest("missing Host")),
+    }
+}
+
+/// The authority and `Host` name the same host and port, once normalised
+/// (case, a trailing dot, the scheme's default port: RFC 9113 §8.3.1).
+fn same_authority<B>(req: &Request<B>, authority: &str, host: &HeaderValue) -> bool {
+    let default = if req.uri().scheme_str() == Some("http") {
+        80
+    } else {
+        443
+    };
+    let parse = |raw: &str| host_and_port(raw).map(|(h, p)| (h.into_owned(), p.unwrap_or(default)));
+    match (parse(authority), host.to_str().ok().and_then(parse)) {
+        (Some(a), Some(h)) => a == h,
+        _ => false,
     }
 }
 
@@ -890,13 +928,21 @@ mod tests {
     #[test]
     fn malformed_hosts_are_refused() {
         let c = conn("", ADMIN, "127.0.0.1");
-        let cases: [(Request<()>, u16); 5] = [
+        let cases: [(Request<()>, u16); 7] = [
             (
                 request("/", &[("host", "app.test"), ("host", "app.test")]),
                 400,
             ),
             (request("https://other.test/", &[("host", "app.test")]), 400),
             (request("https://APP.test/", &[("host", "app.TEST")]), 200),
+            (
+                request("https://app.test:443/", &[("host", "app.test.")]),
+                200,
+            ),
+            (
+                request("https://app.test/", &[("host", "app.test:8443")]),
+                400,
+            ),
             (request("/", &[]), 400),
             (request("/", &[("host", "app.test:99999")]), 400),
         ];

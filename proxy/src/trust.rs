@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use http::header::{HeaderMap, HeaderValue};
 
-use crate::forward::headers::{X_FORWARDED_FOR, X_FORWARDED_PROTO};
+use crate::forward::headers::{X_FORWARDED_FOR, X_FORWARDED_PORT, X_FORWARDED_PROTO};
 
 /// An address block, `10.0.0.0/8` or `fd00::/8`; a bare address is a /32
 /// (or /128).
@@ -82,7 +82,7 @@ impl fmt::Display for IpNet {
 }
 
 /// `::ffff:a.b.c.d` is `a.b.c.d` (a dual-stack socket reports IPv4 peers so).
-fn canonical(ip: IpAddr) -> IpAddr {
+pub fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
         v4 => v4,
@@ -105,6 +105,9 @@ pub struct Forwarded {
     pub chain: HeaderValue,
     /// The scheme the client used, when the proxy said `http` or `https`.
     pub proto: Option<HeaderValue>,
+    /// The port the client used: the proxy's `X-Forwarded-Port`, else the
+    /// scheme's default when it named one.
+    pub port: Option<HeaderValue>,
 }
 
 impl TrustedProxies {
@@ -121,17 +124,31 @@ impl TrustedProxies {
         self.0.iter().any(|n| n.contains(ip))
     }
 
-    /// Reads `X-Forwarded-For`/`-Proto` of a request from `peer`, which the
-    /// caller found trusted. `None` when the request carries no chain: the
-    /// peer is then the client.
+    /// Reads `X-Forwarded-For`/`-Proto`/`-Port` of a request from `peer`,
+    /// which the caller found trusted. `None` when the request carries none
+    /// of them: the peer is then the client, as it is when only `-Proto`
+    /// is there.
     pub fn forwarded(&self, peer: IpAddr, headers: &HeaderMap) -> Option<Forwarded> {
         let mut hops: Vec<&str> = Vec::new();
         for v in headers.get_all(&X_FORWARDED_FOR) {
             hops.extend(v.to_str().ok()?.split(',').map(str::trim));
         }
-        if hops.is_empty() {
+        let proto = headers
+            .get(&X_FORWARDED_PROTO)
+            .filter(|p| *p == "https" || *p == "http")
+            .cloned();
+        if hops.is_empty() && proto.is_none() {
             return None;
         }
+        let port = headers
+            .get(&X_FORWARDED_PORT)
+            .filter(|p| p.to_str().is_ok_and(|p| p.parse::<u16>().is_ok()))
+            .cloned()
+            .or_else(|| {
+                proto
+                    .as_ref()
+                    .map(|p| HeaderValue::from_static(if p == "https" { "443" } else { "80" }))
+            });
         // Walk from the right while the hops are trusted proxies; the first
         // hop that is not is the client. A hop that is no address stops the
         // walk: the last good one is the client.
@@ -153,14 +170,11 @@ impl TrustedProxies {
             }
         }
         chain.push_str(&canonical(peer).to_string());
-        let proto = headers
-            .get(&X_FORWARDED_PROTO)
-            .filter(|p| *p == "https" || *p == "http")
-            .cloned();
         Some(Forwarded {
             client,
             chain: HeaderValue::from_str(&chain).ok()?,
             proto,
+            port,
         })
     }
 }
@@ -268,6 +282,17 @@ mod tests {
             assert_eq!(f.chain, *chain, "{xff:?}");
         }
         assert_eq!(t.forwarded(peer, &HeaderMap::new()), None);
+        // A TLS-terminating balancer may send only the scheme.
+        let mut h = HeaderMap::new();
+        h.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("https"));
+        let f = t.forwarded(peer, &h).expect("the scheme alone");
+        assert_eq!(f.client, peer);
+        assert_eq!(f.chain, "10.0.0.1");
+        assert_eq!(f.port.unwrap(), "443");
+        h.insert(&X_FORWARDED_PORT, HeaderValue::from_static("8443"));
+        assert_eq!(t.forwarded(peer, &h).unwrap().port.unwrap(), "8443");
+        h.insert(&X_FORWARDED_PORT, HeaderValue::from_static("x"));
+        assert_eq!(t.forwarded(peer, &h).unwrap().port.unwrap(), "443");
     }
 
     #[test]

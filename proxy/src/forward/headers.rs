@@ -190,8 +190,9 @@ impl ForwardedFor {
                 headers.insert(X_FORWARDED_PROTO.clone(), proto.clone());
             }
         }
+        let port = via.and_then(|f| f.port.as_ref()).unwrap_or(&self.port);
         headers.insert(X_FORWARDED_HOST.clone(), host.clone());
-        headers.insert(X_FORWARDED_PORT.clone(), self.port.clone());
+        headers.insert(X_FORWARDED_PORT.clone(), port.clone());
     }
 }
 

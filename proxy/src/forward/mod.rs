@@ -120,18 +120,18 @@ async fn send_http1(
     // In line for at most `connect_timeout`, like a connect.
     let give_up = tokio::time::Instant::now() + group.limits.connect_timeout;
     let slot = loop {
-        while let Some(mut sender) = pool::take_http1(ep.id, group.limits.idle_timeout) {
+        while let Some(mut conn) = pool::take_http1(ep.id, group.limits.idle_timeout) {
             // Normally ready at once; a connection that does not become
             // ready soon is not waited for.
-            if !sender.is_ready()
+            if !conn.sender.is_ready()
                 && !matches!(
-                    tokio::time::timeout(group.limits.connect_timeout, sender.ready()).await,
+                    tokio::time::timeout(group.limits.connect_timeout, conn.sender.ready()).await,
                     Ok(Ok(()))
                 )
             {
                 continue;
             }
-            match exchange_http1(sender, req, ep, group, sent, metrics).await {
+            match exchange_http1(conn, req, ep, group, sent, metrics).await {
                 Err(Attempt {
                     unsent: Some(r), ..
                 }) => req = r, // went stale in the pool
@@ -155,11 +155,12 @@ async fn send_http1(
             }
         }
     };
-    let sender = match open_http1(ep, group, metrics, Some(slot)).await {
+    let sender = match open_http1(ep, group, metrics, false).await {
         Ok(s) => s,
         Err(error) => return Err(Attempt::unsent(error, req, true)),
     };
-    match exchange_http1(sender, req, ep, group, sent, metrics).await {
+    let conn = pool::Http1Conn { sender, slot };
+    match exchange_http1(conn, req, ep, group, sent, metrics).await {
         // A fresh connection that would not even take the request: the
         // endpoint is at fault.
         Err(mut a) if a.unsent.is_some() => {
@@ -172,7 +173,7 @@ async fn send_http1(
 }
 
 async fn exchange_http1(
-    mut sender: http1::SendRequest<UpstreamBody>,
+    mut conn: pool::Http1Conn,
     req: Request<UpstreamBody>,
     ep: &Endpoint,
     group: &UpstreamGroup,
@@ -182,7 +183,7 @@ async fn exchange_http1(
     match response_within(
         group.limits.response_timeout,
         sent,
-        sender.try_send_request(req),
+        conn.sender.try_send_request(req),
     )
     .await
     {
@@ -194,7 +195,7 @@ async fn exchange_http1(
             let pooled = PooledSender {
                 endpoint: ep.id,
                 idle_timeout: group.limits.idle_timeout,
-                sender,
+                conn,
                 request: sent.cloned(),
             };
             Ok(resp.map(|b| ProxyBody::upstream(b, Some(pooled), group.limits.response_timeout)))
@@ -272,14 +273,13 @@ async fn response_within<F: Future>(
     }
 }
 
-/// Opens an HTTP/1.1 connection to `ep`, for pooling when it has its
-/// place in the pool's count (`slot`), else for one upgrade (WebSocket)
-/// after the response.
+/// Opens an HTTP/1.1 connection to `ep`; `upgrades` keeps it open for an
+/// upgrade (WebSocket) after the response.
 async fn open_http1(
     ep: &Endpoint,
     group: &UpstreamGroup,
     metrics: &Metrics,
-    slot: Option<pool::Slot>,
+    upgrades: bool,
 ) -> Result<http1::SendRequest<UpstreamBody>, ProxyError> {
     let tcp = connect(ep, group.limits.connect_timeout, metrics).await?;
     let (sender, conn) = http1::Builder::new()
@@ -290,10 +290,10 @@ async fn open_http1(
             ProxyError::UpstreamConnect
         })?;
     tokio::task::spawn_local(async move {
-        let ended = match slot {
-            // The place is freed when the connection ends.
-            Some(_slot) => conn.await,
-            None => conn.with_upgrades().await,
+        let ended = if upgrades {
+            conn.with_upgrades().await
+        } else {
+            conn.await
         };
         if let Err(e) = ended {
             tracing::debug!(error = %e, "upstream connection ended");
@@ -339,7 +339,7 @@ pub async fn forward_upgrade(
     let metrics = &shared.metrics;
     let i = group.pick(&[]).ok_or(ProxyError::NoUpstream)?;
     let ep = &group.endpoints[i];
-    let mut sender = open_http1(ep, group, metrics, None)
+    let mut sender = open_http1(ep, group, metrics, true)
         .await
         .inspect_err(|_| group.report_failure(i))?;
     let mut resp = tokio::time::timeout(group.limits.response_timeout, sender.send_request(req))
@@ -397,6 +397,31 @@ async fn connect(
     }
 }
 
+/// True when reading the client's body failed because the client closed
+/// its connection (or its stream), not because it broke the framing.
+fn client_went_away(e: &hyper::Error) -> bool {
+    if e.is_incomplete_message() || e.is_canceled() || e.is_closed() {
+        return true;
+    }
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                std::io::ErrorKind::UnexpectedEof
+                    | std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::ConnectionAborted
+                    | std::io::ErrorKind::BrokenPipe
+            );
+        }
+        if let Some(h2) = s.downcast_ref::<h2::Error>() {
+            return h2.is_reset() || h2.is_go_away() || h2.is_io();
+        }
+        source = s.source();
+    }
+    false
+}
+
 /// Maps an error of a sent request: the client's body over the limit (413),
 /// stalled (408) or broken (bad chunked framing: 400) is the client's
 /// doing; anything else the upstream's (502). The upstream connection is
@@ -407,6 +432,7 @@ fn classify(e: &hyper::Error, metrics: &Metrics) -> ProxyError {
         match s.downcast_ref::<BodyError>() {
             Some(BodyError::TooLarge) => return ProxyError::BodyTooLarge,
             Some(BodyError::ClientStalled) => return ProxyError::ClientTimeout,
+            Some(BodyError::Client(e)) if client_went_away(e) => return ProxyError::ClientAborted,
             Some(BodyError::Client(_)) => return ProxyError::MalformedBody,
             None => {}
         }

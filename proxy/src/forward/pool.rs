@@ -31,8 +31,17 @@ use crate::upstream::UpstreamLimits;
 const MAX_IDLE_PER_ENDPOINT: usize = 256;
 
 struct Idle {
-    sender: http1::SendRequest<UpstreamBody>,
+    conn: Http1Conn,
     since: Instant,
+}
+
+/// A counted HTTP/1 connection: the sender and its place in the count,
+/// which goes with it (into the pool and out), so that a connection the
+/// pool discards frees its place at once.
+#[derive(Debug)]
+pub struct Http1Conn {
+    pub sender: http1::SendRequest<UpstreamBody>,
+    pub slot: Slot,
 }
 
 /// One endpoint's HTTP/1 connections in this worker.
@@ -95,8 +104,18 @@ pub enum Admission {
 }
 
 /// Asks for a place for a new connection to `endpoint` (after the pool had
-/// no idle one).
+/// no idle one). Idle connections that expired or closed are dropped first,
+/// so they hold no place.
 pub fn admit(endpoint: u64, limits: &UpstreamLimits) -> Admission {
+    let swept = HTTP1.with_borrow_mut(|pools| {
+        let idle = pools.get_mut(&endpoint)?;
+        let (live, dead): (VecDeque<Idle>, VecDeque<Idle>) = idle
+            .drain(..)
+            .partition(|i| i.since.elapsed() < limits.idle_timeout && !i.conn.sender.is_closed());
+        *idle = live;
+        Some(dead)
+    });
+    drop(swept);
     SLOTS.with_borrow_mut(|slots| {
         let s = slots.entry(endpoint).or_default();
         if s.open < limits.max_connections {
@@ -128,7 +147,7 @@ fn wake_one(endpoint: u64) {
 pub struct PooledSender {
     pub endpoint: u64,
     pub idle_timeout: Duration,
-    pub sender: http1::SendRequest<UpstreamBody>,
+    pub conn: Http1Conn,
     /// The request body, when there was one: a connection still sending it
     /// (the upstream answered early) is not reusable, and is closed.
     pub request: Option<Arc<BodySent>>,
@@ -137,39 +156,38 @@ pub struct PooledSender {
 impl PooledSender {
     /// Returns the connection to this worker's pool.
     pub fn release(self) {
-        if self.sender.is_closed() || self.request.is_some_and(|r| !r.is_done()) {
+        if self.conn.sender.is_closed() || self.request.is_some_and(|r| !r.is_done()) {
             return;
         }
-        HTTP1.with_borrow_mut(|pools| {
+        let dropped = HTTP1.with_borrow_mut(|pools| {
             let idle = pools.entry(self.endpoint).or_default();
             // The front holds the oldest: drop what has idled too long.
-            while idle
-                .front()
-                .is_some_and(|i| i.since.elapsed() >= self.idle_timeout || i.sender.is_closed())
-            {
-                idle.pop_front();
+            let mut dropped = Vec::new();
+            while idle.front().is_some_and(|i| {
+                i.since.elapsed() >= self.idle_timeout || i.conn.sender.is_closed()
+            }) {
+                dropped.extend(idle.pop_front());
             }
             if idle.len() < MAX_IDLE_PER_ENDPOINT {
                 idle.push_back(Idle {
-                    sender: self.sender,
+                    conn: self.conn,
                     since: Instant::now(),
                 });
             }
+            dropped
         });
+        drop(dropped);
         wake_one(self.endpoint);
     }
 }
 
 /// The most recently used idle HTTP/1 connection to `endpoint`, if any.
-pub fn take_http1(
-    endpoint: u64,
-    idle_timeout: Duration,
-) -> Option<http1::SendRequest<UpstreamBody>> {
+pub fn take_http1(endpoint: u64, idle_timeout: Duration) -> Option<Http1Conn> {
     HTTP1.with_borrow_mut(|pools| {
         let idle = pools.get_mut(&endpoint)?;
         while let Some(i) = idle.pop_back() {
-            if i.since.elapsed() < idle_timeout && !i.sender.is_closed() {
-                return Some(i.sender);
+            if i.since.elapsed() < idle_timeout && !i.conn.sender.is_closed() {
+                return Some(i.conn);
             }
         }
         None

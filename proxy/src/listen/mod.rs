@@ -293,6 +293,23 @@ async fn serve_http2<I>(
     let mut idle_check = tokio::time::interval(settings.request_head_timeout);
     idle_check.tick().await;
     let mut seen = activity.requests_started.get();
+    // Whatever ends the connection, its unanswered streams were not reset
+    // by the client: they must not count against its reset budget.
+    let _ended = Ended(&activity);
+    let calm = |why: &str| {
+        activity
+            .shared
+            .metrics
+            .h2_calm_goaways
+            .fetch_add(1, Relaxed);
+        tracing::info!(
+            remote = %activity.remote,
+            resets = activity.requests_cancelled.get(),
+            why,
+            "HTTP/2 client reset too many streams: GOAWAY ENHANCE_YOUR_CALM"
+        );
+        goaway.trip();
+    };
     loop {
         tokio::select! {
             biased;
@@ -300,13 +317,7 @@ async fn serve_http2<I>(
             _ = drain.wait_for(|d| *d) => break,
             _ = activity.close_signal.notified() => match activity.closing.get() {
                 Closing::Calm => {
-                    activity.shared.metrics.h2_calm_goaways.fetch_add(1, Relaxed);
-                    tracing::info!(
-                        remote = %activity.remote,
-                        resets = activity.requests_cancelled.get(),
-                        "HTTP/2 client reset too many streams: GOAWAY ENHANCE_YOUR_CALM"
-                    );
-                    goaway.trip();
+                    calm("open");
                     // The GOAWAY goes out between two of hyper's frames; the
                     // connection then ends at once. Bounded, should the
                     // client stop reading.
@@ -325,6 +336,34 @@ async fn serve_http2<I>(
             }
         }
     }
+    // A graceful shutdown still accepts streams until the client answers
+    // its PING: the reset budget keeps watching, and the whole of it is
+    // bounded by `drain_timeout`, so a client that never answers cannot
+    // keep the connection (and flood it) forever.
     conn.as_mut().graceful_shutdown();
-    let _ = conn.await;
+    let deadline = tokio::time::sleep(settings.drain_timeout);
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            biased;
+            _ = conn.as_mut() => return,
+            _ = activity.close_signal.notified() => {
+                if activity.closing.get() == Closing::Calm {
+                    calm("closing");
+                    let _ = tokio::time::timeout(settings.handshake_timeout, conn.as_mut()).await;
+                    return;
+                }
+            }
+            _ = deadline.as_mut() => return,
+        }
+    }
+}
+
+/// Marks a connection as ended (see `ConnCtx::ended`) when dropped.
+struct Ended<'a>(&'a ConnCtx);
+
+impl Drop for Ended<'_> {
+    fn drop(&mut self) {
+        self.0.ended.set(true);
+    }
 }

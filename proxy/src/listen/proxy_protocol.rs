@@ -35,7 +35,7 @@ pub enum ProxyProtocolError {
     Missing,
     #[error("malformed PROXY protocol header: {0}")]
     Malformed(&'static str),
-    #[error("the PROXY protocol header did not arrive in time")]
+    #[error("the PROXY protocol header (or the first bytes) did not arrive in time")]
     Timeout,
     #[error("reading the PROXY protocol header: {0}")]
     Io(String),
@@ -49,12 +49,23 @@ pub struct Header {
     pub source: Option<SocketAddr>,
 }
 
-/// The client of a connection on a PROXY protocol listener from `peer`.
+/// The client of a connection on a PROXY protocol listener from `peer`,
+/// within `timeout` (a silent peer, trusted or not, is not waited for).
 pub async fn accept(
     tcp: &mut TcpStream,
     peer: SocketAddr,
     trusted: &TrustedProxies,
     timeout: Duration,
+) -> Result<SocketAddr, ProxyProtocolError> {
+    tokio::time::timeout(timeout, accept_now(tcp, peer, trusted))
+        .await
+        .map_err(|_| ProxyProtocolError::Timeout)?
+}
+
+async fn accept_now(
+    tcp: &mut TcpStream,
+    peer: SocketAddr,
+    trusted: &TrustedProxies,
 ) -> Result<SocketAddr, ProxyProtocolError> {
     if !trusted.contains(peer.ip()) {
         let mut first = [0u8; V2_SIG.len()];
@@ -68,10 +79,11 @@ pub async fn accept(
             Ok(peer)
         };
     }
-    let header = tokio::time::timeout(timeout, read_header(tcp))
-        .await
-        .map_err(|_| ProxyProtocolError::Timeout)??;
-    Ok(header.source.unwrap_or(peer))
+    let header = read_header(tcp).await?;
+    Ok(header
+        .source
+        .map(|s| SocketAddr::new(crate::trust::canonical(s.ip()), s.port()))
+        .unwrap_or(peer))
 }
 
 /// True when the first bytes of a connection are those of a PROXY header
