@@ -45,6 +45,11 @@ struct PreAuth {
     rd: String,
     provider: String,
     exp: u64,
+    /// OIDC's nonce, and the PKCE verifier (OIDC, GitHub).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    nonce: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    verifier: String,
 }
 
 /// A session on its way from the auth host to a route's host.
@@ -70,13 +75,14 @@ pub async fn serve(
     let method = req.method().clone();
     Some(match (page, method) {
         ("jwks.json", Method::GET | Method::HEAD) => Ok(json(StatusCode::OK, &auth.signing.jwks())),
-        ("login", Method::GET | Method::HEAD) => Ok(cx.login_page(&req)),
+        ("login", Method::GET | Method::HEAD) => Ok(cx.login_page(&req).await),
         ("login", Method::POST) => cx.login_post(req).await,
+        ("callback", Method::GET) => cx.callback(&req).await,
         ("handoff", Method::GET) => Ok(cx.handoff(&req)),
         ("logout", Method::GET | Method::HEAD) => Ok(cx.logout_page(&req)),
         ("logout", Method::POST) => cx.logout_post(req).await,
         ("me", Method::GET | Method::HEAD) => Ok(cx.me(&req)),
-        ("jwks.json" | "login" | "handoff" | "logout" | "me", _) => {
+        ("jwks.json" | "login" | "callback" | "handoff" | "logout" | "me", _) => {
             Err(ProxyError::MethodNotAllowed)
         }
         _ => Err(ProxyError::NoRoute),
@@ -128,7 +134,7 @@ impl Cx<'_> {
 
     // === login ===
 
-    fn login_page<B>(&self, req: &Request<B>) -> Response<ProxyBody> {
+    async fn login_page<B>(&self, req: &Request<B>) -> Response<ProxyBody> {
         let query = req.uri().query().unwrap_or("");
         if !self.on_auth_host() {
             // Sign-in happens on the auth host; carry the query over.
@@ -147,8 +153,151 @@ impl Cx<'_> {
         let Some(provider) = provider else {
             return self.chooser(&rd);
         };
-        match &provider.imp {
-            ProviderImpl::Local(_) => self.local_form(&provider.name, &rd, None, StatusCode::OK),
+        let callback = format!("{}/.heim/callback", self.auth_origin());
+        let state = random_token(16);
+        let mut pre = PreAuth {
+            state: state.clone(),
+            rd,
+            provider: provider.name.clone(),
+            exp: unix_now() + PRE_AUTH_TTL,
+            nonce: String::new(),
+            verifier: String::new(),
+        };
+        let url = match &provider.imp {
+            ProviderImpl::Local(_) => {
+                return self.local_form(&provider.name, &pre.rd, None, StatusCode::OK)
+            }
+            ProviderImpl::Oidc(oidc) => match oidc.start(&callback, &state).await {
+                Ok(started) => {
+                    pre.nonce = started.nonce;
+                    pre.verifier = started.verifier;
+                    started.url
+                }
+                Err(e) => return self.provider_down(&provider.name, &e),
+            },
+            ProviderImpl::Github(gh) => {
+                pre.verifier = random_token(32);
+                gh.start(&callback, &state, &pre.verifier)
+            }
+        };
+        let mut resp = redirect(&url);
+        let sealed = self.auth.sealer.seal(Purpose::PreAuth, &pre);
+        set_cookie(
+            &mut resp,
+            &format!("{PRE_AUTH_PREFIX}{state}"),
+            &sealed,
+            PRE_AUTH_TTL,
+        );
+        resp
+    }
+
+    /// A provider that cannot be reached: say so, never a 502 from heim.
+    fn provider_down(&self, provider: &str, why: &str) -> Response<ProxyBody> {
+        tracing::warn!(provider, error = why, "sign-in provider unavailable");
+        page(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Sign-in unavailable",
+            &format!(
+                "<p>The sign-in provider {} cannot be reached right now. Try again in a moment.</p>",
+                escape(provider)
+            ),
+        )
+    }
+
+    // === callback ===
+
+    async fn callback<B>(&self, req: &Request<B>) -> Result<Response<ProxyBody>, ProxyError> {
+        if !self.on_auth_host() {
+            return Err(ProxyError::NoRoute);
+        }
+        let query = req.uri().query().unwrap_or("");
+        let state = query_param(query, "state").unwrap_or_default();
+        let pre: Option<PreAuth> = (!state.is_empty())
+            .then(|| cookie(req.headers(), &format!("{PRE_AUTH_PREFIX}{state}")))
+            .flatten()
+            .and_then(|c| self.auth.sealer.open(Purpose::PreAuth, c))
+            .filter(|p: &PreAuth| {
+                super::constant_time_eq(p.state.as_bytes(), state.as_bytes()) && p.exp > unix_now()
+            });
+        let Some(pre) = pre else {
+            return Ok(page(
+                StatusCode::BAD_REQUEST,
+                "Sign-in expired",
+                "<p>This sign-in attempt expired or began in another browser. <a href=\"/.heim/login\">Start again</a>.</p>",
+            ));
+        };
+        if let Some(err) = query_param(query, "error") {
+            return Ok(self.refused(&pre.provider, &format!("the provider said: {err}")));
+        }
+        let Some(code) = query_param(query, "code") else {
+            return Err(ProxyError::BadRequest("no code"));
+        };
+        let Some(provider) = self.auth.provider(&pre.provider) else {
+            return Err(ProxyError::BadRequest("unknown provider"));
+        };
+        let redirect = format!("{}/.heim/callback", self.auth_origin());
+        let identity = match &provider.imp {
+            ProviderImpl::Oidc(oidc) => {
+                oidc.finish(&redirect, &code, &pre.nonce, &pre.verifier)
+                    .await
+            }
+            ProviderImpl::Github(gh) => gh.finish(&redirect, &code, &pre.verifier).await,
+            ProviderImpl::Local(_) => return Err(ProxyError::BadRequest("not an OAuth provider")),
+        };
+        let identity = match identity {
+            Ok(i) => i,
+            Err(e) => return Ok(self.refused(&provider.name, &e)),
+        };
+        tracing::info!(provider = %provider.name, user = %identity.user, "signed in");
+        let session = self.new_session(&provider.name, identity);
+        Ok(self.finish(session, &pre.rd, Some(&pre.state)))
+    }
+
+    /// Sign-in did not succeed at the provider.
+    fn refused(&self, provider: &str, why: &str) -> Response<ProxyBody> {
+        tracing::info!(provider, reason = why, "sign-in refused");
+        page(
+            StatusCode::FORBIDDEN,
+            "Sign-in refused",
+            &format!(
+                "<p>Signing in with {} did not succeed: {}.</p><p><a href=\"/.heim/login\">Try again</a></p>",
+                escape(provider),
+                escape(why)
+            ),
+        )
+    }
+
+    /// A session for `identity`, carrying only the groups, orgs and teams
+    /// some route's policy names (the cookie stays small).
+    fn new_session(&self, provider: &str, id: super::Identity) -> Session {
+        let table = self.conn.shared.routes.load();
+        let named = |pick: fn(&super::policy::AccessRules) -> &Vec<String>, v: &str| {
+            table.routes().any(|r| match &r.spec.policy {
+                Policy::Allow(rules) => pick(rules).iter().any(|x| x == v),
+                _ => false,
+            })
+        };
+        Session {
+            groups: id
+                .groups
+                .into_iter()
+                .filter(|g| named(|r| &r.groups, g))
+                .collect(),
+            orgs: id
+                .orgs
+                .into_iter()
+                .filter(|o| named(|r| &r.github_orgs, o))
+                .collect(),
+            teams: id
+                .teams
+                .into_iter()
+                .filter(|t| named(|r| &r.github_teams, t))
+                .collect(),
+            user: id.user,
+            email: id.email,
+            provider: provider.to_string(),
+            expires: unix_now() + self.auth.session_ttl.as_secs(),
+            id: random_token(16),
         }
     }
 
@@ -181,6 +330,8 @@ impl Cx<'_> {
             rd: rd.to_string(),
             provider: provider.to_string(),
             exp: unix_now() + PRE_AUTH_TTL,
+            nonce: String::new(),
+            verifier: String::new(),
         };
         let sealed = self.auth.sealer.seal(Purpose::PreAuth, &pre);
         let error = error
@@ -227,7 +378,9 @@ impl Cx<'_> {
         let Some(provider) = self.auth.provider(&pre.provider) else {
             return Err(ProxyError::BadRequest("unknown provider"));
         };
-        let ProviderImpl::Local(users) = &provider.imp;
+        let ProviderImpl::Local(users) = &provider.imp else {
+            return Err(ProxyError::BadRequest("not a local provider"));
+        };
         let users = users.clone();
         let user = field("user").unwrap_or("").to_string();
         let password = field("password").unwrap_or("").to_string();
@@ -272,16 +425,14 @@ impl Cx<'_> {
         }
         tracing::info!(provider = %pre.provider, user = %user, "signed in");
         let email = super::policy::valid_email(&user).map(|_| user.clone());
-        let session = Session {
+        let identity = super::Identity {
             user,
             email,
             groups: Vec::new(),
             orgs: Vec::new(),
             teams: Vec::new(),
-            provider: provider.name.clone(),
-            expires: unix_now() + self.auth.session_ttl.as_secs(),
-            id: random_token(16),
         };
+        let session = self.new_session(&provider.name, identity);
         Ok(self.finish(session, &pre.rd, Some(&pre.state)))
     }
 

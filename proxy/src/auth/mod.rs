@@ -12,8 +12,11 @@
 //! policy check; everything else happens at sign-in.
 
 pub mod endpoints;
+pub mod github;
+pub mod http_client;
 pub mod jwt;
 pub mod local;
+pub mod oidc;
 pub mod policy;
 pub mod redirect;
 pub mod seal;
@@ -87,6 +90,18 @@ pub struct AuthSpec {
 #[derive(Debug)]
 pub enum ProviderImpl {
     Local(Arc<local::Users>),
+    Oidc(oidc::Oidc),
+    Github(github::Github),
+}
+
+/// Who signed in, as a provider tells it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub user: String,
+    pub email: Option<String>,
+    pub groups: Vec<String>,
+    pub orgs: Vec<String>,
+    pub teams: Vec<String>,
 }
 
 #[derive(Debug)]
@@ -163,11 +178,37 @@ impl Auth {
                     }
                 }
                 ProviderKind::Google | ProviderKind::Oidc | ProviderKind::Github => {
-                    errors.push((
-                        key("kind"),
-                        "this build of heim signs in local users only; google, oidc and github are not available yet".into(),
-                    ));
-                    continue;
+                    let secret = match &p.client_secret_file {
+                        Some(f) => match std::fs::read(f) {
+                            Ok(s) => String::from_utf8_lossy(&trim_secret(s)).into_owned(),
+                            Err(e) => {
+                                errors.push((
+                                    key("client_secret_file"),
+                                    format!("{}: {e}", f.display()),
+                                ));
+                                continue;
+                            }
+                        },
+                        None => String::new(),
+                    };
+                    let client_id = p.client_id.clone().unwrap_or_default();
+                    if p.kind == ProviderKind::Github {
+                        ProviderImpl::Github(github::Github::new(
+                            client_id,
+                            secret,
+                            p.web_url.clone(),
+                            p.api_url.clone(),
+                        ))
+                    } else {
+                        ProviderImpl::Oidc(oidc::Oidc::new(
+                            p.issuer.clone().unwrap_or_default(),
+                            client_id,
+                            secret,
+                            p.scopes.clone(),
+                            p.groups_claim.clone(),
+                            p.hd.clone(),
+                        ))
+                    }
                 }
             };
             providers.push(Provider {
