@@ -11,6 +11,7 @@
 //! The binary is found in the workspace's `target/{debug,release}` (or
 //! `HEIM_PROXY_BIN`); `tests/run` builds it first.
 
+pub mod github;
 pub mod upstream;
 
 use std::io::{BufRead, BufReader};

@@ -15,6 +15,15 @@ const PASSWORD: &str = "correct horse";
 /// admits `alice@example.com`, `app.test/admin` only `root@example.com`,
 /// `app.test/` is public.
 fn start(e: &Env, extra_routes: &str) -> Heim {
+    start_with(
+        e,
+        "[[auth.provider]]\nname = \"local\"\nkind = \"local\"\nusers_file = \"users.txt\"\n",
+        extra_routes,
+    )
+}
+
+/// heim with sign-in by `providers` (TOML) and the routes above.
+fn start_with(e: &Env, providers: &str, extra_routes: &str) -> Heim {
     let hash = bcrypt::hash(PASSWORD, 4).unwrap();
     std::fs::write(
         e.dir.join("users.txt"),
@@ -32,10 +41,7 @@ cookie_secret_file = "cookie.secret"
 signing_key_file = "jwt.pem"
 session_ttl = "1h"
 
-[[auth.provider]]
-name = "local"
-kind = "local"
-users_file = "users.txt"
+{providers}
 
 [[route]]
 host = "app.test"
@@ -551,4 +557,128 @@ async fn return_urls_never_leave_the_hosts_heim_serves() {
         )
         .await;
     assert_eq!(r.status, 400);
+}
+
+/// One plain-HTTP GET on loopback (to the GitHub double).
+async fn plain_get(url: &str) -> Reply {
+    let rest = url.strip_prefix("http://").expect("http URL");
+    let (authority, pq) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let tcp = tokio::net::TcpStream::connect(authority).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::get(pq)
+        .header("host", authority)
+        .body(Body::default())
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    let (parts, body) = resp.into_parts();
+    use http_body_util::BodyExt;
+    Reply {
+        status: parts.status.as_u16(),
+        headers: parts.headers,
+        body: body.collect().await.unwrap().to_bytes(),
+        version: parts.version,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn github_sign_in_reads_orgs_and_teams() {
+    use heim_e2e::github::{Account, GithubDouble};
+    let e = env("signin-github");
+    let gh = GithubDouble::start(
+        "heim-app",
+        "gh-secret",
+        vec![
+            Account {
+                login: "octocat",
+                emails: vec![
+                    ("old@example.com", false, true),
+                    ("octo@example.com", true, true),
+                ],
+                orgs: vec!["ICTSC", "other"],
+                teams: vec![("ICTSC", "staff"), ("other", "x")],
+            },
+            Account {
+                login: "drifter",
+                emails: vec![("drifter@example.com", true, false)],
+                orgs: vec!["other"],
+                teams: vec![],
+            },
+        ],
+    )
+    .await;
+    std::fs::write(e.dir.join("gh.secret"), "gh-secret\n").unwrap();
+    let providers = format!(
+        "[[auth.provider]]\nname = \"github\"\nkind = \"github\"\nclient_id = \"heim-app\"\n\
+         client_secret_file = \"gh.secret\"\nweb_url = \"{0}\"\napi_url = \"{0}\"\n",
+        gh.url()
+    );
+    let routes = "[[route]]\nhost = \"app.test\"\npath = \"/staff\"\necho = true\nallow_github_teams = [\"ictsc/staff\"]\n\
+                  [[route]]\nhost = \"app.test\"\npath = \"/org\"\necho = true\nallow_github_orgs = [\"ictsc\"]\n";
+    let heim = start_with(&e, &providers, routes);
+
+    for (login, path, want) in [("octocat", "/staff", 200), ("drifter", "/org", 403)] {
+        let mut b = Browser::new(&e, &heim);
+        let target = b.url("app.test", path);
+        let r = b.get(&target).await;
+        let r = b.get(&location(&r)).await;
+        assert_eq!(r.status, 302, "to GitHub: {:?}", r.body);
+        let authorize = location(&r);
+        assert!(
+            authorize.starts_with(&format!("{}/login/oauth/authorize?", gh.url())),
+            "{authorize}"
+        );
+        assert!(authorize.contains("code_challenge_method=S256") && authorize.contains("state="));
+        let back = plain_get(&format!("{authorize}&login={login}")).await;
+        assert_eq!(back.status, 302, "{:?}", back.body);
+        let callback = location(&back);
+        assert!(
+            callback.starts_with(&b.url("auth.wild.test", "/.heim/callback?code=")),
+            "{callback}"
+        );
+        let r = b.get(&callback).await;
+        assert_eq!(r.status, 303, "{:?}", String::from_utf8_lossy(&r.body));
+        let r = b.get(&location(&r)).await;
+        assert_eq!(location(&r), target);
+        let r = b.get(&target).await;
+        assert_eq!(
+            r.status,
+            want,
+            "{login}: {:?}",
+            String::from_utf8_lossy(&r.body)
+        );
+        if want == 200 {
+            let id = &r.json()["identity"];
+            assert_eq!(id["user"], "octocat");
+            assert_eq!(
+                id["email"], "octo@example.com",
+                "the verified primary email"
+            );
+            assert_eq!(
+                id["github_orgs"],
+                serde_json::json!(["ictsc"]),
+                "only orgs a policy names: {id}"
+            );
+            assert_eq!(id["github_teams"], serde_json::json!(["ictsc/staff"]));
+            // The org route admits by org, case-insensitively.
+            let r = b.get(&b.url("app.test", "/org")).await;
+            assert_eq!(r.status, 200);
+        } else {
+            let page = String::from_utf8_lossy(&r.body);
+            assert!(page.contains("drifter"), "{page}");
+        }
+    }
+    let seen = gh.seen();
+    for api in [
+        "POST /login/oauth/access_token",
+        "GET /user",
+        "GET /user/emails",
+        "GET /user/orgs",
+        "GET /user/teams",
+    ] {
+        assert!(seen.iter().any(|s| s == api), "{api} not called: {seen:?}");
+    }
 }
