@@ -118,6 +118,8 @@ impl BodySent {
 #[derive(Debug)]
 pub struct UpstreamBody {
     inner: Option<Incoming>,
+    /// A body heim has already read whole (a verified webhook).
+    buffered: Option<Bytes>,
     remaining: u64,
     stall: StallGuard,
     sent: Option<Arc<BodySent>>,
@@ -135,11 +137,24 @@ impl UpstreamBody {
         let sent = (!inner.is_end_stream()).then(Arc::<BodySent>::default);
         let body = Self {
             inner: Some(inner),
+            buffered: None,
             remaining: limit.unwrap_or(u64::MAX),
             stall: StallGuard::new(read_timeout),
             sent: sent.clone(),
         };
         (body, sent)
+    }
+
+    /// A body read whole already; nothing to wait for.
+    pub fn buffered(bytes: Bytes) -> (Self, Option<Arc<BodySent>>) {
+        let body = Self {
+            inner: None,
+            buffered: (!bytes.is_empty()).then_some(bytes),
+            remaining: u64::MAX,
+            stall: StallGuard::new(Duration::from_secs(1)),
+            sent: None,
+        };
+        (body, None)
     }
 
     fn end(&mut self) {
@@ -158,6 +173,9 @@ impl Body for UpstreamBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = &mut *self;
+        if let Some(b) = this.buffered.take() {
+            return Poll::Ready(Some(Ok(Frame::data(b))));
+        }
         let Some(inner) = this.inner.as_mut() else {
             return Poll::Ready(None);
         };
@@ -191,14 +209,15 @@ impl Body for UpstreamBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.as_ref().is_none_or(Body::is_end_stream)
+        self.buffered.is_none() && self.inner.as_ref().is_none_or(Body::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner
-            .as_ref()
-            .map(Body::size_hint)
-            .unwrap_or_else(|| SizeHint::with_exact(0))
+        match (&self.buffered, &self.inner) {
+            (Some(b), _) => SizeHint::with_exact(b.len() as u64),
+            (None, Some(i)) => i.size_hint(),
+            (None, None) => SizeHint::with_exact(0),
+        }
     }
 }
 

@@ -17,6 +17,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::auth::policy::AccessRules;
+use crate::auth::webhook::WebhookSpec;
 use crate::auth::{AuthSpec, ProviderKind, ProviderSpec};
 use crate::route::{Backend, IdentityField, PathMatch, Policy, RouteSpec};
 use crate::trust::{IpNet, TrustedProxies};
@@ -161,6 +162,14 @@ struct RawRoute {
     allow_github_teams: Option<Spanned<Vec<String>>>,
     allow_any_authenticated: Option<Spanned<bool>>,
     identity_headers: Option<Spanned<std::collections::BTreeMap<String, String>>>,
+    webhook: Option<Spanned<RawWebhook>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWebhook {
+    provider: Spanned<String>,
+    secret_file: String,
 }
 
 /// A size written as a number of bytes or as `"64k"`, `"10m"`, `"1g"`.
@@ -289,7 +298,7 @@ impl Config {
         let mut routes = Vec::new();
         let mut route_lines = Vec::new();
         for (i, r) in raw.route.iter().enumerate() {
-            if let Some(spec) = cx.route(i, r, &defaults, raw.auth.is_some()) {
+            if let Some(spec) = cx.route(i, r, &defaults, raw.auth.is_some(), &base) {
                 routes.push(spec);
                 route_lines.push(cx.line(&r.span()));
             }
@@ -859,6 +868,7 @@ impl Cx<'_> {
         raw: &Spanned<RawRoute>,
         d: &RouteDefaults,
         have_auth: bool,
+        base: &Path,
     ) -> Option<RouteSpec> {
         let r = raw.get_ref();
         let before = self.errors.len();
@@ -978,6 +988,27 @@ impl Cx<'_> {
                 "a route is either public or has allow rules, not both".into(),
             );
         }
+        let webhook = r.webhook.as_ref().map(|w| {
+            let wr = w.get_ref();
+            if wr.provider.get_ref() != "github" {
+                self.err(
+                    &wr.provider.span(),
+                    format!("route[{i}].webhook.provider"),
+                    format!("{:?} is not one of \"github\"", wr.provider.get_ref()),
+                );
+            }
+            if rules.is_some() || r.public == Some(true) {
+                self.err(
+                    &w.span(),
+                    format!("route[{i}].webhook"),
+                    "a webhook route needs no user: drop public and the allow rules".into(),
+                );
+            }
+            WebhookSpec {
+                secret_file: base.join(&wr.secret_file),
+                secret: Arc::from(Vec::new()),
+            }
+        });
         if rules.is_some() && !have_auth {
             self.err(
                 &raw.span(),
@@ -988,10 +1019,11 @@ impl Cx<'_> {
         if self.errors.len() > before {
             return None;
         }
-        let policy = match (r.public == Some(true), rules) {
-            (true, _) => Policy::Public,
-            (false, Some(rules)) => Policy::Allow(Arc::new(rules)),
-            (false, None) => Policy::Deny,
+        let policy = match (r.public == Some(true), rules, webhook) {
+            (_, _, Some(w)) => Policy::Webhook(Arc::new(w)),
+            (true, _, None) => Policy::Public,
+            (false, Some(rules), None) => Policy::Allow(Arc::new(rules)),
+            (false, None, None) => Policy::Deny,
         };
         let name = r
             .name

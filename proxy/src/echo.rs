@@ -6,15 +6,14 @@
 
 use http::header::CONTENT_TYPE;
 use http::{HeaderValue, Request, Response};
-use hyper::body::Incoming;
 use serde_json::{json, Map, Value};
 
 use crate::body::ProxyBody;
 use crate::service::ConnCtx;
 
 /// The echo response for a prepared request.
-pub fn respond(
-    req: &Request<Incoming>,
+pub fn respond<B>(
+    req: &Request<B>,
     conn: &ConnCtx,
     route: &str,
     host: &str,

@@ -24,6 +24,9 @@ pub enum ProxyError {
     /// A non-browser client without a session (401).
     #[error("authentication needed")]
     Unauthorized,
+    /// A webhook without a valid signature (401, no challenge).
+    #[error("webhook signature missing or wrong")]
+    WebhookUnsigned,
     /// Signed in, but the route's policy does not admit the user (403 page
     /// that says who they are and how to switch).
     #[error("the route's policy denies this user")]
@@ -63,7 +66,7 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::SignIn { .. } => StatusCode::FOUND,
-            ProxyError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ProxyError::Unauthorized | ProxyError::WebhookUnsigned => StatusCode::UNAUTHORIZED,
             ProxyError::Denied(_) => StatusCode::FORBIDDEN,
             ProxyError::BadRequest(_) | ProxyError::MalformedBody | ProxyError::ClientAborted => {
                 StatusCode::BAD_REQUEST

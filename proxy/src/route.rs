@@ -50,6 +50,8 @@ pub enum Policy {
     Public,
     /// Signed-in users the rules admit.
     Allow(Arc<crate::auth::policy::AccessRules>),
+    /// No user: a webhook sender that signs its body.
+    Webhook(Arc<crate::auth::webhook::WebhookSpec>),
     /// Nobody: the default when a route names no policy.
     Deny,
 }

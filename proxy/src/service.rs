@@ -462,7 +462,8 @@ pub fn authorize<B>(
     conn: &ConnCtx,
 ) -> Result<(), ProxyError> {
     let rules = match &route.spec.policy {
-        Policy::Public => return Ok(()),
+        // The signature is checked with the body, in `backend`.
+        Policy::Public | Policy::Webhook(_) => return Ok(()),
         Policy::Deny => return Err(ProxyError::Forbidden),
         Policy::Allow(rules) => rules,
     };
@@ -616,6 +617,13 @@ pub fn rewrite<B>(
     Ok(upgrade)
 }
 
+/// The client's body on its way to the backend.
+enum ClientBody {
+    Stream(Incoming),
+    /// Read whole, and its webhook signature checked.
+    Verified(bytes::Bytes),
+}
+
 /// === backend === `echo`, or `forward` to an upstream (a relayed upgrade
 /// included).
 #[allow(clippy::too_many_arguments)]
@@ -629,10 +637,23 @@ async fn backend(
     session: Option<&Session>,
     out: &mut Outcome,
 ) -> Result<Response<ProxyBody>, ProxyError> {
+    let on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let (parts, body) = req.into_parts();
+    // A webhook is read whole and its signature checked before the
+    // backend sees a byte.
+    let body = match &route.spec.policy {
+        Policy::Webhook(w) => {
+            let limit = route.spec.max_body_bytes;
+            ClientBody::Verified(
+                crate::auth::webhook::verify(&parts.headers, body, w, limit, body_timeout).await?,
+            )
+        }
+        _ => ClientBody::Stream(body),
+    };
     let group = match &route.spec.backend {
         Backend::Echo => {
             return Ok(crate::echo::respond(
-                &req,
+                &Request::from_parts(parts, ()),
                 conn,
                 &route.spec.name,
                 &parsed.host,
@@ -643,9 +664,12 @@ async fn backend(
         }
         Backend::Upstream(g) => g,
     };
-    let on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-    let (parts, body) = req.into_parts();
-    let (body, sent) = UpstreamBody::new(body, route.spec.max_body_bytes, body_timeout);
+    let (body, sent) = match body {
+        ClientBody::Verified(bytes) => UpstreamBody::buffered(bytes),
+        ClientBody::Stream(body) => {
+            UpstreamBody::new(body, route.spec.max_body_bytes, body_timeout)
+        }
+    };
     let request = Request::from_parts(parts, body);
     let (mut resp, endpoint) = match on_upgrade {
         Some(on_upgrade) => {

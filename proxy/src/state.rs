@@ -70,7 +70,25 @@ impl Compiled {
         let certs = CertStore::from_config(config)
             .map_err(|e| errors.extend(e))
             .ok();
-        let routes = RouteTable::build(config.routes.clone(), |name| metrics.route(name))
+        // Webhook secrets are read here, with the other files.
+        let mut specs = config.routes.clone();
+        for (i, spec) in specs.iter_mut().enumerate() {
+            if let Policy::Webhook(w) = &mut spec.policy {
+                match std::fs::read(&w.secret_file) {
+                    Ok(secret) if !secret.is_empty() => {
+                        Arc::make_mut(w).secret = crate::auth::trim_secret(secret).into();
+                    }
+                    Ok(_) => {
+                        errors.push(config.route_error(i, "webhook.secret_file is empty".into()))
+                    }
+                    Err(e) => errors.push(config.route_error(
+                        i,
+                        format!("webhook.secret_file {}: {e}", w.secret_file.display()),
+                    )),
+                }
+            }
+        }
+        let routes = RouteTable::build(specs, |name| metrics.route(name))
             .map_err(|dups| {
                 errors.extend(
                     dups.into_iter()

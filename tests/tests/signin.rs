@@ -682,3 +682,55 @@ async fn github_sign_in_reads_orgs_and_teams() {
         assert!(seen.iter().any(|s| s == api), "{api} not called: {seen:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_need_a_valid_signature_before_the_backend_sees_a_byte() {
+    use aws_lc_rs::hmac;
+    use std::sync::atomic::Ordering::SeqCst;
+    let e = env("webhook");
+    let u = heim_e2e::upstream::http1("hooks").await;
+    std::fs::write(e.dir.join("hook.secret"), "s3cret\n").unwrap();
+    let routes = format!(
+        "[[route]]\nhost = \"app.test\"\npath = \"/hook\"\nupstream = [\"{}\"]\nmax_body_bytes = 1024\n\
+         webhook = {{ provider = \"github\", secret_file = \"hook.secret\" }}\n",
+        u.url()
+    );
+    let heim = start(&e, &routes);
+    let sign = |body: &[u8], secret: &[u8]| {
+        let key = hmac::Key::new(hmac::HMAC_SHA256, secret);
+        let tag = hmac::sign(&key, body);
+        let hex: String = tag.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+        format!("sha256={hex}")
+    };
+    let payload = br#"{"zen":"Keep it logically awesome."}"#;
+    let post = |sig: Option<String>, body: Vec<u8>| {
+        let mut b = http::Request::post("/hook")
+            .header("host", "app.test")
+            .header("x-github-event", "ping")
+            .header("content-type", "application/json");
+        if let Some(s) = sig {
+            b = b.header("x-hub-signature-256", s);
+        }
+        let client = e.client.clone();
+        let addr = heim.https;
+        let req = b.body(Body::from(body)).unwrap();
+        async move { client.request(addr, req).await.unwrap().status }
+    };
+    let wrong_key = sign(payload, b"guess");
+    let cases = [
+        (None, payload.to_vec(), 401),
+        (Some("sha256=".to_string()), payload.to_vec(), 401),
+        (Some(wrong_key), payload.to_vec(), 401),
+        (Some(sign(payload, b"s3cret")), b"tampered".to_vec(), 401),
+        (Some(sign(&[b'x'; 2000], b"s3cret")), vec![b'x'; 2000], 413),
+    ];
+    for (sig, body, want) in cases {
+        assert_eq!(post(sig.clone(), body).await, want, "{sig:?}");
+    }
+    assert_eq!(u.hits.load(SeqCst), 0, "the backend saw nothing");
+    assert_eq!(
+        post(Some(sign(payload, b"s3cret")), payload.to_vec()).await,
+        200
+    );
+    assert_eq!(u.hits.load(SeqCst), 1);
+}

@@ -601,7 +601,7 @@ impl Cx<'_> {
             .filter(|r| match &r.spec.policy {
                 Policy::Public => true,
                 Policy::Allow(rules) => rules.allows(&s),
-                Policy::Deny => false,
+                Policy::Deny | Policy::Webhook(_) => false,
             })
             .map(|r| {
                 serde_json::json!({

@@ -20,6 +20,7 @@ pub mod oidc;
 pub mod policy;
 pub mod redirect;
 pub mod seal;
+pub mod webhook;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -253,7 +254,7 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// Secrets written by `echo` end in a newline; it is not part of them.
-fn trim_secret(mut s: Vec<u8>) -> Vec<u8> {
+pub fn trim_secret(mut s: Vec<u8>) -> Vec<u8> {
     while s.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
         s.pop();
     }
