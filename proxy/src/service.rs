@@ -673,7 +673,16 @@ async fn backend(
     let request = Request::from_parts(parts, body);
     let (mut resp, endpoint) = match on_upgrade {
         Some(on_upgrade) => {
-            crate::forward::forward_upgrade(request, on_upgrade, group, &conn.shared).await?
+            let reauth = session.map(|s| crate::auth::Reauth {
+                shared: conn.shared.clone(),
+                session: s.clone(),
+                host: parsed.host.clone(),
+                path: routing_path(request.uri().path())
+                    .map(|p| p.into_owned())
+                    .unwrap_or_default(),
+            });
+            crate::forward::forward_upgrade(request, on_upgrade, group, &conn.shared, reauth)
+                .await?
         }
         None => {
             let out = crate::forward::Outgoing { request, sent };

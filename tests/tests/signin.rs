@@ -4,6 +4,7 @@
 //! the attacks the issue names.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -733,4 +734,215 @@ async fn webhooks_need_a_valid_signature_before_the_backend_sees_a_byte() {
         200
     );
     assert_eq!(u.hits.load(SeqCst), 1);
+}
+
+fn s256(verifier: &str) -> String {
+    URL_SAFE_NO_PAD.encode(aws_lc_rs::digest::digest(
+        &aws_lc_rs::digest::SHA256,
+        verifier.as_bytes(),
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_tokens_by_browser_code_and_pkce() {
+    let e = env("signin-cli");
+    let heim = start(&e, "");
+    let mut b = Browser::new(&e, &heim);
+    let private = b.url("app.test", "/private");
+    let done = sign_in(&mut b, &private, "alice@example.com", PASSWORD).await;
+    assert_eq!(done.status, 303);
+
+    let verifier = "a-cli-verifier-that-is-long-enough-0123456789abcdef";
+    let challenge = s256(verifier);
+    for bad in [
+        format!("port=0&challenge={challenge}"),
+        format!("port=70000&challenge={challenge}"),
+        format!("port=evil.com&challenge={challenge}"),
+        "port=8000&challenge=short".to_string(),
+    ] {
+        let r = b
+            .get(&b.url("auth.wild.test", &format!("/.heim/cli/login?{bad}")))
+            .await;
+        assert_eq!(r.status, 400, "{bad}");
+    }
+    let r = b
+        .get(&b.url(
+            "auth.wild.test",
+            &format!("/.heim/cli/login?port=38123&challenge={challenge}"),
+        ))
+        .await;
+    assert_eq!(r.status, 302);
+    let to = location(&r);
+    let code = to
+        .strip_prefix("http://127.0.0.1:38123/callback?code=")
+        .unwrap_or_else(|| panic!("only to the CLI's loopback port: {to}"))
+        .to_string();
+
+    let token = |form: String| {
+        let client = e.client.clone();
+        let addr = heim.https;
+        async move {
+            let req = http::Request::post("/.heim/cli/token")
+                .header("host", "app.test")
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(Body::from(form))
+                .unwrap();
+            client.request(addr, req).await.unwrap()
+        }
+    };
+    let wrong = token(format!(
+        "grant_type=authorization_code&code={code}&code_verifier=nope"
+    ))
+    .await;
+    assert_eq!(wrong.status, 400, "a wrong verifier");
+    let ok = token(format!(
+        "grant_type=authorization_code&code={code}&code_verifier={verifier}"
+    ))
+    .await;
+    assert_eq!(ok.status, 200, "{:?}", ok.body);
+    let replay = token(format!(
+        "grant_type=authorization_code&code={code}&code_verifier={verifier}"
+    ))
+    .await;
+    assert_eq!(replay.status, 400, "a code works once");
+    let j = ok.json();
+    let access = j["access_token"].as_str().unwrap().to_string();
+    let refresh = j["refresh_token"].as_str().unwrap().to_string();
+    assert!(j["expires_in"].as_u64().unwrap() <= 3600);
+
+    let api = |bearer: String| {
+        let client = e.client.clone();
+        let addr = heim.https;
+        async move {
+            let req = http::Request::get("/private")
+                .header("host", "app.test")
+                .header("authorization", format!("Bearer {bearer}"))
+                .body(Body::default())
+                .unwrap();
+            client.request(addr, req).await.unwrap()
+        }
+    };
+    let r = api(access.clone()).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["identity"]["user"], "alice@example.com");
+    let again = token(format!("grant_type=refresh_token&refresh_token={refresh}")).await;
+    assert_eq!(again.status, 200);
+    let fresh = again.json()["access_token"].as_str().unwrap().to_string();
+    assert_eq!(api(fresh.clone()).await.status, 200);
+    // A refresh token is no access token, nor the other way round.
+    assert_eq!(api(refresh.clone()).await.status, 401);
+    assert_eq!(
+        token(format!("grant_type=refresh_token&refresh_token={access}"))
+            .await
+            .status,
+        400
+    );
+
+    // Signing out in the browser ends the CLI's tokens too.
+    let page = b.get(&b.url("auth.wild.test", "/.heim/logout")).await;
+    let csrf = hidden(&page.body, "csrf");
+    let url = b.url("auth.wild.test", "/.heim/logout");
+    b.go("POST", &url, Some(&format!("csrf={csrf}"))).await;
+    assert_eq!(api(fresh).await.status, 401);
+    assert_eq!(
+        token(format!("grant_type=refresh_token&refresh_token={refresh}"))
+            .await
+            .status,
+        400
+    );
+}
+
+/// A WebSocket outlives the request that authorized it: heim closes it
+/// within 2 s of a logout or of a reload that takes the user's access away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websockets_are_cut_when_access_ends() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
+    let e = env("signin-ws");
+    let ws = heim_e2e::upstream::websocket_echo().await;
+    let routes = format!(
+        "[[route]]\nhost = \"app.test\"\npath = \"/ws\"\nupstream = [\"{}\"]\nallow_emails = [\"alice@example.com\"]\n",
+        ws.url()
+    );
+    let heim = start(&e, &routes);
+
+    // Signed in, with a session cookie for app.test.
+    let open = |cookie: String| {
+        let client = e.client.clone();
+        let addr = heim.https;
+        async move {
+            let (tls, _) = client.tls(addr, "app.test", false).await.unwrap();
+            let mut req = "wss://app.test/ws".into_client_request().unwrap();
+            req.headers_mut().insert("cookie", cookie.parse().unwrap());
+            let (mut socket, resp) = tokio_tungstenite::client_async(req, tls)
+                .await
+                .expect("upgrade");
+            assert_eq!(resp.status(), 101);
+            socket.send(Message::text("ping")).await.unwrap();
+            let back = socket.next().await.expect("open").expect("a message");
+            assert_eq!(back.into_text().unwrap().as_str(), "ping");
+            socket
+        }
+    };
+    let closed_within = |mut socket: tokio_tungstenite::WebSocketStream<_>, limit: Duration| async move {
+        let end = tokio::time::timeout(limit, async {
+            while let Some(Ok(Message::Text(_))) = socket.next().await {}
+        })
+        .await;
+        end.is_ok()
+    };
+    async fn signed_in(e: &Env, heim: &Heim) -> (String, String) {
+        let mut b = Browser::new(e, heim);
+        let private = b.url("app.test", "/private");
+        let done = sign_in(&mut b, &private, "alice@example.com", PASSWORD).await;
+        b.get(&location(&done)).await;
+        let app = b.cookies["app.test"]["__Host-heim-session"].clone();
+        let auth = b.cookies["auth.wild.test"]["__Host-heim-session"].clone();
+        (app, auth)
+    }
+
+    // 1. Logout revokes the session: the WebSocket goes.
+    let (app, auth) = signed_in(&e, &heim).await;
+    let socket = open(format!("__Host-heim-session={app}")).await;
+    let mut b = Browser::new(&e, &heim);
+    b.cookies
+        .entry("auth.wild.test".into())
+        .or_default()
+        .insert("__Host-heim-session".into(), auth);
+    let page = b.get(&b.url("auth.wild.test", "/.heim/logout")).await;
+    let csrf = hidden(&page.body, "csrf");
+    let url = b.url("auth.wild.test", "/.heim/logout");
+    b.go("POST", &url, Some(&format!("csrf={csrf}"))).await;
+    assert!(
+        closed_within(socket, Duration::from_secs(3)).await,
+        "cut after logout"
+    );
+
+    // 2. A reload that drops alice from the policy: the WebSocket goes.
+    let (app, _) = signed_in(&e, &heim).await;
+    let socket = open(format!("__Host-heim-session={app}")).await;
+    let text = std::fs::read_to_string(&heim.config).unwrap();
+    std::fs::write(
+        &heim.config,
+        text.replace(
+            &format!(
+                "upstream = [\"{}\"]\nallow_emails = [\"alice@example.com\"]",
+                ws.url()
+            ),
+            &format!(
+                "upstream = [\"{}\"]\nallow_emails = [\"root@example.com\"]",
+                ws.url()
+            ),
+        ),
+    )
+    .unwrap();
+    heim.signal("HUP");
+    assert!(heim.wait_metric(
+        "heim_config_reloads_total{result=\"ok\"} 1",
+        Duration::from_secs(5)
+    ));
+    assert!(
+        closed_within(socket, Duration::from_secs(3)).await,
+        "cut after the policy changed"
+    );
 }

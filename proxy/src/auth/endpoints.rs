@@ -52,6 +52,27 @@ struct PreAuth {
     verifier: String,
 }
 
+/// A CLI sign-in's one-time code: the session, for the CLI that holds the
+/// PKCE verifier of `challenge`.
+#[derive(Serialize, Deserialize)]
+struct CliCode {
+    session: Session,
+    challenge: String,
+    exp: u64,
+    jti: String,
+}
+
+/// What a CLI refresh token carries (it lasts as long as the session).
+#[derive(Serialize, Deserialize)]
+struct CliRefresh {
+    session: Session,
+}
+
+/// How long a CLI's access token lasts; it is refreshed after.
+const CLI_TOKEN_TTL: u64 = 3600;
+/// How long the CLI has to exchange its code.
+const CLI_CODE_TTL: u64 = 60;
+
 /// A session on its way from the auth host to a route's host.
 #[derive(Serialize, Deserialize)]
 struct Handoff {
@@ -78,13 +99,17 @@ pub async fn serve(
         ("login", Method::GET | Method::HEAD) => Ok(cx.login_page(&req).await),
         ("login", Method::POST) => cx.login_post(req).await,
         ("callback", Method::GET) => cx.callback(&req).await,
+        ("cli/login", Method::GET) => Ok(cx.cli_login(&req)),
+        ("cli/token", Method::POST) => cx.cli_token(req).await,
         ("handoff", Method::GET) => Ok(cx.handoff(&req)),
         ("logout", Method::GET | Method::HEAD) => Ok(cx.logout_page(&req)),
         ("logout", Method::POST) => cx.logout_post(req).await,
         ("me", Method::GET | Method::HEAD) => Ok(cx.me(&req)),
-        ("jwks.json" | "login" | "callback" | "handoff" | "logout" | "me", _) => {
-            Err(ProxyError::MethodNotAllowed)
-        }
+        (
+            "jwks.json" | "login" | "callback" | "handoff" | "logout" | "me" | "cli/login"
+            | "cli/token",
+            _,
+        ) => Err(ProxyError::MethodNotAllowed),
         _ => Err(ProxyError::NoRoute),
     })
 }
@@ -466,6 +491,105 @@ impl Cx<'_> {
             clear_cookie(&mut resp, &format!("{PRE_AUTH_PREFIX}{state}"));
         }
         resp
+    }
+
+    // === cli ===
+
+    /// `heim-tunnel login`: sign in in the browser, then hand a one-time
+    /// code to the CLI's loopback listener (and nowhere else).
+    fn cli_login<B>(&self, req: &Request<B>) -> Response<ProxyBody> {
+        let query = req.uri().query().unwrap_or("");
+        if !self.on_auth_host() {
+            return redirect(&format!("{}/.heim/cli/login?{query}", self.auth_origin()));
+        }
+        let port = query_param(query, "port")
+            .and_then(|p| p.parse::<u16>().ok())
+            .filter(|p| *p != 0);
+        let challenge = query_param(query, "challenge").filter(|c| {
+            (43..=128).contains(&c.len())
+                && c.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        });
+        let (Some(port), Some(challenge)) = (port, challenge) else {
+            return page(
+                StatusCode::BAD_REQUEST,
+                "CLI sign-in",
+                "<p>This sign-in link needs a loopback port and a PKCE challenge (S256, base64url).</p>",
+            );
+        };
+        let Some(session) = self.session(req) else {
+            let here = format!("{}/.heim/cli/login?{query}", self.auth_origin());
+            return redirect(&login_url(&self.auth_origin(), &here));
+        };
+        let code = CliCode {
+            session,
+            challenge,
+            exp: unix_now() + CLI_CODE_TTL,
+            jti: random_token(12),
+        };
+        let code = self.auth.sealer.seal(Purpose::CliCode, &code);
+        redirect(&format!("http://127.0.0.1:{port}/callback?code={code}"))
+    }
+
+    /// Exchanges a CLI's code and verifier (or its refresh token) for a
+    /// bearer token.
+    async fn cli_token(&self, req: Request<Incoming>) -> Result<Response<ProxyBody>, ProxyError> {
+        let form = read_form(req).await?;
+        let field = |k: &str| form.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+        let bad = |why: &str| {
+            json(
+                StatusCode::BAD_REQUEST,
+                &serde_json::json!({ "error": "invalid_grant", "error_description": why }),
+            )
+        };
+        let now = unix_now();
+        let state = &self.conn.shared.auth_state;
+        let session = match field("grant_type").unwrap_or("authorization_code") {
+            "authorization_code" => {
+                let Some(c) = field("code")
+                    .and_then(|c| self.auth.sealer.open::<CliCode>(Purpose::CliCode, c))
+                else {
+                    return Ok(bad("unknown code"));
+                };
+                let verifier = field("code_verifier").unwrap_or("");
+                let computed = base64::Engine::encode(
+                    &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+                    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, verifier.as_bytes()),
+                );
+                if c.exp <= now
+                    || !super::constant_time_eq(computed.as_bytes(), c.challenge.as_bytes())
+                {
+                    return Ok(bad("expired code or wrong verifier"));
+                }
+                if !state.use_once(&c.jti, c.exp) {
+                    return Ok(bad("code already used"));
+                }
+                c.session
+            }
+            "refresh_token" => {
+                let Some(r) = field("refresh_token")
+                    .and_then(|t| self.auth.sealer.open::<CliRefresh>(Purpose::CliRefresh, t))
+                else {
+                    return Ok(bad("unknown refresh token"));
+                };
+                r.session
+            }
+            _ => return Ok(bad("unsupported grant_type")),
+        };
+        if session.expires <= now || state.is_revoked(&session.id) {
+            return Ok(bad("the session has ended: sign in again"));
+        }
+        let mut access = session.clone();
+        access.expires = session.expires.min(now + CLI_TOKEN_TTL);
+        let doc = serde_json::json!({
+            "access_token": self.auth.sealer.seal(Purpose::CliToken, &access),
+            "token_type": "Bearer",
+            "expires_in": access.expires - now,
+            "refresh_token": self.auth.sealer.seal(Purpose::CliRefresh, &CliRefresh { session: session.clone() }),
+            "refresh_expires_in": session.expires - now,
+            "user": session.user,
+        });
+        Ok(json(StatusCode::OK, &doc))
     }
 
     // === handoff ===

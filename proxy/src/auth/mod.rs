@@ -253,6 +253,37 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     aws_lc_rs::constant_time::verify_slices_are_equal(a, b).is_ok()
 }
 
+/// What a long-lived connection (a spliced WebSocket) was authorized by,
+/// to check again while it lasts: the session must not expire or be
+/// revoked, and the route it reached must still admit the user, by the
+/// route table current at each check (a reload can change it).
+pub struct Reauth {
+    pub shared: Arc<crate::state::Shared>,
+    pub session: Session,
+    pub host: String,
+    /// The path the route was chosen by.
+    pub path: String,
+}
+
+/// How often a long-lived connection is checked again.
+pub const REAUTH_EVERY: Duration = Duration::from_secs(1);
+
+impl Reauth {
+    /// True while the connection may go on.
+    pub fn still_allowed(&self) -> bool {
+        let s = &self.session;
+        if s.expires <= unix_now() || self.shared.auth_state.is_revoked(&s.id) {
+            return false;
+        }
+        let table = self.shared.routes.load();
+        match table.lookup(&self.host, &self.path).map(|r| &r.spec.policy) {
+            Some(crate::route::Policy::Allow(rules)) => rules.allows(s),
+            Some(crate::route::Policy::Public) => true,
+            _ => false,
+        }
+    }
+}
+
 /// Secrets written by `echo` end in a newline; it is not part of them.
 pub fn trim_secret(mut s: Vec<u8>) -> Vec<u8> {
     while s.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {

@@ -26,6 +26,7 @@ pub enum Purpose {
     Handoff,
     CliCode,
     CliToken,
+    CliRefresh,
     /// The logout form's token, bound to the session id.
     Csrf,
 }
@@ -38,6 +39,7 @@ impl Purpose {
             Purpose::Handoff => b"heim/handoff/v1",
             Purpose::CliCode => b"heim/cli-code/v1",
             Purpose::CliToken => b"heim/cli-token/v1",
+            Purpose::CliRefresh => b"heim/cli-refresh/v1",
             Purpose::Csrf => b"heim/csrf/v1",
         }
     }

@@ -335,6 +335,7 @@ pub async fn forward_upgrade(
     client_upgrade: OnUpgrade,
     group: &UpstreamGroup,
     shared: &Arc<Shared>,
+    reauth: Option<crate::auth::Reauth>,
 ) -> Result<(Response<ProxyBody>, usize), ProxyError> {
     let metrics = &shared.metrics;
     let i = group.pick(&[]).ok_or(ProxyError::NoUpstream)?;
@@ -354,7 +355,7 @@ pub async fn forward_upgrade(
         tokio::task::spawn_local(async move {
             let _open = open;
             match tokio::try_join!(client_upgrade, upstream_upgrade) {
-                Ok((client, upstream)) => splice::splice(client, upstream, idle).await,
+                Ok((client, upstream)) => splice::splice(client, upstream, idle, reauth).await,
                 Err(e) => tracing::debug!(error = %e, "upgrade failed"),
             }
         });

@@ -1,6 +1,9 @@
 //! Splicing an upgraded connection (WebSocket) to its upstream, byte for
-//! byte, until either side closes or, with `websocket_idle_timeout`, no
-//! byte has crossed either way for that long.
+//! byte, until either side closes; or, with `websocket_idle_timeout`, no
+//! byte has crossed either way for that long; or the signed-in user behind
+//! it may no longer use the route (checked every second: an expired or
+//! revoked session, or a reload that changed the policy, closes it within
+//! two seconds).
 //!
 //! The pair counts as an open connection (its caller holds the
 //! `OpenConnection`), so a drain waits for it up to `drain_timeout`; the
@@ -18,8 +21,16 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
-/// Copies both ways until one side ends, or the pair idles for `idle`.
-pub async fn splice(client: Upgraded, upstream: Upgraded, idle: Option<Duration>) {
+use crate::auth::{Reauth, REAUTH_EVERY};
+
+/// Copies both ways until one side ends, the pair idles for `idle`, or
+/// (with `reauth`) the user behind it may no longer use the route.
+pub async fn splice(
+    client: Upgraded,
+    upstream: Upgraded,
+    idle: Option<Duration>,
+    reauth: Option<Reauth>,
+) {
     let last = Rc::new(Cell::new(Instant::now()));
     let mut client = Activity {
         io: TokioIo::new(client),
@@ -30,17 +41,28 @@ pub async fn splice(client: Upgraded, upstream: Upgraded, idle: Option<Duration>
         last: last.clone(),
     };
     let copy = tokio::io::copy_bidirectional(&mut client, &mut upstream);
-    let Some(idle) = idle else {
+    if idle.is_none() && reauth.is_none() {
         let _ = copy.await;
         return;
-    };
+    }
     tokio::pin!(copy);
+    // A timer that never fires stands in for a check that is off.
+    let far = Duration::from_secs(100 * 365 * 24 * 3600);
+    let mut recheck = tokio::time::interval(if reauth.is_some() { REAUTH_EVERY } else { far });
+    recheck.tick().await;
     loop {
+        let idle_at = last.get() + idle.unwrap_or(far);
         tokio::select! {
             _ = copy.as_mut() => return,
-            _ = tokio::time::sleep_until(last.get() + idle) => {
-                if last.get().elapsed() >= idle {
+            _ = tokio::time::sleep_until(idle_at) => {
+                if let Some(idle) = idle.filter(|i| last.get().elapsed() >= *i) {
                     tracing::debug!(idle_s = idle.as_secs_f64(), "idle upgraded connection closed");
+                    return;
+                }
+            }
+            _ = recheck.tick() => {
+                if let Some(r) = reauth.as_ref().filter(|r| !r.still_allowed()) {
+                    tracing::info!(user = %r.session.user, host = %r.host, "upgraded connection no longer authorized: closed");
                     return;
                 }
             }
