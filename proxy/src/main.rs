@@ -48,6 +48,12 @@ fn main() -> ExitCode {
     match cli.command {
         Some(Command::Check { config }) => match heim_proxy::check(&config) {
             Ok(c) => {
+                for name in c.denied_routes() {
+                    eprintln!(
+                        "{}: warning: route {name:?} has no policy (public = true, an allow_* rule, or a webhook): every request gets 403",
+                        config.display()
+                    );
+                }
                 println!("{}: ok ({} routes)", config.display(), c.routes.len());
                 ExitCode::SUCCESS
             }

@@ -109,16 +109,26 @@ impl Compiled {
 }
 
 impl Compiled {
+    /// The routes that deny everyone (no `public`, allow rule or webhook).
+    pub fn denied_routes(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self
+            .routes
+            .routes()
+            .filter(|r| r.spec.policy == Policy::Deny)
+            .map(|r| r.spec.name.as_str())
+            .collect();
+        names.sort_unstable();
+        names
+    }
+
     /// Logs the routes that deny everyone, so that an operator sees why
     /// they answer 403.
     pub fn warn_denied(&self) {
-        for r in self.routes.routes() {
-            if r.spec.policy == Policy::Deny {
-                tracing::warn!(
-                    route = %r.spec.name,
-                    "route has no policy (public = true, or an allow_* rule): every request gets 403"
-                );
-            }
+        for name in self.denied_routes() {
+            tracing::warn!(
+                route = %name,
+                "route has no policy (public = true, an allow_* rule, or a webhook): every request gets 403"
+            );
         }
     }
 }

@@ -946,3 +946,59 @@ async fn websockets_are_cut_when_access_ends() {
         "cut after the policy changed"
     );
 }
+
+/// The README's first command, on a copy of the example: the demo user
+/// signs in and the echo shows who they are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_quickstart_signs_the_demo_user_in() {
+    let dir = heim_e2e::scratch("quickstart");
+    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples");
+    for f in [
+        "users.txt",
+        "certs/local.pem",
+        "certs/local-key.pem",
+        "secrets/cookie",
+    ] {
+        let to = dir.join(f);
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(examples.join(f), &to).unwrap();
+    }
+    let config = std::fs::read_to_string(examples.join("quickstart.toml"))
+        .unwrap()
+        .replace("127.0.0.1:8443", "127.0.0.1:0")
+        .replace("127.0.0.1:8080", "127.0.0.1:0")
+        .replace("127.0.0.1:9901", "127.0.0.1:0");
+    let heim = Heim::start(&dir, &config).expect("the quickstart starts");
+    let e = Env {
+        pki: heim_e2e::Pki::new(&dir),
+        dir: dir.clone(),
+        client: heim_e2e::Client::any_certificate(),
+    };
+    let mut b = Browser::new(&e, &heim);
+    let private = b.url("localhost", "/private");
+    let r = b.get(&private).await;
+    assert_eq!(r.status, 302);
+    let form = b.get(&location(&r)).await;
+    let state = hidden(&form.body, "state");
+    let url = b.url("localhost", "/.heim/login");
+    let r = b
+        .go(
+            "POST",
+            &url,
+            Some(&format!("state={state}&user=demo&password=heim-demo")),
+        )
+        .await;
+    assert_eq!(r.status, 303, "{:?}", String::from_utf8_lossy(&r.body));
+    assert_eq!(location(&r), private);
+    let j = b.get(&private).await.json();
+    assert_eq!(j["identity"]["user"], "demo");
+    assert_eq!(j["headers"]["x-webauth-user"], "demo");
+    assert!(j["headers"]["x-heim-jwt"].is_string());
+    // The key was created on first start, readable by heim alone.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(dir.join("secrets/jwt-es256.pem"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+}
