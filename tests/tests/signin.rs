@@ -1002,3 +1002,27 @@ async fn the_quickstart_signs_the_demo_user_in() {
         .mode();
     assert_eq!(mode & 0o777, 0o600);
 }
+
+/// Reloading the sign-in page does not pile up cookies (oversized cookie
+/// headers are the top complaint against oauth2-proxy and Pomerium).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pre_auth_cookies_do_not_pile_up() {
+    let e = env("signin-pile");
+    let heim = start(&e, "");
+    let mut b = Browser::new(&e, &heim);
+    let login = b.url("auth.wild.test", "/.heim/login");
+    for _ in 0..10 {
+        assert_eq!(b.get(&login).await.status, 200);
+        let n = b.cookies["auth.wild.test"]
+            .keys()
+            .filter(|k| k.starts_with("__Host-heim-pre-"))
+            .count();
+        assert!(n <= 3, "{n} pre-auth cookies");
+    }
+    // The newest attempt still signs in.
+    let form = b.get(&login).await;
+    let state = hidden(&form.body, "state");
+    let body = format!("state={state}&user=bob&password={}", enc(PASSWORD));
+    let r = b.go("POST", &login, Some(&body)).await;
+    assert_eq!(r.status, 303);
+}

@@ -160,6 +160,12 @@ impl Cx<'_> {
     // === login ===
 
     async fn login_page<B>(&self, req: &Request<B>) -> Response<ProxyBody> {
+        let mut resp = self.login_page_inner(req).await;
+        prune_pre_auth(req.headers(), &mut resp);
+        resp
+    }
+
+    async fn login_page_inner<B>(&self, req: &Request<B>) -> Response<ProxyBody> {
         let query = req.uri().query().unwrap_or("");
         if !self.on_auth_host() {
             // Sign-in happens on the auth host; carry the query over.
@@ -441,12 +447,14 @@ impl Cx<'_> {
         throttle.record(&user, client, ok);
         if !ok {
             tracing::info!(provider = %pre.provider, user = %user, %client, "local sign-in failed");
-            return Ok(self.local_form(
+            let mut resp = self.local_form(
                 &pre.provider,
                 &pre.rd,
                 Some("Wrong user name or password."),
                 StatusCode::UNAUTHORIZED,
-            ));
+            );
+            prune_pre_auth(&headers, &mut resp);
+            return Ok(resp);
         }
         tracing::info!(provider = %pre.provider, user = %user, "signed in");
         let email = super::policy::valid_email(&user).map(|_| user.clone());
@@ -963,6 +971,29 @@ fn set_cookie(resp: &mut Response<ProxyBody>, name: &str, value: &str, max_age: 
 
 fn clear_cookie(resp: &mut Response<ProxyBody>, name: &str) {
     set_cookie(resp, name, "", 0);
+}
+
+/// Pre-auth cookies a browser may pile up (a login page reloaded again and
+/// again) before heim clears them: large cookie headers are the top
+/// complaint against oauth2-proxy and Pomerium.
+const MAX_PRE_AUTH: usize = 3;
+
+/// Clears the request's pre-auth cookies once there are too many (the
+/// response's own new one stays).
+fn prune_pre_auth(headers: &http::HeaderMap, resp: &mut Response<ProxyBody>) {
+    let names: Vec<String> = headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|c| c.trim().split_once('=').map(|(k, _)| k.to_string()))
+        .filter(|k| k.starts_with(PRE_AUTH_PREFIX))
+        .collect();
+    if names.len() >= MAX_PRE_AUTH {
+        for name in names {
+            clear_cookie(resp, &name);
+        }
+    }
 }
 
 #[cfg(test)]
