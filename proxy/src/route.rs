@@ -388,7 +388,18 @@ pub fn routing_path(normalized: &str) -> Option<Cow<'_, str>> {
 }
 
 /// Decodes every `%XX` escape; a `%` not followed by two hex digits stays.
+/// `None` for a decoded NUL or bytes that are not UTF-8.
 fn percent_decode(s: &str) -> Option<String> {
+    let out = percent_decode_bytes(s);
+    if out.contains(&0) {
+        return None;
+    }
+    String::from_utf8(out).ok()
+}
+
+/// Decodes every `%XX` escape into bytes; a `%` not followed by two hex
+/// digits stays as it is.
+pub fn percent_decode_bytes(s: &str) -> Vec<u8> {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
@@ -409,10 +420,7 @@ fn percent_decode(s: &str) -> Option<String> {
             }
         }
     }
-    if out.contains(&0) {
-        return None;
-    }
-    String::from_utf8(out).ok()
+    out
 }
 
 /// Decodes `%2e`/`%2E` (an encoded `.`), the one escape that changes what a

@@ -52,6 +52,24 @@ struct PreAuth {
     verifier: String,
 }
 
+impl PreAuth {
+    /// A fresh attempt to sign in with `provider`, returning to `rd`.
+    fn new(provider: &str, rd: &str) -> Self {
+        PreAuth {
+            state: random_token(16),
+            rd: rd.to_string(),
+            provider: provider.to_string(),
+            exp: unix_now() + PRE_AUTH_TTL,
+            nonce: String::new(),
+            verifier: String::new(),
+        }
+    }
+
+    fn cookie_name(state: &str) -> String {
+        format!("{PRE_AUTH_PREFIX}{state}")
+    }
+}
+
 /// A CLI sign-in's one-time code: the session, for the CLI that holds the
 /// PKCE verifier of `challenge`.
 #[derive(Serialize, Deserialize)]
@@ -185,15 +203,8 @@ impl Cx<'_> {
             return self.chooser(&rd);
         };
         let callback = format!("{}/.heim/callback", self.auth_origin());
-        let state = random_token(16);
-        let mut pre = PreAuth {
-            state: state.clone(),
-            rd,
-            provider: provider.name.clone(),
-            exp: unix_now() + PRE_AUTH_TTL,
-            nonce: String::new(),
-            verifier: String::new(),
-        };
+        let mut pre = PreAuth::new(&provider.name, &rd);
+        let state = pre.state.clone();
         let url = match &provider.imp {
             ProviderImpl::Local(_) => {
                 return self.local_form(&provider.name, &pre.rd, None, StatusCode::OK)
@@ -212,14 +223,34 @@ impl Cx<'_> {
             }
         };
         let mut resp = redirect(&url);
-        let sealed = self.auth.sealer.seal(Purpose::PreAuth, &pre);
+        self.set_attempt(&mut resp, &pre);
+        resp
+    }
+
+    /// Sets an attempt's pre-auth cookie.
+    fn set_attempt(&self, resp: &mut Response<ProxyBody>, pre: &PreAuth) {
+        let sealed = self.auth.sealer.seal(Purpose::PreAuth, pre);
         set_cookie(
-            &mut resp,
-            &format!("{PRE_AUTH_PREFIX}{state}"),
+            resp,
+            &PreAuth::cookie_name(&pre.state),
             &sealed,
             PRE_AUTH_TTL,
         );
-        resp
+    }
+
+    /// The attempt `state` names, if this browser holds its pre-auth cookie
+    /// and it has not expired.
+    fn attempt(&self, headers: &http::HeaderMap, state: &str) -> Option<PreAuth> {
+        if state.is_empty() {
+            return None;
+        }
+        let c = cookie(headers, &PreAuth::cookie_name(state))?;
+        self.auth
+            .sealer
+            .open::<PreAuth>(Purpose::PreAuth, c)
+            .filter(|p| {
+                super::constant_time_eq(p.state.as_bytes(), state.as_bytes()) && p.exp > unix_now()
+            })
     }
 
     /// A provider that cannot be reached: say so, never a 502 from heim.
@@ -243,13 +274,7 @@ impl Cx<'_> {
         }
         let query = req.uri().query().unwrap_or("");
         let state = query_param(query, "state").unwrap_or_default();
-        let pre: Option<PreAuth> = (!state.is_empty())
-            .then(|| cookie(req.headers(), &format!("{PRE_AUTH_PREFIX}{state}")))
-            .flatten()
-            .and_then(|c| self.auth.sealer.open(Purpose::PreAuth, c))
-            .filter(|p: &PreAuth| {
-                super::constant_time_eq(p.state.as_bytes(), state.as_bytes()) && p.exp > unix_now()
-            });
+        let pre = self.attempt(req.headers(), &state);
         let Some(pre) = pre else {
             return Ok(page(
                 StatusCode::BAD_REQUEST,
@@ -355,16 +380,8 @@ impl Cx<'_> {
         error: Option<&str>,
         status: StatusCode,
     ) -> Response<ProxyBody> {
-        let state = random_token(16);
-        let pre = PreAuth {
-            state: state.clone(),
-            rd: rd.to_string(),
-            provider: provider.to_string(),
-            exp: unix_now() + PRE_AUTH_TTL,
-            nonce: String::new(),
-            verifier: String::new(),
-        };
-        let sealed = self.auth.sealer.seal(Purpose::PreAuth, &pre);
+        let pre = PreAuth::new(provider, rd);
+        let state = &pre.state;
         let error = error
             .map(|e| format!("<p class=\"error\" role=\"alert\">{}</p>", escape(e)))
             .unwrap_or_default();
@@ -376,12 +393,7 @@ impl Cx<'_> {
              <button type=\"submit\">Sign in</button></form>"
         );
         let mut resp = page(status, "Sign in", &body);
-        set_cookie(
-            &mut resp,
-            &format!("{PRE_AUTH_PREFIX}{state}"),
-            &sealed,
-            PRE_AUTH_TTL,
-        );
+        self.set_attempt(&mut resp, &pre);
         resp
     }
 
@@ -394,11 +406,7 @@ impl Cx<'_> {
         let field = |k: &str| form.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
         let state = field("state").unwrap_or("");
         // The attempt must be this browser's own: its pre-auth cookie.
-        let pre: Option<PreAuth> = (!state.is_empty())
-            .then(|| cookie(&headers, &format!("{PRE_AUTH_PREFIX}{state}")))
-            .flatten()
-            .and_then(|c| self.auth.sealer.open(Purpose::PreAuth, c))
-            .filter(|p: &PreAuth| p.state == state && p.exp > unix_now());
+        let pre = self.attempt(&headers, state);
         let Some(pre) = pre else {
             return Ok(page(
                 StatusCode::BAD_REQUEST,
@@ -496,7 +504,7 @@ impl Cx<'_> {
             let ttl = session.expires.saturating_sub(unix_now());
             let sealed = self.auth.sealer.seal(Purpose::Session, &session);
             set_cookie(&mut resp, SESSION_COOKIE, &sealed, ttl);
-            clear_cookie(&mut resp, &format!("{PRE_AUTH_PREFIX}{state}"));
+            clear_cookie(&mut resp, &PreAuth::cookie_name(state));
         }
         resp
     }
@@ -849,31 +857,8 @@ pub fn query_param(query: &str, name: &str) -> Option<String> {
 
 /// Decodes `+` and `%XX` (invalid escapes stay as they are).
 fn form_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let hex = |c: u8| (c as char).to_digit(16);
-        match (
-            b[i],
-            b.get(i + 1).copied().and_then(hex),
-            b.get(i + 2).copied().and_then(hex),
-        ) {
-            (b'%', Some(h), Some(l)) => {
-                out.push((h * 16 + l) as u8);
-                i += 3;
-            }
-            (b'+', _, _) => {
-                out.push(b' ');
-                i += 1;
-            }
-            (c, _, _) => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    let plus = s.replace('+', " ");
+    String::from_utf8_lossy(&crate::route::percent_decode_bytes(&plus)).into_owned()
 }
 
 /// Percent-encodes everything but unreserved characters.
