@@ -834,7 +834,13 @@ impl Cx<'_> {
         for (name, field) in map.get_ref() {
             let key = format!("route[{i}].identity_headers");
             let header = match http::HeaderName::from_bytes(name.as_bytes()) {
-                Ok(h) if !crate::forward::headers::is_hop_by_hop(&h) && !name.contains('_') => h,
+                Ok(h)
+                    if !crate::forward::headers::is_hop_by_hop(&h)
+                        && !name.contains('_')
+                        && !NOT_IDENTITY.contains(&h.as_str()) =>
+                {
+                    h
+                }
                 _ => {
                     self.err(
                         &map.span(),
@@ -1042,6 +1048,19 @@ impl Cx<'_> {
         })
     }
 }
+
+/// Headers that cannot carry an identity: heim would strip them from every
+/// request.
+const NOT_IDENTITY: &[&str] = &[
+    "cookie",
+    "authorization",
+    "content-length",
+    "content-type",
+    "content-encoding",
+    "set-cookie",
+    "accept",
+    "user-agent",
+];
 
 /// An issuer or API URL: https, or http on a loopback address (tests, a
 /// provider beside heim).

@@ -18,9 +18,13 @@ pub struct Denied {
 /// Why heim answered a request itself instead of a backend.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProxyError {
-    /// A browser without a session: off to sign in (302 to `location`).
+    /// A browser without a session: off to sign in (302 to `location`),
+    /// with the cookie that binds the sign-in to this browser.
     #[error("sign-in needed")]
-    SignIn { location: HeaderValue },
+    SignIn {
+        location: HeaderValue,
+        set_cookie: HeaderValue,
+    },
     /// A non-browser client without a session (401).
     #[error("authentication needed")]
     Unauthorized,
@@ -119,8 +123,12 @@ impl ProxyError {
         let h = resp.headers_mut();
         h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
         match self {
-            ProxyError::SignIn { location } => {
+            ProxyError::SignIn {
+                location,
+                set_cookie,
+            } => {
                 h.insert(header::LOCATION, location.clone());
+                h.insert(header::SET_COOKIE, set_cookie.clone());
             }
             ProxyError::Unauthorized => {
                 h.insert(
@@ -131,6 +139,18 @@ impl ProxyError {
             _ => {}
         }
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        h.insert(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        );
+        if matches!(self, ProxyError::Denied(_)) {
+            h.insert(
+                header::CONTENT_SECURITY_POLICY,
+                HeaderValue::from_static(
+                    "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'",
+                ),
+            );
+        }
         if matches!(self, ProxyError::BadRequest(_) | ProxyError::MalformedBody) {
             h.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }

@@ -320,7 +320,7 @@ async fn serve(
         Routed::Redirect(location) => return Ok(redirect(location)),
     };
     out.route = Some(route.clone());
-    let session = authenticate(&req, &route, auth.as_deref(), conn);
+    let session = authenticate(&req, &parsed.host, &route, auth.as_deref(), conn);
     authorize(
         &req,
         &parsed,
@@ -331,8 +331,11 @@ async fn serve(
     )?;
     limit(&req, &route)?;
     let upgrade = rewrite(&mut req, &parsed, &route, conn, &out.request_id)?;
-    if let (Some(s), Some(auth)) = (&session, &auth) {
-        identify(&mut req, &parsed, &route, s, auth, conn);
+    if let Some(auth) = &auth {
+        auth.strip_credentials(req.headers_mut());
+        if let Some(s) = &session {
+            identify(&mut req, &parsed, &route, s, auth, conn);
+        }
     }
     backend(
         req,
@@ -440,12 +443,15 @@ pub fn route<B>(req: &Request<B>, parsed: &Parsed, conn: &ConnCtx) -> Result<Rou
 /// (expiry, revocation). Public and denied routes skip it.
 pub fn authenticate<B>(
     req: &Request<B>,
+    host: &str,
     route: &Route,
     auth: Option<&Auth>,
     conn: &ConnCtx,
 ) -> Option<Session> {
     match (&route.spec.policy, auth) {
-        (Policy::Allow(_), Some(auth)) => auth.session(req.headers(), &conn.shared.auth_state),
+        (Policy::Allow(_), Some(auth)) => {
+            auth.session(req.headers(), &conn.shared.auth_state, host)
+        }
         _ => None,
     }
 }
@@ -462,8 +468,15 @@ pub fn authorize<B>(
     conn: &ConnCtx,
 ) -> Result<(), ProxyError> {
     let rules = match &route.spec.policy {
-        // The signature is checked with the body, in `backend`.
-        Policy::Public | Policy::Webhook(_) => return Ok(()),
+        Policy::Public => return Ok(()),
+        // The signature is checked with the body, in `backend`; a webhook
+        // is a POST, never an upgrade.
+        Policy::Webhook(_)
+            if req.method() != Method::POST || req.headers().contains_key(UPGRADE) =>
+        {
+            return Err(ProxyError::MethodNotAllowed)
+        }
+        Policy::Webhook(_) => return Ok(()),
         Policy::Deny => return Err(ProxyError::Forbidden),
         Policy::Allow(rules) => rules,
     };
@@ -490,10 +503,17 @@ pub fn authorize<B>(
             ),
         }))),
         None if is_browser(req) => {
-            let location = crate::auth::endpoints::login_url(&auth_origin, &here);
-            HeaderValue::from_str(&location)
-                .map(|location| ProxyError::SignIn { location })
-                .map_or(Err(ProxyError::Unauthorized), Err)
+            let (location, cookie) = crate::auth::endpoints::sign_in_redirect(&auth_origin, &here);
+            match (
+                HeaderValue::from_str(&location),
+                HeaderValue::from_str(&cookie),
+            ) {
+                (Ok(location), Ok(set_cookie)) => Err(ProxyError::SignIn {
+                    location,
+                    set_cookie,
+                }),
+                _ => Err(ProxyError::Unauthorized),
+            }
         }
         None => Err(ProxyError::Unauthorized),
     }
@@ -696,6 +716,7 @@ async fn backend(
         return Err(ProxyError::UpstreamProtocol);
     }
     headers::clean(resp.headers_mut(), false, switching);
+    crate::auth::strip_heim_set_cookies(resp.headers_mut());
     Ok(resp)
 }
 

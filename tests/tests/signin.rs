@@ -143,6 +143,33 @@ fn location(r: &Reply) -> String {
         .to_string()
 }
 
+/// After a sign-in form was posted (303 to the auth host's own login page):
+/// the response that sends the browser on (to the hand-off, or to `rd`).
+async fn onward(b: &mut Browser<'_>, posted: &Reply) -> Reply {
+    assert_eq!(
+        posted.status,
+        303,
+        "{:?}",
+        String::from_utf8_lossy(&posted.body)
+    );
+    let to = location(posted);
+    let url = if to.starts_with('/') {
+        b.url("auth.wild.test", &to)
+    } else {
+        to
+    };
+    b.get(&url).await
+}
+
+/// Signs alice in from `start_url` and completes the hand-off: the browser
+/// then holds the route host's session.
+async fn signed_in_at(b: &mut Browser<'_>, start_url: &str) -> Reply {
+    let done = sign_in(b, start_url, "alice@example.com", PASSWORD).await;
+    let handoff = onward(b, &done).await;
+    assert_eq!(handoff.status, 302);
+    b.get(&location(&handoff)).await
+}
+
 fn hidden(body: &[u8], name: &str) -> String {
     let html = String::from_utf8_lossy(body);
     let needle = format!("name=\"{name}\" value=\"");
@@ -234,7 +261,8 @@ async fn local_sign_in_hands_the_session_to_the_route_host() {
     }
     assert!(!session.contains("Domain"), "host-only: {session}");
     assert!(session.len() < 4096);
-    let handoff = location(&done);
+    let next = onward(&mut b, &done).await;
+    let handoff = location(&next);
     assert!(
         handoff.starts_with(&b.url("app.test", "/.heim/handoff?t=")),
         "{handoff}"
@@ -245,7 +273,7 @@ async fn local_sign_in_hands_the_session_to_the_route_host() {
     assert_eq!(r.status, 302);
     assert_eq!(location(&r), private);
     assert!(b.cookies["app.test"].contains_key("__Host-heim-session"));
-    // It works once.
+    // It works once, and only in the browser it was made for.
     let mut other = Browser::new(&e, &heim);
     assert_eq!(other.get(&handoff).await.status, 400, "a replayed hand-off");
 
@@ -358,25 +386,20 @@ async fn wrong_passwords_and_unknown_users_look_alike_and_slow_down() {
         answers[0], answers[1],
         "unknown user and wrong password answer alike"
     );
-    // A third failure for alice, then she is slowed down, right password or not.
+    // Three failures for alice from here, then she is slowed down from
+    // here, right password or not.
+    let start_url = format!("https://app.test:{}/private", heim.https.port());
     let mut b = Browser::new(&e, &heim);
-    let r = sign_in(
-        &mut b,
-        &format!("https://app.test:{}/private", heim.https.port()),
-        "alice@example.com",
-        "x",
-    )
-    .await;
-    assert_eq!(r.status, 401);
-    let r = sign_in(
-        &mut b,
-        &format!("https://app.test:{}/private", heim.https.port()),
-        "alice@example.com",
-        "y",
-    )
-    .await;
+    for wrong in ["x", "y"] {
+        let r = sign_in(&mut b, &start_url, "alice@example.com", wrong).await;
+        assert_eq!(r.status, 401);
+    }
+    let r = sign_in(&mut b, &start_url, "alice@example.com", PASSWORD).await;
     assert_eq!(r.status, 429);
     assert!(r.headers.contains_key("retry-after"));
+    // bob, from the same address, is not locked out by alice's failures.
+    let r = sign_in(&mut b, &start_url, "bob", PASSWORD).await;
+    assert_eq!(r.status, 303);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -385,8 +408,7 @@ async fn logout_needs_heims_own_form_and_revokes_the_session_everywhere() {
     let heim = start(&e, "");
     let mut b = Browser::new(&e, &heim);
     let private = b.url("app.test", "/private");
-    let done = sign_in(&mut b, &private, "alice@example.com", PASSWORD).await;
-    b.get(&location(&done)).await;
+    signed_in_at(&mut b, &private).await;
     assert_eq!(b.get(&private).await.status, 200);
     let stolen = b.cookies["app.test"]["__Host-heim-session"].clone();
 
@@ -427,8 +449,7 @@ async fn forged_cookies_tokens_and_identity_headers_get_nowhere() {
     let heim = start(&e, "");
     let mut b = Browser::new(&e, &heim);
     let private = b.url("app.test", "/private");
-    let done = sign_in(&mut b, &private, "alice@example.com", PASSWORD).await;
-    b.get(&location(&done)).await;
+    signed_in_at(&mut b, &private).await;
     let good = b.cookies["app.test"]["__Host-heim-session"].clone();
 
     let mut tampered = good.clone().into_bytes();
@@ -536,7 +557,7 @@ async fn return_urls_never_leave_the_hosts_heim_serves() {
                 Some(&body),
             )
             .await;
-        assert_eq!(r.status, 303);
+        let r = onward(&mut b, &r).await;
         let to = location(&r);
         assert_eq!(
             to,
@@ -765,13 +786,33 @@ async fn cli_tokens_by_browser_code_and_pkce() {
             .await;
         assert_eq!(r.status, 400, "{bad}");
     }
-    let r = b
+    // The user says yes on heim's own page (a page cannot do it for them).
+    let confirm = b
         .get(&b.url(
             "auth.wild.test",
             &format!("/.heim/cli/login?port=38123&challenge={challenge}"),
         ))
         .await;
-    assert_eq!(r.status, 302);
+    assert_eq!(confirm.status, 200);
+    assert!(String::from_utf8_lossy(&confirm.body).contains("alice@example.com"));
+    let csrf = hidden(&confirm.body, "csrf");
+    let url = b.url("auth.wild.test", "/.heim/cli/login");
+    let forged = b
+        .go(
+            "POST",
+            &url,
+            Some(&format!("port=38123&challenge={challenge}&csrf=x")),
+        )
+        .await;
+    assert_eq!(forged.status, 400, "no code without heim's own page");
+    let r = b
+        .go(
+            "POST",
+            &url,
+            Some(&format!("port=38123&challenge={challenge}&csrf={csrf}")),
+        )
+        .await;
+    assert_eq!(r.status, 303);
     let to = location(&r);
     let code = to
         .strip_prefix("http://127.0.0.1:38123/callback?code=")
@@ -825,6 +866,10 @@ async fn cli_tokens_by_browser_code_and_pkce() {
     let r = api(access.clone()).await;
     assert_eq!(r.status, 200);
     assert_eq!(r.json()["identity"]["user"], "alice@example.com");
+    assert!(
+        r.json()["headers"].get("authorization").is_none(),
+        "the token stays with heim"
+    );
     let again = token(format!("grant_type=refresh_token&refresh_token={refresh}")).await;
     assert_eq!(again.status, 200);
     let fresh = again.json()["access_token"].as_str().unwrap().to_string();
@@ -894,8 +939,7 @@ async fn websockets_are_cut_when_access_ends() {
     async fn signed_in(e: &Env, heim: &Heim) -> (String, String) {
         let mut b = Browser::new(e, heim);
         let private = b.url("app.test", "/private");
-        let done = sign_in(&mut b, &private, "alice@example.com", PASSWORD).await;
-        b.get(&location(&done)).await;
+        signed_in_at(&mut b, &private).await;
         let app = b.cookies["app.test"]["__Host-heim-session"].clone();
         let auth = b.cookies["auth.wild.test"]["__Host-heim-session"].clone();
         (app, auth)
@@ -989,7 +1033,8 @@ async fn the_quickstart_signs_the_demo_user_in() {
         )
         .await;
     assert_eq!(r.status, 303, "{:?}", String::from_utf8_lossy(&r.body));
-    assert_eq!(location(&r), private);
+    let next = b.get(&b.url("localhost", &location(&r))).await;
+    assert_eq!(location(&next), private);
     let j = b.get(&private).await.json();
     assert_eq!(j["identity"]["user"], "demo");
     assert_eq!(j["headers"]["x-webauth-user"], "demo");
@@ -1025,4 +1070,109 @@ async fn pre_auth_cookies_do_not_pile_up() {
     let body = format!("state={state}&user=bob&password={}", enc(PASSWORD));
     let r = b.go("POST", &login, Some(&body)).await;
     assert_eq!(r.status, 303);
+}
+
+/// heim's credentials never reach a backend, a backend cannot set them, a
+/// cookie opens on its own host only, and a name a wildcard certificate
+/// merely covers is no place to send a session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_stay_on_their_host_and_away_from_backends() {
+    let e = env("signin-bound");
+    let planted = heim_e2e::upstream::raw_response(
+        b"HTTP/1.1 200 OK\r\nSet-Cookie: __Host-heim-session=planted; Path=/; Secure\r\nSet-Cookie: app=1\r\nContent-Length: 2\r\n\r\nok",
+    )
+    .await;
+    let routes = format!(
+        "[[route]]\nhost = \"app.test\"\npath = \"/planted\"\nupstream = [\"{}\"]\nallow_any_authenticated = true\n",
+        planted.url()
+    );
+    let heim = start(&e, &routes);
+    let mut b = Browser::new(&e, &heim);
+    let private = b.url("app.test", "/private");
+    signed_in_at(&mut b, &private).await;
+    let app_cookie = b.cookies["app.test"]["__Host-heim-session"].clone();
+    let auth_cookie = b.cookies["auth.wild.test"]["__Host-heim-session"].clone();
+
+    let get = |path: &'static str, cookie: String, extra: Option<(&'static str, String)>| {
+        let client = e.client.clone();
+        let addr = heim.https;
+        async move {
+            let mut r = http::Request::get(path)
+                .header("host", "app.test")
+                .header("cookie", format!("theme=dark; {cookie}"));
+            if let Some((k, v)) = extra {
+                r = r.header(k, v);
+            }
+            client
+                .request(addr, r.body(Body::default()).unwrap())
+                .await
+                .unwrap()
+        }
+    };
+    // The backend sees the user's other cookies, never heim's.
+    for path in ["/private", "/"] {
+        let j = get(path, format!("__Host-heim-session={app_cookie}"), None)
+            .await
+            .json();
+        let cookies = j["headers"]["cookie"].as_str().unwrap_or("");
+        assert!(cookies.contains("theme=dark"), "{path}: {cookies}");
+        assert!(!cookies.contains("__Host-heim"), "{path}: {cookies}");
+    }
+    let r = get(
+        "/planted",
+        format!("__Host-heim-session={app_cookie}"),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let set: Vec<&str> = r
+        .headers
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .collect();
+    assert_eq!(set, ["app=1"], "a backend cannot plant heim's cookie");
+    // The auth host's cookie does not open on app.test.
+    let r = get(
+        "/private",
+        format!("__Host-heim-session={auth_cookie}"),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 401);
+
+    // `*.wild.test` has a certificate but no route: no session goes there.
+    let evil = enc("https://evil.wild.test/steal");
+    let r = b
+        .get(&b.url("auth.wild.test", &format!("/.heim/login?rd={evil}")))
+        .await;
+    assert_eq!(r.status, 302);
+    assert_eq!(location(&r), b.url("auth.wild.test", "/.heim/me"));
+    let r = b.get(&b.url("evil.wild.test", "/.heim/handoff?t=x")).await;
+    assert_eq!(r.status, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_routes_take_only_posts() {
+    let e = env("webhook-methods");
+    let u = heim_e2e::upstream::http1("hooks").await;
+    std::fs::write(e.dir.join("hook.secret"), "s3cret").unwrap();
+    let routes = format!(
+        "[[route]]\nhost = \"app.test\"\npath = \"/hook\"\nupstream = [\"{}\"]\n\
+         webhook = {{ provider = \"github\", secret_file = \"hook.secret\" }}\n",
+        u.url()
+    );
+    let heim = start(&e, &routes);
+    let (out, _) = e
+        .client
+        .raw(
+            heim.https,
+            "app.test",
+            b"GET /hook/x HTTP/1.1\r\nHost: app.test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nX-Hub-Signature-256: sha256=b613679a0814d9ec772f95d778c35fc5ff1697c493715653c6c712144292c5ad\r\n\r\n",
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+    assert_eq!(heim_e2e::raw_status(&out), 405, "{out}");
+    assert_eq!(u.hits.load(std::sync::atomic::Ordering::SeqCst), 0);
 }

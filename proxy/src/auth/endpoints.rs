@@ -50,11 +50,14 @@ struct PreAuth {
     nonce: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     verifier: String,
+    /// The route host's browser binding (see `Handoff::binding`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    binding: String,
 }
 
 impl PreAuth {
     /// A fresh attempt to sign in with `provider`, returning to `rd`.
-    fn new(provider: &str, rd: &str) -> Self {
+    fn new(provider: &str, rd: &str, binding: &str) -> Self {
         PreAuth {
             state: random_token(16),
             rd: rd.to_string(),
@@ -62,6 +65,7 @@ impl PreAuth {
             exp: unix_now() + PRE_AUTH_TTL,
             nonce: String::new(),
             verifier: String::new(),
+            binding: binding.to_string(),
         }
     }
 
@@ -99,6 +103,22 @@ struct Handoff {
     aud: String,
     exp: u64,
     jti: String,
+    /// The value of the route host's `__Host-heim-binding` cookie, set when
+    /// it sent this browser to sign in: only that browser can redeem the
+    /// hand-off (no login CSRF, no session fixation by a link).
+    binding: String,
+}
+
+/// The route host's cookie that binds a sign-in to the browser it began in.
+pub const BINDING_COOKIE: &str = "__Host-heim-binding";
+/// How long a route host waits for the browser it sent to sign in.
+pub const BINDING_TTL: u64 = 600;
+
+/// Tokens heim made itself (base64url), as they come back in a URL.
+fn valid_token(t: &str) -> bool {
+    (16..=64).contains(&t.len())
+        && t.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 /// Serves `/.heim/*`; `None` when the path is not one of heim's pages.
@@ -111,6 +131,11 @@ pub async fn serve(
     let path = parsed.new_path.as_deref().unwrap_or(req.uri().path());
     let page = path.strip_prefix("/.heim/")?;
     let cx = Cx { parsed, conn, auth };
+    // Only on hosts heim routes (and the auth host): a name a wildcard
+    // certificate merely covers may point anywhere.
+    if !cx.serves(&parsed.host) {
+        return Some(Err(ProxyError::NoRoute));
+    }
     let method = req.method().clone();
     Some(match (page, method) {
         ("jwks.json", Method::GET | Method::HEAD) => Ok(json(StatusCode::OK, &auth.signing.jwks())),
@@ -118,6 +143,7 @@ pub async fn serve(
         ("login", Method::POST) => cx.login_post(req).await,
         ("callback", Method::GET) => cx.callback(&req).await,
         ("cli/login", Method::GET) => Ok(cx.cli_login(&req)),
+        ("cli/login", Method::POST) => cx.cli_login_confirmed(req).await,
         ("cli/token", Method::POST) => cx.cli_token(req).await,
         ("handoff", Method::GET) => Ok(cx.handoff(&req)),
         ("logout", Method::GET | Method::HEAD) => Ok(cx.logout_page(&req)),
@@ -156,16 +182,19 @@ impl Cx<'_> {
         self.parsed.host == self.auth.auth_host
     }
 
-    /// True when heim serves `host` (a route or a certificate names it).
+    /// True when heim routes `host` (a route names it, exactly or by
+    /// wildcard), or it is the auth host: the only hosts a browser is ever
+    /// sent to, and the only ones `/.heim/*` answers on.
     fn serves(&self, host: &str) -> bool {
-        host == self.auth.auth_host
-            || self.conn.shared.routes.load().names_host(host)
-            || self.conn.shared.certs.load().covers(host)
+        host == self.auth.auth_host || self.conn.shared.routes.load().names_host(host)
     }
 
     fn session<B>(&self, req: &Request<B>) -> Option<Session> {
-        self.auth
-            .session(req.headers(), &self.conn.shared.auth_state)
+        self.auth.session(
+            req.headers(),
+            &self.conn.shared.auth_state,
+            &self.parsed.host,
+        )
     }
 
     /// `rd` if safe, else heim's own `me` page on the auth host.
@@ -190,8 +219,11 @@ impl Cx<'_> {
             return redirect(&format!("{}/.heim/login?{query}", self.auth_origin()));
         }
         let rd = self.return_url(query_param(query, "rd").as_deref());
+        let binding = query_param(query, "n")
+            .filter(|n| valid_token(n))
+            .unwrap_or_default();
         if let Some(session) = self.session(req) {
-            return self.finish(session, &rd, None);
+            return self.finish(session, &rd, &binding, None);
         }
         let chosen = query_param(query, "provider");
         let provider = match (chosen.as_deref(), self.auth.providers.as_slice()) {
@@ -203,11 +235,11 @@ impl Cx<'_> {
             return self.chooser(&rd);
         };
         let callback = format!("{}/.heim/callback", self.auth_origin());
-        let mut pre = PreAuth::new(&provider.name, &rd);
+        let mut pre = PreAuth::new(&provider.name, &rd, &binding);
         let state = pre.state.clone();
         let url = match &provider.imp {
             ProviderImpl::Local(_) => {
-                return self.local_form(&provider.name, &pre.rd, None, StatusCode::OK)
+                return self.local_form(&provider.name, &pre.rd, &binding, None, StatusCode::OK)
             }
             ProviderImpl::Oidc(oidc) => match oidc.start(&callback, &state).await {
                 Ok(started) => {
@@ -282,6 +314,16 @@ impl Cx<'_> {
                 "<p>This sign-in attempt expired or began in another browser. <a href=\"/.heim/login\">Start again</a>.</p>",
             ));
         };
+        // RFC 9207: a provider that names itself must be the one this
+        // attempt went to (no mix-up between providers).
+        if let (Some(iss), Some(ProviderImpl::Oidc(oidc))) = (
+            query_param(query, "iss"),
+            self.auth.provider(&pre.provider).map(|p| &p.imp),
+        ) {
+            if iss.trim_end_matches('/') != oidc.issuer() {
+                return Ok(self.refused(&pre.provider, "the answer came from another issuer"));
+            }
+        }
         if let Some(err) = query_param(query, "error") {
             return Ok(self.refused(&pre.provider, &format!("the provider said: {err}")));
         }
@@ -306,7 +348,7 @@ impl Cx<'_> {
         };
         tracing::info!(provider = %provider.name, user = %identity.user, "signed in");
         let session = self.new_session(&provider.name, identity);
-        Ok(self.finish(session, &pre.rd, Some(&pre.state)))
+        Ok(self.finish(session, &pre.rd, &pre.binding, Some(&pre.state)))
     }
 
     /// Sign-in did not succeed at the provider.
@@ -354,6 +396,7 @@ impl Cx<'_> {
             provider: provider.to_string(),
             expires: unix_now() + self.auth.session_ttl.as_secs(),
             id: random_token(16),
+            host: String::new(),
         }
     }
 
@@ -377,10 +420,11 @@ impl Cx<'_> {
         &self,
         provider: &str,
         rd: &str,
+        binding: &str,
         error: Option<&str>,
         status: StatusCode,
     ) -> Response<ProxyBody> {
-        let pre = PreAuth::new(provider, rd);
+        let pre = PreAuth::new(provider, rd, binding);
         let state = &pre.state;
         let error = error
             .map(|e| format!("<p class=\"error\" role=\"alert\">{}</p>", escape(e)))
@@ -429,7 +473,7 @@ impl Cx<'_> {
             .as_ref()
             .map_or(self.conn.remote.ip(), |f| f.client);
         let throttle = &self.conn.shared.auth_state.throttle;
-        if let Err(wait) = throttle.check(&user, client) {
+        if let Err(wait) = throttle.begin(&user, client) {
             let msg = format!(
                 "Too many failed attempts: try again in {} s.",
                 wait.as_secs().max(1)
@@ -437,6 +481,7 @@ impl Cx<'_> {
             let mut resp = self.local_form(
                 &pre.provider,
                 &pre.rd,
+                &pre.binding,
                 Some(&msg),
                 StatusCode::TOO_MANY_REQUESTS,
             );
@@ -445,19 +490,24 @@ impl Cx<'_> {
             }
             return Ok(resp);
         }
-        // bcrypt and argon2 are slow on purpose: off the event loop.
+        // bcrypt and argon2 are slow on purpose: off the event loop, and a
+        // few at a time, so a flood of attempts cannot take every core.
         let ok = {
             let name = user.clone();
+            let _permit = self.conn.shared.auth_state.verifying.acquire().await;
             tokio::task::spawn_blocking(move || users.verify(&name, &password))
                 .await
                 .unwrap_or(false)
         };
-        throttle.record(&user, client, ok);
+        if ok {
+            throttle.succeeded(&user, client);
+        }
         if !ok {
             tracing::info!(provider = %pre.provider, user = %user, %client, "local sign-in failed");
             let mut resp = self.local_form(
                 &pre.provider,
                 &pre.rd,
+                &pre.binding,
                 Some("Wrong user name or password."),
                 StatusCode::UNAUTHORIZED,
             );
@@ -474,12 +524,40 @@ impl Cx<'_> {
             teams: Vec::new(),
         };
         let session = self.new_session(&provider.name, identity);
-        Ok(self.finish(session, &pre.rd, Some(&pre.state)))
+        // A form may only lead to this origin (CSP `form-action 'self'`):
+        // set the session here, then let the login page (a GET) send the
+        // browser on.
+        let mut next = format!("/.heim/login?rd={}", url_encode(&pre.rd));
+        if !pre.binding.is_empty() {
+            next.push_str("&n=");
+            next.push_str(&pre.binding);
+        }
+        let mut resp = redirect_see_other(&next);
+        self.set_session(&mut resp, &session);
+        clear_cookie(&mut resp, &PreAuth::cookie_name(&pre.state));
+        Ok(resp)
     }
 
-    /// Signed in on the auth host: set its session cookie (when new) and
-    /// send the browser on, through a hand-off when `rd` is another host.
-    fn finish(&self, session: Session, rd: &str, state: Option<&str>) -> Response<ProxyBody> {
+    /// Sets the session cookie of this host.
+    fn set_session(&self, resp: &mut Response<ProxyBody>, session: &Session) {
+        let mut s = session.clone();
+        s.host = self.parsed.host.clone();
+        let ttl = s.expires.saturating_sub(unix_now());
+        let sealed = self.auth.sealer.seal(Purpose::Session, &s);
+        set_cookie(resp, SESSION_COOKIE, &sealed, ttl);
+    }
+
+    /// Signed in on the auth host: set its session cookie (when new, with
+    /// the attempt's `state`) and send the browser on, through a hand-off
+    /// when `rd` is another host (bound to `binding`, the route host's
+    /// cookie for this browser).
+    fn finish(
+        &self,
+        session: Session,
+        rd: &str,
+        binding: &str,
+        state: Option<&str>,
+    ) -> Response<ProxyBody> {
         let rd_host = rd
             .strip_prefix("https://")
             .and_then(|r| r.split(['/', '?', '#']).next())
@@ -495,15 +573,18 @@ impl Cx<'_> {
                 aud: rd_host.clone(),
                 exp: unix_now() + HANDOFF_TTL,
                 jti: random_token(12),
+                binding: binding.to_string(),
             };
             let t = self.auth.sealer.seal(Purpose::Handoff, &handoff);
             format!("{}/.heim/handoff?t={t}", self.origin_of(&rd_host))
         };
-        let mut resp = redirect_see_other(&target);
+        let mut resp = if state.is_some() {
+            redirect_see_other(&target)
+        } else {
+            redirect(&target)
+        };
         if let Some(state) = state {
-            let ttl = session.expires.saturating_sub(unix_now());
-            let sealed = self.auth.sealer.seal(Purpose::Session, &session);
-            set_cookie(&mut resp, SESSION_COOKIE, &sealed, ttl);
+            self.set_session(&mut resp, &session);
             clear_cookie(&mut resp, &PreAuth::cookie_name(state));
         }
         resp
@@ -518,25 +599,53 @@ impl Cx<'_> {
         if !self.on_auth_host() {
             return redirect(&format!("{}/.heim/cli/login?{query}", self.auth_origin()));
         }
-        let port = query_param(query, "port")
-            .and_then(|p| p.parse::<u16>().ok())
-            .filter(|p| *p != 0);
-        let challenge = query_param(query, "challenge").filter(|c| {
-            (43..=128).contains(&c.len())
-                && c.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        });
-        let (Some(port), Some(challenge)) = (port, challenge) else {
-            return page(
-                StatusCode::BAD_REQUEST,
-                "CLI sign-in",
-                "<p>This sign-in link needs a loopback port and a PKCE challenge (S256, base64url).</p>",
-            );
+        let Some((port, challenge)) = cli_params(|k| query_param(query, k)) else {
+            return bad_cli_link();
         };
         let Some(session) = self.session(req) else {
             let here = format!("{}/.heim/cli/login?{query}", self.auth_origin());
             return redirect(&login_url(&self.auth_origin(), &here));
         };
+        // A page may send a signed-in browser here: the user says yes first.
+        let csrf = self.auth.sealer.seal(Purpose::Csrf, &session.id);
+        let body = format!(
+            "<p>A program on this computer (<code>heim-tunnel</code>, listening on port {port}) asks to act as <strong>{}</strong>.</p>\
+             <p>Allow it only if you just ran <code>heim-tunnel login</code>.</p>\
+             <form method=\"post\" action=\"/.heim/cli/login\">\
+             <input type=\"hidden\" name=\"port\" value=\"{port}\">\
+             <input type=\"hidden\" name=\"challenge\" value=\"{}\">\
+             <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
+             <button type=\"submit\">Allow</button></form>",
+            escape(&session.user),
+            escape(&challenge),
+        );
+        let mut resp = page(StatusCode::OK, "Sign in heim-tunnel", &body);
+        // The form leads to the CLI's loopback listener, and there only.
+        if let Ok(v) = HeaderValue::from_str(&format!(
+            "default-src 'none'; style-src 'unsafe-inline'; form-action 'self' http://127.0.0.1:{port}; frame-ancestors 'none'"
+        )) {
+            resp.headers_mut().insert("content-security-policy", v);
+        }
+        resp
+    }
+
+    /// The user allowed the CLI: a one-time code to its loopback port.
+    async fn cli_login_confirmed(
+        &self,
+        req: Request<Incoming>,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let session = self.session(&req);
+        let form = read_form(req).await?;
+        let field = |k: &str| form.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        let (Some(session), Some((port, challenge))) = (session, cli_params(field)) else {
+            return Ok(bad_cli_link());
+        };
+        let csrf_ok = field("csrf")
+            .and_then(|c| self.auth.sealer.open::<String>(Purpose::Csrf, &c))
+            .is_some_and(|id| super::constant_time_eq(id.as_bytes(), session.id.as_bytes()));
+        if !csrf_ok {
+            return Ok(bad_cli_link());
+        }
         let code = CliCode {
             session,
             challenge,
@@ -544,7 +653,9 @@ impl Cx<'_> {
             jti: random_token(12),
         };
         let code = self.auth.sealer.seal(Purpose::CliCode, &code);
-        redirect(&format!("http://127.0.0.1:{port}/callback?code={code}"))
+        Ok(redirect_see_other(&format!(
+            "http://127.0.0.1:{port}/callback?code={code}"
+        )))
     }
 
     /// Exchanges a CLI's code and verifier (or its refresh token) for a
@@ -613,11 +724,14 @@ impl Cx<'_> {
     fn handoff<B>(&self, req: &Request<B>) -> Response<ProxyBody> {
         let t = query_param(req.uri().query().unwrap_or(""), "t").unwrap_or_default();
         let now = unix_now();
+        let binding = cookie(req.headers(), BINDING_COOKIE).unwrap_or("");
         let h: Option<Handoff> = self.auth.sealer.open(Purpose::Handoff, &t);
         let valid = h.filter(|h| {
             h.aud == self.parsed.host
                 && h.exp > now
                 && h.session.expires > now
+                && !h.binding.is_empty()
+                && super::constant_time_eq(h.binding.as_bytes(), binding.as_bytes())
                 && !self.conn.shared.auth_state.is_revoked(&h.session.id)
         });
         let Some(h) = valid.filter(|h| self.conn.shared.auth_state.use_once(&h.jti, h.exp)) else {
@@ -625,16 +739,15 @@ impl Cx<'_> {
                 StatusCode::BAD_REQUEST,
                 "Sign-in link expired",
                 &format!(
-                    "<p>This sign-in link is used up or expired. <a href=\"{}/.heim/login\">Sign in again</a>.</p>",
-                    escape(&self.auth_origin())
+                    "<p>This sign-in link is used up, expired, or was opened in another browser. <a href=\"{}\">Go back</a> and sign in again.</p>",
+                    escape(&self.return_url(None))
                 ),
             );
         };
         let rd = self.return_url(Some(&h.rd));
         let mut resp = redirect(&rd);
-        let ttl = h.session.expires.saturating_sub(now);
-        let sealed = self.auth.sealer.seal(Purpose::Session, &h.session);
-        set_cookie(&mut resp, SESSION_COOKIE, &sealed, ttl);
+        self.set_session(&mut resp, &h.session);
+        clear_cookie(&mut resp, BINDING_COOKIE);
         resp
     }
 
@@ -701,8 +814,23 @@ impl Cx<'_> {
         let next = field("rd")
             .and_then(|rd| safe_return_url(rd, |h| self.serves(h)))
             .map(str::to_string);
+        let same_host = |rd: &str| {
+            rd.strip_prefix("https://")
+                .and_then(|r| r.split(['/', '?', '#']).next())
+                .and_then(crate::route::normalize_host)
+                .is_some_and(|h| h == self.parsed.host.as_str())
+        };
         let mut resp = match next {
-            Some(rd) => redirect_see_other(&rd),
+            // A form may only lead to this origin (CSP `form-action 'self'`).
+            Some(rd) if same_host(&rd) => redirect_see_other(&rd),
+            Some(rd) => page(
+                StatusCode::OK,
+                "Signed out",
+                &format!(
+                    "<p>You are signed out.</p><p><a href=\"{}\">Continue</a></p>",
+                    escape(&rd)
+                ),
+            ),
             None => page(
                 StatusCode::OK,
                 "Signed out",
@@ -732,7 +860,12 @@ impl Cx<'_> {
                 )
             } else {
                 let here = format!("{}/.heim/me", self.origin_of(&self.parsed.host));
-                redirect(&login_url(&self.auth_origin(), &here))
+                let (location, cookie) = sign_in_redirect(&self.auth_origin(), &here);
+                let mut resp = redirect(&location);
+                if let Ok(v) = HeaderValue::from_str(&cookie) {
+                    resp.headers_mut().append(SET_COOKIE, v);
+                }
+                resp
             };
         };
         let table = self.conn.shared.routes.load();
@@ -796,6 +929,25 @@ impl Cx<'_> {
     }
 }
 
+/// A CLI sign-in's loopback port and PKCE challenge (S256, base64url).
+fn cli_params(get: impl Fn(&str) -> Option<String>) -> Option<(u16, String)> {
+    let port = get("port")?.parse::<u16>().ok().filter(|p| *p != 0)?;
+    let challenge = get("challenge").filter(|c| {
+        (43..=128).contains(&c.len())
+            && c.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    })?;
+    Some((port, challenge))
+}
+
+fn bad_cli_link() -> Response<ProxyBody> {
+    page(
+        StatusCode::BAD_REQUEST,
+        "CLI sign-in",
+        "<p>This sign-in link needs a loopback port and a PKCE challenge (S256, base64url), and your confirmation on heim's own page.</p>",
+    )
+}
+
 /// `https://host[:port]`.
 pub fn origin(host: &str, port: u16) -> String {
     if port == 443 {
@@ -808,6 +960,19 @@ pub fn origin(host: &str, port: u16) -> String {
 /// The auth host's login page, returning to `rd`.
 pub fn login_url(auth_origin: &str, rd: &str) -> String {
     format!("{auth_origin}/.heim/login?rd={}", url_encode(rd))
+}
+
+/// Where a browser without a session on a route's host is sent to sign
+/// in, and the cookie that binds that sign-in to it: only this browser can
+/// redeem the hand-off that brings the session back (no login CSRF, no
+/// session fixation by a link).
+pub fn sign_in_redirect(auth_origin: &str, here: &str) -> (String, String) {
+    let binding = random_token(16);
+    let location = format!("{}&n={binding}", login_url(auth_origin, here));
+    let cookie = format!(
+        "{BINDING_COOKIE}={binding}; Path=/; Secure; HttpOnly; SameSite=Lax; Max-Age={BINDING_TTL}"
+    );
+    (location, cookie)
 }
 
 /// The 403 page: who the user is, and how to switch account.

@@ -79,6 +79,11 @@ async fn fetch(req: http::Request<Vec<u8>>) -> Result<http::Response<Vec<u8>>, F
         Some("http") => false,
         _ => return Err(FetchError::Url(uri.to_string())),
     };
+    // Plain HTTP only to this machine (a provider beside heim, tests):
+    // discovery must not lead heim to send codes or secrets in the clear.
+    if !https && !is_loopback(&host) {
+        return Err(FetchError::Url(format!("{uri}: http:// only on loopback")));
+    }
     let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
     let tcp = TcpStream::connect((host.as_str(), port)).await?;
     let _ = tcp.set_nodelay(true);
@@ -107,6 +112,13 @@ async fn fetch(req: http::Request<Vec<u8>>) -> Result<http::Response<Vec<u8>>, F
         exchange(TokioIo::new(tcp), req).await?
     };
     Ok(resp)
+}
+
+fn is_loopback(host: &str) -> bool {
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 async fn exchange<I>(

@@ -121,6 +121,7 @@ impl SigningKey {
             "sub": session.user,
             "email": session.email,
             "groups": session.groups,
+            "provider": session.provider,
             "iat": now,
             "exp": now + JWT_TTL_SECS,
             "jti": super::seal::random_token(12),
@@ -200,6 +201,7 @@ mod tests {
             provider: "p".into(),
             expires: 0,
             id: "sid".into(),
+            host: String::new(),
         };
         let jwt = key.sign("https://auth.test", "app.test", &s, 1000).unwrap();
         let parts: Vec<&str> = jwt.split('.').collect();

@@ -3,9 +3,9 @@
 //!
 //! An unknown name is checked against a real hash too, so the answer and
 //! its timing are the same as for a wrong password. Failed attempts are
-//! counted per name and per client address; past a few, further attempts
-//! are refused for a while that doubles with each failure (up to 15
-//! minutes), whether the name exists or not.
+//! counted per name and address (3 free), per address (10) and per name
+//! (20); past those, further attempts are refused for a while that doubles
+//! with each failure (up to 15 minutes), whether the name exists or not.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -106,66 +106,90 @@ impl Users {
     }
 }
 
-/// Failures allowed before the slow-down starts.
-const FREE_FAILURES: u32 = 3;
+/// Failures allowed before the slow-down, per key: a name from one
+/// address (the guessing), an address (for any name: credential stuffing),
+/// a name from anywhere (a spread-out attack; high, so that nobody can lock
+/// another user out cheaply).
+const FREE_PER_PAIR: u32 = 3;
+const FREE_PER_ADDRESS: u32 = 10;
+const FREE_PER_NAME: u32 = 20;
 const MAX_LOCK: Duration = Duration::from_secs(15 * 60);
 /// Entries kept before old ones are swept.
 const MAX_ENTRIES: usize = 100_000;
 
-/// Failed sign-in attempts per name and per client address, shared by
-/// every worker (and kept across reloads).
+/// Failed sign-in attempts, shared by every worker (and kept across
+/// reloads). An attempt counts as failed from the moment it starts, so
+/// attempts sent in parallel cannot slip past the count; a success gives
+/// its count back.
 #[derive(Debug, Default)]
 pub struct Throttle {
     failures: Mutex<HashMap<String, (u32, Instant)>>,
 }
 
 impl Throttle {
-    fn keys(name: &str, client: IpAddr) -> [String; 2] {
-        [format!("user:{name}"), format!("ip:{client}")]
+    fn keys(name: &str, client: IpAddr) -> [(String, u32); 3] {
+        // IPv6 clients are counted by /64: one host has a whole one.
+        let client = match client {
+            IpAddr::V6(v6) => {
+                let s = v6.segments();
+                format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+            }
+            v4 => v4.to_string(),
+        };
+        [
+            (format!("pair:{name}|{client}"), FREE_PER_PAIR),
+            (format!("ip:{client}"), FREE_PER_ADDRESS),
+            (format!("user:{name}"), FREE_PER_NAME),
+        ]
     }
 
-    /// `Err(wait)` while attempts for `name` or from `client` are refused.
-    pub fn check(&self, name: &str, client: IpAddr) -> Result<(), Duration> {
-        let map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+    /// Starts an attempt: `Err(wait)` while attempts for `name` from
+    /// `client` are refused; else the attempt is counted as a failure
+    /// until [`Throttle::succeeded`] says otherwise.
+    pub fn begin(&self, name: &str, client: IpAddr) -> Result<(), Duration> {
+        let mut map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        let keys = Self::keys(name, client);
         let mut wait = Duration::ZERO;
-        for key in Self::keys(name, client) {
-            if let Some((count, last)) = map.get(&key) {
-                let lock = lock_for(*count);
-                wait = wait.max(lock.saturating_sub(last.elapsed()));
+        for (key, free) in &keys {
+            if let Some((count, last)) = map.get(key) {
+                wait = wait.max(lock_for(*count, *free).saturating_sub(last.elapsed()));
             }
         }
-        if wait.is_zero() {
-            Ok(())
-        } else {
-            Err(wait)
-        }
-    }
-
-    /// Records the outcome of an attempt.
-    pub fn record(&self, name: &str, client: IpAddr, ok: bool) {
-        let mut map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
-        let [user, ip] = Self::keys(name, client);
-        if ok {
-            map.remove(&user);
-            return;
+        if !wait.is_zero() {
+            return Err(wait);
         }
         if map.len() >= MAX_ENTRIES {
             map.retain(|_, (_, last)| last.elapsed() < MAX_LOCK);
         }
-        for key in [user, ip] {
+        for (key, _) in keys {
             let e = map.entry(key).or_insert((0, Instant::now()));
             e.0 = e.0.saturating_add(1);
             e.1 = Instant::now();
         }
+        Ok(())
+    }
+
+    /// The attempt `begin` counted succeeded: its count is given back, and
+    /// the name's own slate from this address is wiped.
+    pub fn succeeded(&self, name: &str, client: IpAddr) {
+        let mut map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        let [pair, ip, user] = Self::keys(name, client);
+        map.remove(&pair.0);
+        for (key, _) in [ip, user] {
+            if let Some(e) = map.get_mut(&key) {
+                e.0 = e.0.saturating_sub(1);
+            }
+        }
     }
 }
 
-/// How long attempts are refused after `failures` failures in a row.
-fn lock_for(failures: u32) -> Duration {
-    if failures < FREE_FAILURES {
+/// How long attempts are refused after `failures` in a row, `free` of
+/// them allowed.
+fn lock_for(failures: u32, free: u32) -> Duration {
+    if failures < free {
         return Duration::ZERO;
     }
-    let secs = 1u64 << (failures - FREE_FAILURES).min(20);
+    let secs = 1u64 << (failures - free).min(20);
     Duration::from_secs(secs).min(MAX_LOCK)
 }
 
@@ -205,25 +229,37 @@ mod tests {
         let t = Throttle::default();
         let ip: IpAddr = "192.0.2.1".parse().unwrap();
         let other: IpAddr = "192.0.2.2".parse().unwrap();
-        for _ in 0..FREE_FAILURES {
-            assert!(t.check("alice", ip).is_ok());
-            t.record("alice", ip, false);
+        // Attempts count when they start: parallel ones cannot slip by.
+        for _ in 0..FREE_PER_PAIR {
+            assert!(t.begin("alice", ip).is_ok());
         }
         assert!(
-            t.check("alice", ip).is_err(),
+            t.begin("alice", ip).is_err(),
             "locked after the free failures"
         );
-        assert!(t.check("alice", other).is_err(), "per name, from anywhere");
-        assert!(t.check("bob", ip).is_err(), "per address, for any name");
-        assert!(t.check("bob", other).is_ok());
-        // Unknown names are counted the same way.
-        for _ in 0..FREE_FAILURES {
-            t.record("nobody", other, false);
+        // Another address is not locked out of alice, nor is bob from here.
+        assert!(t.begin("alice", other).is_ok());
+        assert!(t.begin("bob", ip).is_ok());
+        t.succeeded("bob", ip);
+        // A success gives its count back and clears the pair.
+        t.succeeded("alice", other);
+        assert!(t.begin("alice", other).is_ok());
+        // Many names from one address: the address is slowed down.
+        let stuffing: IpAddr = "198.51.100.9".parse().unwrap();
+        for i in 0..FREE_PER_ADDRESS {
+            assert!(t.begin(&format!("user{i}"), stuffing).is_ok());
         }
-        assert!(t.check("nobody", "192.0.2.3".parse().unwrap()).is_err());
-        assert_eq!(lock_for(2), Duration::ZERO);
-        assert_eq!(lock_for(3), Duration::from_secs(1));
-        assert_eq!(lock_for(5), Duration::from_secs(4));
-        assert_eq!(lock_for(60), MAX_LOCK);
+        assert!(t.begin("someone-else", stuffing).is_err());
+        // IPv6 by /64.
+        let a: IpAddr = "2001:db8::1".parse().unwrap();
+        let b: IpAddr = "2001:db8::ffff".parse().unwrap();
+        for _ in 0..FREE_PER_PAIR {
+            assert!(t.begin("carol", a).is_ok());
+        }
+        assert!(t.begin("carol", b).is_err(), "same /64");
+        assert_eq!(lock_for(2, 3), Duration::ZERO);
+        assert_eq!(lock_for(3, 3), Duration::from_secs(1));
+        assert_eq!(lock_for(5, 3), Duration::from_secs(4));
+        assert_eq!(lock_for(60, 3), MAX_LOCK);
     }
 }

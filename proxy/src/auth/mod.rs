@@ -235,16 +235,36 @@ impl Auth {
         self.providers.iter().find(|p| p.name == name)
     }
 
-    /// Reads the session of a request: the session cookie, or a CLI
-    /// bearer token. Anything that does not open, has expired or was
-    /// revoked counts as no session.
-    pub fn session(&self, headers: &HeaderMap, state: &AuthState) -> Option<Session> {
+    /// Reads the session of a request to `host`: the session cookie (made
+    /// for this very host), or a CLI bearer token. Anything that does not
+    /// open, has expired, was revoked, is another host's, or comes from a
+    /// provider no longer configured counts as no session.
+    pub fn session(&self, headers: &HeaderMap, state: &AuthState, host: &str) -> Option<Session> {
         let now = unix_now();
         let session = match cookie(headers, SESSION_COOKIE) {
-            Some(c) => self.sealer.open::<Session>(Purpose::Session, c),
+            Some(c) => self
+                .sealer
+                .open::<Session>(Purpose::Session, c)
+                .filter(|s| s.host == host),
             None => bearer(headers).and_then(|t| self.sealer.open(Purpose::CliToken, t)),
         }?;
-        (session.expires > now && !state.is_revoked(&session.id)).then_some(session)
+        (session.expires > now
+            && !state.is_revoked(&session.id)
+            && self.provider(&session.provider).is_some())
+        .then_some(session)
+    }
+
+    /// Removes heim's own credentials from a request on its way to a
+    /// backend: its cookies (`__Host-heim-*`) and a bearer token that is a
+    /// heim CLI token. A backend (or anyone on the upstream link) must
+    /// never hold something it could replay against heim.
+    pub fn strip_credentials(&self, headers: &mut HeaderMap) {
+        strip_heim_cookies(headers);
+        if bearer(headers)
+            .is_some_and(|t| self.sealer.open::<Session>(Purpose::CliToken, t).is_some())
+        {
+            headers.remove(AUTHORIZATION);
+        }
     }
 }
 
@@ -305,6 +325,57 @@ pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
         })
 }
 
+/// Every cookie heim sets starts so.
+const HEIM_COOKIE_PREFIX: &str = "__Host-heim-";
+
+/// Removes heim's cookies from `Cookie` headers, keeping the others.
+pub fn strip_heim_cookies(headers: &mut HeaderMap) {
+    let values: Vec<http::HeaderValue> = headers.get_all(COOKIE).iter().cloned().collect();
+    if !values
+        .iter()
+        .any(|v| v.to_str().map_or(true, |s| s.contains(HEIM_COOKIE_PREFIX)))
+    {
+        return;
+    }
+    headers.remove(COOKIE);
+    for v in values {
+        let Ok(text) = v.to_str() else { continue };
+        let kept: Vec<&str> = text
+            .split(';')
+            .map(str::trim)
+            .filter(|c| !c.is_empty() && !c.starts_with(HEIM_COOKIE_PREFIX))
+            .collect();
+        if let Ok(v) = http::HeaderValue::from_str(&kept.join("; ")) {
+            if !kept.is_empty() {
+                headers.append(COOKIE, v);
+            }
+        }
+    }
+}
+
+/// Drops `Set-Cookie` lines for heim's own cookie names from an upstream's
+/// response: a backend cannot plant or clear a heim session.
+pub fn strip_heim_set_cookies(headers: &mut HeaderMap) {
+    let set = http::header::SET_COOKIE;
+    if !headers
+        .get_all(&set)
+        .iter()
+        .any(|v| v.as_bytes().starts_with(HEIM_COOKIE_PREFIX.as_bytes()))
+    {
+        return;
+    }
+    let kept: Vec<http::HeaderValue> = headers
+        .get_all(&set)
+        .iter()
+        .filter(|v| !v.as_bytes().starts_with(HEIM_COOKIE_PREFIX.as_bytes()))
+        .cloned()
+        .collect();
+    headers.remove(&set);
+    for v in kept {
+        headers.append(&set, v);
+    }
+}
+
 /// The token of `Authorization: Bearer <token>`.
 fn bearer(headers: &HeaderMap) -> Option<&str> {
     let v = headers.get(AUTHORIZATION)?.to_str().ok()?;
@@ -314,14 +385,30 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 
 /// Sign-in state shared by every worker and kept across reloads: revoked
 /// sessions, hand-offs already used, failed local sign-ins.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct AuthState {
+    /// Password checks running at once (bcrypt, argon2 are slow on purpose).
+    pub verifying: tokio::sync::Semaphore,
     /// Session id -> when it would have expired. Read on every request,
     /// written at logout: a snapshot, swapped whole.
     revoked: ArcSwap<HashMap<String, u64>>,
     /// One-time tokens (hand-offs, CLI codes) already used -> their expiry.
     used: std::sync::Mutex<HashMap<String, u64>>,
     pub throttle: local::Throttle,
+}
+
+/// Password checks heim runs at once.
+const VERIFYING_AT_ONCE: usize = 4;
+
+impl Default for AuthState {
+    fn default() -> Self {
+        Self {
+            verifying: tokio::sync::Semaphore::new(VERIFYING_AT_ONCE),
+            revoked: ArcSwap::default(),
+            used: std::sync::Mutex::default(),
+            throttle: local::Throttle::default(),
+        }
+    }
 }
 
 impl AuthState {
@@ -375,6 +462,31 @@ mod tests {
         assert_eq!(bearer(&h), Some("t0ken"));
         h.insert(AUTHORIZATION, HeaderValue::from_static("Basic dTpw"));
         assert_eq!(bearer(&h), None);
+    }
+
+    #[test]
+    fn heims_cookies_never_go_upstream() {
+        let mut h = HeaderMap::new();
+        h.append(
+            COOKIE,
+            HeaderValue::from_static("a=1; __Host-heim-session=abc; b=2"),
+        );
+        h.append(COOKIE, HeaderValue::from_static("__Host-heim-pre-x=y"));
+        strip_heim_cookies(&mut h);
+        let left: Vec<_> = h.get_all(COOKIE).iter().collect();
+        assert_eq!(left, ["a=1; b=2"]);
+        let mut r = HeaderMap::new();
+        r.append(
+            http::header::SET_COOKIE,
+            HeaderValue::from_static("__Host-heim-session=evil; Path=/"),
+        );
+        r.append(
+            http::header::SET_COOKIE,
+            HeaderValue::from_static("grafana=1"),
+        );
+        strip_heim_set_cookies(&mut r);
+        let left: Vec<_> = r.get_all(http::header::SET_COOKIE).iter().collect();
+        assert_eq!(left, ["grafana=1"]);
     }
 
     #[test]

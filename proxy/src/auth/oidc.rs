@@ -115,6 +115,11 @@ impl Oidc {
         .set_redirect_uri(redirect))
     }
 
+    /// The issuer, as configured (no trailing slash).
+    pub fn issuer(&self) -> &str {
+        &self.issuer
+    }
+
     /// The provider's authorization URL for one attempt.
     pub async fn start(&self, redirect: &str, state: &str) -> Result<Started, String> {
         let client = self.client(redirect, false).await?;
@@ -186,10 +191,9 @@ impl Oidc {
         let mut email = claims.email().map(|e| e.to_string());
         let mut verified = claims.email_verified();
         let mut groups = strings(&payload[&self.groups_claim]);
-        let username = claims
-            .preferred_username()
-            .map(|u| u.to_string())
-            .unwrap_or_else(|| claims.subject().to_string());
+        // Without an email, the subject: stable and unique at the issuer,
+        // unlike `preferred_username`, which users may choose.
+        let username = claims.subject().to_string();
         if email.is_none() || groups.is_empty() {
             if let Some(info) = self
                 .userinfo(&client, token.access_token().secret())

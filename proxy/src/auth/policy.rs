@@ -31,6 +31,10 @@ pub struct Session {
     /// Random id, for revocation at logout.
     #[serde(rename = "i")]
     pub id: String,
+    /// The host whose cookie this is: a cookie opens on its own host only
+    /// (empty in a CLI token, which any host accepts).
+    #[serde(rename = "h", default)]
+    pub host: String,
 }
 
 impl Session {
@@ -107,6 +111,7 @@ mod tests {
             provider: "p".into(),
             expires: 0,
             id: "x".into(),
+            host: String::new(),
         }
     }
 

@@ -47,6 +47,8 @@ fn kind(name: &str) -> Kind {
         | "x-auth-request-email"
         | "x-auth-request-groups"
         | "x-auth-request-preferred-username"
+        | "remote-user"
+        | "x-remote-user"
         // Rewrite the path in some servers (IIS, Symfony): a route bypass.
         | "x-original-url"
         | "x-rewrite-url"
