@@ -272,7 +272,10 @@ impl Config {
             Ok(r) => r,
             Err(e) => {
                 let span = e.span().unwrap_or(0..0);
-                let message = e.message().to_string();
+                let message = match e.message().trim() {
+                    "" => "invalid TOML".to_string(),
+                    m => m.to_string(),
+                };
                 let key = cx.key_at(&span);
                 cx.err(&span, key, message);
                 return Err(ConfigErrors(cx.errors));
@@ -387,12 +390,19 @@ impl Cx<'_> {
     }
 
     /// The key written on the line of `span` (`key = value`), or the line itself.
+    /// The key written on the line of `span` (`key = value`), or the line
+    /// itself; `(toml)` when the line names nothing (blank, or `= value`).
     fn key_at(&self, span: &Range<usize>) -> String {
         let line = self.line(span);
         let text = self.text.lines().nth(line.saturating_sub(1)).unwrap_or("");
-        match text.split_once('=') {
-            Some((k, _)) => k.trim().to_string(),
-            None => text.trim().to_string(),
+        let key = match text.split_once('=') {
+            Some((k, _)) => k.trim(),
+            None => text.trim(),
+        };
+        if key.is_empty() {
+            "(toml)".to_string()
+        } else {
+            key.to_string()
         }
     }
 
@@ -1315,6 +1325,28 @@ echo = true
                 "{to:?}: want line {line} key {key}, got {errs:?}"
             );
             assert!(errs.iter().all(|e| e.file == Path::new("heim.toml")));
+        }
+    }
+
+    /// Inputs the fuzzer found: every error still names a key and says
+    /// something.
+    #[test]
+    fn odd_toml_errors_name_a_key() {
+        for text in [
+            "\n[[route]]\necho = true\n",
+            "[server]\n= \"127.0.0.1:8443\"\n",
+            "[server]\nhttps_listen = \"127.0.0.1:8443\"\nbogus = 1\n[[route]]\nhost = ",
+        ] {
+            let errs = Config::parse(Path::new("heim.toml"), text)
+                .expect_err(text)
+                .0;
+            for e in errs {
+                assert!(
+                    !e.key.is_empty() && !e.message.is_empty(),
+                    "{text:?}: {e:?}"
+                );
+                assert!(e.line >= 1, "{text:?}: {e:?}");
+            }
         }
     }
 

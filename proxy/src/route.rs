@@ -316,17 +316,27 @@ fn valid_port(p: &str) -> bool {
 /// `/public/../admin` reach `/admin` through the `/public` route, so heim
 /// matches and forwards the same normalised path.
 pub fn normalize_path(path: &str) -> Option<Cow<'_, str>> {
+    normalize(path, true)
+}
+
+/// `normalize_path`; `%2e` counts as a dot only with `decode_dots` (the
+/// routing pass, on an already decoded path, must not decode twice).
+fn normalize(path: &str, decode_dots_too: bool) -> Option<Cow<'_, str>> {
     if !path.starts_with('/') {
         return None;
     }
     let b = path.as_bytes();
     let suspicious = b
         .windows(2)
-        .any(|w| w == b"//" || w == b"/." || w[0] == b'%');
+        .any(|w| w == b"//" || w == b"/." || (decode_dots_too && w[0] == b'%'));
     if !suspicious {
         return Some(Cow::Borrowed(path));
     }
-    let decoded = decode_dots(path);
+    let decoded = if decode_dots_too {
+        decode_dots(path)
+    } else {
+        Cow::Borrowed(path)
+    };
     let mut out: Vec<&str> = Vec::new();
     let segments: Vec<&str> = decoded.split('/').skip(1).collect();
     let last = segments.len().saturating_sub(1);
@@ -384,7 +394,10 @@ pub fn routing_path(normalized: &str) -> Option<Cow<'_, str>> {
         }
         stripped.push_str(segment.split(';').next().unwrap_or(""));
     }
-    normalize_path(&stripped).map(|p| Cow::Owned(p.into_owned()))
+    // Decoded once, as a backend does: a `%2e` left now was `%252e` on the
+    // wire, a literal to the backend, not a dot (decoding it again would
+    // let `/admin/%252e%252e/x` route as `/x`).
+    normalize(&stripped, false).map(|p| Cow::Owned(p.into_owned()))
 }
 
 /// Decodes every `%XX` escape; a `%` not followed by two hex digits stays.
@@ -610,6 +623,17 @@ mod tests {
             ("/public%5c%2e%2e%5cadmin", Some("/admin")),
             ("/a\\b", Some("/a/b")),
             ("/a\\..\\..\\x", None),
+            // Decoded once, like a backend: double-encoded dots stay
+            // literal, they never climb (found by fuzzing).
+            (
+                "/api/admin/%252e%252e/users",
+                Some("/api/admin/%2e%2e/users"),
+            ),
+            (
+                "/api/admin/%2%65%2%65/users",
+                Some("/api/admin/%2e%2e/users"),
+            ),
+            ("/%3ee%2%652e/", Some("/>e%2e2e/")),
         ];
         for (raw, want) in cases {
             assert_eq!(routing_path(raw).as_deref(), want, "{raw:?}");
