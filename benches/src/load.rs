@@ -39,6 +39,12 @@ pub enum Scenario {
     Handshake,
     /// Full TLS handshakes with an RSA-2048 certificate.
     HandshakeRsa,
+    /// RSS per idle TLS keep-alive connection; heim-bench is the client (see `idle`).
+    Idle,
+    /// The `tls` load on a signed-in route: heim checks a session cookie on every request and
+    /// adds identity headers and an ES256 JWT; nginx asks an auth endpoint with `auth_request`
+    /// (the oauth2-proxy setup). Compare heim's figure with its `tls` one of the same run, too.
+    Auth,
 }
 
 impl Scenario {
@@ -49,12 +55,17 @@ impl Scenario {
             Scenario::H2 => "h2",
             Scenario::Handshake => "handshake",
             Scenario::HandshakeRsa => "handshake-rsa",
+            Scenario::Idle => "idle",
+            Scenario::Auth => "auth",
         }
     }
 
+    /// The program the scenario needs: its load generator, or for `idle` (heim-bench is the
+    /// client) `prlimit`, which raises the open-file limit.
     pub fn tool(self) -> &'static str {
         match self {
-            Scenario::H1 | Scenario::Tls => "wrk",
+            Scenario::H1 | Scenario::Tls | Scenario::Auth => "wrk",
+            Scenario::Idle => "prlimit",
             _ => "h2load",
         }
     }
@@ -68,6 +79,7 @@ impl Scenario {
     pub fn rate_label(self) -> &'static str {
         match self {
             Scenario::Handshake | Scenario::HandshakeRsa => "handshakes/s",
+            Scenario::Idle => "KiB/conn",
             _ => "req/s",
         }
     }
@@ -84,6 +96,8 @@ impl fmt::Display for Scenario {
 pub struct Target {
     pub plain_port: u16,
     pub tls_port: u16,
+    /// A `Cookie` header every request carries (`auth`: heim's session).
+    pub cookie: Option<&'static str>,
 }
 
 /// How much one run drives: the timed scenarios use `secs`, the handshake ones `conns`.
@@ -111,18 +125,22 @@ pub struct LoadResult {
     pub tls: Option<String>,
 }
 
-/// The argv (after `taskset -c 0`) for one run.
+/// The argv (after `taskset -c 0`) for one run; empty for `idle`, which runs no tool.
 pub fn argv(scenario: Scenario, target: Target, amount: Amount) -> Vec<String> {
     let https = format!("https://127.0.0.1:{}/", target.tls_port);
     let s = |v: &[&str]| v.iter().map(|a| a.to_string()).collect::<Vec<_>>();
     match scenario {
-        Scenario::H1 | Scenario::Tls => {
+        Scenario::H1 | Scenario::Tls | Scenario::Auth => {
             let url = if scenario == Scenario::H1 {
                 format!("http://127.0.0.1:{}/", target.plain_port)
             } else {
                 https
             };
             let mut v = s(&["wrk", "-t1", "-c64", "--latency"]);
+            if let Some(c) = target.cookie {
+                v.push("-H".into());
+                v.push(format!("Cookie: {c}"));
+            }
             v.push(format!("-d{}s", amount.secs));
             v.push(url);
             v
@@ -140,6 +158,7 @@ pub fn argv(scenario: Scenario, target: Target, amount: Amount) -> Vec<String> {
             v.push(https);
             v
         }
+        Scenario::Idle => Vec::new(),
     }
 }
 
@@ -152,6 +171,9 @@ pub fn run(
     scratch: &Path,
     label: &str,
 ) -> Result<LoadResult> {
+    if scenario == Scenario::Idle {
+        bail!("the idle scenario runs no load generator (see idle::measure)");
+    }
     let args = argv(scenario, target, amount);
     let out_path = scratch.join(format!("{label}.out"));
     let err_path = scratch.join(format!("{label}.err"));
@@ -505,6 +527,7 @@ mod tests {
         let t = Target {
             plain_port: 8080,
             tls_port: 8443,
+            cookie: None,
         };
         let a = |secs, conns| Amount { secs, conns };
         assert_eq!(

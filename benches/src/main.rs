@@ -13,9 +13,13 @@
 //!    `/proc`; the fairest figure when the load generator shares the box) and its peak RSS;
 //! 5. the medians, spreads and heim/nginx ratios are printed as a markdown table.
 //!
+//! The `idle` scenario measures memory instead: per round and variant it starts both proxies
+//! afresh, and heim-bench itself holds N idle TLS keep-alive connections to each (see `idle`).
+//!
 //! It builds nothing: it runs `target/release/heim-proxy` (or `--heim PATH`). All traffic stays
 //! on 127.0.0.1, every wait is bounded, and every child is stopped on exit or error.
 
+mod idle;
 mod load;
 mod peers;
 mod report;
@@ -31,9 +35,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, ensure, Context, Result};
 use clap::Parser;
 
+use idle::IdleMode;
 use load::{Amount, LoadResult, Scenario, Target};
 use peers::{CertFiles, Proc};
-use report::{Header, Sample, ScenarioResult};
+use report::{Header, IdleResult, Sample, ScenarioResult};
 
 /// Benchmark heim-proxy against nginx (BENCH.md protocol) and print a markdown table of
 /// heim/nginx ratios. Needs `cargo build --release -p heim-proxy` first, and
@@ -71,13 +76,17 @@ struct Cli {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "h1,tls,h2,handshake"
+        default_value = "h1,tls,h2,handshake,idle"
     )]
     scenarios: Vec<Scenario>,
 
     /// Connections (each one full handshake and one request) per handshake round.
     #[arg(long, default_value_t = 4000, value_parser = clap::value_parser!(u32).range(100..=15000))]
     handshakes: u32,
+
+    /// Idle TLS keep-alive connections held open per proxy in the idle scenario.
+    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u32).range(100..=15000))]
+    idle_connections: u32,
 
     /// Also append the markdown to this file.
     #[arg(long, value_name = "FILE")]
@@ -215,6 +224,12 @@ fn run(cli: &Cli) -> Result<()> {
         profile: profile(cli),
     };
 
+    if scenarios.contains(&Scenario::Idle) {
+        // The client holds N sockets, heim N + its own; raised before any child starts, so
+        // they inherit it (nginx sets its own with worker_rlimit_nofile).
+        idle::raise_nofile(u64::from(cli.idle_connections) + 1024)?;
+    }
+
     // Declared first so it is dropped last, after every process that uses it.
     let tmp = TempDir::new()?;
     let dir = tmp.0.as_path();
@@ -250,17 +265,19 @@ fn run(cli: &Cli) -> Result<()> {
             (true, Some(r)) => r,
             _ => &ecdsa,
         };
-        let r = batch(
+        let env = BatchEnv {
             cli,
-            scenario,
-            &heim_bin,
+            heim_bin: &heim_bin,
             dir,
             cert,
             backend_port,
-            version,
-            tck,
-            &mut backend,
-        )
+            nginx_version: version,
+        };
+        let r = if scenario == Scenario::Idle {
+            idle_batch(&env, &mut backend)
+        } else {
+            batch(&env, scenario, tck, &mut backend)
+        }
         .with_context(|| format!("scenario {scenario}"))?;
         results.push(r);
     }
@@ -289,6 +306,16 @@ struct Peer {
 }
 
 impl Peer {
+    /// The processes whose memory counts: nginx's workers (the master holds no connections),
+    /// heim's one process.
+    fn rss_pids<'a>(&self, pids: &'a [u32]) -> &'a [u32] {
+        if self.is_nginx && pids.len() > 1 {
+            &pids[1..]
+        } else {
+            pids
+        }
+    }
+
     /// One load run against this proxy, with its CPU and memory.
     fn measure(
         &mut self,
@@ -308,12 +335,7 @@ impl Peer {
         self.proc.check_alive()?;
         let after = peers::cpu_ticks(&pids)
             .with_context(|| format!("a {} process exited during the run", self.name))?;
-        let rss_pids = if self.is_nginx && pids.len() > 1 {
-            &pids[1..]
-        } else {
-            &pids[..]
-        };
-        let rss_kib = peers::peak_rss_kib(rss_pids)?;
+        let rss_kib = peers::peak_rss_kib(self.rss_pids(&pids))?;
         ensure!(r.requests > 0, "{} completed no request", self.name);
         let cpu_s = after.saturating_sub(before) as f64 / tck as f64;
         let sample = Sample {
@@ -336,35 +358,44 @@ impl Peer {
     }
 }
 
-/// Starts both proxies for `scenario`, warms them up, runs the alternated rounds, stops them.
-#[allow(clippy::too_many_arguments)]
-fn batch(
-    cli: &Cli,
-    scenario: Scenario,
-    heim_bin: &Path,
-    dir: &Path,
-    cert: &CertFiles,
+/// What every batch starts its proxies with.
+struct BatchEnv<'a> {
+    cli: &'a Cli,
+    heim_bin: &'a Path,
+    dir: &'a Path,
+    cert: &'a CertFiles,
     backend_port: u16,
     nginx_version: (u32, u32, u32),
-    tck: u64,
-    backend: &mut Proc,
-) -> Result<ScenarioResult> {
+}
+
+/// Starts nginx and heim as proxies in front of the backend (files and logs named after
+/// `label`), pinned to core 1 with one worker each (or unpinned), and checks that both proxy.
+fn start_proxies(env: &BatchEnv<'_>, label: &str) -> Result<(Peer, Peer)> {
+    let cli = env.cli;
     let pin = (cli.workers == 1).then_some("1");
     let ports = peers::free_ports(5)?;
     let local = |port: u16| SocketAddr::from((Ipv4Addr::LOCALHOST, port));
 
-    let prefix = dir.join(format!("nginx-{scenario}"));
+    let prefix = env.dir.join(format!("nginx-{label}"));
     fs::create_dir(&prefix).with_context(|| format!("create {}", prefix.display()))?;
     let conf = prefix.join("nginx.conf");
-    let http2_directive = nginx_version >= (1, 25, 1);
+    let http2_directive = env.nginx_version >= (1, 25, 1);
+    let auth = label == Scenario::Auth.name();
+    let auth_files = if auth {
+        Some(peers::write_auth(env.dir)?)
+    } else {
+        None
+    };
+    let cookie = auth_files.as_ref().map(|a| a.cookie);
     let text = peers::nginx_proxy_conf(
         &prefix,
         cli.workers,
         ports[0],
         ports[1],
-        backend_port,
-        cert,
+        env.backend_port,
+        env.cert,
         http2_directive,
+        auth,
     );
     fs::write(&conf, text).context("write the nginx proxy config")?;
     let nginx_proc = Proc::spawn(
@@ -372,7 +403,7 @@ fn batch(
         pin,
         &nginx_argv(cli, &prefix, &conf),
         &[],
-        dir.join(format!("nginx-{scenario}.log")),
+        env.dir.join(format!("nginx-{label}.log")),
     )?;
     let mut nginx = Peer {
         name: "nginx",
@@ -380,23 +411,25 @@ fn batch(
         target: Target {
             plain_port: ports[0],
             tls_port: ports[1],
+            cookie,
         },
         is_nginx: true,
     };
     nginx.proc.wait_ready(local(ports[0]), "/")?;
 
-    let heim_conf = dir.join(format!("heim-{scenario}.toml"));
+    let heim_conf = env.dir.join(format!("heim-{label}.toml"));
     let text = peers::heim_conf(
         cli.workers,
         ports[2],
         ports[3],
         ports[4],
-        backend_port,
-        cert,
+        env.backend_port,
+        env.cert,
+        auth_files.as_ref(),
     );
     fs::write(&heim_conf, text).context("write the heim config")?;
     let argv = [
-        heim_bin.display().to_string(),
+        env.heim_bin.display().to_string(),
         "--config".to_string(),
         heim_conf.display().to_string(),
     ];
@@ -405,7 +438,7 @@ fn batch(
         pin,
         &argv,
         &[("RUST_LOG", "warn")],
-        dir.join(format!("heim-{scenario}.log")),
+        env.dir.join(format!("heim-{label}.log")),
     )?;
     let mut heim = Peer {
         name: "heim",
@@ -413,16 +446,25 @@ fn batch(
         target: Target {
             plain_port: ports[3],
             tls_port: ports[2],
+            cookie,
         },
         is_nginx: false,
     };
     heim.proc.wait_ready(local(ports[4]), "/readyz")?;
 
-    // Both must really proxy to the backend before anything is timed.
+    // Both must really proxy to the backend before anything is measured.
     for p in [&nginx, &heim] {
         let addr = local(p.target.plain_port);
         let (status, body) =
             peers::http_get(addr, "/").with_context(|| format!("GET / through {}", p.name))?;
+        // `auth`: without the session cookie heim must refuse (the load generator sends it).
+        if auth && !p.is_nginx {
+            ensure!(
+                status == 401,
+                "GET http://{addr}/ without a session through heim answered {status}, not 401"
+            );
+            continue;
+        }
         ensure!(
             status == 200 && body == peers::BODY,
             "GET http://{addr}/ through {} answered {status} {body:?}, not 200 {:?}; its output:\n{}",
@@ -431,6 +473,18 @@ fn batch(
             p.proc.log_tail()
         );
     }
+    Ok((nginx, heim))
+}
+
+/// Starts both proxies for `scenario`, warms them up, runs the alternated rounds, stops them.
+fn batch(
+    env: &BatchEnv<'_>,
+    scenario: Scenario,
+    tck: u64,
+    backend: &mut Proc,
+) -> Result<ScenarioResult> {
+    let (cli, dir) = (env.cli, env.dir);
+    let (mut nginx, mut heim) = start_proxies(env, scenario.name())?;
 
     let settle = || sleep(Duration::from_millis(500));
     let warm = Amount {
@@ -468,6 +522,7 @@ fn batch(
         heim: Vec::new(),
         nginx_tls: None,
         heim_tls: None,
+        idle: None,
     };
     for round in 1..=cli.rounds {
         for p in [&mut nginx, &mut heim] {
@@ -496,6 +551,57 @@ fn batch(
     }
     // `nginx` and `heim` drop here: both proxies are stopped before the next batch.
     Ok(res)
+}
+
+/// The idle scenario: per round, for each variant (idle after one request, idle after the
+/// handshake), fresh proxies, then N idle connections held to nginx, then to heim. Fresh
+/// processes, because memory an allocator kept from an earlier round would hide the cost.
+fn idle_batch(env: &BatchEnv<'_>, backend: &mut Proc) -> Result<ScenarioResult> {
+    let cli = env.cli;
+    let n = cli.idle_connections;
+    let mut res = IdleResult {
+        conns: n,
+        ..IdleResult::default()
+    };
+    for round in 1..=cli.rounds {
+        for mode in IdleMode::ALL {
+            let (mut nginx, mut heim) = start_proxies(env, &format!("idle-{round}-{mode}"))?;
+            for p in [&mut nginx, &mut heim] {
+                p.proc.check_alive()?;
+                let pids = p.proc.pids();
+                let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, p.target.tls_port));
+                let s = idle::measure(addr, &env.cert.cert, p.rss_pids(&pids), n, mode)
+                    .with_context(|| format!("{n} idle connections ({mode}) to {}", p.name))?;
+                p.proc.check_alive()?;
+                eprintln!(
+                    "[idle] round {round}/{} {:9} {:5}: {:.1} KiB/conn (RSS {} -> {} KiB, read after {:.1} s{})",
+                    cli.rounds,
+                    mode.name(),
+                    p.name,
+                    s.kib_per_conn(),
+                    s.before_kib,
+                    s.idle_kib,
+                    s.settle_secs,
+                    if s.stable { "" } else { ", not stable" }
+                );
+                if p.is_nginx {
+                    res.nginx.push(s);
+                } else {
+                    res.heim.push(s);
+                }
+            }
+            // Both proxies stop here, before the next variant starts its own.
+        }
+        backend.check_alive()?;
+    }
+    Ok(ScenarioResult {
+        scenario: Scenario::Idle,
+        nginx: Vec::new(),
+        heim: Vec::new(),
+        nginx_tls: None,
+        heim_tls: None,
+        idle: Some(res),
+    })
 }
 
 /// `nginx -p PREFIX -c CONF -e ERRLOG -g 'daemon off;'` (foreground, everything in PREFIX).
@@ -632,19 +738,36 @@ fn command_line() -> String {
 }
 
 fn profile(cli: &Cli) -> String {
-    let placement = if cli.workers == 1 {
+    let mut parts = vec![if cli.workers == 1 {
         "1 worker each, proxy pinned to core 1 (taskset -c 1)".to_string()
     } else {
         format!("{} workers each, proxy unpinned", cli.workers)
+    }];
+    if cli.scenarios.iter().any(|s| *s != Scenario::Idle) {
+        parts.push(format!(
+            "wrk/h2load and the backend nginx on core 0; per scenario a {w} s warm-up per proxy \
+             (discarded), then {r} round(s) × {d} s alternating nginx, heim; handshake rounds: {n} \
+             connections (h2load --h1 -n{n} -c{n} -m1)",
+            w = cli.warmup,
+            r = cli.rounds,
+            d = cli.duration,
+            n = cli.handshakes,
+        ));
+    }
+    if cli.scenarios.contains(&Scenario::Idle) {
+        parts.push(format!(
+            "idle: {n} TLS 1.3 connections per proxy from heim-bench on core 0 (the backend nginx \
+             too), idle after one request or after the handshake only, {r} round(s) with fresh \
+             proxies per round and variant",
+            n = cli.idle_connections,
+            r = cli.rounds,
+        ));
+    }
+    let rsa = if cli.scenarios.iter().any(|s| s.rsa()) {
+        " (RSA-2048 for handshake-rsa)"
+    } else {
+        ""
     };
-    format!(
-        "{placement}; wrk/h2load and the backend nginx on core 0; per scenario a {w} s warm-up per proxy \
-         (discarded), then {r} round(s) × {d} s alternating nginx, heim; handshake rounds: {n} connections \
-         (h2load --h1 -n{n} -c{n} -m1); ECDSA P-256 cert{rsa}",
-        w = cli.warmup,
-        r = cli.rounds,
-        d = cli.duration,
-        n = cli.handshakes,
-        rsa = if cli.scenarios.iter().any(|s| s.rsa()) { " (RSA-2048 for handshake-rsa)" } else { "" },
-    )
+    parts.push(format!("ECDSA P-256 cert{rsa}"));
+    parts.join("; ")
 }

@@ -109,7 +109,10 @@ fn nginx_common(prefix: &Path, workers: u32) -> String {
          \x20 # Long-lived client connections for both peers: nginx's default of 1000 requests per\n\
          \x20 # connection would make h2load -D stop streams and wrk reconnect mid-run.\n\
          \x20 keepalive_requests 1000000;\n\
-         \x20 keepalive_timeout 300s;\n"
+         \x20 keepalive_timeout 300s;\n\
+         \x20 # The idle scenario holds connections that have sent no request yet: the same 300 s\n\
+         \x20 # as heim's request_head_timeout below (nginx's default is 60 s).\n\
+         \x20 client_header_timeout 300s;\n"
     )
 }
 
@@ -120,6 +123,7 @@ pub fn backend_conf(prefix: &Path, port: u16) -> String {
             "  server {{\n\
              \x20   listen 127.0.0.1:{port} backlog=4096;\n\
              \x20   location / {{ return 200 \"hello world\\n\"; }}\n\
+             \x20   location = /auth {{ add_header X-Auth-Request-User alice; add_header X-Auth-Request-Email alice@example.com; return 202; }}\n\
              \x20 }}\n\
              }}\n"
         )
@@ -127,6 +131,7 @@ pub fn backend_conf(prefix: &Path, port: u16) -> String {
 
 /// nginx as the proxy under test, configured the way an ingress would be.
 /// `http2_directive`: nginx ≥ 1.25.1 spells h2 `http2 on;`, older ones `listen … http2`.
+#[allow(clippy::too_many_arguments)]
 pub fn nginx_proxy_conf(
     prefix: &Path,
     workers: u32,
@@ -135,7 +140,31 @@ pub fn nginx_proxy_conf(
     backend_port: u16,
     cert: &CertFiles,
     http2_directive: bool,
+    auth_request: bool,
 ) -> String {
+    // `auth`: every request first asks the backend's `/auth` (an oauth2-proxy stand-in that
+    // answers 202 with the user), as ingress-nginx's `auth-url` does.
+    let (auth_location, auth_check) = if auth_request {
+        (
+            "    location = /_heim_auth {\n\
+             \x20     internal;\n\
+             \x20     proxy_pass http://backend/auth;\n\
+             \x20     proxy_http_version 1.1;\n\
+             \x20     proxy_set_header Connection \"\";\n\
+             \x20     proxy_pass_request_body off;\n\
+             \x20     proxy_set_header Content-Length \"\";\n\
+             \x20     proxy_set_header X-Original-URI $request_uri;\n\
+             \x20     proxy_set_header Cookie $http_cookie;\n\
+             \x20   }\n",
+            "      auth_request /_heim_auth;\n\
+             \x20     auth_request_set $auth_user $upstream_http_x_auth_request_user;\n\
+             \x20     auth_request_set $auth_email $upstream_http_x_auth_request_email;\n\
+             \x20     proxy_set_header X-Forwarded-User $auth_user;\n\
+             \x20     proxy_set_header X-Forwarded-Email $auth_email;\n",
+        )
+    } else {
+        ("", "")
+    };
     let (listen_h2, h2_on) = if http2_directive {
         ("", "    http2 on;\n")
     } else {
@@ -159,7 +188,9 @@ pub fn nginx_proxy_conf(
              \x20   ssl_ecdh_curve X25519;\n\
              \x20   ssl_session_tickets on;\n\
              \x20   ssl_session_cache shared:SSL:10m;\n\
+             {auth_location}\
              \x20   location / {{\n\
+             {auth_check}\
              \x20     proxy_pass http://backend;\n\
              \x20     proxy_http_version 1.1;\n\
              \x20     proxy_set_header Connection \"\";\n\
@@ -178,7 +209,8 @@ pub fn nginx_proxy_conf(
         )
 }
 
-/// The equivalent heim-proxy config.
+/// The equivalent heim-proxy config. `request_head_timeout` also bounds keep-alive idleness in
+/// heim: 300 s, like nginx's `keepalive_timeout` and `client_header_timeout` above.
 pub fn heim_conf(
     workers: u32,
     https_port: u16,
@@ -186,7 +218,30 @@ pub fn heim_conf(
     admin_port: u16,
     backend_port: u16,
     cert: &CertFiles,
+    auth: Option<&AuthFiles>,
 ) -> String {
+    // `auth`: the route admits signed-in users only and passes identity headers and a JWT on.
+    let (auth_table, policy) = match auth {
+        Some(a) => (
+            format!(
+                "[auth]\n\
+                 auth_host = \"127.0.0.1\"\n\
+                 cookie_secret_file = {secret:?}\n\
+                 signing_key_file = {key:?}\n\
+                 \n\
+                 [[auth.provider]]\n\
+                 name = \"local\"\n\
+                 kind = \"local\"\n\
+                 users_file = {users:?}\n\
+                 \n",
+                secret = a.secret.display().to_string(),
+                key = a.signing_key.display().to_string(),
+                users = a.users.display().to_string(),
+            ),
+            "allow_any_authenticated = true\nidentity_headers = { \"X-WEBAUTH-USER\" = \"email\" }\n",
+        ),
+        None => (String::new(), "public = true\n"),
+    };
     format!(
         "[server]\n\
          https_listen = \"127.0.0.1:{https_port}\"\n\
@@ -194,20 +249,72 @@ pub fn heim_conf(
          admin_listen = \"127.0.0.1:{admin_port}\"\n\
          workers = {workers}\n\
          access_log = false\n\
+         request_head_timeout = \"300s\"\n\
          drain_timeout = \"1s\"\n\
          \n\
          [[certificate]]\n\
          cert_file = {cert:?}\n\
          key_file = {key:?}\n\
          \n\
+         {auth_table}\
          [[route]]\n\
          path = \"/\"\n\
          upstream = [\"http://127.0.0.1:{backend_port}\"]\n\
-         public = true\n\
+         {policy}\
          https_redirect = false\n",
         cert = cert.cert.display().to_string(),
         key = cert.key.display().to_string(),
     )
+}
+
+/// The files heim's `auth` scenario signs in with, and the session cookie the load generator
+/// sends: sealed by heim's own code with the same secret, as a browser holds it after signing in.
+#[derive(Clone, Debug)]
+pub struct AuthFiles {
+    pub secret: PathBuf,
+    pub signing_key: PathBuf,
+    pub users: PathBuf,
+    pub cookie: &'static str,
+}
+
+/// Writes the `auth` scenario's files into `dir` and mints the session cookie.
+pub fn write_auth(dir: &Path) -> Result<AuthFiles> {
+    use heim_proxy::auth::policy::Session;
+    use heim_proxy::auth::seal::{Purpose, Sealer};
+    let secret_bytes = b"heim-bench cookie secret, 32+ bytes long".to_vec();
+    let secret = dir.join("cookie.secret");
+    fs::write(&secret, &secret_bytes).context("write the cookie secret")?;
+    let users = dir.join("users.txt");
+    // A bcrypt line (its password is never checked: the cookie is minted below).
+    fs::write(
+        &users,
+        "alice@example.com:$2b$10$0.zwmmvnBbtTtJmj1Hy/.eIkOuzkY.JUuz/Q3RZgD.uhvzGnO7XV6\n",
+    )
+    .context("write the users file")?;
+    let sealer = Sealer::new(&[secret_bytes]).map_err(anyhow::Error::msg)?;
+    let session = Session {
+        user: "alice@example.com".into(),
+        email: Some("alice@example.com".into()),
+        groups: Vec::new(),
+        orgs: Vec::new(),
+        teams: Vec::new(),
+        provider: "local".into(),
+        expires: heim_proxy::auth::unix_now() + 24 * 3600,
+        id: "heim-bench-session".into(),
+        // wrk sends `Host: 127.0.0.1:PORT`: the cookie is that host's.
+        host: "127.0.0.1".into(),
+    };
+    let cookie = format!(
+        "{}={}",
+        heim_proxy::auth::SESSION_COOKIE,
+        sealer.seal(Purpose::Session, &session)
+    );
+    Ok(AuthFiles {
+        secret,
+        signing_key: dir.join("jwt.pem"),
+        users,
+        cookie: Box::leak(cookie.into_boxed_str()),
+    })
 }
 
 /// A child process that is stopped when dropped.
@@ -436,11 +543,20 @@ pub fn status_kib(text: &str, field: &str) -> Option<u64> {
 
 /// Σ `VmHWM` (KiB) over `pids`.
 pub fn peak_rss_kib(pids: &[u32]) -> Result<u64> {
+    sum_status_kib(pids, "VmHWM")
+}
+
+/// Σ `VmRSS` (KiB) over `pids`: the resident set now.
+pub fn rss_kib(pids: &[u32]) -> Result<u64> {
+    sum_status_kib(pids, "VmRSS")
+}
+
+fn sum_status_kib(pids: &[u32], field: &str) -> Result<u64> {
     pids.iter()
         .map(|p| {
             let s = fs::read_to_string(format!("/proc/{p}/status"))
                 .with_context(|| format!("read /proc/{p}/status"))?;
-            status_kib(&s, "VmHWM").with_context(|| format!("no VmHWM in /proc/{p}/status"))
+            status_kib(&s, field).with_context(|| format!("no {field} in /proc/{p}/status"))
         })
         .sum()
 }
@@ -543,10 +659,36 @@ mod tests {
             cert: "/t/c.pem".into(),
             key: "/t/k.pem".into(),
         };
-        let t = heim_conf(1, 1, 2, 3, 4, &c);
+        let t = heim_conf(1, 1, 2, 3, 4, &c, None);
         assert!(t.contains("https_listen = \"127.0.0.1:1\""));
         assert!(t.contains("cert_file = \"/t/c.pem\""));
         assert!(t.contains("upstream = [\"http://127.0.0.1:4\"]"));
         assert!(t.contains("https_redirect = false"));
+        assert!(t.contains("public = true"));
+    }
+
+    /// The `auth` scenario's heim config is one heim accepts, and its cookie opens.
+    #[test]
+    fn auth_config_is_valid() {
+        let dir = std::env::temp_dir().join(format!("heim-bench-auth-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let c = CertFiles {
+            cert: dir.join("c.pem"),
+            key: dir.join("k.pem"),
+        };
+        let a = write_auth(&dir).unwrap();
+        let t = heim_conf(1, 1, 2, 3, 4, &c, Some(&a));
+        let config = heim_proxy::config::Config::parse(&dir.join("heim.toml"), &t)
+            .unwrap_or_else(|e| panic!("{e}\n{t}"));
+        assert!(config.auth.is_some());
+        assert!(!t.contains("public = true"));
+        let secret = fs::read(&a.secret).unwrap();
+        let sealer = heim_proxy::auth::seal::Sealer::new(&[secret]).unwrap();
+        let value = a.cookie.split_once('=').unwrap().1;
+        let s: heim_proxy::auth::policy::Session = sealer
+            .open(heim_proxy::auth::seal::Purpose::Session, value)
+            .expect("the cookie opens");
+        assert_eq!(s.host, "127.0.0.1");
+        let _ = fs::remove_dir_all(&dir);
     }
 }

@@ -8,6 +8,7 @@
 
 use std::fmt::Write as _;
 
+use crate::idle::IdleMode;
 use crate::load::Scenario;
 
 /// One measured round of one proxy.
@@ -28,6 +29,36 @@ pub struct Sample {
     pub rss_kib: u64,
 }
 
+/// One idle measurement of one proxy (a fresh process): N connections left in `mode`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct IdleSample {
+    pub mode: IdleMode,
+    pub conns: u32,
+    /// VmRSS before the connections were opened, KiB.
+    pub before_kib: u64,
+    /// VmRSS with all of them open and idle, once stable, KiB.
+    pub idle_kib: u64,
+    /// Seconds from the last connection opened to that reading.
+    pub settle_secs: f64,
+    /// Whether RSS was stable then (or the wait hit its bound).
+    pub stable: bool,
+}
+
+impl IdleSample {
+    /// (idle − before) ÷ N, KiB per connection.
+    pub fn kib_per_conn(&self) -> f64 {
+        self.idle_kib.saturating_sub(self.before_kib) as f64 / f64::from(self.conns.max(1))
+    }
+}
+
+/// Both proxies' idle measurements, every round and mode.
+#[derive(Clone, Debug, Default)]
+pub struct IdleResult {
+    pub conns: u32,
+    pub nginx: Vec<IdleSample>,
+    pub heim: Vec<IdleSample>,
+}
+
 /// Both proxies' rounds of one scenario.
 #[derive(Clone, Debug)]
 pub struct ScenarioResult {
@@ -37,6 +68,8 @@ pub struct ScenarioResult {
     /// What h2load saw of each side's TLS (protocol, cipher, key exchange, ALPN).
     pub nginx_tls: Option<String>,
     pub heim_tls: Option<String>,
+    /// The `idle` scenario's figures (its `nginx`/`heim` samples stay empty).
+    pub idle: Option<IdleResult>,
 }
 
 /// The run's header lines.
@@ -75,6 +108,7 @@ enum Unit {
     CpuPerReq,
     Percent,
     Kib,
+    KibPerConn,
     Count,
 }
 
@@ -87,6 +121,7 @@ fn fmt_value(v: f64, unit: Unit) -> String {
         Unit::CpuPerReq => format!("{v:.2}"),
         Unit::Percent => format!("{v:.0} %"),
         Unit::Kib => format!("{:.1} MiB", v / 1024.0),
+        Unit::KibPerConn => format!("{v:.1} KiB"),
     }
 }
 
@@ -142,6 +177,10 @@ pub fn render(h: &Header, results: &[ScenarioResult], workers: u32) -> String {
     let mut notes: Vec<String> = Vec::new();
     let mut h2load_latency = false;
     for r in results {
+        if let Some(idle) = &r.idle {
+            idle_rows(&mut s, &mut notes, idle);
+            continue;
+        }
         type Get = fn(&Sample) -> Option<f64>;
         let mut rows: Vec<(String, Unit, Get)> =
             vec![(r.scenario.rate_label().to_string(), Unit::Rate, |x| {
@@ -216,15 +255,83 @@ pub fn render(h: &Header, results: &[ScenarioResult], workers: u32) -> String {
              mostly queueing behind that burst.  \n",
         );
     }
-    s.push_str(
-        "Higher is better for req/s and handshakes/s; lower for latency, CPU-µs/req and RSS. \
-         CPU-µs/req = Δ(utime+stime) of every proxy process ÷ completed requests. \
-         Peak RSS = VmHWM after the round (nginx: its workers, summed; heim: the process).\n",
-    );
+    if results.iter().any(|r| r.idle.is_none()) {
+        s.push_str(
+            "Higher is better for req/s and handshakes/s; lower for latency, CPU-µs/req and RSS. \
+             CPU-µs/req = Δ(utime+stime) of every proxy process ÷ completed requests. \
+             Peak RSS = VmHWM after the round (nginx: its workers, summed; heim: the process).\n",
+        );
+    }
+    if results.iter().any(|r| r.idle.is_some()) {
+        s.push_str(
+            "Idle: KiB/conn = (VmRSS with N idle TLS 1.3 keep-alive connections − VmRSS before) ÷ N, \
+             read once RSS is stable and ≥ 3 s after the last connection opened; one client process \
+             on core 0; fresh proxies for every round and variant (nginx: its workers, summed). \
+             Lower is better; BENCH.md's target is ≤ 16 KiB.\n",
+        );
+    }
     for n in notes {
         let _ = writeln!(s, "- {n}");
     }
     s
+}
+
+/// The idle scenario's rows: KiB per connection and both RSS readings, per variant.
+fn idle_rows(s: &mut String, notes: &mut Vec<String>, idle: &IdleResult) {
+    type Get = fn(&IdleSample) -> f64;
+    let n = thousands(u64::from(idle.conns));
+    for mode in IdleMode::ALL {
+        let pick = |v: &[IdleSample]| -> Vec<IdleSample> {
+            v.iter().filter(|x| x.mode == mode).cloned().collect()
+        };
+        let (ng, hm) = (pick(&idle.nginx), pick(&idle.heim));
+        if ng.is_empty() && hm.is_empty() {
+            continue;
+        }
+        let rows: [(String, Unit, Get); 3] = [
+            (
+                format!("KiB/conn, {n} idle, {}", mode.label()),
+                Unit::KibPerConn,
+                IdleSample::kib_per_conn,
+            ),
+            (format!("RSS before ({})", mode.label()), Unit::Kib, |x| {
+                x.before_kib as f64
+            }),
+            (
+                format!("RSS with {n} idle ({})", mode.label()),
+                Unit::Kib,
+                |x| x.idle_kib as f64,
+            ),
+        ];
+        for (metric, unit, get) in rows {
+            let a: Vec<f64> = ng.iter().map(get).collect();
+            let b: Vec<f64> = hm.iter().map(get).collect();
+            let _ = writeln!(
+                s,
+                "| idle | {metric} | {} | {} | {} |",
+                cell(&a, unit),
+                cell(&b, unit),
+                ratio(&a, &b)
+            );
+        }
+        for (name, v) in [("nginx", &ng), ("heim", &hm)] {
+            let slow: Vec<String> = v
+                .iter()
+                .filter(|x| !x.stable)
+                .map(|x| format!("{:.0} s", x.settle_secs))
+                .collect();
+            if !slow.is_empty() {
+                notes.push(format!(
+                    "idle ({}): {name}'s RSS was still moving when read in {} of {} round(s) \
+                     (read after {}).",
+                    mode.label(),
+                    slow.len(),
+                    v.len(),
+                    slow.join(", ")
+                ));
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -284,6 +391,7 @@ mod tests {
             heim: vec![sample(120.0, 80.0), sample(130.0, 80.0)],
             nginx_tls: None,
             heim_tls: None,
+            idle: None,
         };
         let out = render(&h, &[r], 1);
         assert!(
@@ -297,5 +405,66 @@ mod tests {
         assert!(out.contains("h1: heim used 80 % of its core"), "{out}");
         assert!(!out.contains("h1: nginx used"), "{out}");
         assert!(!out.contains('†'), "{out}");
+    }
+
+    #[test]
+    fn idle_table() {
+        let sample = |mode, before_kib, idle_kib, stable| IdleSample {
+            mode,
+            conns: 2000,
+            before_kib,
+            idle_kib,
+            settle_secs: 1.2,
+            stable,
+        };
+        let h = Header {
+            date: "2026-01-01 00:00 UTC".into(),
+            command: "heim-bench --scenarios idle".into(),
+            nproc: 2,
+            kernel: "6.1".into(),
+            nginx_version: "nginx/1.22.1".into(),
+            heim_version: "heim-proxy 0.1.0".into(),
+            profile: "1 worker".into(),
+        };
+        let r = ScenarioResult {
+            scenario: Scenario::Idle,
+            nginx: Vec::new(),
+            heim: Vec::new(),
+            nginx_tls: None,
+            heim_tls: None,
+            idle: Some(IdleResult {
+                conns: 2000,
+                nginx: vec![
+                    sample(IdleMode::Request, 4096, 4096 + 20_000, true),
+                    sample(IdleMode::Handshake, 4096, 4096 + 18_000, true),
+                ],
+                heim: vec![
+                    sample(IdleMode::Request, 8192, 8192 + 42_000, true),
+                    sample(IdleMode::Handshake, 8192, 8192 + 30_000, false),
+                ],
+            }),
+        };
+        let out = render(&h, &[r], 1);
+        assert!(
+            out.contains(
+                "| idle | KiB/conn, 2,000 idle, after 1 request | 10.0 KiB | 21.0 KiB | 2.10× |"
+            ),
+            "{out}"
+        );
+        assert!(
+            out.contains(
+                "| idle | KiB/conn, 2,000 idle, handshake only | 9.0 KiB | 15.0 KiB | 1.67× |"
+            ),
+            "{out}"
+        );
+        assert!(
+            out.contains("| idle | RSS before (after 1 request) | 4.0 MiB | 8.0 MiB | 2.00× |"),
+            "{out}"
+        );
+        assert!(out.contains("heim's RSS was still moving"), "{out}");
+        assert!(!out.contains("nginx's RSS was still moving"), "{out}");
+        assert!(!out.contains("| idle | KiB/conn |"), "{out}");
+        assert!(!out.contains("Higher is better"), "{out}");
+        assert!(out.contains("≤ 16 KiB"), "{out}");
     }
 }
