@@ -15,6 +15,7 @@ pub mod error;
 pub mod forward;
 pub mod listen;
 pub mod metrics;
+pub mod park;
 pub mod reload;
 pub mod route;
 pub mod rt;

@@ -695,3 +695,49 @@ async fn a_websocket_on_the_last_request_still_upgrades() {
     let back = socket.next().await.expect("open").expect("a message");
     assert_eq!(back.into_text().unwrap().as_str(), "hi");
 }
+
+/// An idle HTTP/1 keep-alive connection parks without hyper's buffers
+/// (issue 10's memory per idle connection) and serves its next request as
+/// if nothing happened: plain, with a body, and pipelined.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parked_keepalive_connections_serve_their_next_request() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let e = env("park");
+    let u = upstream::http1("a").await;
+    let heim = Heim::start(&e.dir, &config("", &route("app.test", "/", &up(&u)))).expect("start");
+    let mut c = e.client.connect_h1(heim.https, "app.test").await.unwrap();
+    for i in 0..3 {
+        let r = c.send(heim_e2e::get("app.test", "/")).await.unwrap();
+        assert_eq!(r.status, 200, "request {i}");
+        // Longer than park::PARK_AFTER: the connection parks in between
+        // (the behaviour under test is idleness, so the test idles).
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let post = http::Request::post("/upload")
+        .header("host", "app.test")
+        .body(heim_e2e::Body::from("x".repeat(5000)))
+        .unwrap();
+    let r = c.send(post).await.unwrap();
+    assert_eq!(r.json()["body_len"], 5000);
+    // Two requests in one write after parking: both answered, in order.
+    let (mut tls, _) = e.client.tls(heim.https, "app.test", false).await.unwrap();
+    tls.write_all(b"GET /first HTTP/1.1\r\nHost: app.test\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tls.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    tls.write_all(b"GET /a HTTP/1.1\r\nHost: app.test\r\n\r\nGET /b HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut out))
+        .await
+        .expect("both answered, then closed")
+        .ok();
+    let text = String::from_utf8_lossy(&out);
+    let a = text.find("\"path\":\"/a\"").expect("/a answered");
+    let b = text.find("\"path\":\"/b\"").expect("/b answered");
+    assert!(a < b, "{text}");
+}

@@ -9,19 +9,25 @@
 //! (slowloris; it also bounds keep-alive idleness), the header size, and
 //! the end of connections their requests asked for (`keepalive_requests`,
 //! too many HTTP/2 resets: see `goaway`). A PROXY protocol header from a
-//! trusted balancer is read first (`proxy_protocol`).
+//! trusted balancer is read first (`proxy_protocol`). An idle HTTP/1
+//! connection parks without hyper's buffers (see `park`).
 
 pub mod goaway;
 pub mod proxy_protocol;
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
+use hyper::body::{Body as _, Incoming};
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
+use hyper::{Request, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use rustls::ServerConfig;
 use tokio::net::{TcpListener, TcpStream};
@@ -30,6 +36,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::config::ServerSettings;
 use crate::metrics::ClientErrorKind;
+use crate::park::{self, Parkable};
 use crate::rt::LocalExec;
 use crate::service::{self, Closing, ConnCtx, TlsInfo};
 use crate::state::{OpenConnection, Shared};
@@ -192,10 +199,15 @@ async fn serve_connection(
     }
     let Some(acceptor) = tls else {
         let ctx = Rc::new(ConnCtx::new(shared.clone(), remote, local, None));
-        return serve_http1(TokioIo::new(tcp), ctx, &settings, drain, true).await;
+        return serve_http1(tcp, ctx, &settings, drain, true).await;
     };
-    let stream = match tokio::time::timeout(settings.handshake_timeout, acceptor.accept(tcp)).await
-    {
+    // Boxed, like everything large and short-lived here: this task lives as
+    // long as the connection, idle or not, and is as large as its largest state.
+    let handshake = Box::pin(tokio::time::timeout(
+        settings.handshake_timeout,
+        acceptor.accept(tcp),
+    ));
+    let stream = match handshake.await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             shared.metrics.tls_handshakes_failed.fetch_add(1, Relaxed);
@@ -226,26 +238,42 @@ async fn serve_connection(
     };
     let ctx = Rc::new(ConnCtx::new(shared.clone(), remote, local, Some(info)));
     if alpn == Some("h2") {
-        serve_http2(stream, ctx, &settings, drain).await
+        Box::pin(serve_http2(stream, ctx, &settings, drain)).await
     } else {
         // rustls gains nothing from vectored writes: let hyper flatten head
         // and body into one buffer, so they go out in one TLS record.
-        serve_http1(TokioIo::new(stream), ctx, &settings, drain, false).await
+        // On the heap once: each layer below takes the stream by value, and
+        // every move would otherwise keep another 1.2 KB slot in this task.
+        serve_http1(Box::new(stream), ctx, &settings, drain, false).await
     }
 }
 
-async fn serve_http1<I>(
-    io: I,
+/// HTTP/1.1 on `stream` until the connection ends or drains. While it is
+/// idle it holds no hyper connection (see `park`).
+async fn serve_http1<S>(
+    mut stream: S,
     ctx: Rc<ConnCtx>,
     settings: &ServerSettings,
     mut drain: watch::Receiver<bool>,
     vectored: bool,
 ) where
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: Parkable + Send + 'static,
 {
+    let idle = park::Idle::new();
+    let seen = idle.clone();
     // Boxed: the request future is large, and hyper moves it around;
     // moving a pointer measured cheaper than the allocation it costs.
-    let svc = service_fn(move |req| Box::pin(service::handle(req, ctx.clone())));
+    let svc = service_fn(move |req: Request<Incoming>| {
+        let active = seen.begin(!req.body().is_end_stream());
+        let res = Box::pin(service::handle(req, ctx.clone()));
+        async move {
+            let res = res.await?;
+            if res.status() == StatusCode::SWITCHING_PROTOCOLS {
+                active.upgrading();
+            }
+            Ok::<_, Infallible>(res.map(|body| park::Tracked { body, active }))
+        }
+    });
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
@@ -253,17 +281,48 @@ async fn serve_http1<I>(
         .max_buf_size(settings.max_header_bytes.max(8192))
         .max_headers(200)
         .writev(vectored);
-    let conn = builder.serve_connection(io, svc).with_upgrades();
-    tokio::pin!(conn);
-    // `biased`: poll the connection first and skip select's per-poll
-    // random number; the drain signal is checked on every wake-up anyway.
-    tokio::select! {
-        biased;
-        _ = conn.as_mut() => {}
-        _ = drain.wait_for(|d| *d) => {
-            conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
+    let mut svc = Some(svc);
+    let mut replay = Bytes::new();
+    loop {
+        if replay.is_empty() && !stream.has_buffered_input() {
+            // Parked, or not started: only the stream, until the client
+            // sends something. Idle as long as hyper would allow.
+            let deadline = idle.since() + settings.request_head_timeout;
+            tokio::select! {
+                biased;
+                r = tokio::time::timeout_at(deadline, stream.readable()) => {
+                    if !matches!(r, Ok(Ok(()))) {
+                        return;
+                    }
+                }
+                _ = drain.wait_for(|d| *d) => return,
+            }
         }
+        let Some(service) = svc.take() else { return };
+        let io = park::Io::new(stream, std::mem::take(&mut replay), &idle);
+        let mut conn = Box::new(builder.serve_connection(io, service).with_upgrades());
+        // `biased`: poll the connection first and skip select's per-poll
+        // random number; the drain signal is checked on every wake-up anyway.
+        let parked = tokio::select! {
+            biased;
+            p = park::until_idle(&mut *conn, &idle) => Some(p),
+            _ = drain.wait_for(|d| *d) => None,
+        };
+        let Some(parked) = parked else {
+            Pin::new(&mut *conn).graceful_shutdown();
+            let _ = conn.await;
+            return;
+        };
+        let Some(parts) = (if parked { conn.into_parts() } else { None }) else {
+            return;
+        };
+        stream = parts.io.into_inner();
+        // Even empty, hyper's leftover points into its 8 KiB read buffer
+        // (request heads are split off it): keep only real bytes.
+        if !parts.read_buf.is_empty() {
+            replay = Bytes::copy_from_slice(&parts.read_buf);
+        }
+        svc = Some(parts.service);
     }
 }
 
