@@ -286,3 +286,88 @@ pub async fn until_idle<F: Future + Unpin>(conn: &mut F, idle: &Idle) -> bool {
     })
     .await
 }
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+
+    use http_body_util::{BodyExt as _, Full};
+    use hyper::body::{Body as _, Incoming};
+    use hyper::server::conn::http1;
+    use hyper::service::service_fn;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+
+    use super::*;
+
+    const GET: &[u8] = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+
+    /// Reads until `n` responses (each ends in "ok") have arrived.
+    async fn responses(client: &mut DuplexStream, n: usize) -> String {
+        let mut got = Vec::new();
+        while String::from_utf8_lossy(&got).matches("\r\n\r\nok").count() < n {
+            let mut buf = [0u8; 1024];
+            let k = tokio::time::timeout(Duration::from_secs(5), client.read(&mut buf))
+                .await
+                .expect("a response")
+                .expect("read");
+            assert!(k > 0, "closed: {}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&buf[..k]);
+        }
+        String::from_utf8_lossy(&got).into_owned()
+    }
+
+    #[tokio::test]
+    async fn parks_only_between_messages_and_replays_what_hyper_read_ahead() {
+        let (mut client, server) = tokio::io::duplex(1 << 16);
+        let idle = Idle::new();
+        let seen = idle.clone();
+        // Reads the request body to its end before answering, as forwarding does.
+        let svc = service_fn(move |req: hyper::Request<Incoming>| {
+            let active = seen.begin(!req.body().is_end_stream());
+            async move {
+                let _ = req.into_body().collect().await;
+                let body = Full::new(Bytes::from_static(b"ok"));
+                Ok::<_, Infallible>(hyper::Response::new(Tracked { body, active }))
+            }
+        });
+        let serve = |stream, replay, svc| {
+            Box::new(http1::Builder::new().serve_connection(Io::new(stream, replay, &idle), svc))
+        };
+
+        // A request, then nothing: parks once idle for PARK_AFTER.
+        let mut conn = serve(server, Bytes::new(), svc);
+        client.write_all(GET).await.unwrap();
+        assert!(until_idle(&mut *conn, &idle).await);
+        assert!(responses(&mut client, 1).await.starts_with("HTTP/1.1 200"));
+        let parts = conn.into_parts();
+        assert!(parts.read_buf.is_empty());
+
+        // A request whose body is still coming never parks, nor does the
+        // connection once it is answered: the last request had a body.
+        let mut conn = serve(parts.io.into_inner(), Bytes::new(), parts.service);
+        client
+            .write_all(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\n\r\nab")
+            .await
+            .unwrap();
+        let waited = tokio::time::timeout(PARK_AFTER * 3, until_idle(&mut *conn, &idle)).await;
+        assert!(waited.is_err(), "parked mid-body");
+        client.write_all(b"cd").await.unwrap();
+        let waited = tokio::time::timeout(PARK_AFTER * 3, until_idle(&mut *conn, &idle)).await;
+        assert!(waited.is_err(), "parked after a request with a body");
+        assert!(responses(&mut client, 1).await.contains("ok"));
+
+        // The next bodyless request, and half of a third: the half comes
+        // back from `into_parts` and is replayed to the next connection.
+        client.write_all(GET).await.unwrap();
+        client.write_all(&GET[..10]).await.unwrap();
+        assert!(until_idle(&mut *conn, &idle).await);
+        assert!(responses(&mut client, 1).await.contains("ok"));
+        let parts = conn.into_parts();
+        assert_eq!(&parts.read_buf[..], &GET[..10]);
+        let replay = Bytes::copy_from_slice(&parts.read_buf);
+        let mut conn = serve(parts.io.into_inner(), replay, parts.service);
+        client.write_all(&GET[10..]).await.unwrap();
+        assert!(until_idle(&mut *conn, &idle).await);
+        assert!(responses(&mut client, 1).await.contains("ok"));
+    }
+}
