@@ -27,7 +27,7 @@ const HEX_UPPER: &[u8; 16] = b"0123456789ABCDEF";
 const HEX_LOWER: &[u8; 16] = b"0123456789abcdef";
 
 /// Longer inputs are skipped: nothing here depends on length, and a few
-/// KiB of path make every run ten times slower.
+/// KiB of path make a run many times slower.
 const MAX_LEN: usize = 1024;
 
 /// Runs every property on one input.
