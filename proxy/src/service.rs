@@ -483,6 +483,11 @@ pub fn authorize<B>(
     let Some(auth) = auth else {
         return Err(ProxyError::Forbidden);
     };
+    if session.is_some_and(|s| rules.allows(s)) {
+        return Ok(());
+    }
+    // Refused: only now the URLs the answer needs (not on every admitted
+    // request).
     let port = conn.shared.https_port();
     let auth_origin = crate::auth::endpoints::origin(&auth.auth_host, port);
     let here = {
@@ -490,7 +495,6 @@ pub fn authorize<B>(
         format!("{}{pq}", crate::auth::endpoints::origin(&parsed.host, port))
     };
     match session {
-        Some(s) if rules.allows(s) => Ok(()),
         Some(s) => Err(ProxyError::Denied(Box::new(crate::error::Denied {
             user: s.user.clone(),
             email: s.email.clone(),

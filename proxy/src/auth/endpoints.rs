@@ -558,12 +558,7 @@ impl Cx<'_> {
         binding: &str,
         state: Option<&str>,
     ) -> Response<ProxyBody> {
-        let rd_host = rd
-            .strip_prefix("https://")
-            .and_then(|r| r.split(['/', '?', '#']).next())
-            .and_then(crate::route::normalize_host)
-            .map(|h| h.into_owned())
-            .unwrap_or_default();
+        let rd_host = url_host(rd).unwrap_or_default();
         let target = if rd_host == self.auth.auth_host {
             rd.to_string()
         } else {
@@ -814,12 +809,7 @@ impl Cx<'_> {
         let next = field("rd")
             .and_then(|rd| safe_return_url(rd, |h| self.serves(h)))
             .map(str::to_string);
-        let same_host = |rd: &str| {
-            rd.strip_prefix("https://")
-                .and_then(|r| r.split(['/', '?', '#']).next())
-                .and_then(crate::route::normalize_host)
-                .is_some_and(|h| h == self.parsed.host.as_str())
-        };
+        let same_host = |rd: &str| url_host(rd).is_some_and(|h| h == self.parsed.host);
         let mut resp = match next {
             // A form may only lead to this origin (CSP `form-action 'self'`).
             Some(rd) if same_host(&rd) => redirect_see_other(&rd),
@@ -946,6 +936,15 @@ fn bad_cli_link() -> Response<ProxyBody> {
         "CLI sign-in",
         "<p>This sign-in link needs a loopback port and a PKCE challenge (S256, base64url), and your confirmation on heim's own page.</p>",
     )
+}
+
+/// The normalised host of an `https://` URL already checked by
+/// `safe_return_url`.
+fn url_host(url: &str) -> Option<String> {
+    url.strip_prefix("https://")
+        .and_then(|r| r.split(['/', '?', '#']).next())
+        .and_then(crate::route::normalize_host)
+        .map(|h| h.into_owned())
 }
 
 /// `https://host[:port]`.
