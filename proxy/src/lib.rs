@@ -13,6 +13,7 @@ pub mod config;
 pub mod echo;
 pub mod error;
 pub mod forward;
+pub mod http_client;
 pub mod listen;
 pub mod metrics;
 pub mod park;

@@ -10,8 +10,8 @@ use base64::Engine;
 use serde_json::Value;
 
 use super::endpoints::url_encode;
-use super::http_client::HttpClient;
 use super::Identity;
+use crate::http_client::HttpClient;
 
 /// One GitHub (or GitHub Enterprise Server) provider.
 #[derive(Debug)]
@@ -138,7 +138,7 @@ impl Github {
 }
 
 async fn json(req: http::Request<Vec<u8>>, what: &str) -> Result<Value, String> {
-    let resp = HttpClient
+    let resp = HttpClient::default()
         .fetch(req)
         .await
         .map_err(|e| format!("{what}: {e}"))?;

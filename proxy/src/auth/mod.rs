@@ -13,7 +13,6 @@
 
 pub mod endpoints;
 pub mod github;
-pub mod http_client;
 pub mod jwt;
 pub mod local;
 pub mod oidc;

@@ -23,8 +23,8 @@ use openidconnect::{
 };
 use serde_json::Value;
 
-use super::http_client::HttpClient;
 use super::Identity;
+use crate::http_client::HttpClient;
 
 /// Discovery is fetched again after this long.
 const DISCOVERY_TTL: Duration = Duration::from_secs(3600);
@@ -95,7 +95,7 @@ impl Oidc {
             Some(d) if !fresh && d.at.elapsed() < DISCOVERY_TTL => d,
             _ => {
                 let issuer = IssuerUrl::new(self.issuer.clone()).map_err(|e| e.to_string())?;
-                let metadata = CoreProviderMetadata::discover_async(issuer, &HttpClient)
+                let metadata = CoreProviderMetadata::discover_async(issuer, &HttpClient::default())
                     .await
                     .map_err(|e| format!("discovery at {}: {e}", self.issuer))?;
                 let d = Arc::new(Discovered {
@@ -159,7 +159,7 @@ impl Oidc {
             .exchange_code(AuthorizationCode::new(code.to_string()))
             .map_err(|e| e.to_string())?
             .set_pkce_verifier(PkceCodeVerifier::new(verifier.to_string()))
-            .request_async(&HttpClient)
+            .request_async(&HttpClient::default())
             .await
             .map_err(|e| format!("token exchange: {e}"))?;
         let id_token = token
@@ -237,7 +237,7 @@ impl Oidc {
             .header("accept", "application/json")
             .body(Vec::new())
             .map_err(|e| e.to_string())?;
-        let resp = HttpClient
+        let resp = HttpClient::default()
             .fetch(req)
             .await
             .map_err(|e| format!("userinfo: {e}"))?;

@@ -1,8 +1,9 @@
 //! A small HTTPS client for the identity providers (discovery, keys, token
-//! and userinfo endpoints, GitHub's API): one request per connection,
-//! bounded in time and size, TLS verified against the Mozilla roots
-//! (`webpki-roots`, so a slim container needs no CA bundle). `http://` is
-//! only ever used for loopback addresses, which the config enforces.
+//! and userinfo endpoints, GitHub's API), the ACME server and DNS APIs: one
+//! request per connection, bounded in time and size, TLS verified against
+//! the Mozilla roots (`webpki-roots`, so a slim container needs no CA
+//! bundle) plus, where configured, an operator's own CA (`acme.ca_file`).
+//! `http://` is only ever used for loopback addresses.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -34,39 +35,67 @@ pub enum FetchError {
 }
 
 /// The client; `openidconnect` calls it through `AsyncHttpClient`.
+/// `Default` trusts the Mozilla roots.
 #[derive(Clone, Debug, Default)]
-pub struct HttpClient;
+pub struct HttpClient {
+    /// `None`: the Mozilla roots only.
+    tls: Option<Arc<rustls::ClientConfig>>,
+}
 
-fn tls() -> Arc<rustls::ClientConfig> {
+fn client_config(roots: rustls::RootCertStore) -> Arc<rustls::ClientConfig> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map(|b| b.with_root_certificates(roots).with_no_client_auth());
+    // The default protocol versions are always available.
+    Arc::new(config.unwrap_or_else(|_| unreachable!("TLS 1.2 and 1.3 are built in")))
+}
+
+fn mozilla_roots() -> rustls::RootCertStore {
+    rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    }
+}
+
+fn default_tls() -> Arc<rustls::ClientConfig> {
     static CONFIG: OnceLock<Arc<rustls::ClientConfig>> = OnceLock::new();
     CONFIG
-        .get_or_init(|| {
-            let roots = rustls::RootCertStore {
-                roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-            };
-            let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-            let config = rustls::ClientConfig::builder_with_provider(provider)
-                .with_safe_default_protocol_versions()
-                .map(|b| b.with_root_certificates(roots).with_no_client_auth());
-            // The default protocol versions are always available.
-            Arc::new(config.unwrap_or_else(|_| unreachable!("TLS 1.2 and 1.3 are built in")))
-        })
+        .get_or_init(|| client_config(mozilla_roots()))
         .clone()
 }
 
 impl HttpClient {
+    /// A client that also trusts the CA certificates of a PEM file.
+    pub fn with_extra_roots(
+        certs: &[rustls::pki_types::CertificateDer<'static>],
+    ) -> Result<HttpClient, String> {
+        let mut roots = mozilla_roots();
+        for c in certs {
+            roots
+                .add(c.clone())
+                .map_err(|e| format!("not a usable CA certificate: {e}"))?;
+        }
+        Ok(HttpClient {
+            tls: Some(client_config(roots)),
+        })
+    }
+
     /// Sends one request and reads the whole response.
     pub async fn fetch(
         &self,
         req: http::Request<Vec<u8>>,
     ) -> Result<http::Response<Vec<u8>>, FetchError> {
-        tokio::time::timeout(TIMEOUT, fetch(req))
+        let tls = self.tls.clone().unwrap_or_else(default_tls);
+        tokio::time::timeout(TIMEOUT, fetch(req, tls))
             .await
             .map_err(|_| FetchError::Timeout)?
     }
 }
 
-async fn fetch(req: http::Request<Vec<u8>>) -> Result<http::Response<Vec<u8>>, FetchError> {
+async fn fetch(
+    req: http::Request<Vec<u8>>,
+    tls: Arc<rustls::ClientConfig>,
+) -> Result<http::Response<Vec<u8>>, FetchError> {
     let uri = req.uri().clone();
     let host = uri
         .host()
@@ -104,7 +133,7 @@ async fn fetch(req: http::Request<Vec<u8>>) -> Result<http::Response<Vec<u8>>, F
     let req = http::Request::from_parts(parts, Full::new(Bytes::from(body)));
     let resp = if https {
         let name = ServerName::try_from(host.clone()).map_err(|_| FetchError::Url(host.clone()))?;
-        let stream = tokio_rustls::TlsConnector::from(tls())
+        let stream = tokio_rustls::TlsConnector::from(tls)
             .connect(name, tcp)
             .await?;
         exchange(TokioIo::new(stream), req).await?
@@ -126,13 +155,15 @@ async fn exchange<I>(
     req: http::Request<Full<Bytes>>,
 ) -> Result<http::Response<Vec<u8>>, FetchError>
 where
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + 'static,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     let http = |e: hyper::Error| FetchError::Http(e.to_string());
     let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
         .await
         .map_err(http)?;
-    tokio::task::spawn_local(async move {
+    // A plain task (not a local one): the ACME client runs on the control
+    // thread's runtime, which has no `LocalSet`, and needs `Send` futures.
+    tokio::spawn(async move {
         let _ = conn.await;
     });
     let resp = sender.send_request(req).await.map_err(http)?;
@@ -147,7 +178,8 @@ where
 
 impl<'c> openidconnect::AsyncHttpClient<'c> for HttpClient {
     type Error = FetchError;
-    type Future = Pin<Box<dyn Future<Output = Result<http::Response<Vec<u8>>, FetchError>> + 'c>>;
+    type Future =
+        Pin<Box<dyn Future<Output = Result<http::Response<Vec<u8>>, FetchError>> + Send + 'c>>;
 
     fn call(&'c self, request: http::Request<Vec<u8>>) -> Self::Future {
         Box::pin(self.fetch(request))
