@@ -59,11 +59,14 @@ fn answer(req: &Request<Incoming>, shared: &Shared, workers: usize) -> Response<
                 (StatusCode::OK, "ready\n".into(), "text/plain")
             }
         }
-        "/metrics" => (
-            StatusCode::OK,
-            shared.metrics.render(),
-            "text/plain; version=0.0.4",
-        ),
+        "/metrics" => {
+            let mut text = shared.metrics.render();
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64);
+            shared.certs.load().render_expiry(now, &mut text);
+            (StatusCode::OK, text, "text/plain; version=0.0.4")
+        }
         _ => (StatusCode::NOT_FOUND, "not found\n".into(), "text/plain"),
     };
     let mut resp = Response::new(Full::new(Bytes::from(body)));

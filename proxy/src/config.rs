@@ -16,6 +16,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::acme::{AcmeSpec, ChallengeKind, DnsConfig, DnsProviderSpec};
 use crate::auth::policy::AccessRules;
 use crate::auth::webhook::WebhookSpec;
 use crate::auth::{AuthSpec, ProviderKind, ProviderSpec};
@@ -75,6 +76,34 @@ struct RawConfig {
     #[serde(default)]
     route: Vec<Spanned<RawRoute>>,
     auth: Option<Spanned<RawAuth>>,
+    acme: Option<Spanned<RawAcme>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAcme {
+    directory: Spanned<String>,
+    contact: Option<Spanned<Vec<String>>>,
+    storage_dir: Option<String>,
+    challenge: Option<Spanned<String>>,
+    ca_file: Option<String>,
+    domains: Option<Spanned<Vec<String>>>,
+    dns: Option<Spanned<RawAcmeDns>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAcmeDns {
+    provider: Spanned<String>,
+    server: Option<Spanned<String>>,
+    tsig_key_name: Option<String>,
+    tsig_algorithm: Option<Spanned<String>>,
+    tsig_secret_file: Option<String>,
+    api_token_file: Option<String>,
+    zone_id: Option<String>,
+    api_url: Option<Spanned<String>>,
+    check_servers: Option<Spanned<Vec<String>>>,
+    propagation_timeout: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -130,6 +159,7 @@ struct RawServer {
     websocket_idle_timeout: Option<Spanned<String>>,
     proxy_protocol: Option<bool>,
     trusted_proxies: Option<Spanned<Vec<String>>>,
+    default_certificate: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -163,6 +193,7 @@ struct RawRoute {
     allow_any_authenticated: Option<Spanned<bool>>,
     identity_headers: Option<Spanned<std::collections::BTreeMap<String, String>>>,
     webhook: Option<Spanned<RawWebhook>>,
+    acme: Option<Spanned<bool>>,
 }
 
 #[derive(Deserialize)]
@@ -245,6 +276,11 @@ pub struct Config {
     pub route_lines: Vec<usize>,
     /// `[auth]`, when sign-in is configured.
     pub auth: Option<AuthSpec>,
+    /// `[acme]`, when heim gets certificates itself.
+    pub acme: Option<AcmeSpec>,
+    /// `server.default_certificate` and its line: the name whose
+    /// certificate serves handshakes without SNI or for unknown names.
+    pub default_certificate: Option<(String, usize)>,
 }
 
 impl Config {
@@ -290,11 +326,12 @@ impl Config {
             .enumerate()
             .map(|(i, c)| cx.certificate(i, c, &base))
             .collect::<Vec<_>>();
-        if certificates.is_empty() {
+        if certificates.is_empty() && raw.acme.is_none() {
             cx.err(
                 &raw.server.span(),
                 "certificate".into(),
-                "at least one [[certificate]] is needed to serve https".into(),
+                "at least one [[certificate]], or an [acme] section, is needed to serve https"
+                    .into(),
             );
         }
         let auth = raw.auth.as_ref().and_then(|a| cx.auth(a, &base));
@@ -306,6 +343,23 @@ impl Config {
                 route_lines.push(cx.line(&r.span()));
             }
         }
+        let acme = cx.acme(&raw, &base);
+        let default_certificate = raw
+            .server
+            .get_ref()
+            .default_certificate
+            .as_ref()
+            .and_then(|d| match valid_host(d.get_ref()) {
+                Some(h) => Some((h, cx.line(&d.span()))),
+                None => {
+                    cx.err(
+                        &d.span(),
+                        "server.default_certificate".into(),
+                        format!("{:?} is not a host name", d.get_ref()),
+                    );
+                    None
+                }
+            });
         if cx.errors.is_empty() {
             if let Some(server) = server {
                 return Ok(Config {
@@ -315,6 +369,8 @@ impl Config {
                     routes,
                     route_lines,
                     auth,
+                    acme,
+                    default_certificate,
                 });
             }
         }
@@ -626,6 +682,270 @@ impl Cx<'_> {
             line: self.line(&raw.span()),
             index: i,
         }
+    }
+
+    /// `[acme]` and the routes with `acme = true`.
+    fn acme(&mut self, raw: &RawConfig, base: &Path) -> Option<AcmeSpec> {
+        let wanted: Vec<(usize, &Spanned<RawRoute>)> = raw
+            .route
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.get_ref().acme.as_ref().is_some_and(|a| *a.get_ref()))
+            .collect();
+        let Some(spanned) = &raw.acme else {
+            for (i, r) in wanted {
+                let span = r.get_ref().acme.as_ref().map_or(r.span(), |a| a.span());
+                self.err(
+                    &span,
+                    format!("route[{i}].acme"),
+                    "needs an [acme] section (directory, contact, challenge)".into(),
+                );
+            }
+            return None;
+        };
+        let a = spanned.get_ref();
+        let before = self.errors.len();
+        let directory = a.directory.get_ref().trim().to_string();
+        let dir_ok = directory
+            .parse::<http::Uri>()
+            .ok()
+            .is_some_and(|u| u.scheme_str() == Some("https") && u.host().is_some());
+        if !dir_ok {
+            self.err(
+                &a.directory.span(),
+                "acme.directory".into(),
+                format!(
+                    "{directory:?} is not an https:// URL of an ACME directory (Let's Encrypt: \"https://acme-v02.api.letsencrypt.org/directory\")"
+                ),
+            );
+        }
+        let contact = a
+            .contact
+            .as_ref()
+            .map(|c| c.get_ref().clone())
+            .unwrap_or_default();
+        for c in &contact {
+            let ok = c
+                .strip_prefix("mailto:")
+                .is_some_and(|addr| addr.contains('@') && !addr.contains([' ', ',']));
+            if !ok {
+                self.err(
+                    &a.contact.as_ref().map_or(spanned.span(), |c| c.span()),
+                    "acme.contact".into(),
+                    format!("{c:?} is not a \"mailto:name@example.com\" address"),
+                );
+            }
+        }
+        let challenge = match &a.challenge {
+            None => ChallengeKind::Http01,
+            Some(c) => ChallengeKind::parse(c.get_ref()).unwrap_or_else(|| {
+                self.err(
+                    &c.span(),
+                    "acme.challenge".into(),
+                    format!(
+                        "{:?} is not one of \"http-01\", \"tls-alpn-01\", \"dns-01\"",
+                        c.get_ref()
+                    ),
+                );
+                ChallengeKind::Http01
+            }),
+        };
+        let challenge_span = a.challenge.as_ref().map_or(spanned.span(), |c| c.span());
+        let mut domains: Vec<String> = Vec::new();
+        let mut add = |cx: &mut Self, name: &str, span: &Range<usize>, key: String| {
+            let Some(h) = valid_host(name) else {
+                cx.err(
+                    span,
+                    key,
+                    format!("{name:?} is not a host name or *.wildcard"),
+                );
+                return;
+            };
+            if h.starts_with("*.") && challenge != ChallengeKind::Dns01 {
+                cx.err(
+                    span,
+                    key,
+                    format!(
+                        "{h:?} is a wildcard: ACME issues wildcards only by DNS-01 (acme.challenge = \"dns-01\"), not {}",
+                        challenge.as_str()
+                    ),
+                );
+                return;
+            }
+            if !domains.contains(&h) {
+                domains.push(h);
+            }
+        };
+        if let Some(list) = &a.domains {
+            for d in list.get_ref() {
+                add(self, d, &list.span(), "acme.domains".into());
+            }
+        }
+        for (i, r) in wanted {
+            let route = r.get_ref();
+            let span = route.acme.as_ref().map_or(r.span(), |a| a.span());
+            match &route.host {
+                Some(h) => add(self, h.get_ref(), &span, format!("route[{i}].acme")),
+                None => self.err(
+                    &span,
+                    format!("route[{i}].acme"),
+                    "a route without `host` has no name to get a certificate for".into(),
+                ),
+            }
+        }
+        if domains.is_empty() {
+            self.err(
+                &spanned.span(),
+                "acme.domains".into(),
+                "names no domain, and no route has `acme = true`".into(),
+            );
+        }
+        let dns = match (&a.dns, challenge) {
+            (Some(d), _) => self.acme_dns(d, base),
+            (None, ChallengeKind::Dns01) => {
+                self.err(
+                    &challenge_span,
+                    "acme.dns".into(),
+                    "dns-01 needs an [acme.dns] section (provider = \"rfc2136\" or \"cloudflare\")"
+                        .into(),
+                );
+                None
+            }
+            (None, _) => None,
+        };
+        if self.errors.len() > before {
+            return None;
+        }
+        Some(AcmeSpec {
+            directory,
+            contact,
+            storage_dir: base.join(a.storage_dir.as_deref().unwrap_or("/var/lib/heim/acme")),
+            challenge,
+            ca_file: a.ca_file.as_ref().map(|f| base.join(f)),
+            domains,
+            dns,
+            line: self.line(&spanned.span()),
+        })
+    }
+
+    fn acme_dns(&mut self, raw: &Spanned<RawAcmeDns>, base: &Path) -> Option<DnsConfig> {
+        let d = raw.get_ref();
+        let span = raw.span();
+        let need = |cx: &mut Self, v: &Option<String>, key: &str| -> Option<String> {
+            if v.is_none() {
+                cx.err(
+                    &span,
+                    format!("acme.dns.{key}"),
+                    format!("provider {:?} needs {key}", d.provider.get_ref()),
+                );
+            }
+            v.clone()
+        };
+        let provider = match d.provider.get_ref().as_str() {
+            "rfc2136" => {
+                let server = match &d.server {
+                    Some(s) => self.addr("acme.dns.server", s),
+                    None => {
+                        self.err(
+                            &span,
+                            "acme.dns.server".into(),
+                            "provider \"rfc2136\" needs server (\"ip:port\" of the primary)".into(),
+                        );
+                        None
+                    }
+                };
+                let key_name = need(self, &d.tsig_key_name, "tsig_key_name");
+                let secret = need(self, &d.tsig_secret_file, "tsig_secret_file");
+                let algorithm = match &d.tsig_algorithm {
+                    None => "hmac-sha256".to_string(),
+                    Some(a) if matches!(a.get_ref().as_str(), "hmac-sha256" | "hmac-sha512") => {
+                        a.get_ref().clone()
+                    }
+                    Some(a) => {
+                        self.err(
+                            &a.span(),
+                            "acme.dns.tsig_algorithm".into(),
+                            format!(
+                                "{:?} is not one of \"hmac-sha256\", \"hmac-sha512\"",
+                                a.get_ref()
+                            ),
+                        );
+                        return None;
+                    }
+                };
+                DnsProviderSpec::Rfc2136 {
+                    server: server?,
+                    tsig_key_name: key_name?,
+                    tsig_algorithm: algorithm,
+                    tsig_secret_file: base.join(secret?),
+                }
+            }
+            "cloudflare" => {
+                let token = need(self, &d.api_token_file, "api_token_file");
+                let api_url = match &d.api_url {
+                    None => "https://api.cloudflare.com/client/v4".to_string(),
+                    Some(u) => {
+                        let url = u.get_ref().trim_end_matches('/').to_string();
+                        let ok = url.parse::<http::Uri>().ok().is_some_and(|p| {
+                            p.scheme_str() == Some("https")
+                                || (p.scheme_str() == Some("http")
+                                    && p.host().is_some_and(|h| {
+                                        h == "localhost"
+                                            || h.trim_matches(['[', ']'])
+                                                .parse::<std::net::IpAddr>()
+                                                .is_ok_and(|ip| ip.is_loopback())
+                                    }))
+                        });
+                        if !ok {
+                            self.err(
+                                &u.span(),
+                                "acme.dns.api_url".into(),
+                                format!(
+                                    "{url:?} is not an https:// URL (http:// only on loopback)"
+                                ),
+                            );
+                        }
+                        url
+                    }
+                };
+                DnsProviderSpec::Cloudflare {
+                    api_token_file: base.join(token?),
+                    zone_id: d.zone_id.clone(),
+                    api_url,
+                }
+            }
+            other => {
+                self.err(
+                    &d.provider.span(),
+                    "acme.dns.provider".into(),
+                    format!("{other:?} is not one of \"rfc2136\", \"cloudflare\""),
+                );
+                return None;
+            }
+        };
+        let mut check_servers = Vec::new();
+        if let Some(list) = &d.check_servers {
+            for a in list.get_ref() {
+                match a.parse() {
+                    Ok(addr) => check_servers.push(addr),
+                    Err(_) => self.err(
+                        &list.span(),
+                        "acme.dns.check_servers".into(),
+                        format!("{a:?} is not an \"ip:port\" address"),
+                    ),
+                }
+            }
+        }
+        let propagation_timeout = self.duration_or(
+            "acme.dns.propagation_timeout",
+            &d.propagation_timeout,
+            Duration::from_secs(120),
+        );
+        Some(DnsConfig {
+            provider,
+            check_servers,
+            propagation_timeout,
+        })
     }
 
     fn auth(&mut self, raw: &Spanned<RawAuth>, base: &Path) -> Option<AuthSpec> {

@@ -6,6 +6,7 @@
 //! pools, upstreams). Around them: `config` (the file), `tls` (certificates),
 //! `state` (the live snapshots), `reload`, `admin`, `metrics`.
 
+pub mod acme;
 pub mod admin;
 pub mod auth;
 pub mod body;

@@ -119,7 +119,10 @@ pub struct Metrics {
     pub connections_total: AtomicU64,
     pub connections_refused: AtomicU64,
     pub tls_handshakes_ok: AtomicU64,
+    /// Every failed handshake, those with no certificate included.
     pub tls_handshakes_failed: AtomicU64,
+    /// Handshakes for a name no certificate covers (counted by the resolver).
+    pub tls_no_certificate: Arc<AtomicU64>,
     pub reloads_ok: AtomicU64,
     pub reloads_failed: AtomicU64,
     pub upstream_connects: AtomicU64,
@@ -262,14 +265,21 @@ impl Metrics {
                 v.load(Relaxed)
             );
         }
+        let no_certificate = self.tls_no_certificate.load(Relaxed);
+        let failed = AtomicU64::new(
+            self.tls_handshakes_failed
+                .load(Relaxed)
+                .saturating_sub(no_certificate),
+        );
         labeled(
             &mut out,
             "heim_tls_handshakes_total",
-            "TLS handshakes, by result.",
+            "TLS handshakes, by result (no_certificate: no certificate covers the name asked for).",
             "result",
             &[
                 ("ok", &self.tls_handshakes_ok),
-                ("failed", &self.tls_handshakes_failed),
+                ("failed", &failed),
+                ("no_certificate", &self.tls_no_certificate),
             ],
         );
         labeled(
@@ -291,7 +301,7 @@ fn labeled(out: &mut String, name: &str, help: &str, label: &str, values: &[(&st
     }
 }
 
-fn escape(s: &str) -> String {
+pub fn escape(s: &str) -> String {
     s.replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")

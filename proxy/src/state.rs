@@ -9,16 +9,18 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 
 use crate::auth::{Auth, AuthState};
 
+use crate::acme::AcmeSpec;
 use crate::config::{Config, ConfigError, ServerSettings};
 use crate::metrics::Metrics;
 use crate::route::{Policy, RouteTable};
-use crate::tls::CertStore;
+use crate::tls::{CertEntry, CertLayers, CertStore};
 
 /// Shared by the workers and the control thread.
 #[derive(Debug)]
 pub struct Shared {
     pub routes: ArcSwap<RouteTable>,
-    pub certs: Arc<ArcSwap<CertStore>>,
+    /// Every source's certificates, and the live store.
+    pub certs: Arc<CertLayers>,
     pub settings: ArcSwap<ServerSettings>,
     /// Sign-in, when `[auth]` is configured.
     pub auth: ArcSwapOption<Auth>,
@@ -38,8 +40,13 @@ pub struct Shared {
 pub struct Compiled {
     pub settings: ServerSettings,
     pub routes: RouteTable,
-    pub certs: CertStore,
+    /// The file layer: the config's `[[certificate]]` entries.
+    pub certs: Vec<CertEntry>,
+    /// `server.default_certificate`.
+    pub default_certificate: Option<String>,
     pub auth: Option<Auth>,
+    /// `[acme]`: what the ACME client is to get.
+    pub acme: Option<AcmeSpec>,
 }
 
 impl Compiled {
@@ -67,9 +74,22 @@ impl Compiled {
                 }
             },
         };
-        let certs = CertStore::from_config(config)
+        let certs = CertStore::file_layer(config)
             .map_err(|e| errors.extend(e))
             .ok();
+        if let (Some((name, line)), Some(certs)) = (&config.default_certificate, &certs) {
+            let acme = config.acme.as_ref().map_or(&[][..], |a| &a.domains[..]);
+            if !crate::tls::names_cover(certs, acme, name) {
+                errors.push(ConfigError {
+                    file: config.path.clone(),
+                    line: *line,
+                    key: "server.default_certificate".into(),
+                    message: format!(
+                        "{name:?} is covered by no [[certificate]] and no acme domain"
+                    ),
+                });
+            }
+        }
         // Webhook secrets are read here, with the other files.
         let mut specs = config.routes.clone();
         for (i, spec) in specs.iter_mut().enumerate() {
@@ -101,7 +121,9 @@ impl Compiled {
                 settings: config.server.clone(),
                 routes,
                 certs,
+                default_certificate: config.default_certificate.as_ref().map(|d| d.0.clone()),
                 auth,
+                acme: config.acme.clone(),
             }),
             _ => Err(errors),
         }
@@ -136,9 +158,11 @@ impl Compiled {
 impl Shared {
     /// Shared state serving `compiled`.
     pub fn new(compiled: Compiled, metrics: Metrics) -> Arc<Shared> {
+        let certs = Arc::new(CertLayers::new(metrics.tls_no_certificate.clone()));
+        certs.replace_files(compiled.certs, compiled.default_certificate);
         Arc::new(Shared {
             routes: ArcSwap::from_pointee(compiled.routes),
-            certs: Arc::new(ArcSwap::from_pointee(compiled.certs)),
+            certs,
             settings: ArcSwap::from_pointee(compiled.settings),
             auth: ArcSwapOption::from(compiled.auth.map(Arc::new)),
             auth_state: AuthState::default(),
@@ -160,7 +184,8 @@ impl Shared {
 
     /// Swaps in a new compiled config; requests in flight keep the old one.
     pub fn swap(&self, compiled: Compiled) {
-        self.certs.store(Arc::new(compiled.certs));
+        self.certs
+            .replace_files(compiled.certs, compiled.default_certificate);
         self.auth.store(compiled.auth.map(Arc::new));
         self.routes.store(Arc::new(compiled.routes));
         self.settings.store(Arc::new(compiled.settings));

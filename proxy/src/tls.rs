@@ -1,17 +1,29 @@
 //! TLS termination: the certificate store and rustls' server config.
 //!
-//! A [`CertStore`] maps host names (exact and one-label wildcard) to
-//! certified keys; the [`CertResolver`] that rustls calls on every handshake
-//! reads the current store through an `ArcSwap`, so a reload swaps
-//! certificates without touching a listener or a connection. Stores are
-//! built from PEM files here; Kubernetes Secrets and ACME fill the same
-//! store later. This module does not watch files (see `reload`).
+//! Certificates come from several sources (the config file's
+//! `[[certificate]]` files, heim's ACME client, later Kubernetes Secrets).
+//! [`CertLayers`] holds one layer per source, each replaced whole by its
+//! source alone; after every change the live [`CertStore`] is rebuilt from
+//! all layers and swapped in through an `ArcSwap`, so the [`CertResolver`]
+//! rustls calls on every handshake sees it at once and no listener or
+//! connection is touched. Precedence for a name: an exact name beats a
+//! wildcard; among equals, a certificate the operator named (file, Secret)
+//! beats one from ACME, then the earlier in its layer wins. The default
+//! certificate (no SNI, or a name nothing covers) is the one covering
+//! `server.default_certificate`, else the config file's first
+//! `[[certificate]]`, else none: such handshakes then fail, counted as
+//! `heim_tls_handshakes_total{result="no_certificate"}`.
+//!
+//! TLS-ALPN-01 (RFC 8737): a ClientHello offering only `acme-tls/1` gets the
+//! challenge certificate ACME put here for its name, or nothing.
+//! This module does not watch files (see `reload`).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, Guard};
 use rustls::crypto::aws_lc_rs;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -22,18 +34,137 @@ use rustls::ServerConfig;
 use crate::config::{CertificateSpec, Config, ConfigError};
 use crate::route::wildcard_suffix;
 
-/// Host name -> certificate, with a default for unknown or missing SNI.
+/// The ALPN protocol of TLS-ALPN-01 validation (RFC 8737).
+pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
+
+/// Where a certificate came from. The order is precedence among
+/// certificates for the same name: what the operator named first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Source {
+    /// `[[certificate]]` files of the config file.
+    File,
+    /// `kubernetes.io/tls` Secrets named by Ingresses.
+    Kubernetes,
+    /// heim's own ACME client.
+    Acme,
+}
+
+impl Source {
+    /// The `source` label of the certificate metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            Source::File => "file",
+            Source::Kubernetes => "kubernetes",
+            Source::Acme => "acme",
+        }
+    }
+}
+
+/// One certificate of a source: the names it serves and when it expires.
+#[derive(Clone, Debug)]
+pub struct CertEntry {
+    /// Lowercase host names, `*.` for a one-label wildcard.
+    pub names: Vec<String>,
+    pub key: Arc<CertifiedKey>,
+    /// The leaf's notAfter, in seconds since the Unix epoch.
+    pub not_after: i64,
+}
+
+impl CertEntry {
+    /// Reads a PEM chain and key, as a source hands them over; `names`
+    /// empty means the certificate's own DNS names.
+    pub fn from_pem(
+        chain_pem: &[u8],
+        key_pem: &[u8],
+        names: &[String],
+    ) -> Result<Self, EntryError> {
+        let chain = CertificateDer::pem_slice_iter(chain_pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| EntryError::Cert(e.to_string()))?;
+        if chain.is_empty() {
+            return Err(EntryError::Cert("no CERTIFICATE block".into()));
+        }
+        let key = PrivateKeyDer::from_pem_slice(key_pem)
+            .map_err(|e| EntryError::Key(format!("no private key: {e}")))?;
+        Self::new(chain, &key, names)
+    }
+
+    fn new(
+        chain: Vec<CertificateDer<'static>>,
+        key: &PrivateKeyDer<'_>,
+        names: &[String],
+    ) -> Result<Self, EntryError> {
+        let leaf = Leaf::parse(&chain[0]).map_err(EntryError::Cert)?;
+        let names = if names.is_empty() {
+            leaf.names
+        } else {
+            if let Some(n) = names.iter().find(|n| !san_covers(&leaf.names, n)) {
+                return Err(EntryError::Names(format!(
+                    "{n:?} is not among the certificate's names ({})",
+                    leaf.names.join(", ")
+                )));
+            }
+            names.to_vec()
+        };
+        let signer = aws_lc_rs::sign::any_supported_type(key)
+            .map_err(|e| EntryError::Key(format!("unsupported private key: {e}")))?;
+        let certified = CertifiedKey::new(chain, signer);
+        certified.keys_match().map_err(|e| {
+            EntryError::Key(format!(
+                "the private key does not match the certificate: {e}"
+            ))
+        })?;
+        Ok(CertEntry {
+            names,
+            key: Arc::new(certified),
+            not_after: leaf.not_after,
+        })
+    }
+}
+
+/// Why a certificate and key cannot be served, by the part at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum EntryError {
+    #[error("{0}")]
+    Cert(String),
+    #[error("{0}")]
+    Key(String),
+    /// A configured name the certificate is not valid for.
+    #[error("{0}")]
+    Names(String),
+}
+
+/// True when a certificate with subjectAltNames `sans` is valid for `host`
+/// (`*.x` in `sans` covers one label; a wildcard host needs that wildcard).
+fn san_covers(sans: &[String], host: &str) -> bool {
+    sans.iter().any(|s| {
+        s == host
+            || (!host.starts_with("*.")
+                && s.strip_prefix("*.")
+                    .is_some_and(|suffix| wildcard_suffix(host) == Some(suffix)))
+    })
+}
+
+/// True when one of `entries`, or an ACME name of `acme`, serves `name`.
+pub fn names_cover(entries: &[CertEntry], acme: &[String], name: &str) -> bool {
+    entries.iter().any(|e| san_covers(&e.names, name)) || san_covers(acme, name)
+}
+
+/// Host name -> certificate, with a default for unknown or missing SNI:
+/// one snapshot, built from every layer.
 #[derive(Debug, Default)]
 pub struct CertStore {
     exact: HashMap<String, Arc<CertifiedKey>>,
     /// Keyed by the suffix after `*.`.
     wildcard: HashMap<String, Arc<CertifiedKey>>,
     default: Option<Arc<CertifiedKey>>,
+    /// Every certificate, for the expiry metric: (source, first name, notAfter).
+    expiry: Vec<(Source, String, i64)>,
 }
 
 impl CertStore {
-    /// Adds a certificate for `names`; the first certificate added is the default.
-    pub fn insert(&mut self, names: &[String], key: Arc<CertifiedKey>) {
+    /// Adds a certificate for `names`; names already held keep theirs.
+    fn insert(&mut self, names: &[String], key: &Arc<CertifiedKey>) {
         for name in names {
             match name.strip_prefix("*.") {
                 Some(suffix) => self
@@ -46,20 +177,44 @@ impl CertStore {
                     .or_insert_with(|| key.clone()),
             };
         }
-        self.default.get_or_insert(key);
+    }
+
+    /// The store for `layers` (in precedence order) and a default name.
+    fn build(layers: &BTreeMap<Source, Vec<CertEntry>>, default_name: Option<&str>) -> CertStore {
+        let mut store = CertStore::default();
+        for (source, entries) in layers {
+            for e in entries {
+                store.insert(&e.names, &e.key);
+                let first = e.names.first().cloned().unwrap_or_default();
+                store.expiry.push((*source, first, e.not_after));
+            }
+        }
+        store.default = match default_name {
+            Some(name) => store.lookup(name),
+            None => layers
+                .get(&Source::File)
+                .and_then(|f| f.first())
+                .map(|e| e.key.clone()),
+        };
+        store
+    }
+
+    fn lookup(&self, name: &str) -> Option<Arc<CertifiedKey>> {
+        if let Some(k) = self.exact.get(name) {
+            return Some(k.clone());
+        }
+        if let Some(k) = wildcard_suffix(name).and_then(|s| self.wildcard.get(s)) {
+            return Some(k.clone());
+        }
+        name.strip_prefix("*.")
+            .and_then(|s| self.wildcard.get(s))
+            .cloned()
     }
 
     /// The certificate for a SNI name (lowercase): exact, then wildcard, then default.
     pub fn get(&self, sni: Option<&str>) -> Option<Arc<CertifiedKey>> {
-        if let Some(name) = sni {
-            if let Some(k) = self.exact.get(name) {
-                return Some(k.clone());
-            }
-            if let Some(k) = wildcard_suffix(name).and_then(|s| self.wildcard.get(s)) {
-                return Some(k.clone());
-            }
-        }
-        self.default.clone()
+        sni.and_then(|name| self.lookup(name))
+            .or_else(|| self.default.clone())
     }
 
     /// True when a certificate other than the default names `host`.
@@ -68,13 +223,33 @@ impl CertStore {
             || wildcard_suffix(host).is_some_and(|s| self.wildcard.contains_key(s))
     }
 
-    /// Reads every certificate of a config. Errors name the entry's line and key.
-    pub fn from_config(config: &Config) -> Result<CertStore, Vec<ConfigError>> {
-        let mut store = CertStore::default();
+    /// `heim_certificate_expiry_seconds{name,source}`: seconds until each
+    /// certificate's notAfter (negative once expired), at `now` (Unix seconds).
+    pub fn render_expiry(&self, now: i64, out: &mut String) {
+        use std::fmt::Write as _;
+        out.push_str(
+            "# HELP heim_certificate_expiry_seconds Seconds until a served certificate expires (negative: expired), by first name and source.\n\
+             # TYPE heim_certificate_expiry_seconds gauge\n",
+        );
+        for (source, name, not_after) in &self.expiry {
+            let _ = writeln!(
+                out,
+                "heim_certificate_expiry_seconds{{name=\"{}\",source=\"{}\"}} {}",
+                crate::metrics::escape(name),
+                source.label(),
+                not_after - now
+            );
+        }
+    }
+
+    /// Reads every certificate of a config (the file layer). Errors name
+    /// the entry's line and key.
+    pub fn file_layer(config: &Config) -> Result<Vec<CertEntry>, Vec<ConfigError>> {
+        let mut entries = Vec::new();
         let mut errors = Vec::new();
         for spec in &config.certificates {
             match load_pair(spec) {
-                Ok((names, key)) => store.insert(&names, key),
+                Ok(e) => entries.push(e),
                 Err((key, message)) => errors.push(ConfigError {
                     file: config.path.clone(),
                     line: spec.line,
@@ -84,18 +259,84 @@ impl CertStore {
             }
         }
         if errors.is_empty() {
-            Ok(store)
+            Ok(entries)
         } else {
             Err(errors)
         }
     }
 }
 
-/// The names a certificate serves, and the certificate.
-type NamedKey = (Vec<String>, Arc<CertifiedKey>);
+/// Every source's certificates, and the live store built from them.
+#[derive(Debug, Default)]
+pub struct CertLayers {
+    layers: Mutex<(BTreeMap<Source, Vec<CertEntry>>, Option<String>)>,
+    live: ArcSwap<CertStore>,
+    /// TLS-ALPN-01 challenge certificates, by name (set by ACME).
+    alpn_challenges: Mutex<HashMap<String, Arc<CertifiedKey>>>,
+    /// Handshakes that found no certificate for their name (the metric's cell).
+    no_certificate: Arc<AtomicU64>,
+}
 
-/// Loads one PEM chain + key; on error, which key (`cert_file`/`key_file`) and why.
-fn load_pair(spec: &CertificateSpec) -> Result<NamedKey, (&'static str, String)> {
+impl CertLayers {
+    /// Empty layers; handshakes without a certificate count in `no_certificate`.
+    pub fn new(no_certificate: Arc<AtomicU64>) -> Self {
+        Self {
+            no_certificate,
+            ..Self::default()
+        }
+    }
+
+    /// The live store.
+    pub fn load(&self) -> Guard<Arc<CertStore>> {
+        self.live.load()
+    }
+
+    /// Replaces one source's certificates and swaps in the rebuilt store.
+    pub fn replace(&self, source: Source, entries: Vec<CertEntry>) {
+        let mut l = self.layers.lock().unwrap_or_else(|e| e.into_inner());
+        l.0.insert(source, entries);
+        self.live
+            .store(Arc::new(CertStore::build(&l.0, l.1.as_deref())));
+    }
+
+    /// Replaces the file layer and the default name at once (a config reload).
+    pub fn replace_files(&self, entries: Vec<CertEntry>, default_name: Option<String>) {
+        let mut l = self.layers.lock().unwrap_or_else(|e| e.into_inner());
+        l.0.insert(Source::File, entries);
+        l.1 = default_name;
+        self.live
+            .store(Arc::new(CertStore::build(&l.0, l.1.as_deref())));
+    }
+
+    /// One source's certificates now.
+    pub fn layer(&self, source: Source) -> Vec<CertEntry> {
+        let l = self.layers.lock().unwrap_or_else(|e| e.into_inner());
+        l.0.get(&source).cloned().unwrap_or_default()
+    }
+
+    /// Serves `key` to TLS-ALPN-01 validation of `name` (None: stop).
+    pub fn set_alpn_challenge(&self, name: &str, key: Option<Arc<CertifiedKey>>) {
+        let mut c = self
+            .alpn_challenges
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        match key {
+            Some(k) => c.insert(name.to_string(), k),
+            None => c.remove(name),
+        };
+    }
+
+    fn alpn_challenge(&self, name: &str) -> Option<Arc<CertifiedKey>> {
+        let c = self
+            .alpn_challenges
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        c.get(name).cloned()
+    }
+}
+
+/// Loads one PEM chain + key; on error, which key (`cert_file`/`key_file`/`hosts`) and why.
+fn load_pair(spec: &CertificateSpec) -> Result<CertEntry, (&'static str, String)> {
     let chain = read_chain(&spec.cert_file).map_err(|e| ("cert_file", e))?;
     let key = PrivateKeyDer::from_pem_file(&spec.key_file).map_err(|e| {
         (
@@ -103,30 +344,11 @@ fn load_pair(spec: &CertificateSpec) -> Result<NamedKey, (&'static str, String)>
             format!("{}: no private key: {e}", spec.key_file.display()),
         )
     })?;
-    let signer = aws_lc_rs::sign::any_supported_type(&key).map_err(|e| {
-        (
-            "key_file",
-            format!("{}: unsupported key: {e}", spec.key_file.display()),
-        )
-    })?;
-    let names = if spec.hosts.is_empty() {
-        dns_names(&chain[0])
-            .map_err(|e| ("cert_file", format!("{}: {e}", spec.cert_file.display())))?
-    } else {
-        spec.hosts.clone()
-    };
-    let certified = CertifiedKey::new(chain, signer);
-    certified.keys_match().map_err(|e| {
-        (
-            "key_file",
-            format!(
-                "{} does not match {}: {e}",
-                spec.key_file.display(),
-                spec.cert_file.display()
-            ),
-        )
-    })?;
-    Ok((names, Arc::new(certified)))
+    CertEntry::new(chain, &key, &spec.hosts).map_err(|e| match e {
+        EntryError::Cert(m) => ("cert_file", format!("{}: {m}", spec.cert_file.display())),
+        EntryError::Key(m) => ("key_file", format!("{}: {m}", spec.key_file.display())),
+        EntryError::Names(m) => ("hosts", format!("{}: {m}", spec.cert_file.display())),
+    })
 }
 
 fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
@@ -139,49 +361,76 @@ fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     Ok(chain)
 }
 
-/// The DNS names a certificate is for (subjectAltName), lowercased.
-fn dns_names(cert: &CertificateDer<'_>) -> Result<Vec<String>, String> {
-    use x509_parser::prelude::*;
-    let (_, x509) = X509Certificate::from_der(cert.as_ref())
-        .map_err(|e| format!("not an X.509 certificate: {e}"))?;
-    let mut names = Vec::new();
-    if let Ok(Some(san)) = x509.subject_alternative_name() {
-        for n in &san.value.general_names {
-            if let GeneralName::DNSName(d) = n {
-                names.push(d.to_ascii_lowercase());
+/// What heim reads off a leaf certificate.
+struct Leaf {
+    /// subjectAltName DNS names, lowercased.
+    names: Vec<String>,
+    not_after: i64,
+}
+
+impl Leaf {
+    fn parse(cert: &CertificateDer<'_>) -> Result<Leaf, String> {
+        use x509_parser::prelude::*;
+        let (_, x509) = X509Certificate::from_der(cert.as_ref())
+            .map_err(|e| format!("not an X.509 certificate: {e}"))?;
+        let mut names = Vec::new();
+        if let Ok(Some(san)) = x509.subject_alternative_name() {
+            for n in &san.value.general_names {
+                if let GeneralName::DNSName(d) = n {
+                    names.push(d.to_ascii_lowercase());
+                }
             }
         }
+        Ok(Leaf {
+            names,
+            not_after: x509.validity().not_after.timestamp(),
+        })
     }
-    Ok(names)
+}
+
+/// The DNS names and notAfter (Unix seconds) of a PEM certificate chain's leaf.
+pub fn leaf_info(chain_pem: &[u8]) -> Result<(Vec<String>, i64), String> {
+    let leaf = CertificateDer::pem_slice_iter(chain_pem)
+        .next()
+        .ok_or("no CERTIFICATE block")?
+        .map_err(|e| e.to_string())?;
+    Leaf::parse(&leaf).map(|l| (l.names, l.not_after))
 }
 
 /// rustls' view of the live [`CertStore`].
 #[derive(Debug)]
 pub struct CertResolver {
-    store: Arc<ArcSwap<CertStore>>,
+    certs: Arc<CertLayers>,
 }
 
 impl ResolvesServerCert for CertResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        let store = self.store.load();
-        match hello.server_name() {
-            Some(n) if n.bytes().any(|b| b.is_ascii_uppercase()) => {
-                store.get(Some(&n.to_ascii_lowercase()))
-            }
-            n => store.get(n),
+        let name = hello.server_name().map(|n| n.to_ascii_lowercase());
+        let acme = hello
+            .alpn()
+            .is_some_and(|mut p| p.all(|p| p == ACME_TLS_ALPN));
+        let key = if acme {
+            name.as_deref().and_then(|n| self.certs.alpn_challenge(n))
+        } else {
+            self.certs.load().get(name.as_deref())
+        };
+        if key.is_none() {
+            self.certs.no_certificate.fetch_add(1, Relaxed);
         }
+        key
     }
 }
 
-/// The rustls server config heim serves with: TLS 1.3 and 1.2, ALPN h2 and
-/// http/1.1, session tickets and a session cache for resumption.
-pub fn server_config(store: Arc<ArcSwap<CertStore>>) -> anyhow::Result<Arc<ServerConfig>> {
+/// The rustls server config heim serves with: TLS 1.3 and 1.2, ALPN h2,
+/// http/1.1 and acme-tls/1, session tickets and a session cache for resumption.
+pub fn server_config(certs: Arc<CertLayers>) -> anyhow::Result<Arc<ServerConfig>> {
     let provider = Arc::new(aws_lc_rs::default_provider());
     let mut cfg = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_no_client_auth()
-        .with_cert_resolver(Arc::new(CertResolver { store }));
-    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        .with_cert_resolver(Arc::new(CertResolver { certs }));
+    // `acme-tls/1` last: only an ACME validator offers it, alone.
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec(), ACME_TLS_ALPN.to_vec()];
     cfg.ticketer = aws_lc_rs::Ticketer::new()?;
     cfg.session_storage = ServerSessionMemoryCache::new(20_000);
     Ok(Arc::new(cfg))
@@ -191,24 +440,32 @@ pub fn server_config(store: Arc<ArcSwap<CertStore>>) -> anyhow::Result<Arc<Serve
 mod tests {
     use super::*;
 
-    fn key(name: &str) -> Arc<CertifiedKey> {
-        let c = rcgen::generate_simple_self_signed(vec![name.to_string()]).expect("rcgen");
-        let der = PrivateKeyDer::try_from(c.key_pair.serialize_der()).expect("key");
-        let signer = aws_lc_rs::sign::any_supported_type(&der).expect("signer");
-        Arc::new(CertifiedKey::new(vec![c.cert.der().clone()], signer))
+    fn entry(names: &[&str]) -> CertEntry {
+        let c = rcgen::generate_simple_self_signed(
+            names.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
+        )
+        .expect("rcgen");
+        CertEntry::from_pem(
+            c.cert.pem().as_bytes(),
+            c.key_pair.serialize_pem().as_bytes(),
+            &[],
+        )
+        .expect("entry")
+    }
+
+    fn served(l: &CertLayers, sni: Option<&str>) -> Option<Arc<CertifiedKey>> {
+        l.load().get(sni)
     }
 
     #[test]
     fn sni_picks_exact_then_wildcard_then_default() {
         let (default, wild, exact) = (
-            key("default.test"),
-            key("*.example.com"),
-            key("app.example.com"),
+            entry(&["default.test"]),
+            entry(&["*.example.com"]),
+            entry(&["app.example.com"]),
         );
-        let mut s = CertStore::default();
-        s.insert(&["default.test".into()], default.clone());
-        s.insert(&["*.example.com".into()], wild.clone());
-        s.insert(&["app.example.com".into()], exact.clone());
+        let l = CertLayers::default();
+        l.replace_files(vec![default.clone(), wild.clone(), exact.clone()], None);
         let cases = [
             (Some("app.example.com"), &exact),
             (Some("other.example.com"), &wild),
@@ -218,8 +475,104 @@ mod tests {
             (None, &default),
         ];
         for (sni, want) in cases {
-            assert!(Arc::ptr_eq(&s.get(sni).expect("a cert"), want), "{sni:?}");
+            let got = served(&l, sni).expect("a cert");
+            assert!(Arc::ptr_eq(&got, &want.key), "{sni:?}");
         }
+    }
+
+    #[test]
+    fn layers_replace_alone_and_operator_certificates_win() {
+        let l = CertLayers::default();
+        let file_app = entry(&["app.example.com"]);
+        let acme_app = entry(&["app.example.com"]);
+        let acme_wild = entry(&["*.example.com"]);
+        let acme_other = entry(&["other.test"]);
+        l.replace(
+            Source::Acme,
+            vec![acme_app.clone(), acme_wild.clone(), acme_other.clone()],
+        );
+        // Only ACME: its certificates serve; no default is named, so an
+        // unknown name gets none.
+        assert!(Arc::ptr_eq(
+            &served(&l, Some("app.example.com")).unwrap(),
+            &acme_app.key
+        ));
+        assert!(served(&l, Some("unknown.org")).is_none());
+        assert!(served(&l, None).is_none());
+        // A file for the same exact name beats ACME's; the wildcard from
+        // ACME still serves the other names; a reload of the file layer
+        // leaves ACME's layer alone.
+        l.replace_files(vec![file_app.clone()], None);
+        assert!(Arc::ptr_eq(
+            &served(&l, Some("app.example.com")).unwrap(),
+            &file_app.key
+        ));
+        assert!(Arc::ptr_eq(
+            &served(&l, Some("x.example.com")).unwrap(),
+            &acme_wild.key
+        ));
+        assert!(Arc::ptr_eq(
+            &served(&l, Some("unknown.org")).unwrap(),
+            &file_app.key
+        ));
+        l.replace_files(Vec::new(), Some("other.test".into()));
+        assert!(Arc::ptr_eq(
+            &served(&l, Some("app.example.com")).unwrap(),
+            &acme_app.key
+        ));
+        assert!(Arc::ptr_eq(
+            &served(&l, Some("unknown.org")).unwrap(),
+            &acme_other.key
+        ));
+        assert_eq!(l.layer(Source::Acme).len(), 3);
+        // An exact ACME name beats an operator's wildcard.
+        let file_wild = entry(&["*.example.com"]);
+        l.replace_files(vec![file_wild.clone()], None);
+        assert!(Arc::ptr_eq(
+            &served(&l, Some("app.example.com")).unwrap(),
+            &acme_app.key
+        ));
+        assert!(Arc::ptr_eq(
+            &served(&l, Some("x.example.com")).unwrap(),
+            &file_wild.key
+        ));
+    }
+
+    #[test]
+    fn configured_hosts_must_be_covered_by_the_certificate() {
+        let c = rcgen::generate_simple_self_signed(vec![
+            "app.example.com".to_string(),
+            "*.ssh.example.com".to_string(),
+        ])
+        .expect("rcgen");
+        let (cert, key) = (c.cert.pem(), c.key_pair.serialize_pem());
+        let with = |names: &[&str]| {
+            let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+            CertEntry::from_pem(cert.as_bytes(), key.as_bytes(), &names)
+        };
+        assert!(with(&["app.example.com", "a.ssh.example.com", "*.ssh.example.com"]).is_ok());
+        for bad in ["other.example.com", "a.b.ssh.example.com", "*.example.com"] {
+            match with(&[bad]) {
+                Err(EntryError::Names(m)) => assert!(m.contains(bad), "{m}"),
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn expiry_is_rendered_per_certificate() {
+        let l = CertLayers::default();
+        let e = entry(&["app.example.com"]);
+        let not_after = e.not_after;
+        l.replace(Source::Acme, vec![e]);
+        let mut out = String::new();
+        l.load().render_expiry(not_after - 100, &mut out);
+        assert!(
+            out.contains(
+                "heim_certificate_expiry_seconds{name=\"app.example.com\",source=\"acme\"} 100"
+            ),
+            "{out}"
+        );
     }
 
     #[test]
@@ -229,7 +582,7 @@ mod tests {
             "*.b.example.com".into(),
         ])
         .expect("rcgen");
-        let names = dns_names(c.cert.der()).expect("parse");
+        let (names, _) = leaf_info(c.cert.pem().as_bytes()).expect("parse");
         assert_eq!(names, vec!["a.example.com", "*.b.example.com"]);
     }
 }

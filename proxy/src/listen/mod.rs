@@ -222,6 +222,12 @@ async fn serve_connection(
     };
     shared.metrics.tls_handshakes_ok.fetch_add(1, Relaxed);
     let session = stream.get_ref().1;
+    if session.alpn_protocol() == Some(crate::tls::ACME_TLS_ALPN) {
+        // TLS-ALPN-01 validation: the handshake was the answer (RFC 8737 §3).
+        let mut stream = stream;
+        let _ = tokio::io::AsyncWriteExt::shutdown(&mut stream).await;
+        return;
+    }
     let alpn = match session.alpn_protocol() {
         Some(b"h2") => Some("h2"),
         Some(b"http/1.1") => Some("http/1.1"),
