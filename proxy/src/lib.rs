@@ -48,7 +48,8 @@ pub fn check(path: &Path) -> Result<Compiled, ConfigErrors> {
 pub fn run(path: &Path) -> anyhow::Result<()> {
     let config = Config::load(path)?;
     let metrics = Metrics::default();
-    let compiled = Compiled::new(&config, &metrics, true).map_err(ConfigErrors)?;
+    let mut compiled = Compiled::new(&config, &metrics, true).map_err(ConfigErrors)?;
+    let acme = compiled.acme.take();
     let settings = compiled.settings.clone();
     compiled.warn_denied();
     let shared = Shared::new(compiled, metrics);
@@ -112,7 +113,7 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
         let mut hup = signal(SignalKind::hangup())?;
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
-        let mut reloader = reload::Reloader::new(shared.clone(), &config);
+        let mut reloader = reload::Reloader::new(shared.clone(), &config, acme);
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             tokio::select! {

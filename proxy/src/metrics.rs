@@ -123,6 +123,10 @@ pub struct Metrics {
     pub tls_handshakes_failed: AtomicU64,
     /// Handshakes for a name no certificate covers (counted by the resolver).
     pub tls_no_certificate: Arc<AtomicU64>,
+    /// ACME orders started, by challenge.
+    acme_orders: Mutex<BTreeMap<&'static str, u64>>,
+    /// ACME failures, by challenge and reason.
+    acme_failures: Mutex<BTreeMap<(&'static str, String), u64>>,
     pub reloads_ok: AtomicU64,
     pub reloads_failed: AtomicU64,
     pub upstream_connects: AtomicU64,
@@ -138,6 +142,18 @@ impl Metrics {
     /// Counts one upstream failure.
     pub fn upstream_error(&self, kind: UpstreamErrorKind) {
         self.upstream_errors[kind as usize].fetch_add(1, Relaxed);
+    }
+
+    /// Counts one ACME order started.
+    pub fn acme_order(&self, challenge: &'static str) {
+        let mut m = self.acme_orders.lock().unwrap_or_else(|e| e.into_inner());
+        *m.entry(challenge).or_default() += 1;
+    }
+
+    /// Counts one failed ACME order (or lock, or storage) by reason.
+    pub fn acme_failure(&self, challenge: &'static str, reason: &str) {
+        let mut m = self.acme_failures.lock().unwrap_or_else(|e| e.into_inner());
+        *m.entry((challenge, reason.to_string())).or_default() += 1;
     }
 
     /// Counts one client error.
@@ -282,6 +298,31 @@ impl Metrics {
                 ("no_certificate", &self.tls_no_certificate),
             ],
         );
+        out.push_str("# HELP heim_acme_orders_total ACME orders started, by challenge.\n# TYPE heim_acme_orders_total counter\n");
+        for (challenge, n) in self
+            .acme_orders
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            let _ = writeln!(
+                out,
+                "heim_acme_orders_total{{challenge=\"{challenge}\"}} {n}"
+            );
+        }
+        out.push_str("# HELP heim_acme_failures_total ACME orders that failed, by challenge and reason (the ACME problem type, or network, dns, storage, timeout).\n# TYPE heim_acme_failures_total counter\n");
+        for ((challenge, reason), n) in self
+            .acme_failures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            let _ = writeln!(
+                out,
+                "heim_acme_failures_total{{challenge=\"{challenge}\",reason=\"{}\"}} {n}",
+                escape(reason)
+            );
+        }
         labeled(
             &mut out,
             "heim_config_reloads_total",

@@ -24,24 +24,28 @@ fn stamp(path: &PathBuf) -> Stamp {
     Some((m.modified().ok()?, m.len(), m.ino()))
 }
 
-/// Reloads one config file into the shared state.
+/// Reloads one config file into the shared state, and runs its `[acme]`.
 pub struct Reloader {
     shared: Arc<Shared>,
     path: PathBuf,
     watched: Vec<PathBuf>,
     stamps: Vec<Stamp>,
+    acme: crate::acme::Manager,
 }
 
 impl Reloader {
-    /// Watches `config` (already loaded and serving) and its certificate files.
-    pub fn new(shared: Arc<Shared>, config: &Config) -> Self {
+    /// Watches `config` (already loaded and serving) and its certificate
+    /// files, and starts its `[acme]` (on the current Tokio runtime).
+    pub fn new(shared: Arc<Shared>, config: &Config, acme: Option<crate::acme::Loaded>) -> Self {
         let mut r = Self {
             shared,
             path: config.path.clone(),
             watched: Vec::new(),
             stamps: Vec::new(),
+            acme: crate::acme::Manager::default(),
         };
         r.watch(config);
+        r.acme.apply(acme, &r.shared);
         r
     }
 
@@ -76,7 +80,7 @@ impl Reloader {
             .map_err(|e| e.0)
             .and_then(|config| Compiled::new(&config, metrics, true).map(|c| (config, c)));
         match result {
-            Ok((config, compiled)) => {
+            Ok((config, mut compiled)) => {
                 if compiled.settings.restart_needed(&shared.settings.load()) {
                     tracing::warn!(
                         "listen addresses or workers changed: they take effect on restart only"
@@ -84,7 +88,9 @@ impl Reloader {
                 }
                 let routes = compiled.routes.len();
                 compiled.warn_denied();
+                let acme = compiled.acme.take();
                 shared.swap(compiled);
+                self.acme.apply(acme, &shared);
                 self.watch(&config);
                 metrics.reloads_ok.fetch_add(1, Relaxed);
                 tracing::info!(

@@ -3,6 +3,8 @@
 //!
 //! 1. [`parse`] — host and path, normalised, and who the client is;
 //!    malformed -> 400.
+//!    Then **ACME HTTP-01**: plain HTTP `/.well-known/acme-challenge/TOKEN`
+//!    for a token heim's ACME client is being validated for -> 200.
 //! 2. [`route`] — the current `RouteTable`; no match -> 404; plain-HTTP
 //!    requests for https routes -> 308 (**redirect**).
 //! 3. [`authorize`] — the route's policy; deny by default -> 403.
@@ -304,6 +306,19 @@ async fn serve(
     if let Some(f) = &parsed.forwarded {
         out.client = f.client;
     }
+    // === ACME HTTP-01 === heim's own tokens, before any redirect or route.
+    if !parsed.secure {
+        if let Some(token) = req.uri().path().strip_prefix(ACME_CHALLENGE_PATH) {
+            if let Some(answer) = conn.shared.acme_challenges.http01(token) {
+                let mut resp = Response::new(ProxyBody::local(answer));
+                resp.headers_mut().insert(
+                    http::header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/octet-stream"),
+                );
+                return Ok(resp);
+            }
+        }
+    }
     let auth = conn.shared.auth.load_full();
     // === heim endpoints === `/.heim/*`, over https, before any route.
     if parsed.secure && is_heim_path(&req, &parsed) {
@@ -349,6 +364,9 @@ async fn serve(
     )
     .await
 }
+
+/// Where ACME HTTP-01 tokens are fetched (RFC 8555 §8.3).
+const ACME_CHALLENGE_PATH: &str = "/.well-known/acme-challenge/";
 
 /// True for heim's own pages, `/.heim/...` (by the normalised path).
 fn is_heim_path<B>(req: &Request<B>, parsed: &Parsed) -> bool {
@@ -426,8 +444,10 @@ pub fn route<B>(req: &Request<B>, parsed: &Parsed, conn: &ConnCtx) -> Result<Rou
     let route = table.lookup(&parsed.host, &path).cloned();
     // Plain HTTP: routes that allow it are served; everything else is
     // redirected, but only for hosts heim names (a rule or a certificate),
-    // never to any Host a client makes up.
-    if !parsed.secure && route.as_ref().is_none_or(|r| r.spec.https_redirect) {
+    // never to any Host a client makes up. A route for an ACME HTTP-01 path
+    // (cert-manager's solver) is served as it is: validation is plain HTTP.
+    let acme_solver = route.is_some() && path.starts_with(ACME_CHALLENGE_PATH);
+    if !parsed.secure && !acme_solver && route.as_ref().is_none_or(|r| r.spec.https_redirect) {
         if table.names_host(&parsed.host) || conn.shared.certs.load().covers(&parsed.host) {
             return https_url(&parsed.host, req, conn)
                 .map(Routed::Redirect)

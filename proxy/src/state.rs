@@ -9,7 +9,6 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 
 use crate::auth::{Auth, AuthState};
 
-use crate::acme::AcmeSpec;
 use crate::config::{Config, ConfigError, ServerSettings};
 use crate::metrics::Metrics;
 use crate::route::{Policy, RouteTable};
@@ -24,6 +23,8 @@ pub struct Shared {
     pub settings: ArcSwap<ServerSettings>,
     /// Sign-in, when `[auth]` is configured.
     pub auth: ArcSwapOption<Auth>,
+    /// ACME challenge answers (HTTP-01 tokens).
+    pub acme_challenges: Arc<crate::acme::Challenges>,
     /// Revocations and the like: kept across reloads.
     pub auth_state: AuthState,
     pub metrics: Metrics,
@@ -45,8 +46,8 @@ pub struct Compiled {
     /// `server.default_certificate`.
     pub default_certificate: Option<String>,
     pub auth: Option<Auth>,
-    /// `[acme]`: what the ACME client is to get.
-    pub acme: Option<AcmeSpec>,
+    /// `[acme]` with its files read: what the ACME client is to get.
+    pub acme: Option<crate::acme::Loaded>,
 }
 
 impl Compiled {
@@ -90,6 +91,11 @@ impl Compiled {
                 });
             }
         }
+        let acme = config.acme.as_ref().and_then(|spec| {
+            crate::acme::load(spec, &config.path)
+                .map_err(|e| errors.extend(e))
+                .ok()
+        });
         // Webhook secrets are read here, with the other files.
         let mut specs = config.routes.clone();
         for (i, spec) in specs.iter_mut().enumerate() {
@@ -123,7 +129,7 @@ impl Compiled {
                 certs,
                 default_certificate: config.default_certificate.as_ref().map(|d| d.0.clone()),
                 auth,
-                acme: config.acme.clone(),
+                acme,
             }),
             _ => Err(errors),
         }
@@ -165,6 +171,7 @@ impl Shared {
             certs,
             settings: ArcSwap::from_pointee(compiled.settings),
             auth: ArcSwapOption::from(compiled.auth.map(Arc::new)),
+            acme_challenges: Arc::default(),
             auth_state: AuthState::default(),
             metrics,
             draining: AtomicBool::new(false),

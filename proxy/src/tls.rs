@@ -362,10 +362,16 @@ fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
 }
 
 /// What heim reads off a leaf certificate.
-struct Leaf {
+#[derive(Debug)]
+pub struct Leaf {
     /// subjectAltName DNS names, lowercased.
-    names: Vec<String>,
-    not_after: i64,
+    pub names: Vec<String>,
+    /// Validity, in seconds since the Unix epoch.
+    pub not_before: i64,
+    pub not_after: i64,
+    /// (authority key identifier, serial number) as ACME Renewal
+    /// Information names a certificate; None without an AKI.
+    pub ari_id: Option<(Vec<u8>, Vec<u8>)>,
 }
 
 impl Leaf {
@@ -381,20 +387,31 @@ impl Leaf {
                 }
             }
         }
+        let aki = x509
+            .extensions()
+            .iter()
+            .find_map(|e| match e.parsed_extension() {
+                ParsedExtension::AuthorityKeyIdentifier(a) => {
+                    a.key_identifier.as_ref().map(|k| k.0.to_vec())
+                }
+                _ => None,
+            });
         Ok(Leaf {
             names,
+            not_before: x509.validity().not_before.timestamp(),
             not_after: x509.validity().not_after.timestamp(),
+            ari_id: aki.map(|a| (a, x509.raw_serial().to_vec())),
         })
     }
 }
 
-/// The DNS names and notAfter (Unix seconds) of a PEM certificate chain's leaf.
-pub fn leaf_info(chain_pem: &[u8]) -> Result<(Vec<String>, i64), String> {
+/// What the leaf of a PEM certificate chain says.
+pub fn leaf_info(chain_pem: &[u8]) -> Result<Leaf, String> {
     let leaf = CertificateDer::pem_slice_iter(chain_pem)
         .next()
         .ok_or("no CERTIFICATE block")?
         .map_err(|e| e.to_string())?;
-    Leaf::parse(&leaf).map(|l| (l.names, l.not_after))
+    Leaf::parse(&leaf)
 }
 
 /// rustls' view of the live [`CertStore`].
@@ -582,7 +599,7 @@ mod tests {
             "*.b.example.com".into(),
         ])
         .expect("rcgen");
-        let (names, _) = leaf_info(c.cert.pem().as_bytes()).expect("parse");
-        assert_eq!(names, vec!["a.example.com", "*.b.example.com"]);
+        let leaf = leaf_info(c.cert.pem().as_bytes()).expect("parse");
+        assert_eq!(leaf.names, vec!["a.example.com", "*.b.example.com"]);
     }
 }

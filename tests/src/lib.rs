@@ -12,6 +12,7 @@
 //! `HEIM_PROXY_BIN`); `tests/run` builds it first.
 
 pub mod github;
+pub mod pebble;
 pub mod upstream;
 
 use std::io::{BufRead, BufReader};

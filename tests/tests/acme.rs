@@ -1,0 +1,289 @@
+//! heim's ACME client against Pebble, Let's Encrypt's test CA (Debian
+//! `pebble`), on loopback: HTTP-01 and TLS-ALPN-01 issuance, restarts that
+//! reuse the stored certificate, reloads that keep it, an ACME server that
+//! is down, and names with no certificate yet. Each issued chain is checked
+//! against Pebble's root, as a browser would.
+
+use std::time::Duration;
+
+use heim_e2e::pebble::{free_port, Pebble};
+use heim_e2e::{cert_names, metric, scratch, Client, Heim, Pki};
+use rustls::pki_types::CertificateDer;
+
+const ISSUE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// heim's config: fixed listener ports (Pebble must know them first),
+/// `[acme]` with `acme_extra`, and one public echo route per name.
+fn acme_config(https: u16, http: u16, acme_extra: &str, names: &[&str]) -> String {
+    let mut routes = String::new();
+    for n in names {
+        routes.push_str(&format!(
+            "[[route]]\nhost = \"{n}\"\necho = true\npublic = true\nacme = true\n\n"
+        ));
+    }
+    format!(
+        r#"
+[server]
+https_listen = "127.0.0.1:{https}"
+http_listen = "127.0.0.1:{http}"
+admin_listen = "127.0.0.1:0"
+workers = 2
+
+[acme]
+contact = ["mailto:ops@example.test"]
+storage_dir = "acme"
+ca_file = "ca.pem"
+{acme_extra}
+
+{routes}"#
+    )
+}
+
+struct Setup {
+    dir: std::path::PathBuf,
+    pki: Pki,
+    https: u16,
+    http: u16,
+}
+
+fn setup(name: &str) -> Setup {
+    let dir = scratch(name);
+    let pki = Pki::new(&dir);
+    std::fs::write(dir.join("ca.pem"), pem(&pki.ca_der)).expect("ca.pem");
+    Setup {
+        dir,
+        pki,
+        https: free_port(),
+        http: free_port(),
+    }
+}
+
+fn pem(der: &CertificateDer<'_>) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der.as_ref());
+    let mut out = String::from("-----BEGIN CERTIFICATE-----\n");
+    for chunk in b64.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(chunk).expect("ascii"));
+        out.push('\n');
+    }
+    out.push_str("-----END CERTIFICATE-----\n");
+    out
+}
+
+fn metrics(heim: &Heim) -> String {
+    heim.admin("/metrics").1
+}
+
+async fn issued_and_verified(
+    heim: &Heim,
+    root: &CertificateDer<'static>,
+    sni: &str,
+) -> CertificateDer<'static> {
+    assert!(
+        heim.wait_log("certificate issued and serving", ISSUE_TIMEOUT),
+        "no certificate issued:\n{}",
+        heim.log_text()
+    );
+    // The served chain verifies against Pebble's root for the name.
+    let (_, leaf) = Client::new(root)
+        .tls(heim.https, sni, false)
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "{sni}: chain does not verify against Pebble's root: {e}\n{}",
+                heim.log_text()
+            )
+        });
+    leaf
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http01_issues_then_restart_and_sighup_keep_the_certificate() {
+    let s = setup("acme-http01");
+    let pebble = Pebble::start(&s.dir, &s.pki, s.http, s.https, None).expect("pebble");
+    let root = pebble.root(&s.pki).await.expect("pebble root");
+    let config = acme_config(
+        s.https,
+        s.http,
+        &format!(
+            "directory = \"{}\"\nchallenge = \"http-01\"",
+            pebble.directory
+        ),
+        &["app.acme.test"],
+    );
+    let heim = Heim::start(&s.dir, &config).expect("start");
+    let first = issued_and_verified(&heim, &root, "app.acme.test").await;
+    assert_eq!(cert_names(&first), ["app.acme.test"]);
+    let m = metrics(&heim);
+    assert_eq!(
+        metric(&m, "heim_acme_orders_total{challenge=\"http-01\"}"),
+        Some(1),
+        "{m}"
+    );
+    assert!(
+        m.contains("heim_certificate_expiry_seconds{name=\"app.acme.test\",source=\"acme\"}"),
+        "{m}"
+    );
+    // The account and certificate are private on disk.
+    use std::os::unix::fs::PermissionsExt;
+    let key = s.dir.join("acme/certificates/app.acme.test/key.pem");
+    assert_eq!(
+        std::fs::metadata(&key)
+            .expect("stored key")
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
+    );
+
+    // A SIGHUP (the config file has no [[certificate]]) keeps serving it.
+    heim.signal("HUP");
+    assert!(heim.wait_metric(
+        "heim_config_reloads_total{result=\"ok\"} 1",
+        Duration::from_secs(10)
+    ));
+    let (_, after_hup) = Client::new(&root)
+        .tls(heim.https, "app.acme.test", false)
+        .await
+        .expect("after SIGHUP");
+    assert_eq!(after_hup, first);
+
+    // A restart serves the stored certificate and orders nothing.
+    drop(heim);
+    let heim = Heim::start(&s.dir, &config).expect("restart");
+    assert!(
+        heim.wait_log("next renewal", Duration::from_secs(10)),
+        "{}",
+        heim.log_text()
+    );
+    assert!(heim.log_text().contains("certificate loaded from storage"));
+    let (_, again) = Client::new(&root)
+        .tls(heim.https, "app.acme.test", false)
+        .await
+        .expect("after restart");
+    assert_eq!(again, first, "a restart must reuse the stored certificate");
+    let m = metrics(&heim);
+    assert_eq!(
+        metric(&m, "heim_acme_orders_total{challenge=\"http-01\"}"),
+        None,
+        "{m}"
+    );
+    // A public route over plain HTTP still works beside the challenge path.
+    drop(pebble);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_alpn01_issues_a_certificate() {
+    let s = setup("acme-alpn");
+    let pebble = Pebble::start(&s.dir, &s.pki, s.http, s.https, None).expect("pebble");
+    let root = pebble.root(&s.pki).await.expect("pebble root");
+    let config = acme_config(
+        s.https,
+        s.http,
+        &format!(
+            "directory = \"{}\"\nchallenge = \"tls-alpn-01\"\ndomains = [\"alpn.acme.test\"]",
+            pebble.directory
+        ),
+        &[],
+    );
+    let heim = Heim::start(&s.dir, &config).expect("start");
+    let leaf = issued_and_verified(&heim, &root, "alpn.acme.test").await;
+    assert_eq!(cert_names(&leaf), ["alpn.acme.test"]);
+    let m = metrics(&heim);
+    assert_eq!(
+        metric(&m, "heim_acme_orders_total{challenge=\"tls-alpn-01\"}"),
+        Some(1),
+        "{m}"
+    );
+    // The validation connection (acme-tls/1) was closed after its handshake
+    // and is not an HTTP client: no request was logged for it.
+    assert!(
+        !heim.log_text().contains("\"status\":400"),
+        "{}",
+        heim.log_text()
+    );
+}
+
+/// A certificate that is valid today but past two thirds of its life.
+fn write_due_certificate(s: &Setup, name: &str) -> CertificateDer<'static> {
+    let mut params = rcgen::CertificateParams::new(vec![name.to_string()]).expect("params");
+    params.not_before = rcgen::date_time_ymd(2000, 1, 1);
+    params.not_after = rcgen::date_time_ymd(2040, 1, 1);
+    let key = rcgen::KeyPair::generate().expect("key");
+    let cert = params.self_signed(&key).expect("cert");
+    let dir = s.dir.join("acme/certificates").join(name);
+    std::fs::create_dir_all(&dir).expect("dir");
+    std::fs::write(dir.join("cert.pem"), cert.pem()).expect("cert");
+    std::fs::write(dir.join("key.pem"), key.serialize_pem()).expect("key");
+    cert.der().clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acme_server_down_keeps_serving_the_stored_certificate() {
+    let s = setup("acme-down");
+    let stored = write_due_certificate(&s, "down.acme.test");
+    // Nothing listens on this port.
+    let directory = format!("https://localhost:{}/dir", free_port());
+    let config = acme_config(
+        s.https,
+        s.http,
+        &format!("directory = \"{directory}\""),
+        &["down.acme.test"],
+    );
+    let heim = Heim::start(&s.dir, &config).expect("start");
+    assert!(
+        heim.wait_metric(
+            "heim_acme_failures_total{challenge=\"http-01\",reason=\"network\"} 1",
+            Duration::from_secs(20)
+        ),
+        "{}\n{}",
+        metrics(&heim),
+        heim.log_text()
+    );
+    assert!(
+        heim.log_text().contains("ACME: order failed"),
+        "{}",
+        heim.log_text()
+    );
+    assert!(
+        heim.log_text().contains("renewal is due"),
+        "{}",
+        heim.log_text()
+    );
+    let (_, served) = Client::any_certificate()
+        .tls(heim.https, "down.acme.test", false)
+        .await
+        .expect("the stored certificate still serves");
+    assert_eq!(served, stored);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_without_a_certificate_yet_fail_their_handshake_cleanly() {
+    let s = setup("acme-none");
+    let directory = format!("https://localhost:{}/dir", free_port());
+    let config = acme_config(
+        s.https,
+        s.http,
+        &format!("directory = \"{directory}\""),
+        &["none.acme.test"],
+    );
+    let heim = Heim::start(&s.dir, &config).expect("start");
+    for _ in 0..2 {
+        let r = Client::any_certificate()
+            .tls(heim.https, "none.acme.test", false)
+            .await;
+        assert!(r.is_err(), "a handshake with no certificate must fail");
+    }
+    let m = metrics(&heim);
+    assert_eq!(
+        metric(&m, "heim_tls_handshakes_total{result=\"no_certificate\"}"),
+        Some(2),
+        "{m}"
+    );
+    assert_eq!(
+        metric(&m, "heim_tls_handshakes_total{result=\"failed\"}"),
+        Some(0),
+        "{m}"
+    );
+    assert_eq!(heim.admin("/healthz").0, 200);
+}
