@@ -1541,6 +1541,92 @@ echo = true
     }
 
     /// Each bad input names its line and key.
+    /// GOOD with `[acme]` (and no [[certificate]]) holding `acme`.
+    fn with_acme(acme: &str) -> Result<Config, ConfigErrors> {
+        let text = GOOD.replace(
+            "[[certificate]]\ncert_file = \"certs/local.pem\"\nkey_file = \"certs/local-key.pem\"\n",
+            &format!("[acme]\n{acme}\n"),
+        );
+        Config::parse(Path::new("/etc/heim/heim.toml"), &text)
+    }
+
+    fn acme_errors(acme: &str) -> Vec<(String, String)> {
+        match with_acme(acme) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.0.into_iter().map(|e| (e.key, e.message)).collect(),
+        }
+    }
+
+    #[test]
+    fn acme_section_is_checked() {
+        let base =
+            "directory = \"https://acme.test/dir\"\ncontact = [\"mailto:ops@example.com\"]\n";
+        // Valid: no [[certificate]] is needed when ACME names the hosts.
+        let c = with_acme(&format!("{base}domains = [\"App.example.com\"]")).expect("valid");
+        let a = c.acme.expect("acme");
+        assert_eq!(a.domains, ["app.example.com"]);
+        assert_eq!(a.challenge, crate::acme::ChallengeKind::Http01);
+        assert_eq!(a.storage_dir, Path::new("/var/lib/heim/acme"));
+        let cases: &[(&str, &str, &str)] = &[
+            ("directory = \"http://acme.test/dir\"\ndomains = [\"a.example.com\"]", "acme.directory", "https://"),
+            (&format!("{base}contact = [\"ops@example.com\"]"), "contact", "duplicate"),
+            ("directory = \"https://acme.test/dir\"\ncontact = [\"ops@example.com\"]\ndomains = [\"a.example.com\"]", "acme.contact", "mailto:"),
+            (&format!("{base}domains = [\"*.ssh.example.com\"]"), "acme.domains", "DNS-01"),
+            (&format!("{base}challenge = \"tls-alpn-01\"\ndomains = [\"*.ssh.example.com\"]"), "acme.domains", "DNS-01"),
+            (&format!("{base}challenge = \"dns-02\"\ndomains = [\"a.example.com\"]"), "acme.challenge", "dns-01"),
+            (&format!("{base}challenge = \"dns-01\"\ndomains = [\"*.ssh.example.com\"]"), "acme.dns", "[acme.dns]"),
+            (base, "acme.domains", "no domain"),
+            (&format!("{base}challenge = \"dns-01\"\ndomains = [\"*.ssh.example.com\"]\n[acme.dns]\nprovider = \"rfc2136\"\nserver = \"127.0.0.1:53\"\ntsig_key_name = \"heim.\""), "acme.dns.tsig_secret_file", "needs"),
+            (&format!("{base}challenge = \"dns-01\"\ndomains = [\"*.ssh.example.com\"]\n[acme.dns]\nprovider = \"rfc2136\"\ntsig_key_name = \"heim.\"\ntsig_secret_file = \"t\""), "acme.dns.server", "needs"),
+            (&format!("{base}challenge = \"dns-01\"\ndomains = [\"*.ssh.example.com\"]\n[acme.dns]\nprovider = \"rfc2136\"\nserver = \"127.0.0.1:53\"\ntsig_key_name = \"heim.\"\ntsig_secret_file = \"t\"\ntsig_algorithm = \"hmac-md5\""), "acme.dns.tsig_algorithm", "hmac-sha256"),
+            (&format!("{base}challenge = \"dns-01\"\ndomains = [\"*.ssh.example.com\"]\n[acme.dns]\nprovider = \"cloudflare\""), "acme.dns.api_token_file", "needs"),
+            (&format!("{base}challenge = \"dns-01\"\ndomains = [\"*.ssh.example.com\"]\n[acme.dns]\nprovider = \"cloudflare\"\napi_token_file = \"t\"\napi_url = \"http://api.example.com\""), "acme.dns.api_url", "loopback"),
+            (&format!("{base}challenge = \"dns-01\"\ndomains = [\"*.ssh.example.com\"]\n[acme.dns]\nprovider = \"route53\""), "acme.dns.provider", "cloudflare"),
+        ];
+        for (acme, key, needle) in cases {
+            let errs = acme_errors(acme);
+            assert!(
+                errs.iter().any(|(k, m)| k == key && m.contains(needle)),
+                "{acme}\n-> {errs:?}"
+            );
+        }
+        // A route with `acme = true` adds its host; without [acme] it is an error.
+        let text = GOOD.replace("public = true\n", "public = true\nacme = true\n");
+        let errs = Config::parse(Path::new("/etc/heim/heim.toml"), &text)
+            .expect_err("no [acme]")
+            .0;
+        assert!(errs.iter().any(|e| e.key == "route[0].acme"), "{errs:?}");
+        let text = with_acme_routes(&format!("{base}domains = [\"b.example.com\"]"));
+        let a = text.acme.expect("acme");
+        assert_eq!(a.domains, ["b.example.com", "app.example.com"]);
+    }
+
+    fn with_acme_routes(acme: &str) -> Config {
+        let text = GOOD
+            .replace(
+                "[[certificate]]\ncert_file = \"certs/local.pem\"\nkey_file = \"certs/local-key.pem\"\n",
+                &format!("[acme]\n{acme}\n"),
+            )
+            .replace("public = true\n", "public = true\nacme = true\n");
+        Config::parse(Path::new("/etc/heim/heim.toml"), &text).expect("valid")
+    }
+
+    #[test]
+    fn a_config_without_certificates_or_acme_is_refused() {
+        let text = GOOD.replace(
+            "[[certificate]]\ncert_file = \"certs/local.pem\"\nkey_file = \"certs/local-key.pem\"\n",
+            "",
+        );
+        let errs = Config::parse(Path::new("/etc/heim/heim.toml"), &text)
+            .expect_err("refused")
+            .0;
+        assert!(
+            errs.iter()
+                .any(|e| e.key == "certificate" && e.message.contains("[acme]")),
+            "{errs:?}"
+        );
+    }
+
     #[test]
     fn errors_name_line_and_key() {
         let cases: &[(&str, &str, usize, &str)] = &[
