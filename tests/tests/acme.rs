@@ -287,3 +287,29 @@ async fn names_without_a_certificate_yet_fail_their_handshake_cleanly() {
     );
     assert_eq!(heim.admin("/healthz").0, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_due_certificate_is_renewed_and_swapped_in_live() {
+    let s = setup("acme-renew");
+    let stored = write_due_certificate(&s, "renew.acme.test");
+    let pebble = Pebble::start(&s.dir, &s.pki, s.http, s.https, None).expect("pebble");
+    let root = pebble.root(&s.pki).await.expect("pebble root");
+    let config = acme_config(
+        s.https,
+        s.http,
+        &format!("directory = \"{}\"", pebble.directory),
+        &["renew.acme.test"],
+    );
+    let heim = Heim::start(&s.dir, &config).expect("start");
+    let renewed = issued_and_verified(&heim, &root, "renew.acme.test").await;
+    assert_ne!(renewed, stored);
+    let log = heim.log_text();
+    assert!(log.contains("certificate loaded from storage"), "{log}");
+    assert!(log.contains("renewal is due"), "{log}");
+    // The renewed certificate replaced the stored one on disk.
+    let on_disk =
+        std::fs::read(s.dir.join("acme/certificates/renew.acme.test/cert.pem")).expect("stored");
+    let leaf = rustls::pki_types::pem::PemObject::from_pem_slice(&on_disk).expect("pem");
+    let leaf: CertificateDer = leaf;
+    assert_eq!(leaf, renewed);
+}
