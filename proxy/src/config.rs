@@ -751,6 +751,13 @@ impl Cx<'_> {
             }),
         };
         let challenge_span = a.challenge.as_ref().map_or(spanned.span(), |c| c.span());
+        if challenge == ChallengeKind::Http01 && raw.server.get_ref().http_listen.is_none() {
+            self.err(
+                &challenge_span,
+                "acme.challenge".into(),
+                "http-01 is answered on the http listener: set server.http_listen (port 80 from outside), or use \"tls-alpn-01\"".into(),
+            );
+        }
         let mut domains: Vec<String> = Vec::new();
         let mut add = |cx: &mut Self, name: &str, span: &Range<usize>, key: String| {
             let Some(h) = valid_host(name) else {
@@ -1609,6 +1616,26 @@ echo = true
             )
             .replace("public = true\n", "public = true\nacme = true\n");
         Config::parse(Path::new("/etc/heim/heim.toml"), &text).expect("valid")
+    }
+
+    #[test]
+    fn http01_needs_the_http_listener() {
+        let text = GOOD
+            .replace("http_listen = \"127.0.0.1:8080\"\n", "")
+            .replace(
+                "[[certificate]]\ncert_file = \"certs/local.pem\"\nkey_file = \"certs/local-key.pem\"\n",
+                "[acme]\ndirectory = \"https://acme.test/dir\"\ndomains = [\"a.example.com\"]\n",
+            );
+        let errs = Config::parse(Path::new("/etc/heim/heim.toml"), &text)
+            .expect_err("refused")
+            .0;
+        assert!(
+            errs.iter()
+                .any(|e| e.key == "acme.challenge" && e.message.contains("http_listen")),
+            "{errs:?}"
+        );
+        let ok = text.replace("[acme]\n", "[acme]\nchallenge = \"tls-alpn-01\"\n");
+        assert!(Config::parse(Path::new("/etc/heim/heim.toml"), &ok).is_ok());
     }
 
     #[test]

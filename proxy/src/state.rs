@@ -92,7 +92,16 @@ impl Compiled {
             }
         }
         let acme = config.acme.as_ref().and_then(|spec| {
-            crate::acme::load(spec, &config.path)
+            // Sign-in's own host needs a certificate too: ACME gets it
+            // unless a file serves it.
+            let mut spec = spec.clone();
+            if let (Some(auth), Some(files)) = (&config.auth, &certs) {
+                let host = &auth.auth_host;
+                if !crate::tls::names_cover(files, &spec.domains, host) {
+                    spec.domains.push(host.clone());
+                }
+            }
+            crate::acme::load(&spec, &config.path)
                 .map_err(|e| errors.extend(e))
                 .ok()
         });
