@@ -11,7 +11,9 @@
 //! The binary is found in the workspace's `target/{debug,release}` (or
 //! `HEIM_PROXY_BIN`); `tests/run` builds it first.
 
+pub mod cloudflare;
 pub mod github;
+pub mod named;
 pub mod pebble;
 pub mod upstream;
 

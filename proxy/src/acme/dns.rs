@@ -263,7 +263,8 @@ pub struct DnsSolver {
 }
 
 enum Provider {
-    Rfc2136(Rfc2136),
+    /// Boxed: an HMAC key is over a kilobyte.
+    Rfc2136(Box<Rfc2136>),
     Cloudflare(Cloudflare),
 }
 
@@ -278,10 +279,10 @@ impl DnsSolver {
                 key_name,
                 algorithm,
                 secret,
-            } => Provider::Rfc2136(Rfc2136 {
+            } => Provider::Rfc2136(Box::new(Rfc2136 {
                 server,
                 key: TsigKey::new(&key_name, algorithm, &secret),
-            }),
+            })),
             DnsProvider::Cloudflare {
                 api_token,
                 zone_id,
@@ -380,7 +381,7 @@ impl DnsSolver {
         loop {
             for p in progress.iter_mut().filter(|p| !p.done) {
                 match txt_values(p.server, &record.name).await {
-                    Ok(TxtLookup::Values(values)) if values.iter().any(|v| *v == record.value) => {
+                    Ok(TxtLookup::Values(values)) if values.contains(&record.value) => {
                         p.done = true;
                         tracing::debug!(fqdn = %record.fqdn, server = %p.server, "dns-01: record visible");
                     }
@@ -1898,7 +1899,7 @@ mod tests {
         // A loop: label at 12, pointer at 14 back to 12 (before the pointer,
         // but not before the run of labels it continues).
         assert_eq!(q(&[1, b'a', 0xc0, 12]), Err(WireError::BadPointer));
-        // Two names pointing at each other's labels.
+        // A second name whose pointer leads back into its own labels.
         let mut body = vec![1, b'a', 0, 0, 6, 0, 1];
         body.extend_from_slice(&[1, b'b', 0xc0, 19, 0, 6, 0, 1]);
         assert_eq!(
