@@ -423,9 +423,10 @@ pub struct CertResolver {
 impl ResolvesServerCert for CertResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         let name = hello.server_name().map(|n| n.to_ascii_lowercase());
+        // A validator offers `acme-tls/1` and nothing else (RFC 8737 §3).
         let acme = hello
             .alpn()
-            .is_some_and(|mut p| p.all(|p| p == ACME_TLS_ALPN));
+            .is_some_and(|mut p| p.next() == Some(ACME_TLS_ALPN) && p.all(|p| p == ACME_TLS_ALPN));
         let key = if acme {
             name.as_deref().and_then(|n| self.certs.alpn_challenge(n))
         } else {
