@@ -266,10 +266,26 @@ impl CertStore {
     }
 }
 
+/// Each source's certificates, and the default name.
+#[derive(Debug, Default)]
+struct Layers {
+    by_source: BTreeMap<Source, Vec<CertEntry>>,
+    default_name: Option<String>,
+}
+
+impl Layers {
+    fn build(&self) -> Arc<CertStore> {
+        Arc::new(CertStore::build(
+            &self.by_source,
+            self.default_name.as_deref(),
+        ))
+    }
+}
+
 /// Every source's certificates, and the live store built from them.
 #[derive(Debug, Default)]
 pub struct CertLayers {
-    layers: Mutex<(BTreeMap<Source, Vec<CertEntry>>, Option<String>)>,
+    layers: Mutex<Layers>,
     live: ArcSwap<CertStore>,
     /// TLS-ALPN-01 challenge certificates, by name (set by ACME).
     alpn_challenges: Mutex<HashMap<String, Arc<CertifiedKey>>>,
@@ -294,24 +310,22 @@ impl CertLayers {
     /// Replaces one source's certificates and swaps in the rebuilt store.
     pub fn replace(&self, source: Source, entries: Vec<CertEntry>) {
         let mut l = self.layers.lock().unwrap_or_else(|e| e.into_inner());
-        l.0.insert(source, entries);
-        self.live
-            .store(Arc::new(CertStore::build(&l.0, l.1.as_deref())));
+        l.by_source.insert(source, entries);
+        self.live.store(l.build());
     }
 
     /// Replaces the file layer and the default name at once (a config reload).
     pub fn replace_files(&self, entries: Vec<CertEntry>, default_name: Option<String>) {
         let mut l = self.layers.lock().unwrap_or_else(|e| e.into_inner());
-        l.0.insert(Source::File, entries);
-        l.1 = default_name;
-        self.live
-            .store(Arc::new(CertStore::build(&l.0, l.1.as_deref())));
+        l.by_source.insert(Source::File, entries);
+        l.default_name = default_name;
+        self.live.store(l.build());
     }
 
     /// One source's certificates now.
     pub fn layer(&self, source: Source) -> Vec<CertEntry> {
         let l = self.layers.lock().unwrap_or_else(|e| e.into_inner());
-        l.0.get(&source).cloned().unwrap_or_default()
+        l.by_source.get(&source).cloned().unwrap_or_default()
     }
 
     /// Serves `key` to TLS-ALPN-01 validation of `name` (None: stop).

@@ -230,6 +230,9 @@ pub enum DnsError {
     /// No active Cloudflare zone holds the domain.
     #[error("no active Cloudflare zone holds {domain} (asked for {tried})")]
     CloudflareNoZone { domain: String, tried: String },
+    /// A record given to a solver of another provider than the one that put it.
+    #[error("TXT {fqdn} was put by another DNS provider")]
+    OtherProvider { fqdn: String },
     /// The servers to check visibility at are not known.
     #[error("cannot find the servers to check {fqdn} at: {detail}")]
     CheckServers { fqdn: String, detail: String },
@@ -359,9 +362,8 @@ impl DnsSolver {
                     zone_id, record_id, ..
                 },
             ) => p.cleanup(&self.http, record, zone_id, record_id).await,
-            _ => Err(DnsError::BadName {
-                name: record.fqdn.clone(),
-                why: "the record was put by another DNS provider",
+            _ => Err(DnsError::OtherProvider {
+                fqdn: record.fqdn.clone(),
             }),
         }
     }
@@ -405,9 +407,8 @@ impl DnsSolver {
             (_, RecordAt::Cloudflare { name_servers, .. }) => {
                 resolve_name_servers(&record.fqdn, name_servers).await
             }
-            (_, RecordAt::Rfc2136 { .. }) => Err(DnsError::CheckServers {
+            (_, RecordAt::Rfc2136 { .. }) => Err(DnsError::OtherProvider {
                 fqdn: record.fqdn.clone(),
-                detail: "the record was put by another DNS provider".into(),
             }),
         }
     }
@@ -520,11 +521,12 @@ impl Rfc2136 {
 
     /// The zone holding `name`: the owner of the SOA record in the answer
     /// (`name` is an apex) or in the authority section (NXDOMAIN, NODATA),
-    /// walking up a label when neither has one.
+    /// walking up a label when neither has one (not to the root, which no
+    /// one updates).
     async fn find_zone(&self, name: &Name) -> Result<Name, DnsError> {
         let key = self.key()?;
         let mut candidate = Some(name.clone());
-        while let Some(q) = candidate {
+        while let Some(q) = candidate.filter(|q| q.label_count() > 0) {
             let step = format!("SOA query for {q}");
             let request = wire::Message::query(random_id(), q.clone(), wire::TYPE_SOA, false);
             let reply = ask(self.server, &request, Some(key), UDP_TRIES, &step).await?;
@@ -628,9 +630,14 @@ async fn txt_values(server: SocketAddr, name: &Name) -> Result<TxtLookup, String
     let step = format!("TXT query for {name}");
     let request = wire::Message::query(random_id(), name.clone(), wire::TYPE_TXT, false);
     // One try: the caller polls.
+    // The server and the step are said by the caller.
     let reply = ask(server, &request, None, 1, &step)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| match e {
+            DnsError::Transport { detail, .. } => detail,
+            DnsError::Malformed { detail, .. } => format!("an unusable answer: {detail}"),
+            other => other.to_string(),
+        })?;
     Ok(match wire::rcode(reply.flags) {
         wire::RCODE_NOERROR => TxtLookup::Values(
             reply
@@ -774,7 +781,10 @@ async fn exchange(server: SocketAddr, request: &[u8], tries: u32) -> Result<Vec<
             }
         }
     }
-    Err(format!("no answer over UDP after {tries} tries ({last})"))
+    Err(match tries {
+        1 => format!("no answer over UDP ({last})"),
+        n => format!("no answer over UDP after {n} tries ({last})"),
+    })
 }
 
 async fn tcp_exchange(server: SocketAddr, request: &[u8]) -> Result<Vec<u8>, String> {
@@ -2133,6 +2143,24 @@ mod tests {
             "Cloudflare API, creating TXT x: HTTP 400: Record already exists. (code 81057); DNS Validation Error (code 1004)"
         );
         assert_eq!(encode("a b/c?d=é"), "a%20b%2Fc%3Fd%3D%C3%A9");
+    }
+
+    #[tokio::test]
+    async fn name_servers_resolve_to_one_address_each() {
+        let got = resolve_name_servers("x", &["localhost".into(), "127.0.0.2".into()])
+            .await
+            .unwrap();
+        assert_eq!(
+            got,
+            [
+                "127.0.0.1:53".parse::<SocketAddr>().unwrap(),
+                "127.0.0.2:53".parse().unwrap()
+            ]
+        );
+        let none = resolve_name_servers("_acme-challenge.x", &[])
+            .await
+            .unwrap_err();
+        assert!(none.to_string().contains("no name servers"), "{none}");
     }
 
     #[test]
