@@ -483,6 +483,9 @@ impl ChallTestSrv {
             .args(["-dns01", &dns.to_string()])
             .args(["-management", &management.to_string()])
             .args(["-http01", "", "-https01", "", "-tlsalpn01", ""])
+            // Every name is 127.0.0.1, and only that: Pebble validates
+            // HTTP-01 and TLS-ALPN-01 against heim on IPv4 loopback.
+            .args(["-defaultIPv4", "127.0.0.1", "-defaultIPv6", ""])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())

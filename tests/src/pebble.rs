@@ -10,20 +10,18 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use rustls::pki_types::CertificateDer;
 
+use crate::cloudflare::ChallTestSrv;
 use crate::Pki;
 
-/// A free TCP port on 127.0.0.1 (bound, then released).
+/// A free port on 127.0.0.1 (see `named::free_port`).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    crate::named::free_port().expect("a free port")
 }
 
 fn need(bin: &str) -> anyhow::Result<()> {
@@ -36,22 +34,18 @@ fn need(bin: &str) -> anyhow::Result<()> {
 /// A running Pebble (and challtestsrv when Pebble's DNS is its own);
 /// killed on drop.
 pub struct Pebble {
-    children: Vec<Child>,
+    child: Child,
     /// `https://localhost:PORT/dir`
     pub directory: String,
     pub management: SocketAddr,
-    /// challtestsrv's management API, when it runs.
-    pub challtestsrv: Option<SocketAddr>,
-    /// challtestsrv's DNS server, when it runs.
-    pub dns: Option<SocketAddr>,
+    /// The DNS server Pebble asks, when it is the one started here.
+    pub challtestsrv: Option<ChallTestSrv>,
 }
 
 impl Drop for Pebble {
     fn drop(&mut self) {
-        for c in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -67,24 +61,11 @@ impl Pebble {
         dns: Option<SocketAddr>,
     ) -> anyhow::Result<Pebble> {
         need("/usr/bin/pebble")?;
-        let mut children = Vec::new();
         let (dns, challtestsrv) = match dns {
             Some(d) => (d, None),
             None => {
-                need("/usr/bin/pebble-challtestsrv")?;
-                let dns: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
-                let mgmt: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
-                let child = Command::new("/usr/bin/pebble-challtestsrv")
-                    .args(["-dns01", &dns.to_string()])
-                    .args(["-management", &mgmt.to_string()])
-                    .args(["-http01", "", "-https01", "", "-tlsalpn01", ""])
-                    .args(["-defaultIPv4", "127.0.0.1", "-defaultIPv6", ""])
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .spawn()
-                    .context("spawn pebble-challtestsrv")?;
-                children.push(child);
-                (dns, Some(mgmt))
+                let c = ChallTestSrv::start()?;
+                (c.dns, Some(c))
             }
         };
         pki.leaf("pebble", &["localhost"]);
@@ -118,18 +99,15 @@ impl Pebble {
             .stderr(log)
             .spawn()
             .context("spawn pebble")?;
-        children.push(child);
         let pebble = Pebble {
-            children,
+            child,
             directory: format!("https://localhost:{port}/dir"),
             management,
             challtestsrv,
-            dns: challtestsrv.map(|_| dns),
         };
         let up = crate::poll_until(Duration::from_secs(20), || {
             std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
                 && std::net::TcpStream::connect(management).is_ok()
-                && challtestsrv.is_none_or(|m| std::net::TcpStream::connect(m).is_ok())
         });
         if !up {
             bail!(

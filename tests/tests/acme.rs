@@ -1,5 +1,6 @@
 //! heim's ACME client against Pebble, Let's Encrypt's test CA (Debian
-//! `pebble`), on loopback: HTTP-01 and TLS-ALPN-01 issuance, restarts that
+//! `pebble`), on loopback: HTTP-01, TLS-ALPN-01 and wildcard DNS-01 issuance
+//! (through BIND 9 by RFC 2136, and through a Cloudflare API double), restarts that
 //! reuse the stored certificate, reloads that keep it, an ACME server that
 //! is down, and names with no certificate yet. Each issued chain is checked
 //! against Pebble's root, as a browser would.
@@ -312,4 +313,85 @@ async fn a_due_certificate_is_renewed_and_swapped_in_live() {
     let leaf = rustls::pki_types::pem::PemObject::from_pem_slice(&on_disk).expect("pem");
     let leaf: CertificateDer = leaf;
     assert_eq!(leaf, renewed);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dns01_wildcard_through_bind_rfc2136() {
+    let s = setup("acme-rfc2136");
+    let named = heim_e2e::named::Named::start().expect("named");
+    let pebble = Pebble::start(&s.dir, &s.pki, s.http, s.https, Some(named.addr)).expect("pebble");
+    let root = pebble.root(&s.pki).await.expect("pebble root");
+    let zone = &named.zone;
+    let wildcard = format!("*.ssh.{zone}");
+    let extra = format!(
+        r#"directory = "{}"
+challenge = "dns-01"
+domains = ["{wildcard}"]
+[acme.dns]
+provider = "rfc2136"
+server = "{}"
+tsig_key_name = "{}"
+tsig_algorithm = "hmac-sha256"
+tsig_secret_file = "{}""#,
+        pebble.directory,
+        named.addr,
+        named.key_name,
+        named.key_file.display()
+    );
+    let heim = Heim::start(&s.dir, &acme_config(s.https, s.http, &extra, &[])).expect("start");
+    let host = format!("laptop.ssh.{zone}");
+    let leaf = issued_and_verified(&heim, &root, &host).await;
+    assert_eq!(cert_names(&leaf), [wildcard.as_str()]);
+    // The TXT record was removed after validation.
+    let left = named
+        .txt(&format!("_acme-challenge.ssh.{zone}"))
+        .expect("dig");
+    assert!(left.is_empty(), "TXT left behind: {left:?}");
+    let m = metrics(&heim);
+    assert_eq!(
+        metric(&m, "heim_acme_orders_total{challenge=\"dns-01\"}"),
+        Some(1),
+        "{m}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dns01_wildcard_through_the_cloudflare_api() {
+    use heim_e2e::cloudflare::{CloudflareDouble, Zone};
+    let s = setup("acme-cloudflare");
+    let pebble = Pebble::start(&s.dir, &s.pki, s.http, s.https, None).expect("pebble");
+    let chall = pebble.challtestsrv.as_ref().expect("challtestsrv");
+    let root = pebble.root(&s.pki).await.expect("pebble root");
+    let token = "cf-test-token-0123456789";
+    let cf = CloudflareDouble::start(
+        token,
+        vec![Zone::new("zone-1", "home.test", &["ns1.cloudflare.test"])],
+        Some(chall.management),
+    )
+    .await;
+    std::fs::write(s.dir.join("cf-token"), format!("{token}\n")).expect("token");
+    let extra = format!(
+        r#"directory = "{}"
+challenge = "dns-01"
+domains = ["*.ssh.home.test"]
+[acme.dns]
+provider = "cloudflare"
+api_token_file = "cf-token"
+api_url = "{}"
+check_servers = ["{}"]"#,
+        pebble.directory,
+        cf.api_url(),
+        chall.dns
+    );
+    let heim = Heim::start(&s.dir, &acme_config(s.https, s.http, &extra, &[])).expect("start");
+    let leaf = issued_and_verified(&heim, &root, "box.ssh.home.test").await;
+    assert_eq!(cert_names(&leaf), ["*.ssh.home.test"]);
+    // Zone found by name, the record created, then deleted.
+    let seen = cf.seen_lines().join("\n");
+    assert!(seen.contains("GET /zones?name=ssh.home.test"), "{seen}");
+    assert!(seen.contains("POST /zones/zone-1/dns_records"), "{seen}");
+    assert!(seen.contains("DELETE /zones/zone-1/dns_records/"), "{seen}");
+    assert!(cf.records().is_empty(), "{:?}", cf.records());
+    // The token never reaches the logs.
+    assert!(!heim.log_text().contains(token));
 }
