@@ -119,10 +119,9 @@ pub struct Metrics {
     pub connections_total: AtomicU64,
     pub connections_refused: AtomicU64,
     pub tls_handshakes_ok: AtomicU64,
-    /// Every failed handshake, those with no certificate included.
     pub tls_handshakes_failed: AtomicU64,
-    /// Handshakes for a name no certificate covers (counted by the resolver).
-    pub tls_no_certificate: Arc<AtomicU64>,
+    /// Handshakes for a name no certificate covers.
+    pub tls_no_certificate: AtomicU64,
     /// ACME orders started, by challenge.
     acme_orders: Mutex<BTreeMap<&'static str, u64>>,
     /// ACME failures, by challenge and reason.
@@ -281,12 +280,6 @@ impl Metrics {
                 v.load(Relaxed)
             );
         }
-        let no_certificate = self.tls_no_certificate.load(Relaxed);
-        let failed = AtomicU64::new(
-            self.tls_handshakes_failed
-                .load(Relaxed)
-                .saturating_sub(no_certificate),
-        );
         labeled(
             &mut out,
             "heim_tls_handshakes_total",
@@ -294,7 +287,7 @@ impl Metrics {
             "result",
             &[
                 ("ok", &self.tls_handshakes_ok),
-                ("failed", &failed),
+                ("failed", &self.tls_handshakes_failed),
                 ("no_certificate", &self.tls_no_certificate),
             ],
         );

@@ -446,7 +446,9 @@ pub fn route<B>(req: &Request<B>, parsed: &Parsed, conn: &ConnCtx) -> Result<Rou
     // redirected, but only for hosts heim names (a rule or a certificate),
     // never to any Host a client makes up. A route for an ACME HTTP-01 path
     // (cert-manager's solver) is served as it is: validation is plain HTTP.
-    let acme_solver = route.is_some() && path.starts_with(ACME_CHALLENGE_PATH);
+    let acme_solver = route
+        .as_ref()
+        .is_some_and(|r| r.spec.path.starts_with(ACME_CHALLENGE_PATH));
     if !parsed.secure && !acme_solver && route.as_ref().is_none_or(|r| r.spec.https_redirect) {
         if table.names_host(&parsed.host) || conn.shared.certs.load().covers(&parsed.host) {
             return https_url(&parsed.host, req, conn)
@@ -1001,6 +1003,28 @@ mod tests {
             assert_eq!(verdict(&c, &request(path, &host)), 200, "{path}");
         }
         assert_eq!(verdict(&c, &request("/..", &host)), 400);
+    }
+
+    #[test]
+    fn only_an_acme_challenge_route_is_served_over_plain_http() {
+        let routes = "[[route]]\nhost = \"app.test\"\npath = \"/\"\necho = true\npublic = true\n\
+                      [[route]]\nhost = \"solver.test\"\npath = \"/.well-known/acme-challenge/\"\necho = true\npublic = true\n\
+                      [[route]]\nhost = \"solver.test\"\npath = \"/\"\necho = true\npublic = true\n";
+        let tls = conn("", routes, "127.0.0.1");
+        let plain = ConnCtx::new(
+            tls.shared.clone(),
+            tls.remote,
+            "127.0.0.1:80".parse().unwrap(),
+            None,
+        );
+        let at = |host: &str, path: &str| verdict(&plain, &request(path, &[("host", host)]));
+        // A catch-all route is redirected, challenge path or not.
+        assert_eq!(at("app.test", "/.well-known/acme-challenge/tok"), 308);
+        assert_eq!(at("app.test", "/"), 308);
+        // cert-manager's solver route is served as it is; the host's other
+        // paths are still redirected.
+        assert_eq!(at("solver.test", "/.well-known/acme-challenge/tok"), 200);
+        assert_eq!(at("solver.test", "/x"), 308);
     }
 
     #[test]

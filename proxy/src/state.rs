@@ -173,7 +173,7 @@ impl Compiled {
 impl Shared {
     /// Shared state serving `compiled`.
     pub fn new(compiled: Compiled, metrics: Metrics) -> Arc<Shared> {
-        let certs = Arc::new(CertLayers::new(metrics.tls_no_certificate.clone()));
+        let certs = Arc::new(CertLayers::default());
         certs.replace_files(compiled.certs, compiled.default_certificate);
         Arc::new(Shared {
             routes: ArcSwap::from_pointee(compiled.routes),

@@ -20,7 +20,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::{ArcSwap, Guard};
@@ -289,19 +288,9 @@ pub struct CertLayers {
     live: ArcSwap<CertStore>,
     /// TLS-ALPN-01 challenge certificates, by name (set by ACME).
     alpn_challenges: Mutex<HashMap<String, Arc<CertifiedKey>>>,
-    /// Handshakes that found no certificate for their name (the metric's cell).
-    no_certificate: Arc<AtomicU64>,
 }
 
 impl CertLayers {
-    /// Empty layers; handshakes without a certificate count in `no_certificate`.
-    pub fn new(no_certificate: Arc<AtomicU64>) -> Self {
-        Self {
-            no_certificate,
-            ..Self::default()
-        }
-    }
-
     /// The live store.
     pub fn load(&self) -> Guard<Arc<CertStore>> {
         self.live.load()
@@ -441,16 +430,20 @@ impl ResolvesServerCert for CertResolver {
         let acme = hello
             .alpn()
             .is_some_and(|mut p| p.next() == Some(ACME_TLS_ALPN) && p.all(|p| p == ACME_TLS_ALPN));
-        let key = if acme {
+        if acme {
             name.as_deref().and_then(|n| self.certs.alpn_challenge(n))
         } else {
             self.certs.load().get(name.as_deref())
-        };
-        if key.is_none() {
-            self.certs.no_certificate.fetch_add(1, Relaxed);
         }
-        key
     }
+}
+
+/// True when a handshake failed because no certificate covers the name
+/// (the resolver found none, so rustls gave up).
+pub fn is_no_certificate(e: &std::io::Error) -> bool {
+    e.get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        .is_some_and(|r| matches!(r, rustls::Error::General(m) if m == "no server certificate chain resolved"))
 }
 
 /// The rustls server config heim serves with: TLS 1.3 and 1.2, ALPN h2,

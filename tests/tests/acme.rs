@@ -127,7 +127,9 @@ async fn http01_issues_then_restart_and_sighup_keep_the_certificate() {
     );
     // The account and certificate are private on disk.
     use std::os::unix::fs::PermissionsExt;
-    let key = s.dir.join("acme/certificates/app.acme.test/key.pem");
+    let key = s
+        .dir
+        .join("acme/certificates/app.acme.test/certificate.pem");
     assert_eq!(
         std::fs::metadata(&key)
             .expect("stored key")
@@ -169,8 +171,27 @@ async fn http01_issues_then_restart_and_sighup_keep_the_certificate() {
         None,
         "{m}"
     );
-    // A public route over plain HTTP still works beside the challenge path.
-    drop(pebble);
+
+    // A SIGHUP that adds a name to [acme] orders that name, and only it.
+    let more = config.replace(
+        "challenge = \"http-01\"",
+        "challenge = \"http-01\"\ndomains = [\"more.acme.test\"]",
+    );
+    std::fs::write(&heim.config, more).expect("config");
+    heim.signal("HUP");
+    let second = issued_and_verified(&heim, &root, "more.acme.test").await;
+    assert_eq!(cert_names(&second), ["more.acme.test"]);
+    let (_, still) = Client::new(&root)
+        .tls(heim.https, "app.acme.test", false)
+        .await
+        .expect("the first name still serves");
+    assert_eq!(still, first);
+    let m = metrics(&heim);
+    assert_eq!(
+        metric(&m, "heim_acme_orders_total{challenge=\"http-01\"}"),
+        Some(1),
+        "{m}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -196,20 +217,34 @@ async fn tls_alpn01_issues_a_certificate() {
         Some(1),
         "{m}"
     );
-    // The validation connection (acme-tls/1) was closed after its handshake
-    // and is not an HTTP client: no request was logged for it.
-    assert!(
-        !heim.log_text().contains("\"status\":400"),
-        "{}",
-        heim.log_text()
-    );
 }
 
-/// A certificate that is valid today but past two thirds of its life.
+/// The civil date `days` from today (UTC), for rcgen's validity dates.
+fn date(days: i64) -> (i32, u8, u8) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs() as i64;
+    // Days since 1970-01-01 to a proleptic Gregorian date.
+    let z = now / 86_400 + days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u8;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u8;
+    let y = (yoe + era * 400 + i64::from(m <= 2)) as i32;
+    (y, m, d)
+}
+
+/// A certificate valid from 80 days ago for another 10: past two thirds of
+/// its life, so due for renewal, and still valid.
 fn write_due_certificate(s: &Setup, name: &str) -> CertificateDer<'static> {
     let mut params = rcgen::CertificateParams::new(vec![name.to_string()]).expect("params");
-    params.not_before = rcgen::date_time_ymd(2000, 1, 1);
-    params.not_after = rcgen::date_time_ymd(2040, 1, 1);
+    let ((y0, m0, d0), (y1, m1, d1)) = (date(-80), date(10));
+    params.not_before = rcgen::date_time_ymd(y0, m0, d0);
+    params.not_after = rcgen::date_time_ymd(y1, m1, d1);
     let key = rcgen::KeyPair::generate().expect("key");
     let cert = params.self_signed(&key).expect("cert");
     let dir = s.dir.join("acme/certificates").join(name);
@@ -308,8 +343,11 @@ async fn a_due_certificate_is_renewed_and_swapped_in_live() {
     assert!(log.contains("certificate loaded from storage"), "{log}");
     assert!(log.contains("renewal is due"), "{log}");
     // The renewed certificate replaced the stored one on disk.
-    let on_disk =
-        std::fs::read(s.dir.join("acme/certificates/renew.acme.test/cert.pem")).expect("stored");
+    let on_disk = std::fs::read(
+        s.dir
+            .join("acme/certificates/renew.acme.test/certificate.pem"),
+    )
+    .expect("stored");
     let leaf = rustls::pki_types::pem::PemObject::from_pem_slice(&on_disk).expect("pem");
     let leaf: CertificateDer = leaf;
     assert_eq!(leaf, renewed);
@@ -394,4 +432,92 @@ check_servers = ["{}"]"#,
     assert!(cf.records().is_empty(), "{:?}", cf.records());
     // The token never reaches the logs.
     assert!(!heim.log_text().contains(token));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_acme_directory_orders_anew() {
+    let s = setup("acme-switch");
+    let staging = Pebble::start(&s.dir, &s.pki, s.http, s.https, None).expect("pebble");
+    let staging_root = staging.root(&s.pki).await.expect("root");
+    let config = |dir: &str| {
+        acme_config(
+            s.https,
+            s.http,
+            &format!("directory = \"{dir}\""),
+            &["switch.acme.test"],
+        )
+    };
+    let heim = Heim::start(&s.dir, &config(&staging.directory)).expect("start");
+    issued_and_verified(&heim, &staging_root, "switch.acme.test").await;
+    drop(heim);
+    drop(staging);
+    // "Production": another CA, whose root the first certificate does not
+    // chain to. The stored certificate serves until the new one is issued.
+    let production = Pebble::start(&s.dir, &s.pki, s.http, s.https, None).expect("pebble");
+    let production_root = production.root(&s.pki).await.expect("root");
+    assert_ne!(production_root, staging_root);
+    let heim = Heim::start(&s.dir, &config(&production.directory)).expect("restart");
+    issued_and_verified(&heim, &production_root, "switch.acme.test").await;
+    assert!(
+        heim.log_text().contains("from another ACME directory"),
+        "{}",
+        heim.log_text()
+    );
+}
+
+/// A TLS client offering exactly `alpn`, trusting the test CA.
+async fn handshake_with_alpn(
+    pki: &Pki,
+    addr: std::net::SocketAddr,
+    sni: &str,
+    alpn: &[&[u8]],
+) -> std::io::Result<(Option<Vec<u8>>, CertificateDer<'static>)> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(pki.ca_der.clone()).expect("ca");
+    let mut cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let name = rustls::pki_types::ServerName::try_from(sni.to_string()).expect("name");
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
+        .connect(name, tcp)
+        .await?;
+    let session = tls.get_ref().1;
+    let leaf = session.peer_certificates().expect("certificate")[0].clone();
+    Ok((session.alpn_protocol().map(<[u8]>::to_vec), leaf))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_an_acme_tls_alpn_hello_alone_is_treated_as_validation() {
+    let e = heim_e2e::env("acme-alpn-rule");
+    let heim = Heim::start(
+        &e.dir,
+        &heim_e2e::config("", &heim_e2e::route("app.test", "/", "echo = true")),
+    )
+    .expect("start");
+    let acme: &[u8] = b"acme-tls/1";
+    // A client that also offers acme-tls/1 is a normal client: the normal
+    // certificate, a normal protocol.
+    for alpn in [&[b"h2" as &[u8], acme][..], &[b"foo", acme, b"http/1.1"]] {
+        let (proto, leaf) = handshake_with_alpn(&e.pki, heim.https, "app.test", alpn)
+            .await
+            .expect("normal handshake");
+        assert_eq!(cert_names(&leaf), ["app.test"], "{alpn:?}");
+        assert_ne!(proto.as_deref(), Some(acme), "{alpn:?}");
+    }
+    // acme-tls/1 alone with no validation pending: no certificate at all.
+    let r = handshake_with_alpn(&e.pki, heim.https, "app.test", &[acme]).await;
+    assert!(
+        r.is_err(),
+        "acme-tls/1 alone must not get the site's certificate"
+    );
+    assert!(heim.wait_metric(
+        "heim_tls_handshakes_total{result=\"no_certificate\"} 1",
+        Duration::from_secs(5)
+    ));
 }

@@ -264,8 +264,18 @@ impl Manager {
     /// Runs `loaded` (or nothing); a no-op when it equals what runs.
     /// Must be called on a Tokio runtime.
     pub fn apply(&mut self, loaded: Option<Loaded>, shared: &Arc<Shared>) {
+        // Where `[acme]` sits in the file is no change: a route added above
+        // it must not abort the orders in flight.
         let same = match (&self.running, &loaded) {
-            (Some((spec, files)), Some(l)) => *spec == l.spec && *files == l.files,
+            (Some((spec, files)), Some(l)) => {
+                AcmeSpec {
+                    line: 0,
+                    ..spec.clone()
+                } == AcmeSpec {
+                    line: 0,
+                    ..l.spec.clone()
+                } && *files == l.files
+            }
             (None, None) => true,
             _ => false,
         };
@@ -297,7 +307,7 @@ impl Manager {
             loaded.http,
             loaded
                 .dns
-                .map(|d| dns::DnsSolver::new(d, HttpClient::default())),
+                .map(|d| Arc::new(dns::DnsSolver::new(d, HttpClient::default()))),
             shared.acme_challenges.clone(),
             shared.certs.clone(),
         ));
@@ -332,6 +342,8 @@ struct Keeper {
 struct Held {
     entry: CertEntry,
     not_before: i64,
+    /// The ACME directory that issued it (None: put in storage by hand).
+    directory: Option<String>,
     /// The certificate's ARI identifier (authority key id, serial), if any.
     ari_id: Option<(Vec<u8>, Vec<u8>)>,
 }
@@ -349,6 +361,14 @@ impl Keeper {
             let now = unix_now();
             let due = match &held {
                 None => now,
+                // Switched CAs (say, from staging): the new one's, now.
+                Some(h)
+                    if h.directory
+                        .as_ref()
+                        .is_some_and(|d| *d != self.orderer.directory) =>
+                {
+                    now
+                }
                 Some(h) => {
                     let ari = self.renewal_info(h).await;
                     let pick = f64::from(rand_u16()) / f64::from(u16::MAX);
@@ -372,6 +392,9 @@ impl Keeper {
                     .as_ref()
                     .is_none_or(|old| old.entry.not_after < h.entry.not_after)
                     && stored_due > unix_now()
+                    && h.directory
+                        .as_ref()
+                        .is_none_or(|d| *d == self.orderer.directory)
                 {
                     self.publish(h.entry.clone());
                     held = Some(h);
@@ -380,6 +403,13 @@ impl Keeper {
             }
             let why = match &held {
                 None => "no certificate yet",
+                Some(h)
+                    if h.directory
+                        .as_ref()
+                        .is_some_and(|d| *d != self.orderer.directory) =>
+                {
+                    "the certificate is from another ACME directory"
+                }
                 Some(h) if h.entry.not_after <= now => "the certificate has expired",
                 Some(_) => "renewal is due",
             };
@@ -412,28 +442,40 @@ impl Keeper {
         }
     }
 
-    /// Orders, checks and stores a new certificate.
+    /// Orders and checks a new certificate, serves it, then stores it. A
+    /// certificate that cannot be stored still serves: ordering it again
+    /// would spend the CA's duplicate-certificate limit.
     async fn order(&self) -> Result<Held, order::OrderError> {
         let (chain, key) = self.orderer.order(&self.name).await?;
-        let held =
+        let mut held =
             held(chain.as_bytes(), key.as_bytes(), &self.name).map_err(|m| order::OrderError {
                 reason: "bad_certificate".into(),
                 message: format!("the CA's certificate for {}: {m}", self.name),
             })?;
-        self.orderer
-            .storage
-            .save(&self.name, chain.as_bytes(), key.as_bytes())
-            .map_err(|e| order::OrderError {
-                reason: "storage".into(),
-                message: format!("storing the certificate: {e}"),
-            })?;
+        held.directory = Some(self.orderer.directory.clone());
+        self.publish(held.entry.clone());
+        let stored = self.orderer.storage.save(
+            &self.name,
+            &self.orderer.directory,
+            chain.as_bytes(),
+            key.as_bytes(),
+        );
+        if let Err(e) = stored {
+            self.shared
+                .metrics
+                .acme_failure(self.orderer.challenge.as_str(), "storage");
+            tracing::error!(name = %self.name, error = %e, "ACME: the new certificate serves but cannot be stored: a restart will order it again");
+        }
         Ok(held)
     }
 
     fn load_stored(&self) -> Option<Held> {
         match self.orderer.storage.load(&self.name) {
             Ok(Some(s)) => match held(&s.chain_pem, &s.key_pem, &self.name) {
-                Ok(h) => Some(h),
+                Ok(h) => Some(Held {
+                    directory: s.directory,
+                    ..h
+                }),
                 Err(m) => {
                     tracing::warn!(name = %self.name, "ACME: the stored certificate is unusable, ordering anew: {m}");
                     None
@@ -492,6 +534,7 @@ fn held(chain_pem: &[u8], key_pem: &[u8], name: &str) -> Result<Held, String> {
         entry,
         not_before: leaf.not_before,
         ari_id: leaf.ari_id,
+        directory: None,
     })
 }
 

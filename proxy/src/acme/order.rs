@@ -80,7 +80,7 @@ pub struct Orderer {
     pub challenge: ChallengeKind,
     pub storage: Storage,
     pub http: HttpClient,
-    pub dns: Option<DnsSolver>,
+    pub dns: Option<Arc<DnsSolver>>,
     pub challenges: Arc<Challenges>,
     pub certs: Arc<CertLayers>,
     account: tokio::sync::Mutex<Option<Account>>,
@@ -111,18 +111,53 @@ impl instant_acme::HttpClient for AcmeHttp {
     }
 }
 
-/// Withdraws a challenge's answer when dropped (or explicitly, for DNS).
+/// A challenge's answer while it is up. `withdraw` takes it down (and
+/// waits for a DNS record's removal); dropped without it, say when a reload
+/// aborts the order, it is taken down all the same, DNS in the background.
 enum Answer {
-    Http01(String),
-    TlsAlpn01(String),
-    Dns01(TxtRecord),
+    Http01(Arc<Challenges>, String),
+    TlsAlpn01(Arc<CertLayers>, String),
+    Dns01(Arc<DnsSolver>, Option<TxtRecord>),
+}
+
+impl Answer {
+    async fn withdraw(mut self) {
+        if let Answer::Dns01(dns, record) = &mut self {
+            if let Some(record) = record.take() {
+                remove_record(dns, &record).await;
+            }
+        }
+    }
+}
+
+impl Drop for Answer {
+    fn drop(&mut self) {
+        match self {
+            Answer::Http01(c, token) => c.set_http01(token, None),
+            Answer::TlsAlpn01(certs, name) => certs.set_alpn_challenge(name, None),
+            Answer::Dns01(dns, record) => {
+                if let (Some(record), Ok(rt)) =
+                    (record.take(), tokio::runtime::Handle::try_current())
+                {
+                    let dns = dns.clone();
+                    rt.spawn(async move { remove_record(&dns, &record).await });
+                }
+            }
+        }
+    }
+}
+
+async fn remove_record(dns: &DnsSolver, record: &TxtRecord) {
+    if let Err(e) = dns.cleanup(record).await {
+        tracing::warn!(error = %e, ?record, "could not remove the ACME TXT record");
+    }
 }
 
 impl Orderer {
     pub fn new(
         spec: &super::AcmeSpec,
         http: HttpClient,
-        dns: Option<DnsSolver>,
+        dns: Option<Arc<DnsSolver>>,
         challenges: Arc<Challenges>,
         certs: Arc<CertLayers>,
     ) -> Orderer {
@@ -219,7 +254,7 @@ impl Orderer {
         let mut answers = Vec::new();
         let result = self.validate(&mut order, name, &mut answers).await;
         for a in answers {
-            self.withdraw(a).await;
+            a.withdraw().await;
         }
         result?;
         let key = rcgen::KeyPair::generate()
@@ -280,12 +315,12 @@ impl Orderer {
                 ChallengeKind::Http01 => {
                     let token = challenge.token.clone();
                     self.challenges.set_http01(&token, Some(key_auth.as_str()));
-                    answers.push(Answer::Http01(token));
+                    answers.push(Answer::Http01(self.challenges.clone(), token));
                 }
                 ChallengeKind::TlsAlpn01 => {
                     let cert = alpn_certificate(name, key_auth.digest().as_ref())?;
                     self.certs.set_alpn_challenge(name, Some(cert));
-                    answers.push(Answer::TlsAlpn01(name.to_string()));
+                    answers.push(Answer::TlsAlpn01(self.certs.clone(), name.to_string()));
                 }
                 ChallengeKind::Dns01 => {
                     let dns = self
@@ -300,7 +335,7 @@ impl Orderer {
                             OrderError::new("dns", format!("creating the TXT record: {e}"))
                         })?;
                     let visible = dns.wait_visible(&record).await;
-                    answers.push(Answer::Dns01(record));
+                    answers.push(Answer::Dns01(dns.clone(), Some(record)));
                     visible.map_err(|e| {
                         OrderError::new("dns", format!("waiting for the TXT record: {e}"))
                     })?;
@@ -329,20 +364,6 @@ impl Orderer {
             "invalid",
             format!("the order for {name} became {status:?}"),
         ))
-    }
-
-    async fn withdraw(&self, answer: Answer) {
-        match answer {
-            Answer::Http01(token) => self.challenges.set_http01(&token, None),
-            Answer::TlsAlpn01(name) => self.certs.set_alpn_challenge(&name, None),
-            Answer::Dns01(record) => {
-                if let Some(dns) = &self.dns {
-                    if let Err(e) = dns.cleanup(&record).await {
-                        tracing::warn!(error = %e, ?record, "could not remove the ACME TXT record");
-                    }
-                }
-            }
-        }
     }
 }
 

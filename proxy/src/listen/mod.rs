@@ -210,7 +210,11 @@ async fn serve_connection(
     let stream = match handshake.await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
-            shared.metrics.tls_handshakes_failed.fetch_add(1, Relaxed);
+            match crate::tls::is_no_certificate(&e) {
+                true => &shared.metrics.tls_no_certificate,
+                false => &shared.metrics.tls_handshakes_failed,
+            }
+            .fetch_add(1, Relaxed);
             tracing::debug!(%remote, error = %e, "TLS handshake failed");
             return;
         }
