@@ -369,7 +369,7 @@ fn client_config(cert: &Path) -> Result<Arc<ClientConfig>> {
 
 /// Pins the calling thread (only it) to `cpus` with `taskset -p`, by its thread id from
 /// `/proc/thread-self` (std has no sched_setaffinity, and unsafe is forbidden).
-fn pin_this_thread(cpus: &str) -> Result<()> {
+pub fn pin_this_thread(cpus: &str) -> Result<()> {
     let link = std::fs::read_link("/proc/thread-self").context("read /proc/thread-self")?;
     let tid = link
         .file_name()

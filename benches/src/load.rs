@@ -7,10 +7,13 @@
 //! * `tls`: the same over TLS 1.3 — `wrk` on an `https://` URL (wrk sends no SNI to an IP,
 //!   so both proxies answer with their default certificate).
 //! * `h2`: HTTP/2, 16 connections × 100 streams — `h2load -c16 -m100 -D secs`.
-//! * `handshake`: full TLS handshakes, one request per connection — `h2load --h1 -n N -c N -m1`
-//!   opens N clients that each send exactly one request on a fresh connection; h2load keeps no
-//!   session cache, so every connection is a full handshake. `handshake-rsa` repeats it with an
-//!   RSA-2048 certificate (BENCH.md's RSA variant).
+//! * `handshake`: full TLS handshakes, one request per connection. By default heim-bench is the
+//!   client (see `handshake`): C connections in flight for D seconds, each a fresh connection,
+//!   a full handshake and one request. With `--handshake-client h2load`, BENCH.md's burst:
+//!   `h2load --h1 -n N -c N -m1` opens N clients that each send exactly one request on a fresh
+//!   connection; h2load keeps no session cache, so every connection is a full handshake.
+//!   `handshake-rsa` repeats it with an RSA-2048 certificate (BENCH.md's RSA variant),
+//!   `handshake-acme` with heim serving the same ECDSA certificate from its ACME store.
 //!
 //! The generator always runs on core 0 (`taskset -c 0`), next to the backend, leaving core 1 to
 //! the proxy under test. Every run is bounded: the tool gets a wall-clock deadline and is killed
@@ -18,6 +21,7 @@
 
 use std::fmt;
 use std::fs::File;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::thread::sleep;
@@ -39,6 +43,9 @@ pub enum Scenario {
     Handshake,
     /// Full TLS handshakes with an RSA-2048 certificate.
     HandshakeRsa,
+    /// Full TLS handshakes, heim serving the ECDSA certificate from its ACME store (loaded
+    /// from `storage_dir` at start, never due for renewal) instead of a `[[certificate]]` file.
+    HandshakeAcme,
     /// RSS per idle TLS keep-alive connection; heim-bench is the client (see `idle`).
     Idle,
     /// The `tls` load on a signed-in route: heim checks a session cookie on every request and
@@ -55,6 +62,7 @@ impl Scenario {
             Scenario::H2 => "h2",
             Scenario::Handshake => "handshake",
             Scenario::HandshakeRsa => "handshake-rsa",
+            Scenario::HandshakeAcme => "handshake-acme",
             Scenario::Idle => "idle",
             Scenario::Auth => "auth",
         }
@@ -75,10 +83,20 @@ impl Scenario {
         self == Scenario::HandshakeRsa
     }
 
+    /// Whether this is one of the full-handshake scenarios.
+    pub fn handshake(self) -> bool {
+        matches!(
+            self,
+            Scenario::Handshake | Scenario::HandshakeRsa | Scenario::HandshakeAcme
+        )
+    }
+
     /// What the throughput row is called.
     pub fn rate_label(self) -> &'static str {
         match self {
-            Scenario::Handshake | Scenario::HandshakeRsa => "handshakes/s",
+            Scenario::Handshake | Scenario::HandshakeRsa | Scenario::HandshakeAcme => {
+                "handshakes/s"
+            }
             Scenario::Idle => "KiB/conn",
             _ => "req/s",
         }
@@ -100,12 +118,25 @@ pub struct Target {
     pub cookie: Option<&'static str>,
 }
 
-/// How much one run drives: the timed scenarios use `secs`, the handshake ones `conns`.
+/// Who opens the connections of the handshake scenarios.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum HandshakeClient {
+    /// heim-bench itself (see `handshake`): closed loop, C connections in flight for D seconds.
+    HeimBench,
+    /// BENCH.md's burst: `h2load --h1 -n N -c N -m1`.
+    H2load,
+}
+
+/// How much one run drives: the timed scenarios use `secs`; the handshake ones `secs` and
+/// `inflight` (heim-bench's client) or `conns` (h2load's burst).
 #[derive(Clone, Copy, Debug)]
 pub struct Amount {
     pub secs: u32,
-    /// Connections (= requests) for the handshake scenarios.
+    /// Connections (= requests) of one h2load handshake burst.
     pub conns: u32,
+    /// Connections in flight at a time with heim-bench's handshake client.
+    pub inflight: u32,
+    pub client: HandshakeClient,
 }
 
 /// What one load-generator run reports. Latencies are in microseconds.
@@ -151,7 +182,7 @@ pub fn argv(scenario: Scenario, target: Target, amount: Amount) -> Vec<String> {
             v.push(https);
             v
         }
-        Scenario::Handshake | Scenario::HandshakeRsa => {
+        Scenario::Handshake | Scenario::HandshakeRsa | Scenario::HandshakeAcme => {
             let mut v = s(&["h2load", "--h1", "-m1"]);
             v.push(format!("-n{}", amount.conns));
             v.push(format!("-c{}", amount.conns));
@@ -163,16 +194,21 @@ pub fn argv(scenario: Scenario, target: Target, amount: Amount) -> Vec<String> {
 }
 
 /// Runs the generator for `scenario` on core 0 and parses its output. `scratch` is a directory
-/// for the output files; `label` names them.
+/// for the output files; `label` names them; `cert` is the certificate the proxies serve.
 pub fn run(
     scenario: Scenario,
     target: Target,
     amount: Amount,
+    cert: &Path,
     scratch: &Path,
     label: &str,
 ) -> Result<LoadResult> {
     if scenario == Scenario::Idle {
         bail!("the idle scenario runs no load generator (see idle::measure)");
+    }
+    if scenario.handshake() && amount.client == HandshakeClient::HeimBench {
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, target.tls_port));
+        return crate::handshake::run(addr, cert, amount.inflight, amount.secs);
     }
     let args = argv(scenario, target, amount);
     let out_path = scratch.join(format!("{label}.out"));
@@ -193,7 +229,7 @@ pub fn run(
 
     // Bounded wait: the tool's own duration plus generous slack.
     let limit = match scenario {
-        Scenario::Handshake | Scenario::HandshakeRsa => {
+        Scenario::Handshake | Scenario::HandshakeRsa | Scenario::HandshakeAcme => {
             Duration::from_secs(60 + u64::from(amount.conns) / 20)
         }
         _ => Duration::from_secs(u64::from(amount.secs) + 30),
@@ -529,7 +565,12 @@ mod tests {
             tls_port: 8443,
             cookie: None,
         };
-        let a = |secs, conns| Amount { secs, conns };
+        let a = |secs, conns| Amount {
+            secs,
+            conns,
+            inflight: 64,
+            client: HandshakeClient::H2load,
+        };
         assert_eq!(
             argv(Scenario::H1, t, a(10, 9)).join(" "),
             "wrk -t1 -c64 --latency -d10s http://127.0.0.1:8080/"

@@ -2,13 +2,14 @@
 //!
 //! It follows `/work/shared/BENCH.md`, the project's measuring protocol. The machines are 2-core
 //! shared VMs whose absolute throughput moves by 2× from day to day, so a figure counts only as
-//! a ratio to nginx measured in the same run. Therefore, per scenario (h1, tls, h2, handshake):
+//! a ratio to nginx measured in the same run. Therefore, per scenario (h1, tls, h2, handshake…):
 //!
 //! 1. one shared backend (a separate nginx, `return 200`) runs on core 0 for the whole run;
 //! 2. nginx and heim are started as proxies in front of it, pinned to core 1 with one worker
 //!    each (or unpinned with `--workers 2`, the scaling profile), and stay up for the batch;
 //! 3. each is warmed up (a short run, discarded), then measured in R alternating rounds
-//!    (nginx, heim, nginx, heim, …) of D seconds with wrk or h2load on core 0;
+//!    (nginx, heim, nginx, heim, …) of D seconds with wrk, h2load or (full handshakes)
+//!    heim-bench's own client on core 0;
 //! 4. each round records req/s, latency, the proxy's CPU-µs per request (Δ utime+stime from
 //!    `/proc`; the fairest figure when the load generator shares the box) and its peak RSS;
 //! 5. the medians, spreads and heim/nginx ratios are printed as a markdown table.
@@ -19,6 +20,7 @@
 //! It builds nothing: it runs `target/release/heim-proxy` (or `--heim PATH`). All traffic stays
 //! on 127.0.0.1, every wait is bounded, and every child is stopped on exit or error.
 
+mod handshake;
 mod idle;
 mod load;
 mod peers;
@@ -36,8 +38,8 @@ use anyhow::{bail, ensure, Context, Result};
 use clap::Parser;
 
 use idle::IdleMode;
-use load::{Amount, LoadResult, Scenario, Target};
-use peers::{CertFiles, Proc};
+use load::{Amount, HandshakeClient, LoadResult, Scenario, Target};
+use peers::{CertFiles, HeimCerts, Proc};
 use report::{Header, IdleResult, Sample, ScenarioResult};
 
 /// Benchmark heim-proxy against nginx (BENCH.md protocol) and print a markdown table of
@@ -80,7 +82,17 @@ struct Cli {
     )]
     scenarios: Vec<Scenario>,
 
-    /// Connections (each one full handshake and one request) per handshake round.
+    /// Who opens the handshake scenarios' connections: heim-bench's closed-loop client
+    /// (--handshake-inflight connections in flight for --duration seconds), or BENCH.md's
+    /// h2load burst (--handshakes connections opened at once).
+    #[arg(long, value_enum, default_value = "heim-bench")]
+    handshake_client: HandshakeClient,
+
+    /// Connections in flight at a time with `--handshake-client heim-bench`.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    handshake_inflight: u32,
+
+    /// Connections (each one full handshake and one request) per h2load handshake round.
     #[arg(long, default_value_t = 4000, value_parser = clap::value_parser!(u32).range(100..=15000))]
     handshakes: u32,
 
@@ -222,6 +234,7 @@ fn run(cli: &Cli) -> Result<()> {
             }
         ),
         profile: profile(cli),
+        handshake_burst: cli.handshake_client == HandshakeClient::H2load,
     };
 
     if scenarios.contains(&Scenario::Idle) {
@@ -321,17 +334,31 @@ impl Peer {
         &mut self,
         scenario: Scenario,
         amount: Amount,
-        scratch: &Path,
+        env: &BatchEnv<'_>,
         label: &str,
         tck: u64,
     ) -> Result<(Sample, LoadResult)> {
         self.proc.check_alive()?;
         let pids = self.proc.pids();
         let before = peers::cpu_ticks(&pids)?;
+        let core0_before = peers::read_core_ticks(0);
         let start = Instant::now();
-        let r = load::run(scenario, self.target, amount, scratch, label)
-            .with_context(|| format!("load against {}", self.name))?;
+        let r = load::run(
+            scenario,
+            self.target,
+            amount,
+            &env.cert.cert,
+            env.dir,
+            label,
+        )
+        .with_context(|| format!("load against {}", self.name))?;
         let wall = start.elapsed().as_secs_f64();
+        let core0 = match (core0_before, peers::read_core_ticks(0)) {
+            (Some((b0, t0)), Some((b1, t1))) if t1 > t0 => {
+                Some(b1.saturating_sub(b0) as f64 * 100.0 / (t1 - t0) as f64)
+            }
+            _ => None,
+        };
         self.proc.check_alive()?;
         let after = peers::cpu_ticks(&pids)
             .with_context(|| format!("a {} process exited during the run", self.name))?;
@@ -353,6 +380,7 @@ impl Peer {
                 0.0
             },
             rss_kib,
+            core0_pct: core0,
         };
         Ok((sample, r))
     }
@@ -381,6 +409,7 @@ fn start_proxies(env: &BatchEnv<'_>, label: &str) -> Result<(Peer, Peer)> {
     let conf = prefix.join("nginx.conf");
     let http2_directive = env.nginx_version >= (1, 25, 1);
     let auth = label == Scenario::Auth.name();
+    let acme = label == Scenario::HandshakeAcme.name();
     let auth_files = if auth {
         Some(peers::write_auth(env.dir)?)
     } else {
@@ -418,13 +447,20 @@ fn start_proxies(env: &BatchEnv<'_>, label: &str) -> Result<(Peer, Peer)> {
     nginx.proc.wait_ready(local(ports[0]), "/")?;
 
     let heim_conf = env.dir.join(format!("heim-{label}.toml"));
+    let acme_store = env.dir.join(format!("acme-{label}"));
+    let certs = if acme {
+        peers::write_acme_store(&acme_store, env.cert)?;
+        HeimCerts::Acme(&acme_store)
+    } else {
+        HeimCerts::File(env.cert)
+    };
     let text = peers::heim_conf(
         cli.workers,
         ports[2],
         ports[3],
         ports[4],
         env.backend_port,
-        env.cert,
+        certs,
         auth_files.as_ref(),
     );
     fs::write(&heim_conf, text).context("write the heim config")?;
@@ -437,7 +473,16 @@ fn start_proxies(env: &BatchEnv<'_>, label: &str) -> Result<(Peer, Peer)> {
         "heim-proxy",
         pin,
         &argv,
-        &[("RUST_LOG", "warn")],
+        // `handshake-acme`: the ACME layer's info lines show that it loaded the stored certificate
+        // and ordered none.
+        &[(
+            "RUST_LOG",
+            if acme {
+                "warn,heim_proxy::acme=info"
+            } else {
+                "warn"
+            },
+        )],
         env.dir.join(format!("heim-{label}.log")),
     )?;
     let mut heim = Peer {
@@ -451,6 +496,9 @@ fn start_proxies(env: &BatchEnv<'_>, label: &str) -> Result<(Peer, Peer)> {
         is_nginx: false,
     };
     heim.proc.wait_ready(local(ports[4]), "/readyz")?;
+    if acme {
+        check_acme(&mut heim.proc, local(ports[4]))?;
+    }
 
     // Both must really proxy to the backend before anything is measured.
     for p in [&nginx, &heim] {
@@ -476,6 +524,51 @@ fn start_proxies(env: &BatchEnv<'_>, label: &str) -> Result<(Peer, Peer)> {
     Ok((nginx, heim))
 }
 
+/// `handshake-acme`: heim loaded the stored certificate into its ACME layer, serves nothing from a
+/// file, and ordered nothing (bounded: 5 s for the log line).
+fn check_acme(heim: &mut Proc, admin: SocketAddr) -> Result<()> {
+    const LOADED: &str = "ACME: certificate loaded from storage";
+    let mut loaded = false;
+    for _ in 0..200 {
+        heim.check_alive()?;
+        if heim.log().contains(LOADED) {
+            loaded = true;
+            break;
+        }
+        sleep(Duration::from_millis(25));
+    }
+    ensure!(
+        loaded,
+        "heim did not log {LOADED:?} within 5 s; its output:\n{}",
+        heim.log_tail()
+    );
+    let log = heim.log();
+    ensure!(
+        !log.contains("ACME: ordering"),
+        "heim is ordering a certificate instead of serving the stored one; its output:\n{}",
+        heim.log_tail()
+    );
+    let (status, metrics) = peers::http_get(admin, "/metrics").context("GET /metrics from heim")?;
+    ensure!(
+        status == 200,
+        "GET http://{admin}/metrics answered {status}"
+    );
+    let expiry: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("heim_certificate_expiry_seconds{"))
+        .collect();
+    ensure!(
+        expiry.len() == 1 && expiry[0].contains("source=\"acme\""),
+        "heim should serve exactly one certificate, from ACME; its expiry metric says:\n{}",
+        expiry.join("\n")
+    );
+    eprintln!(
+        "[handshake-acme] heim: {LOADED}; served from the ACME layer ({})",
+        expiry[0]
+    );
+    Ok(())
+}
+
 /// Starts both proxies for `scenario`, warms them up, runs the alternated rounds, stops them.
 fn batch(
     env: &BatchEnv<'_>,
@@ -483,17 +576,19 @@ fn batch(
     tck: u64,
     backend: &mut Proc,
 ) -> Result<ScenarioResult> {
-    let (cli, dir) = (env.cli, env.dir);
+    let cli = env.cli;
     let (mut nginx, mut heim) = start_proxies(env, scenario.name())?;
 
     let settle = || sleep(Duration::from_millis(500));
     let warm = Amount {
         secs: cli.warmup,
         conns: (cli.handshakes / 4).max(100),
+        inflight: cli.handshake_inflight,
+        client: cli.handshake_client,
     };
     for p in [&mut nginx, &mut heim] {
         let label = format!("{scenario}-warmup-{}", p.name);
-        let (s, _) = p.measure(scenario, warm, dir, &label, tck)?;
+        let (s, _) = p.measure(scenario, warm, env, &label, tck)?;
         eprintln!(
             "[{scenario}] warm-up {:5}: {:>9.0} {}",
             p.name,
@@ -515,6 +610,8 @@ fn batch(
     let amount = Amount {
         secs: cli.duration,
         conns: cli.handshakes,
+        inflight: cli.handshake_inflight,
+        client: cli.handshake_client,
     };
     let mut res = ScenarioResult {
         scenario,
@@ -527,15 +624,16 @@ fn batch(
     for round in 1..=cli.rounds {
         for p in [&mut nginx, &mut heim] {
             let label = format!("{scenario}-{round}-{}", p.name);
-            let (s, r) = p.measure(scenario, amount, dir, &label, tck)?;
+            let (s, r) = p.measure(scenario, amount, env, &label, tck)?;
             eprintln!(
-                "[{scenario}] round {round}/{} {:5}: {:>9.0} {}, {:.2} CPU-µs/req, {:.0} % CPU, {} errors",
+                "[{scenario}] round {round}/{} {:5}: {:>9.0} {}, {:.2} CPU-µs/req, {:.0} % CPU, core 0 {:.0} % busy, {} errors",
                 cli.rounds,
                 p.name,
                 s.rps,
                 scenario.rate_label(),
                 s.cpu_us_per_req,
                 s.cpu_pct,
+                s.core0_pct.unwrap_or(f64::NAN),
                 s.errors
             );
             if p.is_nginx {
@@ -629,6 +727,9 @@ fn check_tools(cli: &Cli, scenarios: &[Scenario]) -> Result<()> {
     );
     let mut tools = vec!["taskset", "setpriv", "kill", "date", "getconf"];
     for s in scenarios {
+        if s.handshake() && cli.handshake_client == HandshakeClient::HeimBench {
+            continue;
+        }
         if !tools.contains(&s.tool()) {
             tools.push(s.tool());
         }
@@ -744,14 +845,26 @@ fn profile(cli: &Cli) -> String {
         format!("{} workers each, proxy unpinned", cli.workers)
     }];
     if cli.scenarios.iter().any(|s| *s != Scenario::Idle) {
+        let handshakes = match cli.handshake_client {
+            HandshakeClient::H2load => format!(
+                "{n} connections (h2load --h1 -n{n} -c{n} -m1)",
+                n = cli.handshakes
+            ),
+            HandshakeClient::HeimBench => format!(
+                "heim-bench's client, {c} connections in flight, each a fresh TCP connection, a \
+                 full TLS 1.3 handshake (X25519, no resumption, no SNI) and one GET with \
+                 Connection: close; the leaf certificate pinned, the handshake signature not \
+                 checked by the client",
+                c = cli.handshake_inflight
+            ),
+        };
         parts.push(format!(
             "wrk/h2load and the backend nginx on core 0; per scenario a {w} s warm-up per proxy \
-             (discarded), then {r} round(s) × {d} s alternating nginx, heim; handshake rounds: {n} \
-             connections (h2load --h1 -n{n} -c{n} -m1)",
+             (discarded), then {r} round(s) × {d} s alternating nginx, heim; handshake rounds: \
+             {handshakes}",
             w = cli.warmup,
             r = cli.rounds,
             d = cli.duration,
-            n = cli.handshakes,
         ));
     }
     if cli.scenarios.contains(&Scenario::Idle) {
@@ -768,6 +881,12 @@ fn profile(cli: &Cli) -> String {
     } else {
         ""
     };
-    parts.push(format!("ECDSA P-256 cert{rsa}"));
+    let acme = if cli.scenarios.contains(&Scenario::HandshakeAcme) {
+        " (handshake-acme: heim serves the same certificate and key from its ACME store, no \
+         [[certificate]]; nginx from the file)"
+    } else {
+        ""
+    };
+    parts.push(format!("ECDSA P-256 cert{rsa}{acme}"));
     parts.join("; ")
 }

@@ -71,6 +71,41 @@ pub fn write_cert(dir: &Path, stem: &str, rsa: bool) -> Result<CertFiles> {
     Ok(files)
 }
 
+/// The host name of the bench certificate, and the one heim's ACME layer keeps.
+pub const HOST: &str = "bench.test";
+
+/// Where heim gets its certificate from.
+#[derive(Clone, Copy, Debug)]
+pub enum HeimCerts<'a> {
+    /// A `[[certificate]]` with these files (the first one is the default certificate).
+    File(&'a CertFiles),
+    /// An `[acme]` section whose `storage_dir` already holds the certificate for [`HOST`] (see
+    /// [`write_acme_store`]), no `[[certificate]]`, and `default_certificate = HOST`.
+    Acme(&'a Path),
+}
+
+/// Makes `storage_dir` an ACME store that holds `cert` (chain and key, the same bytes the file
+/// scenario serves) for [`HOST`], as heim's `acme::storage` reads a certificate imported by hand:
+/// `certificates/<name>/cert.pem` and `key.pem`, no `ca` file. heim loads it at start and serves
+/// it from its ACME layer; it would contact the ACME directory only at 2/3 of the certificate's
+/// lifetime (rcgen's default validity, 1975–4096, puts that centuries away).
+pub fn write_acme_store(storage_dir: &Path, cert: &CertFiles) -> Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let dir = storage_dir.join("certificates").join(HOST);
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+        .with_context(|| format!("create {}", dir.display()))?;
+    fs::copy(&cert.cert, dir.join("cert.pem"))
+        .with_context(|| format!("copy {} into the ACME store", cert.cert.display()))?;
+    let key = dir.join("key.pem");
+    fs::copy(&cert.key, &key)
+        .with_context(|| format!("copy {} into the ACME store", cert.key.display()))?;
+    fs::set_permissions(&key, fs::Permissions::from_mode(0o600)).context("chmod key.pem")?;
+    Ok(())
+}
+
 /// `n` distinct free loopback ports (all bound at once, then released).
 pub fn free_ports(n: usize) -> Result<Vec<u16>> {
     let listeners = (0..n)
@@ -217,9 +252,37 @@ pub fn heim_conf(
     http_port: u16,
     admin_port: u16,
     backend_port: u16,
-    cert: &CertFiles,
+    certs: HeimCerts<'_>,
     auth: Option<&AuthFiles>,
 ) -> String {
+    let (default_cert, cert_table) = match certs {
+        HeimCerts::File(c) => (
+            String::new(),
+            format!(
+                "[[certificate]]\n\
+                 cert_file = {cert:?}\n\
+                 key_file = {key:?}\n\
+                 \n",
+                cert = c.cert.display().to_string(),
+                key = c.key.display().to_string(),
+            ),
+        ),
+        // The directory is never contacted (the stored certificate is not due), and is a
+        // loopback port nothing listens on, should it ever be.
+        HeimCerts::Acme(storage) => (
+            format!("default_certificate = \"{HOST}\"\n"),
+            format!(
+                "[acme]\n\
+                 directory = \"https://127.0.0.1:1/directory\"\n\
+                 contact = [\"mailto:bench@example.test\"]\n\
+                 storage_dir = {storage:?}\n\
+                 challenge = \"http-01\"\n\
+                 domains = [\"{HOST}\"]\n\
+                 \n",
+                storage = storage.display().to_string(),
+            ),
+        ),
+    };
     // `auth`: the route admits signed-in users only and passes identity headers and a JWT on.
     let (auth_table, policy) = match auth {
         Some(a) => (
@@ -251,19 +314,15 @@ pub fn heim_conf(
          access_log = false\n\
          request_head_timeout = \"300s\"\n\
          drain_timeout = \"1s\"\n\
+         {default_cert}\
          \n\
-         [[certificate]]\n\
-         cert_file = {cert:?}\n\
-         key_file = {key:?}\n\
-         \n\
+         {cert_table}\
          {auth_table}\
          [[route]]\n\
          path = \"/\"\n\
          upstream = [\"http://127.0.0.1:{backend_port}\"]\n\
          {policy}\
-         https_redirect = false\n",
-        cert = cert.cert.display().to_string(),
-        key = cert.key.display().to_string(),
+         https_redirect = false\n"
     )
 }
 
@@ -367,6 +426,11 @@ impl Proc {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Its whole output so far.
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// The last lines of its output.
@@ -531,6 +595,30 @@ pub fn cpu_ticks(pids: &[u32]) -> Result<u64> {
         .sum()
 }
 
+/// (busy, total) clock ticks of CPU `cpu` from `/proc/stat`'s `cpuN` line: busy = user + nice +
+/// system + irq + softirq; total adds idle, iowait and steal.
+pub fn core_ticks(text: &str, cpu: usize) -> Option<(u64, u64)> {
+    let name = format!("cpu{cpu}");
+    let rest = text
+        .lines()
+        .find_map(|l| l.strip_prefix(name.as_str())?.strip_prefix(' '))?;
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .take(8)
+        .map(|v| v.parse().ok())
+        .collect::<Option<_>>()?;
+    if f.len() < 8 {
+        return None;
+    }
+    let busy = f[0] + f[1] + f[2] + f[5] + f[6];
+    Some((busy, busy + f[3] + f[4] + f[7]))
+}
+
+/// [`core_ticks`] of the live `/proc/stat`.
+pub fn read_core_ticks(cpu: usize) -> Option<(u64, u64)> {
+    core_ticks(&fs::read_to_string("/proc/stat").ok()?, cpu)
+}
+
 /// A `kB` field (`VmHWM`, `VmRSS`) of `/proc/PID/status`.
 pub fn status_kib(text: &str, field: &str) -> Option<u64> {
     text.lines()
@@ -624,6 +712,24 @@ mod tests {
     }
 
     #[test]
+    fn proc_stat_cores() {
+        let s = "cpu  116914 0 20947 178254 1923 0 824 39 0 0\n\
+                 cpu0 51021 1 9673 98111 398 2 243 19 0 0\n\
+                 cpu1 65892 0 11274 80143 1524 0 580 20 0 0\n\
+                 intr 1\n";
+        assert_eq!(
+            core_ticks(s, 0),
+            Some((
+                51021 + 1 + 9673 + 2 + 243,
+                51021 + 1 + 9673 + 2 + 243 + 98111 + 398 + 19
+            ))
+        );
+        assert_eq!(core_ticks(s, 1).map(|(b, _)| b), Some(65892 + 11274 + 580));
+        assert_eq!(core_ticks(s, 2), None);
+        assert_eq!(core_ticks("cpu0 1 2 3\n", 0), None);
+    }
+
+    #[test]
     fn status_fields() {
         let s = "Name:\tnginx\nVmPeak:\t   20000 kB\nVmHWM:\t    5120 kB\nVmRSS:\t    4096 kB\n";
         assert_eq!(status_kib(s, "VmHWM"), Some(5120));
@@ -659,12 +765,42 @@ mod tests {
             cert: "/t/c.pem".into(),
             key: "/t/k.pem".into(),
         };
-        let t = heim_conf(1, 1, 2, 3, 4, &c, None);
+        let t = heim_conf(1, 1, 2, 3, 4, HeimCerts::File(&c), None);
         assert!(t.contains("https_listen = \"127.0.0.1:1\""));
         assert!(t.contains("cert_file = \"/t/c.pem\""));
         assert!(t.contains("upstream = [\"http://127.0.0.1:4\"]"));
         assert!(t.contains("https_redirect = false"));
         assert!(t.contains("public = true"));
+        assert!(!t.contains("[acme]"));
+        assert!(!t.contains("default_certificate"));
+    }
+
+    /// The `handshake-acme` config is one heim accepts: ACME only, no `[[certificate]]`, and
+    /// the store holds the certificate where heim's ACME storage looks for it.
+    #[test]
+    fn acme_config_is_valid() {
+        let dir = std::env::temp_dir().join(format!("heim-bench-acme-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let c = write_cert(&dir, "ecdsa", false).unwrap();
+        let store = dir.join("acme");
+        write_acme_store(&store, &c).unwrap();
+        assert_eq!(
+            fs::read(store.join("certificates/bench.test/cert.pem")).unwrap(),
+            fs::read(&c.cert).unwrap()
+        );
+        assert!(store.join("certificates/bench.test/key.pem").is_file());
+        let t = heim_conf(1, 1, 2, 3, 4, HeimCerts::Acme(&store), None);
+        let config = heim_proxy::config::Config::parse(&dir.join("heim.toml"), &t)
+            .unwrap_or_else(|e| panic!("{e}\n{t}"));
+        assert!(config.certificates.is_empty(), "{t}");
+        let acme = config.acme.expect("an [acme] section");
+        assert_eq!(acme.domains, vec![HOST.to_string()]);
+        assert_eq!(acme.storage_dir, store);
+        assert_eq!(
+            config.default_certificate.map(|(h, _)| h).as_deref(),
+            Some(HOST)
+        );
+        let _ = fs::remove_dir_all(&dir);
     }
 
     /// The `auth` scenario's heim config is one heim accepts, and its cookie opens.
@@ -677,7 +813,7 @@ mod tests {
             key: dir.join("k.pem"),
         };
         let a = write_auth(&dir).unwrap();
-        let t = heim_conf(1, 1, 2, 3, 4, &c, Some(&a));
+        let t = heim_conf(1, 1, 2, 3, 4, HeimCerts::File(&c), Some(&a));
         let config = heim_proxy::config::Config::parse(&dir.join("heim.toml"), &t)
             .unwrap_or_else(|e| panic!("{e}\n{t}"));
         assert!(config.auth.is_some());

@@ -27,6 +27,9 @@ pub struct Sample {
     pub cpu_pct: f64,
     /// Peak RSS so far (VmHWM), KiB.
     pub rss_kib: u64,
+    /// How busy core 0 (the load generator and the backend) was over the run, % (from
+    /// `/proc/stat`; `None` if unreadable).
+    pub core0_pct: Option<f64>,
 }
 
 /// One idle measurement of one proxy (a fresh process): N connections left in `mode`.
@@ -65,7 +68,7 @@ pub struct ScenarioResult {
     pub scenario: Scenario,
     pub nginx: Vec<Sample>,
     pub heim: Vec<Sample>,
-    /// What h2load saw of each side's TLS (protocol, cipher, key exchange, ALPN).
+    /// What the client (h2load or heim-bench) saw of each side's TLS (protocol, cipher, key exchange, ALPN).
     pub nginx_tls: Option<String>,
     pub heim_tls: Option<String>,
     /// The `idle` scenario's figures (its `nginx`/`heim` samples stay empty).
@@ -82,6 +85,8 @@ pub struct Header {
     pub nginx_version: String,
     pub heim_version: String,
     pub profile: String,
+    /// Whether the handshake scenarios ran as h2load bursts (else heim-bench's closed loop).
+    pub handshake_burst: bool,
 }
 
 /// (median, min, max); `None` for no values.
@@ -129,7 +134,7 @@ fn thousands(n: u64) -> String {
     let s = n.to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -186,7 +191,13 @@ pub fn render(h: &Header, results: &[ScenarioResult], workers: u32) -> String {
             vec![(r.scenario.rate_label().to_string(), Unit::Rate, |x| {
                 Some(x.rps)
             })];
-        if r.scenario.tool() == "wrk" {
+        // wrk and heim-bench's handshake client give percentiles; h2load mean and max only.
+        let percentiles = r
+            .nginx
+            .iter()
+            .chain(&r.heim)
+            .all(|x| x.p50_us.is_some() && x.p99_us.is_some());
+        if percentiles {
             rows.push(("p50 latency".into(), Unit::Micros, |x| x.p50_us));
             rows.push(("p99 latency".into(), Unit::Micros, |x| x.p99_us));
         } else {
@@ -198,6 +209,11 @@ pub fn render(h: &Header, results: &[ScenarioResult], workers: u32) -> String {
             Some(x.cpu_us_per_req)
         }));
         rows.push(("proxy CPU".into(), Unit::Percent, |x| Some(x.cpu_pct)));
+        rows.push((
+            "core 0 busy (client + backend)".into(),
+            Unit::Percent,
+            |x| x.core0_pct,
+        ));
         rows.push(("peak RSS".into(), Unit::Kib, |x| Some(x.rss_kib as f64)));
         rows.push(("errors".into(), Unit::Count, |x| Some(x.errors as f64)));
         for (metric, unit, get) in rows {
@@ -216,10 +232,17 @@ pub fn render(h: &Header, results: &[ScenarioResult], workers: u32) -> String {
         if workers == 1 {
             for (name, samples) in [("nginx", &r.nginx), ("heim", &r.heim)] {
                 let pct: Vec<f64> = samples.iter().map(|x| x.cpu_pct).collect();
+                let core0: Vec<f64> = samples.iter().filter_map(|x| x.core0_pct).collect();
                 if let Some((med, ..)) = summary(&pct) {
                     if med < 95.0 {
+                        let why = match summary(&core0) {
+                            Some((c, ..)) => format!(
+                                " while core 0 (load generator, backend and anything else running) was {c:.0} % busy"
+                            ),
+                            None => String::new(),
+                        };
                         notes.push(format!(
-                            "{}: {name} used {med:.0} % of its core (< 95 %): client-bound, compare CPU-µs/req.",
+                            "{}: {name} used {med:.0} % of its core (< 95 %){why}: client-bound, compare CPU-µs/req.",
                             r.scenario
                         ));
                     }
@@ -235,7 +258,7 @@ pub fn render(h: &Header, results: &[ScenarioResult], workers: u32) -> String {
         }
         if r.nginx_tls.is_some() || r.heim_tls.is_some() {
             notes.push(format!(
-                "{} TLS as h2load saw it: nginx {}; heim {}.",
+                "{} TLS as the client saw it: nginx {}; heim {}.",
                 r.scenario,
                 r.nginx_tls.as_deref().unwrap_or("?"),
                 r.heim_tls.as_deref().unwrap_or("?")
@@ -246,13 +269,17 @@ pub fn render(h: &Header, results: &[ScenarioResult], workers: u32) -> String {
     if h2load_latency {
         s.push_str("† h2load prints no percentiles: mean and max of its \"time for request\".  \n");
     }
-    if results
-        .iter()
-        .any(|r| r.scenario.tool() == "h2load" && r.scenario != Scenario::H2)
-    {
+    if h.handshake_burst && results.iter().any(|r| r.scenario.handshake()) {
         s.push_str(
             "Handshake rounds open all N connections at once (h2load -n N -c N -m1): their latency is \
              mostly queueing behind that burst.  \n",
+        );
+    }
+    if !h.handshake_burst && results.iter().any(|r| r.scenario.handshake()) {
+        s.push_str(
+            "Handshake rounds: every completed connection is one full TLS 1.3 handshake and one \
+             request (handshakes/s = completed ÷ the round's wall time; latency = connect to the \
+             server's close); CPU-µs/req is then CPU-µs per handshake.  \n",
         );
     }
     if results.iter().any(|r| r.idle.is_none()) {
@@ -384,6 +411,7 @@ mod tests {
             nginx_version: "nginx/1.22.1".into(),
             heim_version: "heim-proxy 0.1.0".into(),
             profile: "1 worker".into(),
+            handshake_burst: true,
         };
         let r = ScenarioResult {
             scenario: Scenario::H1,
@@ -425,6 +453,7 @@ mod tests {
             nginx_version: "nginx/1.22.1".into(),
             heim_version: "heim-proxy 0.1.0".into(),
             profile: "1 worker".into(),
+            handshake_burst: true,
         };
         let r = ScenarioResult {
             scenario: Scenario::Idle,

@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod dns_response;
 pub mod headers;
 pub mod route_host;
 pub mod route_path;
