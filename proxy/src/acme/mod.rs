@@ -362,13 +362,7 @@ impl Keeper {
             let due = match &held {
                 None => now,
                 // Switched CAs (say, from staging): the new one's, now.
-                Some(h)
-                    if h.directory
-                        .as_ref()
-                        .is_some_and(|d| *d != self.orderer.directory) =>
-                {
-                    now
-                }
+                Some(h) if self.foreign(h) => now,
                 Some(h) => {
                     let ari = self.renewal_info(h).await;
                     let pick = f64::from(rand_u16()) / f64::from(u16::MAX);
@@ -392,9 +386,7 @@ impl Keeper {
                     .as_ref()
                     .is_none_or(|old| old.entry.not_after < h.entry.not_after)
                     && stored_due > unix_now()
-                    && h.directory
-                        .as_ref()
-                        .is_none_or(|d| *d == self.orderer.directory)
+                    && !self.foreign(&h)
                 {
                     self.publish(h.entry.clone());
                     held = Some(h);
@@ -403,13 +395,7 @@ impl Keeper {
             }
             let why = match &held {
                 None => "no certificate yet",
-                Some(h)
-                    if h.directory
-                        .as_ref()
-                        .is_some_and(|d| *d != self.orderer.directory) =>
-                {
-                    "the certificate is from another ACME directory"
-                }
+                Some(h) if self.foreign(h) => "the certificate is from another ACME directory",
                 Some(h) if h.entry.not_after <= now => "the certificate has expired",
                 Some(_) => "renewal is due",
             };
@@ -419,7 +405,6 @@ impl Keeper {
                 Ok(h) => {
                     failures = 0;
                     tracing::info!(name = %self.name, challenge, expires_in_s = h.entry.not_after - unix_now(), "ACME: certificate issued and serving");
-                    self.publish(h.entry.clone());
                     held = Some(h);
                 }
                 Err(e) => {
@@ -440,6 +425,13 @@ impl Keeper {
                 }
             }
         }
+    }
+
+    /// True for a certificate another ACME directory issued.
+    fn foreign(&self, h: &Held) -> bool {
+        h.directory
+            .as_ref()
+            .is_some_and(|d| *d != self.orderer.directory)
     }
 
     /// Orders and checks a new certificate, serves it, then stores it. A
