@@ -521,3 +521,43 @@ async fn only_an_acme_tls_alpn_hello_alone_is_treated_as_validation() {
         Duration::from_secs(5)
     ));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_validation_is_logged_with_the_ca_problem_document() {
+    let s = setup("acme-invalid");
+    // Pebble validates HTTP-01 on a port where nothing answers.
+    let pebble = Pebble::start(&s.dir, &s.pki, free_port(), s.https, None).expect("pebble");
+    let config = acme_config(
+        s.https,
+        s.http,
+        &format!("directory = \"{}\"", pebble.directory),
+        &["invalid.acme.test"],
+    );
+    let heim = Heim::start(&s.dir, &config).expect("start");
+    assert!(
+        heim.wait_metric(
+            "heim_acme_failures_total{challenge=\"http-01\",reason=\"connection\"} 1",
+            ISSUE_TIMEOUT
+        ),
+        "{}\n{}",
+        metrics(&heim),
+        heim.log_text()
+    );
+    let log = heim.log_text();
+    let line = log
+        .lines()
+        .find(|l| l.contains("ACME: order failed"))
+        .expect("a failure line");
+    // The CA's own words: the problem type and its detail.
+    assert!(
+        line.contains("urn:ietf:params:acme:error:connection"),
+        "{line}"
+    );
+    assert!(line.contains("invalid.acme.test"), "{line}");
+    assert!(line.contains("\"retry_in_s\":60"), "{line}");
+    // Nothing to serve yet: the handshake fails cleanly.
+    assert!(Client::any_certificate()
+        .tls(heim.https, "invalid.acme.test", false)
+        .await
+        .is_err());
+}
