@@ -157,7 +157,8 @@ pub struct CertStore {
     /// Keyed by the suffix after `*.`.
     wildcard: HashMap<String, Arc<CertifiedKey>>,
     default: Option<Arc<CertifiedKey>>,
-    /// Every certificate, for the expiry metric: (source, first name, notAfter).
+    /// Every certificate that serves a name, for the metrics: (source,
+    /// the first name it serves, notAfter).
     expiry: Vec<(Source, String, i64)>,
 }
 
@@ -181,11 +182,25 @@ impl CertStore {
     /// The store for `layers` (in precedence order) and a default name.
     fn build(layers: &BTreeMap<Source, Vec<CertEntry>>, default_name: Option<&str>) -> CertStore {
         let mut store = CertStore::default();
-        for (source, entries) in layers {
+        for entries in layers.values() {
             for e in entries {
                 store.insert(&e.names, &e.key);
-                let first = e.names.first().cloned().unwrap_or_default();
-                store.expiry.push((*source, first, e.not_after));
+            }
+        }
+        // A certificate every one of whose names another one took serves
+        // nothing, and is not reported.
+        for (source, entries) in layers {
+            for e in entries {
+                let serves = |n: &String| {
+                    let held = match n.strip_prefix("*.") {
+                        Some(suffix) => store.wildcard.get(suffix),
+                        None => store.exact.get(n),
+                    };
+                    held.is_some_and(|k| Arc::ptr_eq(k, &e.key))
+                };
+                if let Some(first) = e.names.iter().find(|n| serves(n)) {
+                    store.expiry.push((*source, first.clone(), e.not_after));
+                }
             }
         }
         store.default = match default_name {
@@ -222,21 +237,34 @@ impl CertStore {
             || wildcard_suffix(host).is_some_and(|s| self.wildcard.contains_key(s))
     }
 
-    /// `heim_certificate_expiry_seconds{name,source}`: seconds until each
-    /// certificate's notAfter (negative once expired), at `now` (Unix seconds).
+    /// `heim_certificate_expiry_seconds{name}`: seconds until each served
+    /// certificate's notAfter (negative once expired) at `now` (Unix
+    /// seconds), by the first name it serves; `heim_certificates{source}`:
+    /// how many each source serves.
     pub fn render_expiry(&self, now: i64, out: &mut String) {
         use std::fmt::Write as _;
         out.push_str(
-            "# HELP heim_certificate_expiry_seconds Seconds until a served certificate expires (negative: expired), by first name and source.\n\
+            "# HELP heim_certificate_expiry_seconds Seconds until a served certificate expires (negative: expired), by the first name it serves.\n\
              # TYPE heim_certificate_expiry_seconds gauge\n",
         );
-        for (source, name, not_after) in &self.expiry {
+        for (_, name, not_after) in &self.expiry {
             let _ = writeln!(
                 out,
-                "heim_certificate_expiry_seconds{{name=\"{}\",source=\"{}\"}} {}",
+                "heim_certificate_expiry_seconds{{name=\"{}\"}} {}",
                 crate::metrics::escape(name),
-                source.label(),
                 not_after - now
+            );
+        }
+        out.push_str(
+            "# HELP heim_certificates Certificates served, by source (file, kubernetes, acme).\n\
+             # TYPE heim_certificates gauge\n",
+        );
+        for source in [Source::File, Source::Kubernetes, Source::Acme] {
+            let n = self.expiry.iter().filter(|(s, _, _)| *s == source).count();
+            let _ = writeln!(
+                out,
+                "heim_certificates{{source=\"{}\"}} {n}",
+                source.label()
             );
         }
     }
@@ -585,18 +613,40 @@ mod tests {
     }
 
     #[test]
-    fn expiry_is_rendered_per_certificate() {
+    fn expiry_is_rendered_per_served_certificate() {
         let l = CertLayers::default();
         let e = entry(&["app.example.com"]);
         let not_after = e.not_after;
-        l.replace(Source::Acme, vec![e]);
+        l.replace(Source::Acme, vec![e, entry(&["other.example.com"])]);
+        // The file's certificate for app.example.com shadows ACME's.
+        l.replace_files(vec![entry(&["app.example.com"])], None);
         let mut out = String::new();
         l.load().render_expiry(not_after - 100, &mut out);
+        let series: Vec<&str> = out
+            .lines()
+            .filter(|l| l.starts_with("heim_certificate_expiry_seconds{"))
+            .collect();
+        assert_eq!(series.len(), 2, "{out}");
         assert!(
-            out.contains(
-                "heim_certificate_expiry_seconds{name=\"app.example.com\",source=\"acme\"} 100"
-            ),
+            out.contains("heim_certificate_expiry_seconds{name=\"other.example.com\"}"),
             "{out}"
+        );
+        assert!(
+            out.contains("heim_certificates{source=\"file\"} 1"),
+            "{out}"
+        );
+        assert!(
+            out.contains("heim_certificates{source=\"acme\"} 1"),
+            "{out}"
+        );
+        let mut only_acme = String::new();
+        let l = CertLayers::default();
+        let e = entry(&["app.example.com"]);
+        l.replace(Source::Acme, vec![e]);
+        l.load().render_expiry(not_after - 100, &mut only_acme);
+        assert!(
+            only_acme.contains("heim_certificate_expiry_seconds{name=\"app.example.com\"} "),
+            "{only_acme}"
         );
     }
 

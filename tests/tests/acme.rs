@@ -122,7 +122,8 @@ async fn http01_issues_then_restart_and_sighup_keep_the_certificate() {
         "{m}"
     );
     assert!(
-        m.contains("heim_certificate_expiry_seconds{name=\"app.acme.test\",source=\"acme\"}"),
+        m.contains("heim_certificate_expiry_seconds{name=\"app.acme.test\"}")
+            && m.contains("heim_certificates{source=\"acme\"} 1"),
         "{m}"
     );
     // The account and certificate are private on disk.
