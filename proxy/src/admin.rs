@@ -1,5 +1,6 @@
 //! The admin listener: `/healthz` (the process is alive), `/readyz` (every
-//! worker accepts and no drain has begun) and `/metrics` (Prometheus).
+//! worker accepts, every source has delivered its first snapshot, and no
+//! drain has begun) and `/metrics` (Prometheus).
 //! It has a port of its own so that it is never exposed with the proxy.
 
 use std::convert::Infallible;
@@ -47,6 +48,12 @@ fn answer(req: &Request<Incoming>, shared: &Shared, workers: usize) -> Response<
                 (
                     StatusCode::SERVICE_UNAVAILABLE,
                     "draining\n".into(),
+                    "text/plain",
+                )
+            } else if let Some(source) = shared.sources_pending().first() {
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("waiting for the first {} snapshot\n", source.label()),
                     "text/plain",
                 )
             } else if shared.workers_ready.load(SeqCst) < workers {

@@ -22,6 +22,7 @@ pub mod reload;
 pub mod route;
 pub mod rt;
 pub mod service;
+pub mod source;
 pub mod state;
 pub mod tls;
 pub mod trust;
@@ -44,12 +45,23 @@ pub fn check(path: &Path) -> Result<Compiled, ConfigErrors> {
     Compiled::new(&config, &Metrics::default(), false).map_err(ConfigErrors)
 }
 
-/// Runs the proxy until SIGTERM or SIGINT, then drains and returns.
-pub fn run(path: &Path) -> anyhow::Result<()> {
-    let config = Config::load(path)?;
-    let metrics = Metrics::default();
-    let mut compiled = Compiled::new(&config, &metrics, true).map_err(ConfigErrors)?;
-    let acme = compiled.acme.take();
+/// A data plane serving: its listeners bound, its workers accepting. A
+/// library caller (`heim-ingress`) gets one from [`start`], pushes its own
+/// source's routes and certificates through `shared` (`push_routes`,
+/// `push_certificates`, after `expect_source` so that `/readyz` waits for
+/// them), and ends it with [`Running::drain`].
+pub struct Running {
+    pub shared: std::sync::Arc<Shared>,
+    pub https: std::net::SocketAddr,
+    pub http: Option<std::net::SocketAddr>,
+    pub admin: Option<std::net::SocketAddr>,
+    admin_listener: Option<std::net::TcpListener>,
+    drain_tx: tokio::sync::watch::Sender<bool>,
+}
+
+/// Binds the listeners of `compiled` and starts its workers. Its `[acme]`
+/// is the caller's to run (see `reload::Reloader`).
+pub fn start(compiled: Compiled, metrics: Metrics) -> anyhow::Result<Running> {
     let settings = compiled.settings.clone();
     compiled.warn_denied();
     let shared = Shared::new(compiled, metrics);
@@ -70,7 +82,7 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
             .collect(),
         None => (0..workers).map(|_| None).collect(),
     };
-    let admin = match settings.admin_listen {
+    let admin_listener = match settings.admin_listen {
         Some(a) => {
             let l = std::net::TcpListener::bind(a)
                 .with_context(|| format!("cannot listen on {a} (server.admin_listen)"))?;
@@ -82,7 +94,10 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
     let https_addr = https[0].local_addr()?;
     shared.bound_https_port.store(https_addr.port(), Relaxed);
     let http_addr = http[0].as_ref().map(|l| l.local_addr()).transpose()?;
-    let admin_addr = admin.as_ref().map(|l| l.local_addr()).transpose()?;
+    let admin_addr = admin_listener
+        .as_ref()
+        .map(|l| l.local_addr())
+        .transpose()?;
 
     let (drain_tx, drain_rx) = tokio::sync::watch::channel(false);
     for (i, https) in https.into_iter().enumerate() {
@@ -100,20 +115,68 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
         routes = shared.routes.load().len(),
         "listening"
     );
+    Ok(Running {
+        shared,
+        https: https_addr,
+        http: http_addr,
+        admin: admin_addr,
+        admin_listener,
+        drain_tx,
+    })
+}
+
+impl Running {
+    /// Serves the admin endpoints on the current Tokio runtime (once).
+    pub fn serve_admin(&mut self) -> anyhow::Result<()> {
+        if let Some(l) = self.admin_listener.take() {
+            let admin = tokio::net::TcpListener::from_std(l)?;
+            let workers = self.shared.settings.load().workers;
+            tokio::spawn(admin::serve(admin, self.shared.clone(), workers));
+        }
+        Ok(())
+    }
+
+    /// Stops accepting, lets open connections finish (up to
+    /// `server.drain_timeout`) and returns.
+    pub async fn drain(self) {
+        let shared = self.shared;
+        let drain_timeout = shared.settings.load().drain_timeout;
+        tracing::info!(
+            open = shared.metrics.connections_open.load(Relaxed),
+            timeout_s = drain_timeout.as_secs(),
+            "draining"
+        );
+        shared.draining.store(true, SeqCst);
+        let _ = self.drain_tx.send(true);
+        let deadline = Instant::now() + drain_timeout;
+        let mut poll = tokio::time::interval(Duration::from_millis(20));
+        while shared.metrics.connections_open.load(Relaxed) > 0 && Instant::now() < deadline {
+            poll.tick().await;
+        }
+        let left = shared.metrics.connections_open.load(Relaxed);
+        tracing::info!(left, "drained; exiting");
+    }
+}
+
+/// Runs the proxy on a config file until SIGTERM or SIGINT, reloading it
+/// on SIGHUP or change, then drains and returns.
+pub fn run(path: &Path) -> anyhow::Result<()> {
+    let config = Config::load(path)?;
+    let metrics = Metrics::default();
+    let mut compiled = Compiled::new(&config, &metrics, true).map_err(ConfigErrors)?;
+    let acme = compiled.acme.take();
+    let mut running = start(compiled, metrics)?;
 
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     rt.block_on(async move {
         use tokio::signal::unix::{signal, SignalKind};
-        if let Some(admin) = admin {
-            let admin = tokio::net::TcpListener::from_std(admin)?;
-            tokio::spawn(admin::serve(admin, shared.clone(), workers));
-        }
+        running.serve_admin()?;
         let mut hup = signal(SignalKind::hangup())?;
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
-        let mut reloader = reload::Reloader::new(shared.clone(), &config, acme);
+        let mut reloader = reload::Reloader::new(running.shared.clone(), &config, acme);
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             tokio::select! {
@@ -127,21 +190,7 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
                 _ = int.recv() => break,
             }
         }
-        let drain_timeout = shared.settings.load().drain_timeout;
-        tracing::info!(
-            open = shared.metrics.connections_open.load(Relaxed),
-            timeout_s = drain_timeout.as_secs(),
-            "draining"
-        );
-        shared.draining.store(true, SeqCst);
-        let _ = drain_tx.send(true);
-        let deadline = Instant::now() + drain_timeout;
-        let mut poll = tokio::time::interval(Duration::from_millis(20));
-        while shared.metrics.connections_open.load(Relaxed) > 0 && Instant::now() < deadline {
-            poll.tick().await;
-        }
-        let left = shared.metrics.connections_open.load(Relaxed);
-        tracing::info!(left, "drained; exiting");
+        running.drain().await;
         anyhow::Ok(())
     })
 }

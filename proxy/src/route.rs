@@ -170,8 +170,24 @@ impl RouteTable {
     /// Compiles routes; `metrics_for` hands each route its metrics cell.
     pub fn build(
         specs: Vec<RouteSpec>,
-        mut metrics_for: impl FnMut(&str) -> Arc<crate::metrics::RouteMetrics>,
+        metrics_for: impl FnMut(&str) -> Arc<crate::metrics::RouteMetrics>,
     ) -> Result<Self, Vec<DuplicateRoute>> {
+        let (table, dups) = Self::build_all(specs, metrics_for);
+        if dups.is_empty() {
+            Ok(table)
+        } else {
+            Err(dups)
+        }
+    }
+
+    /// Like [`RouteTable::build`], but a route that repeats an earlier
+    /// one's host, path and path type is left out (and returned) instead
+    /// of failing the whole table: for routes of several sources, where
+    /// the first claim wins.
+    pub fn build_all(
+        specs: Vec<RouteSpec>,
+        mut metrics_for: impl FnMut(&str) -> Arc<crate::metrics::RouteMetrics>,
+    ) -> (Self, Vec<DuplicateRoute>) {
         let mut table = RouteTable::default();
         let mut dups = Vec::new();
         let mut names: Vec<http::HeaderName> = specs
@@ -204,11 +220,7 @@ impl RouteTable {
                 }),
             }
         }
-        if dups.is_empty() {
-            Ok(table)
-        } else {
-            Err(dups)
-        }
+        (table, dups)
     }
 
     /// Number of routes in the table.

@@ -2,8 +2,9 @@
 //! settings (each a snapshot behind an `ArcSwap`, replaced whole on reload),
 //! the metrics, and the drain signal.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicUsize, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 
@@ -11,13 +12,20 @@ use crate::auth::{Auth, AuthState};
 
 use crate::config::{Config, ConfigError, ServerSettings};
 use crate::metrics::Metrics;
+use crate::route::{DuplicateRoute, RouteSpec};
 use crate::route::{Policy, RouteTable};
+use crate::source::Source;
 use crate::tls::{CertEntry, CertLayers, CertStore};
 
 /// Shared by the workers and the control thread.
 #[derive(Debug)]
 pub struct Shared {
+    /// The live table, built from every source's routes (`push_routes`).
     pub routes: ArcSwap<RouteTable>,
+    /// Each source's latest routes.
+    route_layers: Mutex<BTreeMap<Source, Vec<RouteSpec>>>,
+    /// Sources `/readyz` waits for, and those that have delivered.
+    sources: Mutex<(BTreeSet<Source>, BTreeSet<Source>)>,
     /// Every source's certificates, and the live store.
     pub certs: Arc<CertLayers>,
     pub settings: ArcSwap<ServerSettings>,
@@ -41,6 +49,8 @@ pub struct Shared {
 pub struct Compiled {
     pub settings: ServerSettings,
     pub routes: RouteTable,
+    /// The routes as specs: the file's layer of the live table.
+    pub route_specs: Vec<RouteSpec>,
     /// The file layer: the config's `[[certificate]]` entries.
     pub certs: Vec<CertEntry>,
     /// `server.default_certificate`.
@@ -123,6 +133,7 @@ impl Compiled {
                 }
             }
         }
+        let route_specs = specs.clone();
         let routes = RouteTable::build(specs, |name| metrics.route(name))
             .map_err(|dups| {
                 errors.extend(
@@ -135,6 +146,7 @@ impl Compiled {
             (Some(certs), Some(routes)) if errors.is_empty() => Ok(Compiled {
                 settings: config.server.clone(),
                 routes,
+                route_specs,
                 certs,
                 default_certificate: config.default_certificate.as_ref().map(|d| d.0.clone()),
                 auth,
@@ -175,8 +187,11 @@ impl Shared {
     pub fn new(compiled: Compiled, metrics: Metrics) -> Arc<Shared> {
         let certs = Arc::new(CertLayers::default());
         certs.replace_files(compiled.certs, compiled.default_certificate);
+        let file = BTreeSet::from([Source::File]);
         Arc::new(Shared {
             routes: ArcSwap::from_pointee(compiled.routes),
+            route_layers: Mutex::new(BTreeMap::from([(Source::File, compiled.route_specs)])),
+            sources: Mutex::new((file.clone(), file)),
             certs,
             settings: ArcSwap::from_pointee(compiled.settings),
             auth: ArcSwapOption::from(compiled.auth.map(Arc::new)),
@@ -199,12 +214,78 @@ impl Shared {
     }
 
     /// Swaps in a new compiled config; requests in flight keep the old one.
+    /// Other sources' routes and certificates stay.
     pub fn swap(&self, compiled: Compiled) {
         self.certs
             .replace_files(compiled.certs, compiled.default_certificate);
         self.auth.store(compiled.auth.map(Arc::new));
-        self.routes.store(Arc::new(compiled.routes));
         self.settings.store(Arc::new(compiled.settings));
+        // The file's routes were checked for duplicates among themselves.
+        self.push_routes(Source::File, compiled.route_specs);
+    }
+
+    /// Replaces one source's routes and swaps in the table rebuilt from
+    /// every source's (in `Source` order). A route that repeats the host,
+    /// path and path type of one before it is left out and returned, for
+    /// the source to report; everything else serves.
+    pub fn push_routes(&self, source: Source, specs: Vec<RouteSpec>) -> Vec<DuplicateRoute> {
+        let mut layers = self.route_layers.lock().unwrap_or_else(|e| e.into_inner());
+        layers.insert(source, specs);
+        let mut all = Vec::new();
+        let mut starts = Vec::new();
+        for (s, specs) in layers.iter() {
+            starts.push((all.len(), *s));
+            all.extend(specs.iter().cloned());
+        }
+        let (table, dups) = RouteTable::build_all(all, |name| self.metrics.route(name));
+        self.routes.store(Arc::new(table));
+        drop(layers);
+        self.delivered(source);
+        // Indexes back into the pushing source's own list.
+        let start = starts
+            .iter()
+            .find(|(_, s)| *s == source)
+            .map_or(0, |(i, _)| *i);
+        let end = starts
+            .iter()
+            .find(|(_, s)| *s > source)
+            .map_or(usize::MAX, |(i, _)| *i);
+        dups.into_iter()
+            .filter(|d| (start..end).contains(&d.index))
+            .map(|d| DuplicateRoute {
+                index: d.index - start,
+                ..d
+            })
+            .collect()
+    }
+
+    /// One source's routes now.
+    pub fn route_layer(&self, source: Source) -> Vec<RouteSpec> {
+        let layers = self.route_layers.lock().unwrap_or_else(|e| e.into_inner());
+        layers.get(&source).cloned().unwrap_or_default()
+    }
+
+    /// Replaces one source's certificates (not the file's: see `swap`).
+    pub fn push_certificates(&self, source: Source, entries: Vec<CertEntry>) {
+        self.certs.replace(source, entries);
+        self.delivered(source);
+    }
+
+    /// Makes `/readyz` wait for `source`'s first routes or certificates.
+    pub fn expect_source(&self, source: Source) {
+        let mut s = self.sources.lock().unwrap_or_else(|e| e.into_inner());
+        s.0.insert(source);
+    }
+
+    fn delivered(&self, source: Source) {
+        let mut s = self.sources.lock().unwrap_or_else(|e| e.into_inner());
+        s.1.insert(source);
+    }
+
+    /// The expected sources that have not delivered yet.
+    pub fn sources_pending(&self) -> Vec<Source> {
+        let s = self.sources.lock().unwrap_or_else(|e| e.into_inner());
+        s.0.difference(&s.1).copied().collect()
     }
 }
 
@@ -224,5 +305,79 @@ impl OpenConnection {
 impl Drop for OpenConnection {
     fn drop(&mut self) {
         self.0.metrics.connections_open.fetch_sub(1, Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn compiled(routes: &str) -> (Compiled, Metrics) {
+        let dir = std::env::temp_dir().join(format!("heim-state-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["app.test".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        std::fs::write(dir.join("c.pem"), cert.pem()).unwrap();
+        std::fs::write(dir.join("k.pem"), key.serialize_pem()).unwrap();
+        let text = format!(
+            "[server]\nhttps_listen = \"127.0.0.1:0\"\n\
+             [[certificate]]\ncert_file = \"c.pem\"\nkey_file = \"k.pem\"\n{routes}"
+        );
+        let config = Config::parse(&dir.join("heim.toml"), &text).expect("config");
+        let metrics = Metrics::default();
+        let c = Compiled::new(&config, &metrics, false).expect("compiled");
+        (c, metrics)
+    }
+
+    fn names(shared: &Shared, host: &str, path: &str) -> Option<String> {
+        shared
+            .routes
+            .load()
+            .lookup(host, path)
+            .map(|r| r.spec.name.clone())
+    }
+
+    #[test]
+    fn sources_push_routes_without_overwriting_each_other() {
+        let file =
+            "[[route]]\nname = \"file-app\"\nhost = \"app.test\"\necho = true\npublic = true\n";
+        let (c, metrics) = compiled(file);
+        let shared = Shared::new(c, metrics);
+        shared.expect_source(Source::Kubernetes);
+        assert_eq!(shared.sources_pending(), [Source::Kubernetes]);
+        // The cluster's routes: one new, one that repeats the file's.
+        let (kube, _) = compiled(
+            "[[route]]\nname = \"kube-grafana\"\nhost = \"grafana.test\"\necho = true\npublic = true\n\
+             [[route]]\nname = \"kube-app\"\nhost = \"app.test\"\necho = true\npublic = true\n",
+        );
+        let dups = shared.push_routes(Source::Kubernetes, kube.route_specs);
+        assert_eq!(dups.len(), 1);
+        assert_eq!((dups[0].index, dups[0].second.as_str()), (1, "kube-app"));
+        assert!(shared.sources_pending().is_empty());
+        assert_eq!(names(&shared, "app.test", "/").as_deref(), Some("file-app"));
+        assert_eq!(
+            names(&shared, "grafana.test", "/").as_deref(),
+            Some("kube-grafana")
+        );
+        // A config reload replaces the file's routes and keeps the cluster's.
+        let (reloaded, _) = compiled(
+            "[[route]]\nname = \"file-other\"\nhost = \"other.test\"\necho = true\npublic = true\n",
+        );
+        shared.swap(reloaded);
+        assert_eq!(
+            names(&shared, "other.test", "/").as_deref(),
+            Some("file-other")
+        );
+        assert_eq!(
+            names(&shared, "grafana.test", "/").as_deref(),
+            Some("kube-grafana")
+        );
+        // The file no longer claims app.test: the cluster's route, kept in
+        // its layer all along, serves it now.
+        assert_eq!(names(&shared, "app.test", "/").as_deref(), Some("kube-app"));
     }
 }

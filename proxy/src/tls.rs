@@ -36,28 +36,7 @@ use crate::route::wildcard_suffix;
 /// The ALPN protocol of TLS-ALPN-01 validation (RFC 8737).
 pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
 
-/// Where a certificate came from. The order is precedence among
-/// certificates for the same name: what the operator named first.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Source {
-    /// `[[certificate]]` files of the config file.
-    File,
-    /// `kubernetes.io/tls` Secrets named by Ingresses.
-    Kubernetes,
-    /// heim's own ACME client.
-    Acme,
-}
-
-impl Source {
-    /// The `source` label of the certificate metrics.
-    pub fn label(self) -> &'static str {
-        match self {
-            Source::File => "file",
-            Source::Kubernetes => "kubernetes",
-            Source::Acme => "acme",
-        }
-    }
-}
+pub use crate::source::Source;
 
 /// One certificate of a source: the names it serves and when it expires.
 #[derive(Clone, Debug)]
