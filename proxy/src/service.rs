@@ -913,34 +913,11 @@ fn new_request_id() -> HeaderValue {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Config;
-    use crate::metrics::Metrics;
-    use crate::state::Compiled;
 
     /// A connection context over a config of `routes`, with a throwaway
     /// certificate for `app.test`; `peer` is the client's address.
     fn conn(server_extra: &str, routes: &str, peer: &str) -> ConnCtx {
-        let dir = std::env::temp_dir().join(format!(
-            "heim-service-test-{}-{}",
-            std::process::id(),
-            new_request_id().to_str().unwrap()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = rcgen::CertificateParams::new(vec!["app.test".to_string()])
-            .unwrap()
-            .self_signed(&key)
-            .unwrap();
-        std::fs::write(dir.join("c.pem"), cert.pem()).unwrap();
-        std::fs::write(dir.join("k.pem"), key.serialize_pem()).unwrap();
-        let text = format!(
-            "[server]\nhttps_listen = \"127.0.0.1:0\"\n{server_extra}\n\
-             [[certificate]]\ncert_file = \"c.pem\"\nkey_file = \"k.pem\"\n{routes}"
-        );
-        let config = Config::parse(&dir.join("heim.toml"), &text).expect("config");
-        let metrics = Metrics::default();
-        let compiled = Compiled::new(&config, &metrics, false).expect("compiled");
-        let _ = std::fs::remove_dir_all(&dir);
+        let (compiled, metrics) = crate::state::test_compiled(server_extra, routes);
         let shared = Shared::new(compiled, metrics);
         let tls = TlsInfo {
             sni: Some("app.test".into()),

@@ -308,29 +308,41 @@ impl Drop for OpenConnection {
     }
 }
 
+/// For unit tests: a config of `server_extra` and `routes` with a
+/// throwaway certificate for `app.test`, compiled.
+#[cfg(test)]
+pub(crate) fn test_compiled(server_extra: &str, routes: &str) -> (Compiled, Metrics) {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "heim-unit-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Relaxed)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["app.test".to_string()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    std::fs::write(dir.join("c.pem"), cert.pem()).unwrap();
+    std::fs::write(dir.join("k.pem"), key.serialize_pem()).unwrap();
+    let text = format!(
+        "[server]\nhttps_listen = \"127.0.0.1:0\"\n{server_extra}\n\
+         [[certificate]]\ncert_file = \"c.pem\"\nkey_file = \"k.pem\"\n{routes}"
+    );
+    let config = crate::config::Config::parse(&dir.join("heim.toml"), &text).expect("config");
+    let metrics = Metrics::default();
+    let compiled = Compiled::new(&config, &metrics, false).expect("compiled");
+    let _ = std::fs::remove_dir_all(&dir);
+    (compiled, metrics)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Config;
 
     fn compiled(routes: &str) -> (Compiled, Metrics) {
-        let dir = std::env::temp_dir().join(format!("heim-state-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = rcgen::CertificateParams::new(vec!["app.test".to_string()])
-            .unwrap()
-            .self_signed(&key)
-            .unwrap();
-        std::fs::write(dir.join("c.pem"), cert.pem()).unwrap();
-        std::fs::write(dir.join("k.pem"), key.serialize_pem()).unwrap();
-        let text = format!(
-            "[server]\nhttps_listen = \"127.0.0.1:0\"\n\
-             [[certificate]]\ncert_file = \"c.pem\"\nkey_file = \"k.pem\"\n{routes}"
-        );
-        let config = Config::parse(&dir.join("heim.toml"), &text).expect("config");
-        let metrics = Metrics::default();
-        let c = Compiled::new(&config, &metrics, false).expect("compiled");
-        (c, metrics)
+        test_compiled("", routes)
     }
 
     fn names(shared: &Shared, host: &str, path: &str) -> Option<String> {

@@ -18,6 +18,7 @@
 //! challenge certificate ACME put here for its name, or nothing.
 //! This module does not watch files (see `reload`).
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -432,7 +433,15 @@ pub struct CertResolver {
 
 impl ResolvesServerCert for CertResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        let name = hello.server_name().map(|n| n.to_ascii_lowercase());
+        // Lowercased only when it is not already (no allocation on the
+        // usual handshake).
+        let name: Option<Cow<'_, str>> = hello.server_name().map(|n| {
+            if n.bytes().any(|b| b.is_ascii_uppercase()) {
+                Cow::Owned(n.to_ascii_lowercase())
+            } else {
+                Cow::Borrowed(n)
+            }
+        });
         // A validator offers `acme-tls/1` and nothing else (RFC 8737 §3).
         let acme = hello
             .alpn()

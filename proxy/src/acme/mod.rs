@@ -254,6 +254,7 @@ fn unix_now() -> i64 {
 /// one of its files) changes on reload.
 #[derive(Default)]
 pub struct Manager {
+    /// What runs: the spec (its `line` zeroed) and its files' contents.
     running: Option<(AcmeSpec, Vec<u8>)>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     /// The ACME layer, by name.
@@ -266,19 +267,14 @@ impl Manager {
     pub fn apply(&mut self, loaded: Option<Loaded>, shared: &Arc<Shared>) {
         // Where `[acme]` sits in the file is no change: a route added above
         // it must not abort the orders in flight.
-        let same = match (&self.running, &loaded) {
-            (Some((spec, files)), Some(l)) => {
-                AcmeSpec {
-                    line: 0,
-                    ..spec.clone()
-                } == AcmeSpec {
-                    line: 0,
-                    ..l.spec.clone()
-                } && *files == l.files
-            }
-            (None, None) => true,
-            _ => false,
-        };
+        let running = loaded.as_ref().map(|l| {
+            let spec = AcmeSpec {
+                line: 0,
+                ..l.spec.clone()
+            };
+            (spec, l.files.clone())
+        });
+        let same = running == self.running;
         if same {
             return;
         }
@@ -326,7 +322,7 @@ impl Manager {
             };
             self.tasks.push(tokio::spawn(keeper.run()));
         }
-        self.running = Some((loaded.spec, loaded.files));
+        self.running = running;
     }
 }
 
