@@ -10,7 +10,6 @@
 //! `pebble-challtestsrv` ([`ChallTestSrv`]), the double mirrors its TXT
 //! records there, so a DNS-01 check (heim's, or Pebble's) sees them.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -20,10 +19,9 @@ use anyhow::bail;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
 const PREFIX: &str = "/client/v4";
@@ -105,8 +103,6 @@ impl CloudflareDouble {
         zones: Vec<Zone>,
         challtestsrv: Option<SocketAddr>,
     ) -> CloudflareDouble {
-        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = l.local_addr().expect("addr");
         let state = Arc::new(Mutex::new(State {
             token: token.to_string(),
             zones,
@@ -115,20 +111,11 @@ impl CloudflareDouble {
             next_id: 1,
         }));
         let st = state.clone();
-        let task = tokio::spawn(async move {
-            while let Ok((tcp, _)) = l.accept().await {
-                let st = st.clone();
-                tokio::spawn(async move {
-                    let svc = service_fn(move |req| {
-                        let st = st.clone();
-                        async move { Ok::<_, Infallible>(answer(req, &st, challtestsrv).await) }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(tcp), svc)
-                        .await;
-                });
-            }
-        });
+        let (addr, task) = crate::serve_http1(move |req| {
+            let st = st.clone();
+            async move { answer(req, &st, challtestsrv).await }
+        })
+        .await;
         CloudflareDouble { addr, state, task }
     }
 

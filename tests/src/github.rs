@@ -9,7 +9,6 @@
 //! authorize URL (GitHub's own login page is the browser's business).
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
@@ -19,10 +18,7 @@ use base64::Engine;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
-use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 /// A GitHub account the double knows.
@@ -80,31 +76,14 @@ impl GithubDouble {
         client_secret: &'static str,
         accounts: Vec<Account>,
     ) -> Self {
-        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = l.local_addr().expect("addr");
         let state = Arc::new(Mutex::new(State::default()));
         let accounts = Arc::new(accounts);
         let st = state.clone();
-        let task = tokio::spawn(async move {
-            while let Ok((tcp, _)) = l.accept().await {
-                let st = st.clone();
-                let accounts = accounts.clone();
-                tokio::spawn(async move {
-                    let svc = service_fn(move |req| {
-                        let st = st.clone();
-                        let accounts = accounts.clone();
-                        async move {
-                            Ok::<_, Infallible>(
-                                answer(req, &st, &accounts, client_id, client_secret).await,
-                            )
-                        }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(tcp), svc)
-                        .await;
-                });
-            }
-        });
+        let (addr, task) = crate::serve_http1(move |req| {
+            let (st, accounts) = (st.clone(), accounts.clone());
+            async move { answer(req, &st, &accounts, client_id, client_secret).await }
+        })
+        .await;
         Self { addr, state, task }
     }
 }

@@ -39,6 +39,8 @@ pub struct Pki {
     ca_params: rcgen::CertificateParams,
     ca_key: rcgen::KeyPair,
     pub ca_der: CertificateDer<'static>,
+    /// The same CA certificate as PEM, for configs that take a file.
+    pub ca_pem: String,
     pub dir: PathBuf,
 }
 
@@ -54,6 +56,7 @@ impl Pki {
         let ca = params.clone().self_signed(&ca_key).expect("ca cert");
         Pki {
             ca_der: ca.der().clone(),
+            ca_pem: ca.pem(),
             ca_params: params,
             ca_key,
             dir: dir.to_path_buf(),
@@ -83,6 +86,35 @@ impl Pki {
         .expect("write key");
         cert.der().clone()
     }
+}
+
+/// Serves HTTP/1.1 on a fresh 127.0.0.1 port, each request answered by
+/// `answer`, until the task is aborted: the body of the API doubles
+/// (`github`, `cloudflare`).
+pub async fn serve_http1<F, Fut>(answer: F) -> (SocketAddr, tokio::task::JoinHandle<()>)
+where
+    F: Fn(http::Request<hyper::body::Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = http::Response<Body>> + Send + 'static,
+{
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = l.local_addr().expect("addr");
+    let task = tokio::spawn(async move {
+        while let Ok((tcp, _)) = l.accept().await {
+            let answer = answer.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req| {
+                    let answer = answer.clone();
+                    async move { Ok::<_, std::convert::Infallible>(answer(req).await) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tcp), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, task)
 }
 
 /// A running `heim-proxy`, killed on drop.
@@ -337,6 +369,22 @@ impl Client {
             b.with_root_certificates(roots.clone())
                 .with_no_client_auth()
         })
+    }
+
+    /// A bare rustls config that trusts `ca` and offers exactly `alpn`: for
+    /// tests that look at the handshake itself.
+    pub fn config(ca: &CertificateDer<'static>, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca.clone()).expect("add CA");
+        let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        Arc::new(cfg)
     }
 
     /// A client that accepts any server certificate: for tests that look at

@@ -121,45 +121,12 @@ impl Pebble {
     /// The root Pebble signs with (its management API, `/roots/0`).
     pub async fn root(&self, pki: &Pki) -> anyhow::Result<CertificateDer<'static>> {
         use rustls::pki_types::pem::PemObject;
-        let pem = https_get(
-            pki,
-            &format!("https://localhost:{}/roots/0", self.management.port()),
-        )
-        .await?;
-        CertificateDer::from_pem_slice(pem.as_bytes())
-            .context("pebble's root is no PEM certificate")
+        let reply = crate::Client::new(&pki.ca_der)
+            .get(self.management, "localhost", "/roots/0")
+            .await?;
+        if reply.status != 200 {
+            bail!("pebble /roots/0: {}", reply.status);
+        }
+        CertificateDer::from_pem_slice(&reply.body).context("pebble's root is no PEM certificate")
     }
-}
-
-/// GET over HTTPS trusting the test CA; the body as text.
-pub async fn https_get(pki: &Pki, url: &str) -> anyhow::Result<String> {
-    use http_body_util::BodyExt;
-    let uri: http::Uri = url.parse()?;
-    let host = uri.host().context("host")?.to_string();
-    let port = uri.port_u16().unwrap_or(443);
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(pki.ca_der.clone())?;
-    let cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
-        .connect(rustls::pki_types::ServerName::try_from(host.clone())?, tcp)
-        .await?;
-    let (mut send, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls)).await?;
-    tokio::spawn(conn);
-    let req = http::Request::get(uri.path())
-        .header("host", format!("{host}:{port}"))
-        .body(crate::Body::default())?;
-    let resp = send.send_request(req).await?;
-    let status = resp.status();
-    let body = resp.into_body().collect().await?.to_bytes();
-    if !status.is_success() {
-        bail!("{url}: {status}");
-    }
-    Ok(String::from_utf8_lossy(&body).into_owned())
 }

@@ -50,7 +50,7 @@ struct Setup {
 fn setup(name: &str) -> Setup {
     let dir = scratch(name);
     let pki = Pki::new(&dir);
-    std::fs::write(dir.join("ca.pem"), pem(&pki.ca_der)).expect("ca.pem");
+    std::fs::write(dir.join("ca.pem"), &pki.ca_pem).expect("ca.pem");
     Setup {
         dir,
         pki,
@@ -59,20 +59,17 @@ fn setup(name: &str) -> Setup {
     }
 }
 
-fn pem(der: &CertificateDer<'_>) -> String {
-    use base64::Engine;
-    let b64 = base64::engine::general_purpose::STANDARD.encode(der.as_ref());
-    let mut out = String::from("-----BEGIN CERTIFICATE-----\n");
-    for chunk in b64.as_bytes().chunks(64) {
-        out.push_str(std::str::from_utf8(chunk).expect("ascii"));
-        out.push('\n');
-    }
-    out.push_str("-----END CERTIFICATE-----\n");
-    out
-}
-
 fn metrics(heim: &Heim) -> String {
     heim.admin("/metrics").1
+}
+
+/// `heim_acme_orders_total{challenge}` now (None: no order yet).
+fn orders(heim: &Heim, challenge: &str) -> Option<u64> {
+    let m = metrics(heim);
+    metric(
+        &m,
+        &format!("heim_acme_orders_total{{challenge=\"{challenge}\"}}"),
+    )
 }
 
 async fn issued_and_verified(
@@ -115,12 +112,8 @@ async fn http01_issues_then_restart_and_sighup_keep_the_certificate() {
     let heim = Heim::start(&s.dir, &config).expect("start");
     let first = issued_and_verified(&heim, &root, "app.acme.test").await;
     assert_eq!(cert_names(&first), ["app.acme.test"]);
+    assert_eq!(orders(&heim, "http-01"), Some(1), "{}", metrics(&heim));
     let m = metrics(&heim);
-    assert_eq!(
-        metric(&m, "heim_acme_orders_total{challenge=\"http-01\"}"),
-        Some(1),
-        "{m}"
-    );
     assert!(
         m.contains("heim_certificate_expiry_seconds{name=\"app.acme.test\"}")
             && m.contains("heim_certificates{source=\"acme\"} 1"),
@@ -166,12 +159,7 @@ async fn http01_issues_then_restart_and_sighup_keep_the_certificate() {
         .await
         .expect("after restart");
     assert_eq!(again, first, "a restart must reuse the stored certificate");
-    let m = metrics(&heim);
-    assert_eq!(
-        metric(&m, "heim_acme_orders_total{challenge=\"http-01\"}"),
-        None,
-        "{m}"
-    );
+    assert_eq!(orders(&heim, "http-01"), None, "{}", metrics(&heim));
 
     // A SIGHUP that adds a name to [acme] orders that name, and only it.
     let more = config.replace(
@@ -187,12 +175,7 @@ async fn http01_issues_then_restart_and_sighup_keep_the_certificate() {
         .await
         .expect("the first name still serves");
     assert_eq!(still, first);
-    let m = metrics(&heim);
-    assert_eq!(
-        metric(&m, "heim_acme_orders_total{challenge=\"http-01\"}"),
-        Some(1),
-        "{m}"
-    );
+    assert_eq!(orders(&heim, "http-01"), Some(1), "{}", metrics(&heim));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -212,40 +195,23 @@ async fn tls_alpn01_issues_a_certificate() {
     let heim = Heim::start(&s.dir, &config).expect("start");
     let leaf = issued_and_verified(&heim, &root, "alpn.acme.test").await;
     assert_eq!(cert_names(&leaf), ["alpn.acme.test"]);
-    let m = metrics(&heim);
-    assert_eq!(
-        metric(&m, "heim_acme_orders_total{challenge=\"tls-alpn-01\"}"),
-        Some(1),
-        "{m}"
-    );
+    assert_eq!(orders(&heim, "tls-alpn-01"), Some(1), "{}", metrics(&heim));
 }
 
-/// The civil date `days` from today (UTC), for rcgen's validity dates.
-fn date(days: i64) -> (i32, u8, u8) {
+/// Now plus `days` (negative: ago), since the Unix epoch.
+fn since_epoch(days: i64) -> Duration {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_secs() as i64;
-    // Days since 1970-01-01 to a proleptic Gregorian date.
-    let z = now / 86_400 + days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u8;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u8;
-    let y = (yoe + era * 400 + i64::from(m <= 2)) as i32;
-    (y, m, d)
+        .expect("clock");
+    Duration::from_secs((now.as_secs() as i64 + days * 86_400) as u64)
 }
 
 /// A certificate valid from 80 days ago for another 10: past two thirds of
 /// its life, so due for renewal, and still valid.
 fn write_due_certificate(s: &Setup, name: &str) -> CertificateDer<'static> {
     let mut params = rcgen::CertificateParams::new(vec![name.to_string()]).expect("params");
-    let ((y0, m0, d0), (y1, m1, d1)) = (date(-80), date(10));
-    params.not_before = rcgen::date_time_ymd(y0, m0, d0);
-    params.not_after = rcgen::date_time_ymd(y1, m1, d1);
+    params.not_before = rcgen::date_time_ymd(1970, 1, 1) + since_epoch(-80);
+    params.not_after = rcgen::date_time_ymd(1970, 1, 1) + since_epoch(10);
     let key = rcgen::KeyPair::generate().expect("key");
     let cert = params.self_signed(&key).expect("cert");
     let dir = s.dir.join("acme/certificates").join(name);
@@ -386,12 +352,7 @@ tsig_secret_file = "{}""#,
         .txt(&format!("_acme-challenge.ssh.{zone}"))
         .expect("dig");
     assert!(left.is_empty(), "TXT left behind: {left:?}");
-    let m = metrics(&heim);
-    assert_eq!(
-        metric(&m, "heim_acme_orders_total{challenge=\"dns-01\"}"),
-        Some(1),
-        "{m}"
-    );
+    assert_eq!(orders(&heim, "dns-01"), Some(1), "{}", metrics(&heim));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -473,19 +434,10 @@ async fn handshake_with_alpn(
     sni: &str,
     alpn: &[&[u8]],
 ) -> std::io::Result<(Option<Vec<u8>>, CertificateDer<'static>)> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(pki.ca_der.clone()).expect("ca");
-    let mut cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("versions")
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    let cfg = Client::config(&pki.ca_der, alpn);
     let tcp = tokio::net::TcpStream::connect(addr).await?;
     let name = rustls::pki_types::ServerName::try_from(sni.to_string()).expect("name");
-    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
+    let tls = tokio_rustls::TlsConnector::from(cfg)
         .connect(name, tcp)
         .await?;
     let session = tls.get_ref().1;
