@@ -35,7 +35,7 @@ use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 use tokio_rustls::TlsConnector;
 
-use crate::idle::pin_this_thread;
+use crate::idle::on_client_core;
 use crate::load::LoadResult;
 use crate::peers::BODY;
 
@@ -58,24 +58,9 @@ pub fn run(addr: SocketAddr, cert: &Path, conns: u32, secs: u32) -> Result<LoadR
         .context("no certificate in the bench certificate file")?
         .with_context(|| format!("parse {}", cert.display()))?;
     let connector = TlsConnector::from(client_config(expected)?);
-    std::thread::Builder::new()
-        .name("heim-bench-handshake".into())
-        .spawn(move || -> Result<LoadResult> {
-            pin_this_thread("0")?;
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .context("build the client runtime")?;
-            rt.block_on(drive(
-                addr,
-                connector,
-                conns,
-                Duration::from_secs(secs.into()),
-            ))
-        })
-        .context("start the handshake client thread")?
-        .join()
-        .map_err(|_| anyhow!("the handshake client thread panicked"))?
+    on_client_core("handshake", move || {
+        drive(addr, connector, conns, Duration::from_secs(secs.into()))
+    })
 }
 
 /// What the connection loops share.

@@ -102,19 +102,32 @@ pub fn measure(
 ) -> Result<IdleSample> {
     let connector = TlsConnector::from(client_config(cert)?);
     let pids = rss_pids.to_vec();
+    on_client_core("idle", move || async move {
+        run(addr, connector, &pids, conns, mode).await
+    })
+}
+
+/// Runs `client` on a thread of its own, pinned to core 0 (the load
+/// generator's), on a current-thread runtime, and waits for its result.
+pub fn on_client_core<T, F, Fut>(name: &str, client: F) -> Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<T>>,
+{
     std::thread::Builder::new()
-        .name("heim-bench-idle".into())
-        .spawn(move || -> Result<IdleSample> {
+        .name(format!("heim-bench-{name}"))
+        .spawn(move || -> Result<T> {
             pin_this_thread("0")?;
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .context("build the client runtime")?;
-            rt.block_on(run(addr, connector, &pids, conns, mode))
+            rt.block_on(client())
         })
-        .context("start the idle client thread")?
+        .with_context(|| format!("start the {name} client thread"))?
         .join()
-        .map_err(|_| anyhow!("the idle client thread panicked"))?
+        .map_err(|_| anyhow!("the {name} client thread panicked"))?
 }
 
 async fn run(
