@@ -13,7 +13,7 @@
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::bail;
 use bytes::Bytes;
@@ -482,20 +482,19 @@ impl ChallTestSrv {
             management,
             child,
         };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = srv.child.try_wait()? {
-                bail!("pebble-challtestsrv exited ({status})");
-            }
-            let up = std::net::TcpStream::connect(management).is_ok()
-                && crate::named::query_answers(dns, "ready.test", 1).unwrap_or(false);
-            if up {
-                return Ok(srv);
-            }
-            if Instant::now() >= deadline {
-                bail!("pebble-challtestsrv did not answer within 20 s");
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        let mut exited = None;
+        let up = crate::poll_until(Duration::from_secs(20), || {
+            exited = srv.child.try_wait().ok().flatten();
+            exited.is_some()
+                || (std::net::TcpStream::connect(management).is_ok()
+                    && crate::named::query_answers(dns, "ready.test", 1).unwrap_or(false))
+        });
+        if let Some(status) = exited {
+            bail!("pebble-challtestsrv exited ({status})");
         }
+        if !up {
+            bail!("pebble-challtestsrv did not answer within 20 s");
+        }
+        Ok(srv)
     }
 }

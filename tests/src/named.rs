@@ -11,7 +11,7 @@
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use base64::engine::general_purpose::STANDARD;
@@ -136,23 +136,22 @@ impl Named {
     /// Polls the zone's SOA until named answers it (bounded), failing early
     /// if named exits.
     fn wait_ready(&mut self) -> anyhow::Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                bail!("named exited ({status}); its log:\n{}", self.log_text());
-            }
-            if query_answers(self.addr, &self.zone, 6).unwrap_or(false) {
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
-                bail!(
-                    "named did not answer the SOA of {} within 20 s; its log:\n{}",
-                    self.zone,
-                    self.log_text()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        let mut exited = None;
+        let answered = crate::poll_until(Duration::from_secs(20), || {
+            exited = self.child.try_wait().ok().flatten();
+            exited.is_some() || query_answers(self.addr, &self.zone, 6).unwrap_or(false)
+        });
+        if let Some(status) = exited {
+            bail!("named exited ({status}); its log:\n{}", self.log_text());
         }
+        if !answered {
+            bail!(
+                "named did not answer the SOA of {} within 20 s; its log:\n{}",
+                self.zone,
+                self.log_text()
+            );
+        }
+        Ok(())
     }
 
     /// What named logged so far.
