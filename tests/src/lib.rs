@@ -13,6 +13,7 @@
 
 pub mod cloudflare;
 pub mod github;
+pub mod kube;
 pub mod named;
 pub mod pebble;
 pub mod upstream;
