@@ -22,7 +22,7 @@ use crate::auth::webhook::WebhookSpec;
 use crate::auth::{AuthSpec, ProviderKind, ProviderSpec};
 use crate::route::{Backend, IdentityField, PathMatch, Policy, RouteSpec};
 use crate::trust::{IpNet, TrustedProxies};
-use crate::upstream::{Endpoint, UpstreamAddr, UpstreamGroup, UpstreamLimits, UpstreamProtocol};
+use crate::upstream::{UpstreamAddr, UpstreamLimits, UpstreamProtocol, UpstreamSpec};
 
 /// One problem in a config file.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -1298,7 +1298,7 @@ impl Cx<'_> {
                 }
                 for url in u.get_ref() {
                     match parse_upstream(url) {
-                        Ok(addr) => endpoints.push(Endpoint::new(addr, protocol)),
+                        Ok(addr) => endpoints.push(addr),
                         Err(why) => self.err(&u.span(), k("upstream"), format!("{url:?}: {why}")),
                     }
                 }
@@ -1315,9 +1315,11 @@ impl Cx<'_> {
                     ),
                     ..d.upstream
                 };
-                Some(Backend::Upstream(Arc::new(UpstreamGroup::new(
-                    endpoints, protocol, limits,
-                ))))
+                Some(Backend::Upstream(UpstreamSpec {
+                    endpoints,
+                    protocol,
+                    limits,
+                }))
             }
         };
         let max_body_bytes =
@@ -1539,7 +1541,7 @@ echo = true
         assert_eq!(g.limits.max_connections, 256);
         assert_eq!(g.limits.queue_size, 4096);
         assert_eq!(
-            g.endpoints[1].addr,
+            g.endpoints[1],
             UpstreamAddr::Name {
                 host: "backend.local".into(),
                 port: 8080

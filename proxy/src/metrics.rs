@@ -129,6 +129,19 @@ pub struct Metrics {
     pub reloads_ok: AtomicU64,
     pub reloads_failed: AtomicU64,
     pub upstream_connects: AtomicU64,
+    /// Families another part of the process renders (heim-ingress'
+    /// `heim_kube_*`), appended to the output.
+    extra: Mutex<Vec<ExtraMetrics>>,
+}
+
+/// Appends metric families in the Prometheus text format.
+#[derive(Clone)]
+pub struct ExtraMetrics(pub Arc<dyn Fn(&mut String) + Send + Sync>);
+
+impl std::fmt::Debug for ExtraMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ExtraMetrics")
+    }
 }
 
 impl Metrics {
@@ -136,6 +149,14 @@ impl Metrics {
     pub fn route(&self, name: &str) -> Arc<RouteMetrics> {
         let mut routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
         routes.entry(name.to_string()).or_default().clone()
+    }
+
+    /// Adds families that `/metrics` renders after heim's own.
+    pub fn add_extra(&self, extra: ExtraMetrics) {
+        self.extra
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(extra);
     }
 
     /// Counts one upstream failure.
@@ -323,6 +344,10 @@ impl Metrics {
             "result",
             &[("ok", &self.reloads_ok), ("failed", &self.reloads_failed)],
         );
+        let extra = self.extra.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        for e in extra {
+            (e.0)(&mut out);
+        }
         out
     }
 }

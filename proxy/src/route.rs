@@ -23,7 +23,7 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::upstream::UpstreamGroup;
+use crate::upstream::{Health, UpstreamGroup, UpstreamSpec};
 
 /// How a route's path is compared with a request's path.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -35,10 +35,10 @@ pub enum PathMatch {
 }
 
 /// What answers a route's requests.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Backend {
     /// Pooled HTTP upstreams, round-robin.
-    Upstream(Arc<UpstreamGroup>),
+    Upstream(UpstreamSpec),
     /// heim answers itself with what a backend would have seen.
     Echo,
 }
@@ -65,8 +65,9 @@ pub enum IdentityField {
     Groups,
 }
 
-/// A route as its source declares it: plain values, validated.
-#[derive(Clone, Debug)]
+/// A route as its source declares it: plain values, validated, compared
+/// with `==` (what is live is in [`Route`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RouteSpec {
     /// Stable name for logs and metrics (`host/path` when the source gives none).
     pub name: String,
@@ -85,10 +86,13 @@ pub struct RouteSpec {
     pub identity_headers: Vec<(http::HeaderName, IdentityField)>,
 }
 
-/// A compiled route: the spec plus what the hot path needs next to it.
+/// A compiled route: the spec plus what is live next to it.
 #[derive(Debug)]
 pub struct Route {
     pub spec: RouteSpec,
+    /// The compiled `Backend::Upstream`: endpoint health and the
+    /// round-robin position, kept across swaps for an unchanged spec.
+    pub upstream: Option<Arc<UpstreamGroup>>,
     pub metrics: Arc<crate::metrics::RouteMetrics>,
     /// Every header any route of the table names in `identity_headers`:
     /// removed from every request (a public route may share a backend
@@ -172,7 +176,7 @@ impl RouteTable {
         specs: Vec<RouteSpec>,
         metrics_for: impl FnMut(&str) -> Arc<crate::metrics::RouteMetrics>,
     ) -> Result<Self, Vec<DuplicateRoute>> {
-        let (table, dups) = Self::build_all(specs, metrics_for);
+        let (table, dups) = Self::build_all(specs, metrics_for, None);
         if dups.is_empty() {
             Ok(table)
         } else {
@@ -183,11 +187,23 @@ impl RouteTable {
     /// Like [`RouteTable::build`], but a route that repeats an earlier
     /// one's host, path and path type is left out (and returned) instead
     /// of failing the whole table: for routes of several sources, where
-    /// the first claim wins.
+    /// the first claim wins. What is live in `previous` is kept: an
+    /// upstream spec seen there keeps its compiled group, and an endpoint
+    /// seen there its health, so that one changed route resets nothing of
+    /// the others.
     pub fn build_all(
         specs: Vec<RouteSpec>,
         mut metrics_for: impl FnMut(&str) -> Arc<crate::metrics::RouteMetrics>,
+        previous: Option<&RouteTable>,
     ) -> (Self, Vec<DuplicateRoute>) {
+        let mut groups: HashMap<UpstreamSpec, Arc<UpstreamGroup>> = HashMap::new();
+        let mut health: HashMap<u64, Arc<Health>> = HashMap::new();
+        for route in previous.into_iter().flat_map(|t| t.routes()) {
+            if let (Backend::Upstream(spec), Some(group)) = (&route.spec.backend, &route.upstream) {
+                health.extend(group.health());
+                groups.insert(spec.clone(), group.clone());
+            }
+        }
         let mut table = RouteTable::default();
         let mut dups = Vec::new();
         let mut names: Vec<http::HeaderName> = specs
@@ -199,8 +215,18 @@ impl RouteTable {
         let identity_names: Arc<[http::HeaderName]> = names.into();
         for (index, spec) in specs.into_iter().enumerate() {
             let metrics = metrics_for(&spec.name);
+            let upstream = match &spec.backend {
+                Backend::Upstream(u) => Some(
+                    groups
+                        .entry(u.clone())
+                        .or_insert_with(|| Arc::new(UpstreamGroup::compile(u, &health)))
+                        .clone(),
+                ),
+                Backend::Echo => None,
+            };
             let route = Arc::new(Route {
                 spec,
+                upstream,
                 metrics,
                 identity_names: identity_names.clone(),
             });
@@ -491,6 +517,75 @@ mod tests {
 
     fn table(specs: Vec<RouteSpec>) -> RouteTable {
         RouteTable::build(specs, |_| Default::default()).expect("no duplicates")
+    }
+
+    fn upstream(ports: &[u16]) -> Backend {
+        use crate::upstream::*;
+        let d = std::time::Duration::from_secs(1);
+        Backend::Upstream(UpstreamSpec {
+            endpoints: ports
+                .iter()
+                .map(|p| UpstreamAddr::Socket(([198, 51, 100, 1], *p).into()))
+                .collect(),
+            protocol: UpstreamProtocol::Http1,
+            limits: UpstreamLimits {
+                connect_timeout: d,
+                response_timeout: d,
+                idle_timeout: d,
+                max_connections: 8,
+                queue_size: 8,
+            },
+        })
+    }
+
+    #[test]
+    fn a_rebuild_keeps_what_is_live_by_identity() {
+        let mut a = spec(Some("a.test"), "/", PathMatch::Prefix);
+        a.backend = upstream(&[1, 2]);
+        let mut b = spec(Some("b.test"), "/", PathMatch::Prefix);
+        b.backend = upstream(&[3]);
+        let first = table(vec![a.clone(), b.clone()]);
+        let group_a = first
+            .lookup("a.test", "/")
+            .unwrap()
+            .upstream
+            .clone()
+            .unwrap();
+        group_a.report_failure(0);
+        // b changes (a new endpoint), a does not.
+        b.backend = upstream(&[3, 1]);
+        let (second, dups) =
+            RouteTable::build_all(vec![a, b], |_| Default::default(), Some(&first));
+        assert!(dups.is_empty());
+        let kept = second
+            .lookup("a.test", "/")
+            .unwrap()
+            .upstream
+            .clone()
+            .unwrap();
+        assert!(Arc::ptr_eq(&group_a, &kept), "unchanged spec, same group");
+        let group_b = second
+            .lookup("b.test", "/")
+            .unwrap()
+            .upstream
+            .clone()
+            .unwrap();
+        assert_eq!(group_b.endpoints.len(), 2);
+        // Port 1 stays ejected in a's group, and b's new endpoint on the
+        // same address shares that health.
+        assert!((0..4).all(|_| kept.pick(&[]) == Some(1)));
+        assert!((0..4).all(|_| group_b.pick(&[]) == Some(0)));
+        // A table built without a previous one forgets.
+        let mut c = spec(Some("c.test"), "/", PathMatch::Prefix);
+        c.backend = upstream(&[1, 9]);
+        let fresh = table(vec![c]);
+        let group_c = fresh
+            .lookup("c.test", "/")
+            .unwrap()
+            .upstream
+            .clone()
+            .unwrap();
+        assert!((0..4).any(|_| group_c.pick(&[]) == Some(0)));
     }
 
     #[test]

@@ -39,8 +39,7 @@ use crate::error::ProxyError;
 use crate::forward::headers::{self, X_REQUEST_ID};
 use crate::metrics::ClientErrorKind;
 use crate::route::{
-    host_and_port, normalize_host, normalize_path, routing_path, Backend, IdentityField, Policy,
-    Route,
+    host_and_port, normalize_host, normalize_path, routing_path, IdentityField, Policy, Route,
 };
 use crate::state::Shared;
 use crate::trust::{Forwarded, TrustedProxies};
@@ -272,10 +271,11 @@ pub async fn handle(
     metrics.record(status, elapsed);
     if let Some((method, path, version)) = logged {
         let upstream = match (&outcome.route, outcome.upstream) {
-            (Some(r), Some(i)) => match &r.spec.backend {
-                Backend::Upstream(g) => g.endpoints.get(i).map(|e| e.display.as_str()),
-                Backend::Echo => None,
-            },
+            (Some(r), Some(i)) => r
+                .upstream
+                .as_ref()
+                .and_then(|g| g.endpoints.get(i))
+                .map(|e| e.display.as_str()),
             _ => None,
         };
         tracing::info!(
@@ -629,9 +629,9 @@ pub fn rewrite<B>(
             .get(UPGRADE)
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"))
         && connection_upgrade(req);
-    let protocol = match &route.spec.backend {
+    let protocol = match &route.upstream {
         // Upgrades always speak HTTP/1.1 to the upstream.
-        Backend::Upstream(g) if !upgrade => g.protocol,
+        Some(g) if !upgrade => g.protocol,
         _ => UpstreamProtocol::Http1,
     };
     if req.version() == Version::HTTP_2 && protocol == UpstreamProtocol::Http1 {
@@ -696,8 +696,8 @@ async fn backend(
         }
         _ => ClientBody::Stream(body),
     };
-    let group = match &route.spec.backend {
-        Backend::Echo => {
+    let group = match &route.upstream {
+        None => {
             return Ok(crate::echo::respond(
                 &Request::from_parts(parts, ()),
                 conn,
@@ -708,7 +708,7 @@ async fn backend(
                 session,
             ))
         }
-        Backend::Upstream(g) => g,
+        Some(g) => g,
     };
     let (body, sent) = match body {
         ClientBody::Verified(bytes) => UpstreamBody::buffered(bytes),

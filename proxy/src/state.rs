@@ -237,7 +237,9 @@ impl Shared {
             starts.push((all.len(), *s));
             all.extend(specs.iter().cloned());
         }
-        let (table, dups) = RouteTable::build_all(all, |name| self.metrics.route(name));
+        let previous = self.routes.load();
+        let (table, dups) =
+            RouteTable::build_all(all, |name| self.metrics.route(name), Some(&previous));
         self.routes.store(Arc::new(table));
         drop(layers);
         self.delivered(source);

@@ -4,9 +4,11 @@
 //! Health is shared by every worker (atomics); connection pools are not (see
 //! `forward::pool`), so that checking a connection out never takes a lock.
 
+use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::Arc;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -37,39 +39,64 @@ impl std::fmt::Display for UpstreamAddr {
     }
 }
 
-/// One upstream server.
-#[derive(Debug)]
-pub struct Endpoint {
-    /// Identifies the endpoint's connection pool in every worker; the same
-    /// address and protocol keep the same id across reloads.
-    pub id: u64,
-    pub addr: UpstreamAddr,
-    /// `host:port`, for logs.
-    pub display: String,
+/// What passive health checking knows of an endpoint: shared by every
+/// route and table that names the same address and protocol, so that a
+/// swap (a reload, one changed Ingress) does not forget an ejection.
+#[derive(Debug, Default)]
+pub struct Health {
     ejected_until_ms: AtomicU64,
     consecutive_failures: AtomicU32,
 }
 
+/// One upstream server.
+#[derive(Debug)]
+pub struct Endpoint {
+    /// Identifies the endpoint's connection pool in every worker and its
+    /// health; the same address and protocol keep the same id across swaps.
+    pub id: u64,
+    pub addr: UpstreamAddr,
+    /// `host:port`, for logs.
+    pub display: String,
+    health: Arc<Health>,
+}
+
 impl Endpoint {
     pub fn new(addr: UpstreamAddr, protocol: UpstreamProtocol) -> Self {
+        Self::with_health(addr, protocol, &HashMap::new())
+    }
+
+    /// An endpoint that keeps the health `known` has for its id.
+    fn with_health(
+        addr: UpstreamAddr,
+        protocol: UpstreamProtocol,
+        known: &HashMap<u64, Arc<Health>>,
+    ) -> Self {
         let mut h = DefaultHasher::new();
         (&addr, protocol).hash(&mut h);
+        let id = h.finish();
         Self {
-            id: h.finish(),
+            id,
             display: addr.to_string(),
             addr,
-            ejected_until_ms: AtomicU64::new(0),
-            consecutive_failures: AtomicU32::new(0),
+            health: known.get(&id).cloned().unwrap_or_default(),
         }
     }
 
     fn ejected(&self, now_ms: u64) -> bool {
-        self.ejected_until_ms.load(Relaxed) > now_ms
+        self.health.ejected_until_ms.load(Relaxed) > now_ms
     }
 }
 
+/// A route's upstreams as its source declares them: plain values.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct UpstreamSpec {
+    pub endpoints: Vec<UpstreamAddr>,
+    pub protocol: UpstreamProtocol,
+    pub limits: UpstreamLimits,
+}
+
 /// Timeouts and bounds of a route's upstream connections.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct UpstreamLimits {
     pub connect_timeout: Duration,
     /// To the response head, and between two pieces of the response body.
@@ -112,6 +139,21 @@ impl UpstreamGroup {
         }
     }
 
+    /// Compiles a spec; endpoints `known` by id keep their health.
+    pub fn compile(spec: &UpstreamSpec, known: &HashMap<u64, Arc<Health>>) -> Self {
+        let endpoints = spec
+            .endpoints
+            .iter()
+            .map(|a| Endpoint::with_health(a.clone(), spec.protocol, known))
+            .collect();
+        Self::new(endpoints, spec.protocol, spec.limits)
+    }
+
+    /// Each endpoint's id and health, for the next table to keep.
+    pub fn health(&self) -> impl Iterator<Item = (u64, Arc<Health>)> + '_ {
+        self.endpoints.iter().map(|e| (e.id, e.health.clone()))
+    }
+
     /// Picks the next endpoint round-robin, skipping ejected ones and those in
     /// `tried`. When every untried endpoint is ejected, the one whose
     /// ejection ends first is tried anyway, so a route with a single
@@ -133,7 +175,7 @@ impl UpstreamGroup {
             if !ep.ejected(now) {
                 return Some(i);
             }
-            let until = ep.ejected_until_ms.load(Relaxed);
+            let until = ep.health.ejected_until_ms.load(Relaxed);
             if fallback.is_none_or(|(u, _)| until < u) {
                 fallback = Some((until, i));
             }
@@ -144,9 +186,10 @@ impl UpstreamGroup {
     /// Records a failed connection attempt to endpoint `i`.
     pub fn report_failure(&self, i: usize) {
         let ep = &self.endpoints[i];
-        let fails = ep.consecutive_failures.fetch_add(1, Relaxed) + 1;
+        let fails = ep.health.consecutive_failures.fetch_add(1, Relaxed) + 1;
         if fails >= EJECT_AFTER_FAILURES {
-            ep.ejected_until_ms
+            ep.health
+                .ejected_until_ms
                 .store(now_ms() + EJECT_FOR.as_millis() as u64, Relaxed);
             tracing::warn!(upstream = %ep.display, failures = fails, "upstream ejected");
         }
@@ -154,10 +197,10 @@ impl UpstreamGroup {
 
     /// Records a successful connection to endpoint `i`.
     pub fn report_success(&self, i: usize) {
-        let ep = &self.endpoints[i];
-        if ep.consecutive_failures.load(Relaxed) != 0 {
-            ep.consecutive_failures.store(0, Relaxed);
-            ep.ejected_until_ms.store(0, Relaxed);
+        let h = &self.endpoints[i].health;
+        if h.consecutive_failures.load(Relaxed) != 0 {
+            h.consecutive_failures.store(0, Relaxed);
+            h.ejected_until_ms.store(0, Relaxed);
         }
     }
 }
