@@ -192,6 +192,7 @@ struct RawRoute {
     allow_github_teams: Option<Spanned<Vec<String>>>,
     allow_any_authenticated: Option<Spanned<bool>>,
     identity_headers: Option<Spanned<std::collections::BTreeMap<String, String>>>,
+    allow_source_ranges: Option<Spanned<Vec<String>>>,
     webhook: Option<Spanned<RawWebhook>>,
     acme: Option<Spanned<bool>>,
 }
@@ -281,6 +282,8 @@ pub struct Config {
     /// `server.default_certificate` and its line: the name whose
     /// certificate serves handshakes without SNI or for unknown names.
     pub default_certificate: Option<(String, usize)>,
+    /// What a route gets for what it leaves unset (other sources' routes too).
+    pub route_defaults: RouteDefaults,
 }
 
 impl Config {
@@ -299,6 +302,17 @@ impl Config {
 
     /// Validates config text; `path` names it in errors and anchors relative paths.
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
+        Self::parse_as(path, text, true)
+    }
+
+    /// Like [`Config::parse`], for a process whose certificates may all
+    /// come from another source (`heim-ingress`: the cluster's Secrets), so
+    /// that neither `[[certificate]]` nor `[acme]` is required.
+    pub fn parse_as(
+        path: &Path,
+        text: &str,
+        certificates_required: bool,
+    ) -> Result<Config, ConfigErrors> {
         let mut cx = Cx {
             file: path.to_path_buf(),
             text,
@@ -326,7 +340,7 @@ impl Config {
             .enumerate()
             .map(|(i, c)| cx.certificate(i, c, &base))
             .collect::<Vec<_>>();
-        if certificates.is_empty() && raw.acme.is_none() {
+        if certificates_required && certificates.is_empty() && raw.acme.is_none() {
             cx.err(
                 &raw.server.span(),
                 "certificate".into(),
@@ -371,6 +385,7 @@ impl Config {
                     auth,
                     acme,
                     default_certificate,
+                    route_defaults: defaults,
                 });
             }
         }
@@ -389,9 +404,12 @@ impl Config {
     }
 }
 
-struct RouteDefaults {
-    upstream: UpstreamLimits,
-    max_body_bytes: u64,
+/// The `[server]` keys that are defaults of every route.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RouteDefaults {
+    pub upstream: UpstreamLimits,
+    /// `server.max_body_bytes`; 0 means no limit.
+    pub max_body_bytes: u64,
 }
 
 impl RouteDefaults {
@@ -1169,38 +1187,10 @@ impl Cx<'_> {
         };
         let mut out = Vec::new();
         for (name, field) in map.get_ref() {
-            let key = format!("route[{i}].identity_headers");
-            let header = match http::HeaderName::from_bytes(name.as_bytes()) {
-                Ok(h)
-                    if !crate::forward::headers::is_hop_by_hop(&h)
-                        && !name.contains('_')
-                        && !NOT_IDENTITY.contains(&h.as_str()) =>
-                {
-                    h
-                }
-                _ => {
-                    self.err(
-                        &map.span(),
-                        key,
-                        format!("{name:?} cannot be an identity header"),
-                    );
-                    continue;
-                }
-            };
-            let field = match field.as_str() {
-                "email" => IdentityField::Email,
-                "user" => IdentityField::User,
-                "groups" => IdentityField::Groups,
-                other => {
-                    self.err(
-                        &map.span(),
-                        key,
-                        format!("{other:?} is not one of \"email\", \"user\", \"groups\""),
-                    );
-                    continue;
-                }
-            };
-            out.push((header, field));
+            match identity_header(name, field) {
+                Ok(h) => out.push(h),
+                Err(why) => self.err(&map.span(), format!("route[{i}].identity_headers"), why),
+            }
         }
         out
     }
@@ -1361,6 +1351,19 @@ impl Cx<'_> {
                 "allow rules need sign-in: add an [auth] table with a provider".into(),
             );
         }
+        let mut source_ranges = Vec::new();
+        if let Some(list) = &r.allow_source_ranges {
+            for net in list.get_ref() {
+                match net.parse::<IpNet>() {
+                    Ok(n) => source_ranges.push(n),
+                    Err(why) => self.err(
+                        &list.span(),
+                        k("allow_source_ranges"),
+                        format!("{net:?}: {why}"),
+                    ),
+                }
+            }
+        }
         if self.errors.len() > before {
             return None;
         }
@@ -1384,8 +1387,38 @@ impl Cx<'_> {
             https_redirect: r.https_redirect.unwrap_or(true),
             max_body_bytes: Some(max_body_bytes).filter(|n| *n > 0),
             identity_headers,
+            source_ranges,
         })
     }
+}
+
+/// An extra identity header: a header name (no hop-by-hop, no `_`, none of
+/// [`NOT_IDENTITY`]) and `email`, `user` or `groups`.
+pub fn identity_header(
+    name: &str,
+    field: &str,
+) -> Result<(http::HeaderName, IdentityField), String> {
+    let header = match http::HeaderName::from_bytes(name.as_bytes()) {
+        Ok(h)
+            if !crate::forward::headers::is_hop_by_hop(&h)
+                && !name.contains('_')
+                && !NOT_IDENTITY.contains(&h.as_str()) =>
+        {
+            h
+        }
+        _ => return Err(format!("{name:?} cannot be an identity header")),
+    };
+    let field = match field {
+        "email" => IdentityField::Email,
+        "user" => IdentityField::User,
+        "groups" => IdentityField::Groups,
+        other => {
+            return Err(format!(
+                "{other:?} is not one of \"email\", \"user\", \"groups\""
+            ))
+        }
+    };
+    Ok((header, field))
 }
 
 /// Headers that cannot carry an identity: heim would strip them from every

@@ -84,6 +84,9 @@ pub struct RouteSpec {
     /// Extra headers that carry the signed-in user's identity (besides
     /// `X-Heim-*`); whatever a client sends under these names is removed.
     pub identity_headers: Vec<(http::HeaderName, IdentityField)>,
+    /// Clients outside these blocks get 403 before anything else is
+    /// checked; empty admits every address.
+    pub source_ranges: Vec<crate::trust::IpNet>,
 }
 
 /// A compiled route: the spec plus what is live next to it.
@@ -512,6 +515,7 @@ mod tests {
             https_redirect: true,
             max_body_bytes: None,
             identity_headers: Vec::new(),
+            source_ranges: Vec::new(),
         }
     }
 

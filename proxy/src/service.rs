@@ -335,6 +335,17 @@ async fn serve(
         Routed::Redirect(location) => return Ok(redirect(location)),
     };
     out.route = Some(route.clone());
+    // === source === the route's address blocks (the client as a trusted
+    // proxy gives it, else the peer).
+    if !route.spec.source_ranges.is_empty()
+        && !route
+            .spec
+            .source_ranges
+            .iter()
+            .any(|n| n.contains(out.client))
+    {
+        return Err(ProxyError::Forbidden);
+    }
     let session = authenticate(&req, &parsed.host, &route, auth.as_deref(), conn);
     authorize(
         &req,
