@@ -1,8 +1,22 @@
-//! heim-ingress: the Kubernetes control plane of heim.
+//! heim-ingress: heim's Kubernetes ingress controller.
 //!
-//! Skeleton. It will watch Ingress, IngressClass, Service, EndpointSlice,
-//! Secret and heim's ConfigMap and feed one pure function
-//! `translate(snapshot) -> (RouteTable, certificates, problems)`, whose
-//! output is `heim_proxy::route::RouteSpec` values (see DESIGN.md).
+//! One process runs the controller and heim's data plane (`heim_proxy::start`,
+//! a library call). Reflectors ([`watch`]) cache Ingress, IngressClass,
+//! Service, EndpointSlice (or Endpoints), Secret and heim's ConfigMap; every
+//! change (debounced) runs [`translate`], a pure function of the snapshot,
+//! whose routes and certificates are pushed into the data plane as the
+//! `Kubernetes` source, beside the ConfigMap's own `[[route]]`s. The leader
+//! ([`leader`], a Lease) writes Ingress status and publishes the problems as
+//! Events. See docs/ingress.md.
 
-pub use heim_proxy::route::RouteSpec;
+pub mod class;
+pub mod controller;
+pub mod leader;
+pub mod metrics;
+pub mod model;
+pub mod options;
+pub mod translate;
+pub mod watch;
+
+pub use options::Options;
+pub use translate::{translate_once, Settings, Translation};

@@ -1,17 +1,49 @@
-//! `heim-ingress`: the Kubernetes ingress controller (skeleton).
+//! `heim-ingress`: the Kubernetes ingress controller and heim's data plane.
 
 use std::process::ExitCode;
 
 use clap::Parser;
 
-/// heim's ingress controller: turns the cluster's Ingress objects into heim
-/// routes and certificates. Not implemented yet in this build.
-#[derive(Parser)]
-#[command(name = "heim-ingress", version)]
-struct Cli {}
+/// As in heim-proxy: mimalloc's per-thread heaps suit the workers.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    let _ = Cli::parse();
-    eprintln!("heim-ingress: not implemented yet in this build");
-    ExitCode::from(2)
+    let opts = heim_ingress::Options::parse();
+    init_logging();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("heim-ingress")
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("heim-ingress: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(heim_ingress::controller::run(opts)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            match e.downcast_ref::<heim_proxy::config::ConfigErrors>() {
+                Some(errors) => heim_proxy::reload::log_errors(&errors.0),
+                None => tracing::error!("{e:#}"),
+            }
+            eprintln!("heim-ingress: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .json()
+        .flatten_event(true)
+        .with_current_span(false)
+        .with_env_filter(filter)
+        .with_writer(std::io::stdout)
+        .init();
 }

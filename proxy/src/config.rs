@@ -77,6 +77,13 @@ struct RawConfig {
     route: Vec<Spanned<RawRoute>>,
     auth: Option<Spanned<RawAuth>>,
     acme: Option<Spanned<RawAcme>>,
+    ingress: Option<Spanned<RawIngress>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIngress {
+    default_policy: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -284,6 +291,28 @@ pub struct Config {
     pub default_certificate: Option<(String, usize)>,
     /// What a route gets for what it leaves unset (other sources' routes too).
     pub route_defaults: RouteDefaults,
+    /// `[ingress]`: read by `heim-ingress` only.
+    pub ingress: IngressSettings,
+}
+
+/// `[ingress]`: how `heim-ingress` treats the cluster's Ingresses.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IngressSettings {
+    /// The policy of an Ingress that names none (`heim.dev/public`, an
+    /// `heim.dev/allow-*` annotation).
+    pub default_policy: DefaultPolicy,
+}
+
+/// `ingress.default_policy`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DefaultPolicy {
+    /// Nobody (the shipped default).
+    #[default]
+    Deny,
+    /// Anyone, without signing in.
+    Public,
+    /// Anyone who signs in.
+    AnyAuthenticated,
 }
 
 impl Config {
@@ -358,6 +387,7 @@ impl Config {
             }
         }
         let acme = cx.acme(&raw, &base);
+        let ingress = cx.ingress(&raw);
         let default_certificate = raw
             .server
             .get_ref()
@@ -386,6 +416,7 @@ impl Config {
                     acme,
                     default_certificate,
                     route_defaults: defaults,
+                    ingress,
                 });
             }
         }
@@ -851,6 +882,39 @@ impl Cx<'_> {
             dns,
             line: self.line(&spanned.span()),
         })
+    }
+
+    fn ingress(&mut self, raw: &RawConfig) -> IngressSettings {
+        let Some(p) = raw
+            .ingress
+            .as_ref()
+            .and_then(|i| i.get_ref().default_policy.as_ref())
+        else {
+            return IngressSettings::default();
+        };
+        let default_policy = match p.get_ref().as_str() {
+            "deny" => DefaultPolicy::Deny,
+            "public" => DefaultPolicy::Public,
+            "any-authenticated" if raw.auth.is_some() => DefaultPolicy::AnyAuthenticated,
+            "any-authenticated" => {
+                self.err(
+                    &p.span(),
+                    "ingress.default_policy".into(),
+                    "\"any-authenticated\" needs sign-in: add an [auth] table with a provider"
+                        .into(),
+                );
+                DefaultPolicy::Deny
+            }
+            other => {
+                self.err(
+                    &p.span(),
+                    "ingress.default_policy".into(),
+                    format!("{other:?} is not one of \"deny\", \"public\", \"any-authenticated\""),
+                );
+                DefaultPolicy::Deny
+            }
+        };
+        IngressSettings { default_policy }
     }
 
     fn acme_dns(&mut self, raw: &Spanned<RawAcmeDns>, base: &Path) -> Option<DnsConfig> {

@@ -26,7 +26,7 @@ use std::sync::Arc;
 use crate::upstream::{Health, UpstreamGroup, UpstreamSpec};
 
 /// How a route's path is compared with a request's path.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum PathMatch {
     /// The request path equals the route path.
     Exact,

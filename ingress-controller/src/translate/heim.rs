@@ -1,0 +1,256 @@
+//! The `heim.dev/*` annotations.
+//!
+//! | annotation | value |
+//! | --- | --- |
+//! | `public` | `"true"`: anyone, without signing in |
+//! | `allow-emails`, `allow-domains`, `allow-groups`, `allow-github-orgs`, `allow-github-teams` | comma-separated; any match admits |
+//! | `allow-any-authenticated` | `"true"`: anyone who signs in |
+//! | `identity-headers` | `Header=email\|user\|groups`, comma-separated |
+//! | `backend-protocol` | `HTTP` (default) or `H2C` |
+//! | `ssl-redirect` | `"false"`: serve plain HTTP too (default: 308 to https) |
+//! | `proxy-body-size` | nginx syntax: `8m`, `512k`, `1g`, `0` = no limit |
+//! | `proxy-read-timeout` | seconds (`60`, or `60s`) to the response head and between body reads |
+//! | `allow-source-range` | CIDR blocks, comma-separated; others get 403 |
+//! | `webhook-secret` | a Secret in the Ingress's namespace (key `secret`): GitHub webhooks signed with it, no sign-in |
+//!
+//! A value that does not parse is an error naming the annotation, and the
+//! Ingress is not served (never served with a weaker policy than written).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use heim_proxy::auth::policy::{valid_email, AccessRules};
+use heim_proxy::auth::webhook::WebhookSpec;
+use heim_proxy::route::Policy;
+use heim_proxy::trust::IpNet;
+use heim_proxy::upstream::UpstreamProtocol;
+use k8s_openapi::api::networking::v1::Ingress;
+
+use super::{IngressOptions, Settings};
+use crate::model::{ObjKey, Snapshot};
+
+/// The annotations' prefix.
+pub const PREFIX: &str = "heim.dev/";
+
+/// Reads an Ingress's `heim.dev/*` annotations; errors are (annotation, message).
+pub fn read(
+    ingress: &Ingress,
+    snap: &Snapshot,
+    settings: &Settings,
+) -> Result<IngressOptions, Vec<(String, String)>> {
+    let empty = BTreeMap::new();
+    let all = ingress.metadata.annotations.as_ref().unwrap_or(&empty);
+    let mut r = Reader {
+        all,
+        errors: Vec::new(),
+    };
+    let mut o = IngressOptions::default();
+    let public = r.flag("public");
+    let any = r.flag("allow-any-authenticated");
+    let rules = AccessRules {
+        any_authenticated: any == Some(true),
+        emails: r.list_lower("allow-emails"),
+        domains: r.list_lower("allow-domains"),
+        groups: r.list("allow-groups"),
+        github_orgs: r.list_lower("allow-github-orgs"),
+        github_teams: r.list_lower("allow-github-teams"),
+    };
+    for e in &rules.emails {
+        if valid_email(e).is_none() {
+            r.error("allow-emails", format!("{e:?} is not an email address"));
+        }
+    }
+    for t in &rules.github_teams {
+        if !t
+            .split_once('/')
+            .is_some_and(|(o, t)| !o.is_empty() && !t.is_empty() && !t.contains('/'))
+        {
+            r.error("allow-github-teams", format!("{t:?} is not org/team"));
+        }
+    }
+    let webhook = r.get("webhook-secret").map(|name| {
+        let key = ObjKey::new(
+            ingress.metadata.namespace.as_deref().unwrap_or_default(),
+            name.trim(),
+        );
+        let secret = snap.secrets.get(&key).and_then(|s| {
+            let data = s.data.as_ref()?;
+            data.get("secret")
+                .or_else(|| (data.len() == 1).then(|| data.values().next())?)
+                .map(|b| heim_proxy::auth::trim_secret(b.0.clone()))
+        });
+        (key, secret)
+    });
+    o.policy = match (public == Some(true), rules.is_empty(), webhook) {
+        (_, _, Some((key, secret))) => {
+            if public == Some(true) || !rules.is_empty() {
+                r.error(
+                    "webhook-secret",
+                    "a webhook needs no user: drop heim.dev/public and the allow rules".into(),
+                );
+            }
+            match secret {
+                Some(s) if !s.is_empty() => Some(Policy::Webhook(Arc::new(WebhookSpec {
+                    secret_file: Default::default(),
+                    secret: s.into(),
+                }))),
+                _ => {
+                    r.error(
+                        "webhook-secret",
+                        format!("Secret {key} does not exist or has no non-empty key \"secret\""),
+                    );
+                    None
+                }
+            }
+        }
+        (true, false, None) => {
+            r.error(
+                "public",
+                "an Ingress is either public or has allow rules, not both".into(),
+            );
+            None
+        }
+        (true, true, None) => Some(Policy::Public),
+        (false, false, None) => {
+            if !settings.have_auth {
+                r.error(
+                    "allow-*",
+                    "allow rules need sign-in: add [auth] with a provider to heim's ConfigMap"
+                        .into(),
+                );
+            }
+            Some(Policy::Allow(Arc::new(rules)))
+        }
+        // `public: "false"` and no rules: the default policy.
+        (false, true, None) => None,
+    };
+    if let Some(v) = r.get("identity-headers") {
+        for item in v.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let Some((name, field)) = item.split_once('=') else {
+                r.error(
+                    "identity-headers",
+                    format!("{item:?} is not Header=email|user|groups"),
+                );
+                continue;
+            };
+            match heim_proxy::config::identity_header(name.trim(), field.trim()) {
+                Ok(h) => o.identity_headers.push(h),
+                Err(why) => r.error("identity-headers", why),
+            }
+        }
+    }
+    o.protocol =
+        r.get("backend-protocol")
+            .and_then(|v| match v.trim().to_ascii_uppercase().as_str() {
+                "HTTP" => Some(UpstreamProtocol::Http1),
+                "H2C" => Some(UpstreamProtocol::H2c),
+                _ => {
+                    r.error("backend-protocol", format!("{v:?} is not one of HTTP, H2C"));
+                    None
+                }
+            });
+    o.https_redirect = r.flag("ssl-redirect");
+    o.max_body_bytes = r.get("proxy-body-size").and_then(|v| match nginx_size(v) {
+        Some(n) => Some(n),
+        None => {
+            r.error(
+                "proxy-body-size",
+                format!("{v:?} is not a size like 8m, 512k, 1g or 0"),
+            );
+            None
+        }
+    });
+    o.response_timeout = r.get("proxy-read-timeout").and_then(|v| {
+        let t = v.trim();
+        match t.strip_suffix('s').unwrap_or(t).parse::<u64>() {
+            Ok(n) if n > 0 => Some(Duration::from_secs(n)),
+            _ => {
+                r.error(
+                    "proxy-read-timeout",
+                    format!("{v:?} is not a number of seconds"),
+                );
+                None
+            }
+        }
+    });
+    if let Some(v) = r.get("allow-source-range") {
+        for net in v.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            match net.parse::<IpNet>() {
+                Ok(n) => o.source_ranges.push(n),
+                Err(why) => r.error("allow-source-range", format!("{net:?}: {why}")),
+            }
+        }
+    }
+    if r.errors.is_empty() {
+        Ok(o)
+    } else {
+        Err(r.errors)
+    }
+}
+
+/// nginx's size syntax: a number, optionally `k`, `m` or `g` (binary units,
+/// any case); `0` means no limit.
+pub fn nginx_size(v: &str) -> Option<u64> {
+    let v = v.trim();
+    let (digits, unit) = match v.char_indices().last()? {
+        (i, c) if c.is_ascii_alphabetic() => (&v[..i], c.to_ascii_lowercase()),
+        _ => (v, ' '),
+    };
+    let n: u64 = digits.parse().ok()?;
+    let mult = match unit {
+        ' ' => 1,
+        'k' => 1 << 10,
+        'm' => 1 << 20,
+        'g' => 1 << 30,
+        _ => return None,
+    };
+    n.checked_mul(mult)
+}
+
+struct Reader<'a> {
+    all: &'a BTreeMap<String, String>,
+    errors: Vec<(String, String)>,
+}
+
+impl<'a> Reader<'a> {
+    fn get(&self, name: &str) -> Option<&'a String> {
+        self.all.get(&format!("{PREFIX}{name}"))
+    }
+
+    fn error(&mut self, name: &str, message: String) {
+        self.errors.push((format!("{PREFIX}{name}"), message));
+    }
+
+    fn flag(&mut self, name: &str) -> Option<bool> {
+        let v = self.get(name)?;
+        match v.trim().to_ascii_lowercase().as_str() {
+            "true" => Some(true),
+            "false" => Some(false),
+            _ => {
+                self.error(name, format!("{v:?} is not \"true\" or \"false\""));
+                None
+            }
+        }
+    }
+
+    fn list(&self, name: &str) -> Vec<String> {
+        self.get(name)
+            .map(|v| {
+                v.split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn list_lower(&self, name: &str) -> Vec<String> {
+        let mut l = self.list(name);
+        for s in &mut l {
+            s.make_ascii_lowercase();
+        }
+        l
+    }
+}

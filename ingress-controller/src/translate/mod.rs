@@ -1,0 +1,496 @@
+//! `translate(snapshot) -> (routes, certificates, problems)`: the one place
+//! that knows how the cluster's objects become heim's route model.
+//!
+//! Ingress v1 semantics, as the Kubernetes API reference states them:
+//! * which Ingresses are heim's: [`crate::class`];
+//! * each rule's host (exact or `*.` wildcard, none = any host) and paths:
+//!   `Exact`, `Prefix`, and `ImplementationSpecific` as `Prefix`;
+//! * a backend is a Service by port number or name, routed to the ready
+//!   endpoints of the Service (pod IPs), or to the name of an
+//!   `ExternalName` Service; a `resource` backend is not supported;
+//! * `spec.defaultBackend` serves what no path of the Ingress matches: its
+//!   hosts' `/` when no path claims it, a rule without `http`, and, with no
+//!   host, every host no rule names;
+//! * `spec.tls[].secretName` names a `kubernetes.io/tls` Secret in the
+//!   Ingress's namespace.
+//!
+//! Overlaps: Ingresses are taken oldest first (`creationTimestamp`, then
+//! namespace and name), and the first claim of a host, path and path type
+//! wins; a later one is left out with a `RouteConflict` problem. Anything
+//! broken (a missing Service, an invalid annotation) leaves out only what it
+//! affects, with a problem naming the field or annotation; the rest serves.
+//!
+//! Annotations are dialects, each a module turning them into the same
+//! [`IngressOptions`]: `heim.dev/*` ([`heim`]).
+
+pub mod heim;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use heim_proxy::auth::policy::AccessRules;
+use heim_proxy::config::{DefaultPolicy, RouteDefaults};
+use heim_proxy::route::{Backend, IdentityField, PathMatch, Policy, RouteSpec};
+use heim_proxy::tls::CertEntry;
+use heim_proxy::trust::IpNet;
+use heim_proxy::upstream::{UpstreamAddr, UpstreamProtocol, UpstreamSpec};
+use k8s_openapi::api::networking::v1::{Ingress, IngressBackend};
+
+use crate::class::{Claim, ClassFilter};
+use crate::model::{ObjKey, Snapshot};
+
+/// What translation needs besides the objects.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub classes: ClassFilter,
+    /// `[server]`'s route defaults from heim's ConfigMap.
+    pub defaults: RouteDefaults,
+    /// `[ingress] default_policy`: for Ingresses that name no policy.
+    pub default_policy: DefaultPolicy,
+    /// `[auth]` is configured (allow rules can admit someone).
+    pub have_auth: bool,
+}
+
+/// Something about one Ingress that heim could not serve as written: an
+/// Event on the Ingress (`Warning`) and a log line.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Problem {
+    pub ingress: ObjKey,
+    /// The Event's reason, PascalCase.
+    pub reason: &'static str,
+    /// The field or annotation at fault.
+    pub key: String,
+    pub message: String,
+}
+
+/// The cluster's share of heim's routes and certificates.
+#[derive(Debug, Default)]
+pub struct Translation {
+    /// Oldest Ingress first; no two share host, path and path type.
+    pub routes: Vec<RouteSpec>,
+    /// The Ingress each route comes from.
+    pub owners: Vec<ObjKey>,
+    /// From the TLS Secrets the served Ingresses name.
+    pub certificates: Vec<CertEntry>,
+    pub problems: Vec<Problem>,
+    /// The Ingresses heim serves (whose status it writes).
+    pub served: Vec<ObjKey>,
+}
+
+/// What annotations say about an Ingress's routes (every dialect's output).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct IngressOptions {
+    /// `None`: the default policy applies.
+    pub policy: Option<Policy>,
+    pub identity_headers: Vec<(http::HeaderName, IdentityField)>,
+    pub protocol: Option<UpstreamProtocol>,
+    pub https_redirect: Option<bool>,
+    /// `Some(0)`: no limit.
+    pub max_body_bytes: Option<u64>,
+    pub response_timeout: Option<Duration>,
+    pub source_ranges: Vec<IpNet>,
+}
+
+/// Translates a snapshot with a fresh translator (tests, benchmarks).
+pub fn translate_once(snap: &Snapshot, settings: &Settings) -> Translation {
+    Translator::default().translate(snap, settings)
+}
+
+/// A parsed TLS Secret, kept while its `resourceVersion` stays.
+type CachedCert = (Option<String>, Result<CertEntry, String>);
+
+/// Translates snapshots; remembers parsed certificates between calls (the
+/// output depends on the snapshot and settings alone).
+#[derive(Default)]
+pub struct Translator {
+    certs: HashMap<ObjKey, CachedCert>,
+}
+
+impl Translator {
+    /// The routes, certificates and problems of a snapshot.
+    pub fn translate(&mut self, snap: &Snapshot, settings: &Settings) -> Translation {
+        let mut ours: Vec<&Arc<Ingress>> = snap
+            .ingresses
+            .iter()
+            .filter(|i| settings.classes.claim(i, &snap.classes) != Claim::No)
+            .filter(|i| i.metadata.deletion_timestamp.is_none())
+            .collect();
+        ours.sort_by(|a, b| {
+            let ka = (
+                a.metadata.creation_timestamp.as_ref().map(|t| t.0),
+                ObjKey::of(a.as_ref()),
+            );
+            let kb = (
+                b.metadata.creation_timestamp.as_ref().map(|t| t.0),
+                ObjKey::of(b.as_ref()),
+            );
+            ka.cmp(&kb)
+        });
+        let mut out = Translation::default();
+        // (host, path, path type) -> the Ingress that claimed it first.
+        let mut claimed: HashMap<(Option<String>, String, PathMatch), ObjKey> = HashMap::new();
+        let mut fallbacks: Vec<(RouteSpec, ObjKey)> = Vec::new();
+        let mut secrets_seen = HashSet::new();
+        for ingress in ours {
+            let key = ObjKey::of(ingress.as_ref());
+            out.served.push(key.clone());
+            let before = out.problems.len();
+            let mut problem = |reason, k: String, message: String| {
+                out.problems.push(Problem {
+                    ingress: key.clone(),
+                    reason,
+                    key: k,
+                    message,
+                })
+            };
+            let options = match heim::read(ingress, snap, settings) {
+                Ok(o) => o,
+                Err(errors) => {
+                    for (k, message) in errors {
+                        problem(
+                            "InvalidAnnotation",
+                            k,
+                            format!("{message}; the Ingress is not served until it is fixed"),
+                        );
+                    }
+                    continue;
+                }
+            };
+            let policy = options
+                .policy
+                .clone()
+                .unwrap_or(match settings.default_policy {
+                    DefaultPolicy::Deny => Policy::Deny,
+                    DefaultPolicy::Public => Policy::Public,
+                    DefaultPolicy::AnyAuthenticated => Policy::Allow(Arc::new(AccessRules {
+                        any_authenticated: true,
+                        ..AccessRules::default()
+                    })),
+                });
+            let ctx = Ctx {
+                snap,
+                settings,
+                options: &options,
+                policy,
+                ingress: &key,
+            };
+            let spec = ingress.spec.clone().unwrap_or_default();
+            let default_backend = spec
+                .default_backend
+                .as_ref()
+                .map(|b| ctx.backend(b, "spec.defaultBackend"));
+            let mut explicit = Vec::new();
+            let mut hosts_with_root: HashSet<Option<String>> = HashSet::new();
+            let mut hosts: Vec<Option<String>> = Vec::new();
+            for (i, rule) in spec.rules.iter().flatten().enumerate() {
+                let host = rule.host.as_ref().map(|h| h.to_ascii_lowercase());
+                if !hosts.contains(&host) {
+                    hosts.push(host.clone());
+                }
+                let Some(http) = &rule.http else {
+                    continue;
+                };
+                for (j, p) in http.paths.iter().enumerate() {
+                    let field = format!("spec.rules[{i}].http.paths[{j}]");
+                    let path_type = match p.path_type.as_str() {
+                        "Exact" => PathMatch::Exact,
+                        "Prefix" | "ImplementationSpecific" => PathMatch::Prefix,
+                        other => {
+                            problem(
+                                "InvalidPath",
+                                format!("{field}.pathType"),
+                                format!("{other:?} is not Exact, Prefix or ImplementationSpecific"),
+                            );
+                            continue;
+                        }
+                    };
+                    let path = p
+                        .path
+                        .clone()
+                        .filter(|p| !p.is_empty())
+                        .unwrap_or_else(|| "/".into());
+                    if !path.starts_with('/') || path.contains(['?', '#', ' ']) {
+                        problem(
+                            "InvalidPath",
+                            format!("{field}.path"),
+                            format!("{path:?} must start with '/' and hold no '?', '#' or space"),
+                        );
+                        continue;
+                    }
+                    let upstream = match ctx.backend(&p.backend, &format!("{field}.backend")) {
+                        Ok(u) => u,
+                        Err(p) => {
+                            problem(p.0, p.1, p.2);
+                            continue;
+                        }
+                    };
+                    if path_type == PathMatch::Prefix && path.trim_end_matches('/').is_empty() {
+                        hosts_with_root.insert(host.clone());
+                    }
+                    explicit.push(ctx.route(host.clone(), path, path_type, upstream));
+                }
+            }
+            match default_backend {
+                Some(Ok(upstream)) => {
+                    // The default backend takes what no path claims: each
+                    // host's `/`, and every host when no rule names one.
+                    if hosts.is_empty() {
+                        hosts.push(None);
+                    }
+                    for host in hosts.into_iter().filter(|h| !hosts_with_root.contains(h)) {
+                        let r = ctx.route(host, "/".into(), PathMatch::Prefix, upstream.clone());
+                        fallbacks.push((r, key.clone()));
+                    }
+                }
+                Some(Err(p)) => problem(p.0, p.1, p.2),
+                None => {}
+            }
+            for r in explicit {
+                let id = (r.host.clone(), normal_path(&r), r.path_type);
+                match claimed.get(&id) {
+                    Some(first) if *first != key => problem(
+                        "RouteConflict",
+                        format!("host {} path {}", r.host.as_deref().unwrap_or("*"), r.path),
+                        format!(
+                            "{} {:?} for host {} is served by the older Ingress {first}",
+                            if r.path_type == PathMatch::Exact {
+                                "Exact"
+                            } else {
+                                "Prefix"
+                            },
+                            r.path,
+                            r.host.as_deref().unwrap_or("*"),
+                        ),
+                    ),
+                    Some(_) => problem(
+                        "RouteConflict",
+                        format!("host {} path {}", r.host.as_deref().unwrap_or("*"), r.path),
+                        format!(
+                            "{:?} appears twice in this Ingress; the first serves",
+                            r.path
+                        ),
+                    ),
+                    None => {
+                        claimed.insert(id, key.clone());
+                        out.routes.push(r);
+                        out.owners.push(key.clone());
+                    }
+                }
+            }
+            for (k, tls) in spec.tls.iter().flatten().enumerate() {
+                let Some(name) = &tls.secret_name else {
+                    continue;
+                };
+                let sk = ObjKey::new(&key.namespace, name);
+                let field = format!("spec.tls[{k}].secretName");
+                match self.certificate(snap, &sk) {
+                    Ok(entry) => {
+                        if secrets_seen.insert(sk) {
+                            out.certificates.push(entry);
+                        }
+                    }
+                    Err((reason, message)) => out.problems.push(Problem {
+                        ingress: key.clone(),
+                        reason,
+                        key: field,
+                        message,
+                    }),
+                }
+            }
+            if out.problems.len() > before {
+                out.problems[before..].sort();
+            }
+        }
+        // Default backends come after every explicit path, so that any
+        // Ingress's own `/` wins over another's default backend.
+        for (r, owner) in fallbacks {
+            let id = (r.host.clone(), normal_path(&r), r.path_type);
+            if let std::collections::hash_map::Entry::Vacant(v) = claimed.entry(id) {
+                v.insert(owner.clone());
+                out.routes.push(r);
+                out.owners.push(owner);
+            }
+        }
+        let live: HashSet<&ObjKey> = snap.secrets.keys().collect();
+        self.certs.retain(|k, _| live.contains(k));
+        out
+    }
+
+    fn certificate(
+        &mut self,
+        snap: &Snapshot,
+        key: &ObjKey,
+    ) -> Result<CertEntry, (&'static str, String)> {
+        let Some(secret) = snap.secrets.get(key) else {
+            self.certs.remove(key);
+            return Err(("SecretNotFound", format!("Secret {key} does not exist")));
+        };
+        let version = secret.metadata.resource_version.clone();
+        if let Some((v, parsed)) = self.certs.get(key) {
+            if *v == version && version.is_some() {
+                return parsed.clone().map_err(|m| ("InvalidCertificate", m));
+            }
+        }
+        let parsed = parse_tls_secret(secret, key);
+        self.certs.insert(key.clone(), (version, parsed.clone()));
+        parsed.map_err(|m| ("InvalidCertificate", m))
+    }
+}
+
+fn parse_tls_secret(
+    secret: &k8s_openapi::api::core::v1::Secret,
+    key: &ObjKey,
+) -> Result<CertEntry, String> {
+    if secret.type_.as_deref() != Some("kubernetes.io/tls") {
+        return Err(format!(
+            "Secret {key} is of type {:?}, not kubernetes.io/tls",
+            secret.type_.as_deref().unwrap_or("")
+        ));
+    }
+    let data = secret.data.as_ref();
+    let get = |k: &str| data.and_then(|d| d.get(k)).map(|b| b.0.as_slice());
+    let (Some(cert), Some(k)) = (get("tls.crt"), get("tls.key")) else {
+        return Err(format!("Secret {key} lacks tls.crt or tls.key"));
+    };
+    CertEntry::from_pem(cert, k, &[]).map_err(|e| format!("Secret {key}: {e}"))
+}
+
+/// A route's path as the table compares it.
+fn normal_path(r: &RouteSpec) -> String {
+    match r.path_type {
+        PathMatch::Exact => r.path.clone(),
+        PathMatch::Prefix => r.path.trim_end_matches('/').to_string(),
+    }
+}
+
+/// A backend that could not be resolved: (reason, field, message).
+type BackendProblem = (&'static str, String, String);
+
+/// One Ingress's translation context.
+struct Ctx<'a> {
+    snap: &'a Snapshot,
+    settings: &'a Settings,
+    options: &'a IngressOptions,
+    policy: Policy,
+    ingress: &'a ObjKey,
+}
+
+impl Ctx<'_> {
+    fn route(
+        &self,
+        host: Option<String>,
+        path: String,
+        path_type: PathMatch,
+        upstream: UpstreamSpec,
+    ) -> RouteSpec {
+        let o = self.options;
+        let max_body = o
+            .max_body_bytes
+            .unwrap_or(self.settings.defaults.max_body_bytes);
+        RouteSpec {
+            name: format!(
+                "{}:{}{}{}",
+                self.ingress,
+                host.as_deref().unwrap_or("*"),
+                path,
+                if path_type == PathMatch::Exact {
+                    " exact"
+                } else {
+                    ""
+                }
+            ),
+            host,
+            path,
+            path_type,
+            backend: Backend::Upstream(upstream),
+            policy: self.policy.clone(),
+            https_redirect: o.https_redirect.unwrap_or(true),
+            max_body_bytes: Some(max_body).filter(|n| *n > 0),
+            identity_headers: o.identity_headers.clone(),
+            source_ranges: o.source_ranges.clone(),
+        }
+    }
+
+    /// The Service behind a backend: its ready endpoints on the port named.
+    fn backend(&self, b: &IngressBackend, field: &str) -> Result<UpstreamSpec, BackendProblem> {
+        let Some(svc) = &b.service else {
+            return Err((
+                "ResourceBackendUnsupported",
+                format!("{field}.resource"),
+                "heim routes to Services only; a resource backend is not supported".into(),
+            ));
+        };
+        let key = ObjKey::new(&self.ingress.namespace, &svc.name);
+        let Some(service) = self.snap.services.get(&key) else {
+            return Err((
+                "ServiceNotFound",
+                format!("{field}.service.name"),
+                format!("Service {key} does not exist"),
+            ));
+        };
+        let spec = service.spec.clone().unwrap_or_default();
+        let wanted = svc.port.as_ref();
+        let by_number = wanted.and_then(|p| p.number);
+        let by_name = wanted.and_then(|p| p.name.as_deref());
+        let port_field = format!("{field}.service.port");
+        let mut limits = self.settings.defaults.upstream;
+        if let Some(t) = self.options.response_timeout {
+            limits.response_timeout = t;
+        }
+        let protocol = self.options.protocol.unwrap_or(UpstreamProtocol::Http1);
+        if spec.type_.as_deref() == Some("ExternalName") {
+            let host = spec.external_name.clone().unwrap_or_default();
+            let port = by_number
+                .and_then(|n| u16::try_from(n).ok())
+                .ok_or_else(|| {
+                    (
+                        "ServicePortNotFound",
+                        port_field.clone(),
+                        format!("ExternalName Service {key} needs a port number, not a name"),
+                    )
+                })?;
+            return Ok(UpstreamSpec {
+                endpoints: vec![UpstreamAddr::Name { host, port }],
+                protocol,
+                limits,
+            });
+        }
+        let ports = spec.ports.unwrap_or_default();
+        let found = ports.iter().find(|p| match (by_number, by_name) {
+            (Some(n), _) => p.port == n,
+            (None, Some(name)) => p.name.as_deref() == Some(name),
+            (None, None) => ports.len() == 1,
+        });
+        let Some(port) = found else {
+            let wanted = match (by_number, by_name) {
+                (Some(n), _) => n.to_string(),
+                (None, Some(n)) => format!("{n:?}"),
+                (None, None) => "(none named)".into(),
+            };
+            return Err((
+                "ServicePortNotFound",
+                port_field,
+                format!("Service {key} has no port {wanted}"),
+            ));
+        };
+        let port_name = port.name.clone().unwrap_or_default();
+        let endpoints = self
+            .snap
+            .endpoints
+            .get(&key)
+            .into_iter()
+            .flatten()
+            .filter(|r| r.port_name == port_name)
+            .map(|r| UpstreamAddr::Socket((r.ip, r.port).into()))
+            .collect();
+        Ok(UpstreamSpec {
+            endpoints,
+            protocol,
+            limits,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;
