@@ -146,7 +146,8 @@ impl Translator {
             };
             let options = match heim::read(ingress, snap, settings) {
                 Ok(o) => o,
-                Err(errors) => {
+                Err(mut errors) => {
+                    errors.sort();
                     for (k, message) in errors {
                         problem(
                             "InvalidAnnotation",

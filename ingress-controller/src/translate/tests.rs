@@ -1,1 +1,513 @@
+//! `translate` on hand-made snapshots, compared with `assert_eq!`.
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use heim_proxy::config::{DefaultPolicy, RouteDefaults};
+use heim_proxy::route::{Backend, PathMatch, Policy, RouteSpec};
+use heim_proxy::upstream::{UpstreamAddr, UpstreamLimits, UpstreamProtocol, UpstreamSpec};
+use k8s_openapi::api::core::v1::{Endpoints, Service};
+use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
+use serde_json::{json, Value};
+
+use super::*;
+use crate::class::ClassFilter;
+use crate::model::{ObjKey, Snapshot};
+
+fn limits() -> UpstreamLimits {
+    let d = Duration::from_secs(5);
+    UpstreamLimits {
+        connect_timeout: d,
+        response_timeout: Duration::from_secs(60),
+        idle_timeout: d,
+        max_connections: 256,
+        queue_size: 4096,
+    }
+}
+
+fn settings() -> Settings {
+    Settings {
+        classes: ClassFilter {
+            ingress_class: "heim".into(),
+            controllers: vec!["heim.dev/ingress-controller".into()],
+            without_class: false,
+            by_name: false,
+        },
+        defaults: RouteDefaults {
+            upstream: limits(),
+            max_body_bytes: 1 << 20,
+        },
+        default_policy: DefaultPolicy::Deny,
+        have_auth: true,
+    }
+}
+
+fn ingress(name: &str, created: &str, annotations: Value, spec: Value) -> Arc<Ingress> {
+    Arc::new(
+        serde_json::from_value(json!({
+            "metadata": {
+                "name": name, "namespace": "default",
+                "creationTimestamp": created,
+                "annotations": annotations,
+            },
+            "spec": spec,
+        }))
+        .unwrap(),
+    )
+}
+
+fn class(name: &str, controller: &str, default: bool) -> Arc<IngressClass> {
+    let mut meta = json!({ "name": name });
+    if default {
+        meta["annotations"] = json!({ "ingressclass.kubernetes.io/is-default-class": "true" });
+    }
+    Arc::new(
+        serde_json::from_value(json!({ "metadata": meta, "spec": { "controller": controller } }))
+            .unwrap(),
+    )
+}
+
+/// Service `name` with ports `http: 80` and `metrics: 9090`, and ready
+/// endpoints 198.51.100.{10,11} on 8080 (http) and 9100 (metrics).
+fn service(snap: &mut Snapshot, name: &str) {
+    let svc: Service = serde_json::from_value(json!({
+        "metadata": { "name": name, "namespace": "default" },
+        "spec": { "ports": [
+            { "name": "http", "port": 80, "targetPort": 8080 },
+            { "name": "metrics", "port": 9090, "targetPort": 9100 },
+        ] },
+    }))
+    .unwrap();
+    let ep: Endpoints = serde_json::from_value(json!({
+        "metadata": { "name": name, "namespace": "default" },
+        "subsets": [{
+            "addresses": [{ "ip": "198.51.100.11" }, { "ip": "198.51.100.10" }],
+            "notReadyAddresses": [{ "ip": "198.51.100.99" }],
+            "ports": [{ "name": "http", "port": 8080 }, { "name": "metrics", "port": 9100 }],
+        }],
+    }))
+    .unwrap();
+    snap.services
+        .insert(ObjKey::new("default", name), Arc::new(svc));
+    // Through the real Endpoints reader (ready addresses only, sorted).
+    let mut one = Snapshot::default();
+    one.set_endpoints([Arc::new(ep)]);
+    snap.endpoints.extend(one.endpoints);
+}
+
+fn upstream(port: u16) -> Backend {
+    Backend::Upstream(UpstreamSpec {
+        endpoints: [10, 11]
+            .iter()
+            .map(|h| UpstreamAddr::Socket(([198, 51, 100, *h], port).into()))
+            .collect(),
+        protocol: UpstreamProtocol::Http1,
+        limits: limits(),
+    })
+}
+
+fn route(name: &str, host: Option<&str>, path: &str, path_type: PathMatch, port: u16) -> RouteSpec {
+    RouteSpec {
+        name: name.into(),
+        host: host.map(str::to_string),
+        path: path.into(),
+        path_type,
+        backend: upstream(port),
+        policy: Policy::Public,
+        https_redirect: true,
+        max_body_bytes: Some(1 << 20),
+        identity_headers: Vec::new(),
+        source_ranges: Vec::new(),
+    }
+}
+
+fn base() -> Snapshot {
+    let mut snap = Snapshot {
+        classes: vec![
+            class("heim", "heim.dev/ingress-controller", false),
+            class("other", "example.com/other", false),
+        ],
+        ..Snapshot::default()
+    };
+    service(&mut snap, "app");
+    snap
+}
+
+fn public() -> Value {
+    json!({ "heim.dev/public": "true" })
+}
+
+#[test]
+fn paths_hosts_and_ports_as_the_api_reference_states() {
+    let mut snap = base();
+    snap.ingresses = vec![ingress(
+        "app",
+        "2026-01-01T00:00:00Z",
+        public(),
+        json!({
+            "ingressClassName": "heim",
+            "rules": [
+                { "host": "App.Example.com", "http": { "paths": [
+                    { "path": "/", "pathType": "Prefix", "backend": { "service": { "name": "app", "port": { "number": 80 } } } },
+                    { "path": "/metrics", "pathType": "Exact", "backend": { "service": { "name": "app", "port": { "name": "metrics" } } } },
+                    { "path": "/impl", "pathType": "ImplementationSpecific", "backend": { "service": { "name": "app", "port": { "number": 80 } } } },
+                ] } },
+                { "host": "*.apps.example.com", "http": { "paths": [
+                    { "path": "/", "pathType": "Prefix", "backend": { "service": { "name": "app", "port": { "number": 80 } } } },
+                ] } },
+            ],
+        }),
+    )];
+    let t = translate_once(&snap, &settings());
+    assert_eq!(t.problems, []);
+    assert_eq!(
+        t.routes,
+        [
+            route(
+                "default/app:app.example.com/",
+                Some("app.example.com"),
+                "/",
+                PathMatch::Prefix,
+                8080
+            ),
+            route(
+                "default/app:app.example.com/metrics exact",
+                Some("app.example.com"),
+                "/metrics",
+                PathMatch::Exact,
+                9100
+            ),
+            route(
+                "default/app:app.example.com/impl",
+                Some("app.example.com"),
+                "/impl",
+                PathMatch::Prefix,
+                8080
+            ),
+            route(
+                "default/app:*.apps.example.com/",
+                Some("*.apps.example.com"),
+                "/",
+                PathMatch::Prefix,
+                8080
+            ),
+        ]
+    );
+    assert_eq!(t.served, [ObjKey::new("default", "app")]);
+}
+
+#[test]
+fn which_ingresses_are_ours() {
+    let mut snap = base();
+    let rule = |host: &str| {
+        json!([{ "host": host, "http": { "paths": [
+            { "path": "/", "pathType": "Prefix", "backend": { "service": { "name": "app", "port": { "number": 80 } } } },
+        ] } }])
+    };
+    let legacy = json!({ "heim.dev/public": "true", "kubernetes.io/ingress.class": "heim" });
+    let legacy_other = json!({ "heim.dev/public": "true", "kubernetes.io/ingress.class": "nginx" });
+    snap.ingresses = vec![
+        ingress(
+            "by-class",
+            "2026-01-01T00:00:00Z",
+            public(),
+            json!({ "ingressClassName": "heim", "rules": rule("a.test") }),
+        ),
+        ingress(
+            "other-class",
+            "2026-01-01T00:00:01Z",
+            public(),
+            json!({ "ingressClassName": "other", "rules": rule("b.test") }),
+        ),
+        ingress(
+            "missing-class",
+            "2026-01-01T00:00:02Z",
+            public(),
+            json!({ "ingressClassName": "gone", "rules": rule("c.test") }),
+        ),
+        ingress(
+            "legacy",
+            "2026-01-01T00:00:03Z",
+            legacy,
+            json!({ "rules": rule("d.test") }),
+        ),
+        ingress(
+            "legacy-other",
+            "2026-01-01T00:00:04Z",
+            legacy_other,
+            json!({ "rules": rule("e.test") }),
+        ),
+        ingress(
+            "no-class",
+            "2026-01-01T00:00:05Z",
+            public(),
+            json!({ "rules": rule("f.test") }),
+        ),
+    ];
+    let served = |snap: &Snapshot, s: &Settings| -> Vec<String> {
+        translate_once(snap, s)
+            .served
+            .into_iter()
+            .map(|k| k.name)
+            .collect()
+    };
+    assert_eq!(served(&snap, &settings()), ["by-class", "legacy"]);
+    // A default class of ours takes the Ingresses without one.
+    let mut with_default = snap.clone();
+    with_default.classes[0] = class("heim", "heim.dev/ingress-controller", true);
+    assert_eq!(
+        served(&with_default, &settings()),
+        ["by-class", "legacy", "no-class"]
+    );
+    // Another controller's default class does not.
+    let mut other_default = snap.clone();
+    other_default.classes[1] = class("other", "example.com/other", true);
+    assert_eq!(served(&other_default, &settings()), ["by-class", "legacy"]);
+    let mut s = settings();
+    s.classes.without_class = true;
+    assert_eq!(served(&snap, &s), ["by-class", "legacy", "no-class"]);
+    // --ingress-class-by-name claims a class name that has no object.
+    let mut s = settings();
+    s.classes.ingress_class = "gone".into();
+    s.classes.by_name = true;
+    assert_eq!(served(&snap, &s), ["by-class", "missing-class"]);
+}
+
+#[test]
+fn the_oldest_claim_wins_and_the_other_is_told() {
+    let mut snap = base();
+    let spec = json!({ "ingressClassName": "heim", "rules": [{ "host": "a.test", "http": { "paths": [
+        { "path": "/api/", "pathType": "Prefix", "backend": { "service": { "name": "app", "port": { "number": 80 } } } },
+    ] } }] });
+    // Listed newest first: order in the cache must not matter.
+    snap.ingresses = vec![
+        ingress("newer", "2026-02-01T00:00:00Z", public(), spec.clone()),
+        ingress("older", "2026-01-01T00:00:00Z", public(), spec),
+    ];
+    let t = translate_once(&snap, &settings());
+    assert_eq!(t.routes.len(), 1);
+    assert_eq!(t.owners, [ObjKey::new("default", "older")]);
+    assert_eq!(t.problems.len(), 1);
+    let p = &t.problems[0];
+    assert_eq!(
+        (p.ingress.name.as_str(), p.reason),
+        ("newer", "RouteConflict")
+    );
+    assert!(p.message.contains("default/older"), "{}", p.message);
+}
+
+#[test]
+fn default_backend_takes_what_no_path_claims() {
+    let mut snap = base();
+    service(&mut snap, "fallback");
+    let backend = |name: &str| json!({ "service": { "name": name, "port": { "number": 80 } } });
+    snap.ingresses = vec![
+        ingress(
+            "a",
+            "2026-01-01T00:00:00Z",
+            public(),
+            json!({
+                "ingressClassName": "heim",
+                "defaultBackend": backend("fallback"),
+                "rules": [
+                    { "host": "a.test", "http": { "paths": [{ "path": "/x", "pathType": "Prefix", "backend": backend("app") }] } },
+                    { "host": "b.test" },
+                ],
+            }),
+        ),
+        // A younger Ingress's own `/` on a.test wins over a's default backend.
+        ingress(
+            "b",
+            "2026-01-02T00:00:00Z",
+            public(),
+            json!({ "ingressClassName": "heim", "rules": [
+                { "host": "a.test", "http": { "paths": [{ "path": "/", "pathType": "Prefix", "backend": backend("app") }] } },
+            ] }),
+        ),
+        ingress(
+            "catch-all",
+            "2026-01-03T00:00:00Z",
+            public(),
+            json!({ "ingressClassName": "heim", "defaultBackend": backend("fallback") }),
+        ),
+    ];
+    let t = translate_once(&snap, &settings());
+    assert_eq!(t.problems, []);
+    let got: Vec<(&str, Option<&str>, &str)> = t
+        .routes
+        .iter()
+        .map(|r| (r.name.as_str(), r.host.as_deref(), r.path.as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("default/a:a.test/x", Some("a.test"), "/x"),
+            ("default/b:a.test/", Some("a.test"), "/"),
+            ("default/a:b.test/", Some("b.test"), "/"),
+            ("default/catch-all:*/", None, "/"),
+        ]
+    );
+}
+
+#[test]
+fn broken_things_skip_only_what_they_affect() {
+    let mut snap = base();
+    let path =
+        |p: &str, backend: Value| json!({ "path": p, "pathType": "Prefix", "backend": backend });
+    let svc = |name: &str, port: Value| json!({ "service": { "name": name, "port": port } });
+    snap.ingresses = vec![
+        ingress(
+            "mixed",
+            "2026-01-01T00:00:00Z",
+            public(),
+            json!({ "ingressClassName": "heim", "tls": [{ "hosts": ["a.test"], "secretName": "missing-tls" }], "rules": [{ "host": "a.test", "http": { "paths": [
+                path("/ok", svc("app", json!({ "number": 80 }))),
+                path("/no-service", svc("nope", json!({ "number": 80 }))),
+                path("/no-port", svc("app", json!({ "number": 81 }))),
+                path("/resource", json!({ "resource": { "kind": "StorageBucket", "name": "b" } })),
+            ] } }] }),
+        ),
+        ingress(
+            "bad-annotation",
+            "2026-01-02T00:00:00Z",
+            json!({ "heim.dev/public": "true", "heim.dev/proxy-body-size": "lots" }),
+            json!({ "ingressClassName": "heim", "rules": [{ "host": "b.test", "http": { "paths": [path("/", svc("app", json!({ "number": 80 })))] } }] }),
+        ),
+    ];
+    let t = translate_once(&snap, &settings());
+    let names: Vec<&str> = t.routes.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, ["default/mixed:a.test/ok"]);
+    let got: Vec<(&str, &str, &str)> = t
+        .problems
+        .iter()
+        .map(|p| (p.ingress.name.as_str(), p.reason, p.key.as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (
+                "mixed",
+                "ResourceBackendUnsupported",
+                "spec.rules[0].http.paths[3].backend.resource"
+            ),
+            ("mixed", "SecretNotFound", "spec.tls[0].secretName"),
+            (
+                "mixed",
+                "ServiceNotFound",
+                "spec.rules[0].http.paths[1].backend.service.name"
+            ),
+            (
+                "mixed",
+                "ServicePortNotFound",
+                "spec.rules[0].http.paths[2].backend.service.port"
+            ),
+            (
+                "bad-annotation",
+                "InvalidAnnotation",
+                "heim.dev/proxy-body-size"
+            ),
+        ]
+    );
+}
+
+#[test]
+fn annotations_become_typed_values() {
+    let mut snap = base();
+    snap.ingresses = vec![ingress(
+        "grafana",
+        "2026-01-01T00:00:00Z",
+        json!({
+            "heim.dev/allow-domains": "Example.com, example.org",
+            "heim.dev/allow-emails": "Ops@Example.net",
+            "heim.dev/allow-github-teams": "acme/SRE",
+            "heim.dev/identity-headers": "X-WEBAUTH-USER=email, X-WEBAUTH-GROUPS=groups",
+            "heim.dev/backend-protocol": "h2c",
+            "heim.dev/ssl-redirect": "false",
+            "heim.dev/proxy-body-size": "8m",
+            "heim.dev/proxy-read-timeout": "120",
+            "heim.dev/allow-source-range": "10.0.0.0/8, 198.51.100.7",
+        }),
+        json!({ "ingressClassName": "heim", "rules": [{ "host": "grafana.test", "http": { "paths": [
+            { "path": "/", "pathType": "Prefix", "backend": { "service": { "name": "app", "port": { "number": 80 } } } },
+        ] } }] }),
+    )];
+    let t = translate_once(&snap, &settings());
+    assert_eq!(t.problems, []);
+    let r = &t.routes[0];
+    let mut want_limits = limits();
+    want_limits.response_timeout = Duration::from_secs(120);
+    let Backend::Upstream(u) = &r.backend else {
+        panic!()
+    };
+    assert_eq!((u.protocol, u.limits), (UpstreamProtocol::H2c, want_limits));
+    assert_eq!(
+        r.policy,
+        Policy::Allow(Arc::new(heim_proxy::auth::policy::AccessRules {
+            emails: vec!["ops@example.net".into()],
+            domains: vec!["example.com".into(), "example.org".into()],
+            github_teams: vec!["acme/sre".into()],
+            ..Default::default()
+        }))
+    );
+    assert_eq!(
+        r.identity_headers,
+        [
+            heim_proxy::config::identity_header("X-WEBAUTH-USER", "email").unwrap(),
+            heim_proxy::config::identity_header("X-WEBAUTH-GROUPS", "groups").unwrap(),
+        ]
+    );
+    assert!(!r.https_redirect);
+    assert_eq!(r.max_body_bytes, Some(8 << 20));
+    assert_eq!(
+        r.source_ranges,
+        [
+            "10.0.0.0/8".parse().unwrap(),
+            "198.51.100.7".parse().unwrap()
+        ]
+    );
+}
+
+#[test]
+fn the_default_policy_applies_to_ingresses_that_name_none() {
+    let mut snap = base();
+    snap.ingresses = vec![ingress(
+        "quiet",
+        "2026-01-01T00:00:00Z",
+        json!({}),
+        json!({ "ingressClassName": "heim", "rules": [{ "host": "q.test", "http": { "paths": [
+            { "path": "/", "pathType": "Prefix", "backend": { "service": { "name": "app", "port": { "number": 80 } } } },
+        ] } }] }),
+    )];
+    assert_eq!(
+        translate_once(&snap, &settings()).routes[0].policy,
+        Policy::Deny
+    );
+    let mut s = settings();
+    s.default_policy = DefaultPolicy::Public;
+    assert_eq!(translate_once(&snap, &s).routes[0].policy, Policy::Public);
+    // Allow rules without sign-in configured are refused, not weakened.
+    let mut s = settings();
+    s.have_auth = false;
+    snap.ingresses = vec![ingress(
+        "rules",
+        "2026-01-01T00:00:00Z",
+        json!({ "heim.dev/allow-domains": "example.com", "heim.dev/public": "maybe" }),
+        json!({ "ingressClassName": "heim", "rules": [] }),
+    )];
+    let t = translate_once(&snap, &s);
+    let keys: Vec<&str> = t.problems.iter().map(|p| p.key.as_str()).collect();
+    assert_eq!(keys, ["heim.dev/allow-*", "heim.dev/public"]);
+}
+
+#[test]
+fn sizes_in_nginx_syntax() {
+    use super::heim::nginx_size;
+    assert_eq!(nginx_size("0"), Some(0));
+    assert_eq!(nginx_size("512"), Some(512));
+    assert_eq!(nginx_size("8m"), Some(8 << 20));
+    assert_eq!(nginx_size("1G"), Some(1 << 30));
+    assert_eq!(nginx_size("64k"), Some(64 << 10));
+    assert_eq!(nginx_size("8mb"), None);
+    assert_eq!(nginx_size("-1"), None);
+    assert_eq!(nginx_size(""), None);
+}
