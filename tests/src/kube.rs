@@ -62,6 +62,18 @@ pub fn apiserver_binary() -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
+/// The kubectl binary `tests/setup-kube` builds beside the API server.
+pub fn kubectl_binary() -> anyhow::Result<PathBuf> {
+    let path = apiserver_binary()?.with_file_name("kubectl");
+    if !path.exists() {
+        bail!(
+            "{} is missing: run tests/setup-kube (tests/run does)",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
 /// The etcd binary (Debian's etcd-server, or `HEIM_ETCD`).
 pub fn etcd_binary() -> anyhow::Result<PathBuf> {
     let path = std::env::var_os("HEIM_ETCD")

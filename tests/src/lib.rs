@@ -131,7 +131,16 @@ pub struct Heim {
 
 /// The `heim-proxy` binary under test.
 pub fn heim_binary() -> PathBuf {
-    if let Ok(p) = std::env::var("HEIM_PROXY_BIN") {
+    binary("heim-proxy", "HEIM_PROXY_BIN")
+}
+
+/// The `heim-ingress` binary under test.
+pub fn ingress_binary() -> PathBuf {
+    binary("heim-ingress", "HEIM_INGRESS_BIN")
+}
+
+fn binary(name: &str, env: &str) -> PathBuf {
+    if let Ok(p) = std::env::var(env) {
         return PathBuf::from(p);
     }
     let root = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -139,12 +148,12 @@ pub fn heim_binary() -> PathBuf {
         .expect("workspace root")
         .to_path_buf();
     for profile in ["debug", "release"] {
-        let p = root.join("target").join(profile).join("heim-proxy");
+        let p = root.join("target").join(profile).join(name);
         if p.exists() {
             return p;
         }
     }
-    panic!("heim-proxy is not built: run `cargo build -p heim-proxy` (tests/run does) or set HEIM_PROXY_BIN");
+    panic!("{name} is not built: run `cargo build -p {name}` (tests/run does) or set {env}");
 }
 
 /// A fresh scratch directory under the system temp dir.
@@ -164,14 +173,27 @@ impl Heim {
     pub fn start(dir: &Path, config: &str) -> anyhow::Result<Heim> {
         let path = dir.join("heim.toml");
         std::fs::write(&path, config)?;
-        let mut child = Command::new(heim_binary())
-            .arg("--config")
-            .arg(&path)
+        let heim = Self::spawn(Command::new(heim_binary()).arg("--config").arg(&path), dir)?;
+        heim.wait_ready()?;
+        Ok(heim)
+    }
+
+    /// Starts `heim-ingress` with `args`; returns once it listens (not
+    /// once it is ready: see [`Heim::wait_ready`]).
+    pub fn start_ingress(dir: &Path, args: &[&str]) -> anyhow::Result<Heim> {
+        Self::spawn(Command::new(ingress_binary()).args(args), dir)
+    }
+
+    /// Runs `cmd` (heim-proxy or heim-ingress), gathers its logs, and reads
+    /// its addresses from the `listening` line.
+    fn spawn(cmd: &mut Command, dir: &Path) -> anyhow::Result<Heim> {
+        let path = dir.join("heim.toml");
+        let mut child = cmd
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .context("spawn heim-proxy")?;
+            .context("spawn heim")?;
         let logs = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = std::sync::mpsc::channel::<String>();
         for stream in [
@@ -197,7 +219,7 @@ impl Heim {
                 Err(_) => {
                     let _ = child.kill();
                     bail!(
-                        "heim-proxy did not log `listening`; logs:\n{}",
+                        "heim did not log `listening`; logs:\n{}",
                         logs.lock().expect("logs").join("\n")
                     );
                 }
@@ -218,7 +240,6 @@ impl Heim {
             config: path,
             logs,
         };
-        heim.wait_ready()?;
         Ok(heim)
     }
 

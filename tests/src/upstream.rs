@@ -148,7 +148,18 @@ where
     F: Fn(TcpStream, Arc<AtomicUsize>) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
-    let (l, addr) = listen().await;
+    let (l, _) = listen().await;
+    serve_on(l, conn)
+}
+
+/// Like [`serve`], on a listener of the caller's (one in a test network
+/// namespace, say).
+fn serve_on<F, Fut>(l: TcpListener, conn: F) -> Upstream
+where
+    F: Fn(TcpStream, Arc<AtomicUsize>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let addr = l.local_addr().expect("addr");
     let hits = Arc::new(AtomicUsize::new(0));
     let connections = Arc::new(AtomicUsize::new(0));
     let (h, c) = (hits.clone(), connections.clone());
@@ -169,6 +180,21 @@ where
 /// An HTTP/1.1 upstream named `name` (its answers carry `x-upstream: name`).
 pub async fn http1(name: &'static str) -> Upstream {
     http1_closing_idle(name, None).await
+}
+
+/// An HTTP/1.1 upstream named `name` on `listener` (non-blocking; e.g.
+/// [`crate::kube::Netns::listen`]).
+pub fn http1_on(listener: std::net::TcpListener, name: &'static str) -> Upstream {
+    let l = TcpListener::from_std(listener).expect("a non-blocking listener");
+    serve_on(l, move |tcp, hits| async move {
+        let svc = service_fn(move |req| {
+            hits.fetch_add(1, SeqCst);
+            answer(name, req)
+        });
+        let _ = hyper::server::conn::http1::Builder::new()
+            .serve_connection(TokioIo::new(tcp), svc)
+            .await;
+    })
 }
 
 /// An HTTP/1.1 upstream that closes keep-alive connections idle for

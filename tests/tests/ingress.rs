@@ -1,0 +1,814 @@
+//! heim-ingress against a real kube-apiserver 1.20.2 (tests/src/kube.rs):
+//! Ingresses applied through the API are served by the controller's data
+//! plane, backends run in a TEST-NET-2 network namespace and are reached at
+//! the Endpoints' pod addresses, and the controller writes status and
+//! Events as a user sees them with kubectl.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use heim_e2e::kube::{ControlPlane, Netns};
+use heim_e2e::upstream::{http1_on, Upstream};
+use heim_e2e::{admin_get, metric, scratch, Client, Heim, Pki};
+use rustls::pki_types::CertificateDer;
+use serde_json::{json, Value};
+
+const NS: &str = "apps";
+const ING: &str = "/apis/networking.k8s.io/v1/namespaces/apps/ingresses";
+/// Long enough for a change to reach the data plane on a busy machine;
+/// the figure to beat is in benches/RESULTS.md (well under a second).
+const LIVE: Duration = Duration::from_secs(10);
+
+/// A control plane with namespace `apps`, IngressClasses `heim` (ours) and
+/// `other` (someone else's), Services `web` and `api` whose Endpoints are
+/// backends in a network namespace, and a TLS Secret for `*.apps.test`.
+struct World {
+    cp: ControlPlane,
+    pki: Pki,
+    _netns: Netns,
+    _web: Upstream,
+    _api: Upstream,
+    dir: std::path::PathBuf,
+}
+
+fn expect(what: &str, got: (u16, Value), want: &[u16]) -> Value {
+    assert!(want.contains(&got.0), "{what}: {} {}", got.0, got.1);
+    got.1
+}
+
+async fn world(name: &str) -> World {
+    let cp = ControlPlane::start()
+        .await
+        .unwrap_or_else(|e| panic!("control plane did not start: {e:#}"));
+    let netns = Netns::new().unwrap_or_else(|e| {
+        panic!(
+            "cannot create a test network namespace ({e:#}): the tests run as root with iproute2"
+        )
+    });
+    let web = http1_on(netns.listen(0).unwrap(), "web");
+    let api = http1_on(netns.listen(0).unwrap(), "api");
+    let dir = scratch(name);
+    let pki = Pki::new(&dir);
+    expect(
+        "namespace",
+        cp.create(
+            "/api/v1/namespaces",
+            &json!({ "apiVersion": "v1", "kind": "Namespace", "metadata": { "name": NS } }),
+        )
+        .await
+        .unwrap(),
+        &[201],
+    );
+    for (class, controller) in [
+        ("heim", "heim.dev/ingress-controller"),
+        ("other", "example.com/other"),
+    ] {
+        expect(
+            "IngressClass",
+            cp.create(
+                "/apis/networking.k8s.io/v1/ingressclasses",
+                &json!({ "apiVersion": "networking.k8s.io/v1", "kind": "IngressClass",
+                         "metadata": { "name": class }, "spec": { "controller": controller } }),
+            )
+            .await
+            .unwrap(),
+            &[201],
+        );
+    }
+    for (svc, up) in [("web", &web), ("api", &api)] {
+        service(&cp, svc, up.addr).await;
+    }
+    tls_secret(&cp, &pki, "wildcard-tls", &["*.apps.test"]).await;
+    World {
+        cp,
+        pki,
+        _netns: netns,
+        _web: web,
+        _api: api,
+        dir,
+    }
+}
+
+/// Service `name` (port `http` 80) with Endpoints at `backend`.
+async fn service(cp: &ControlPlane, name: &str, backend: SocketAddr) {
+    expect(
+        "Service",
+        cp.create(
+            &format!("/api/v1/namespaces/{NS}/services"),
+            &json!({ "apiVersion": "v1", "kind": "Service", "metadata": { "name": name },
+                     "spec": { "ports": [{ "name": "http", "port": 80, "targetPort": backend.port() }] } }),
+        )
+        .await
+        .unwrap(),
+        &[201],
+    );
+    expect(
+        "Endpoints",
+        cp.create(
+            &format!("/api/v1/namespaces/{NS}/endpoints"),
+            &json!({ "apiVersion": "v1", "kind": "Endpoints", "metadata": { "name": name },
+                     "subsets": [{ "addresses": [{ "ip": backend.ip().to_string() }],
+                                   "ports": [{ "name": "http", "port": backend.port(), "protocol": "TCP" }] }] }),
+        )
+        .await
+        .unwrap(),
+        &[201],
+    );
+}
+
+/// Creates or replaces TLS Secret `name`; returns the certificate.
+async fn tls_secret(
+    cp: &ControlPlane,
+    pki: &Pki,
+    name: &str,
+    hosts: &[&str],
+) -> CertificateDer<'static> {
+    use base64::Engine;
+    let der = pki.leaf(name, hosts);
+    let b64 = |f: &str| {
+        base64::engine::general_purpose::STANDARD.encode(std::fs::read(pki.dir.join(f)).unwrap())
+    };
+    let secret = json!({ "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+        "metadata": { "name": name, "namespace": NS },
+        "data": { "tls.crt": b64(&format!("{name}.pem")), "tls.key": b64(&format!("{name}-key.pem")) } });
+    expect(
+        "Secret",
+        cp.apply(&format!("/api/v1/namespaces/{NS}/secrets/{name}"), &secret)
+            .await
+            .unwrap(),
+        &[200, 201],
+    );
+    der
+}
+
+/// An Ingress of class `class` routing `host` `/` to Service `svc`.
+fn ingress(name: &str, class: Option<&str>, host: &str, svc: &str, annotations: Value) -> Value {
+    let mut spec = json!({
+        "tls": [{ "hosts": [host], "secretName": "wildcard-tls" }],
+        "rules": [{ "host": host, "http": { "paths": [
+            { "path": "/", "pathType": "Prefix", "backend": { "service": { "name": svc, "port": { "name": "http" } } } },
+        ] } }],
+    });
+    if let Some(c) = class {
+        spec["ingressClassName"] = json!(c);
+    }
+    json!({ "apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+            "metadata": { "name": name, "namespace": NS, "annotations": annotations }, "spec": spec })
+}
+
+async fn apply(cp: &ControlPlane, object: &Value) {
+    let name = object["metadata"]["name"].as_str().unwrap();
+    expect(
+        "apply Ingress",
+        cp.apply(&format!("{ING}/{name}"), object).await.unwrap(),
+        &[200, 201],
+    );
+}
+
+/// heim's settings as the ConfigMap `heim/settings` holds them.
+async fn settings(cp: &ControlPlane, extra: &str) {
+    let text = format!(
+        "[server]\nhttps_listen = \"127.0.0.1:0\"\nhttp_listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n{extra}"
+    );
+    let _ = cp
+        .create(
+            "/api/v1/namespaces",
+            &json!({ "apiVersion": "v1", "kind": "Namespace", "metadata": { "name": "heim" } }),
+        )
+        .await;
+    expect(
+        "ConfigMap",
+        cp.apply(
+            "/api/v1/namespaces/heim/configmaps/settings",
+            &json!({ "apiVersion": "v1", "kind": "ConfigMap", "metadata": { "name": "settings", "namespace": "heim" },
+                     "data": { "heim.toml": text } }),
+        )
+        .await
+        .unwrap(),
+        &[200, 201],
+    );
+}
+
+/// Starts heim-ingress with the admin kubeconfig and `extra` flags, and
+/// waits until it is ready (every cache synced, the first routes in).
+fn controller(w: &World, extra: &[&str]) -> Heim {
+    let kubeconfig = w.cp.kubeconfig().unwrap();
+    let mut args = vec![
+        "--kubeconfig",
+        kubeconfig.to_str().unwrap(),
+        "--config-map=heim/settings",
+        "--pod-namespace=heim",
+    ];
+    args.extend_from_slice(extra);
+    let heim = Heim::start_ingress(&w.dir, &args).unwrap();
+    heim.wait_ready()
+        .unwrap_or_else(|e| panic!("{e}: {}", heim.log_text()));
+    heim
+}
+
+/// GET https://host/ through heim: (status, the backend that answered).
+async fn get(client: &Client, heim: &Heim, host: &str, path: &str) -> (u16, String) {
+    match client.get(heim.https, host, path).await {
+        Ok(r) => {
+            let who = r
+                .headers
+                .get("x-upstream")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string();
+            (r.status, who)
+        }
+        Err(e) => (0, format!("{e:#}")),
+    }
+}
+
+/// Waits until GET host/path gives `want` (bounded), and says what it got.
+async fn until(client: &Client, heim: &Heim, host: &str, path: &str, want: (u16, &str)) {
+    let deadline = tokio::time::Instant::now() + LIVE;
+    loop {
+        let got = get(client, heim, host, path).await;
+        if (got.0, got.1.as_str()) == want {
+            return;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!(
+                "{host}{path}: wanted {want:?}, got {got:?}; logs:\n{}",
+                heim.log_text()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// The Warning Events on Ingress `name`: (reason, note).
+async fn events(cp: &ControlPlane, name: &str) -> Vec<(String, String)> {
+    let (_, list) = cp
+        .get(&format!("/apis/events.k8s.io/v1/namespaces/{NS}/events"))
+        .await
+        .unwrap();
+    list["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["regarding"]["name"] == name && e["regarding"]["kind"] == "Ingress")
+        .map(|e| {
+            (
+                e["reason"].as_str().unwrap_or("").to_string(),
+                e["note"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect()
+}
+
+/// Checks `done` every 50 ms until it holds, for at most [`LIVE`].
+async fn eventually<F, Fut>(mut done: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + LIVE;
+    loop {
+        if done().await {
+            return true;
+        }
+        if tokio::time::Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn status_ips(cp: &ControlPlane, name: &str) -> Vec<String> {
+    let (_, ing) = cp.get(&format!("{ING}/{name}")).await.unwrap();
+    ing["status"]["loadBalancer"]["ingress"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|i| i["ip"].as_str().map(str::to_string))
+        .collect()
+}
+
+#[tokio::test]
+async fn ingresses_are_served_live_as_they_change() {
+    let w = world("ingress-live").await;
+    settings(&w.cp, "").await;
+    let public = json!({ "heim.dev/public": "true" });
+    apply(
+        &w.cp,
+        &ingress("web", Some("heim"), "web.apps.test", "web", public.clone()),
+    )
+    .await;
+    let heim = controller(&w, &["--publish-status-address=198.51.100.200"]);
+    let client = Client::new(&w.pki.ca_der);
+    // Served at once, over the Secret's certificate, to the pod address.
+    until(&client, &heim, "web.apps.test", "/", (200, "web")).await;
+
+    // A change of backend, then a new path, each live without a reload.
+    apply(
+        &w.cp,
+        &ingress("web", Some("heim"), "web.apps.test", "api", public.clone()),
+    )
+    .await;
+    until(&client, &heim, "web.apps.test", "/", (200, "api")).await;
+
+    // Deny by default: an Ingress that names no policy answers 403.
+    apply(
+        &w.cp,
+        &ingress("quiet", Some("heim"), "quiet.apps.test", "web", json!({})),
+    )
+    .await;
+    until(&client, &heim, "quiet.apps.test", "/", (403, "")).await;
+
+    // Classes: someone else's class is not ours; the legacy annotation and
+    // the default class are.
+    apply(
+        &w.cp,
+        &ingress(
+            "theirs",
+            Some("other"),
+            "theirs.apps.test",
+            "web",
+            public.clone(),
+        ),
+    )
+    .await;
+    let legacy = json!({ "heim.dev/public": "true", "kubernetes.io/ingress.class": "heim" });
+    apply(
+        &w.cp,
+        &ingress("legacy", None, "legacy.apps.test", "web", legacy),
+    )
+    .await;
+    until(&client, &heim, "legacy.apps.test", "/", (200, "web")).await;
+    apply(
+        &w.cp,
+        &ingress(
+            "classless",
+            None,
+            "classless.apps.test",
+            "web",
+            public.clone(),
+        ),
+    )
+    .await;
+    let class = "/apis/networking.k8s.io/v1/ingressclasses/heim";
+    let (_, mut heim_class) = w.cp.get(class).await.unwrap();
+    heim_class["metadata"]["annotations"] =
+        json!({ "ingressclass.kubernetes.io/is-default-class": "true" });
+    expect(
+        "default class",
+        w.cp.replace(class, &heim_class).await.unwrap(),
+        &[200],
+    );
+    until(&client, &heim, "classless.apps.test", "/", (200, "web")).await;
+    assert_eq!(get(&client, &heim, "theirs.apps.test", "/").await.0, 404);
+    // The class taken away: no longer ours.
+    let mut moved = ingress(
+        "legacy",
+        Some("other"),
+        "legacy.apps.test",
+        "web",
+        json!({ "heim.dev/public": "true" }),
+    );
+    moved["metadata"]["annotations"] = json!({ "heim.dev/public": "true" });
+    expect(
+        "replace",
+        w.cp.delete(&format!("{ING}/legacy")).await.unwrap(),
+        &[200],
+    );
+    apply(&w.cp, &moved).await;
+    until(&client, &heim, "legacy.apps.test", "/", (404, "")).await;
+
+    // Overlap: the younger Ingress's claim loses, with an Event.
+    apply(
+        &w.cp,
+        &ingress(
+            "copycat",
+            Some("heim"),
+            "web.apps.test",
+            "web",
+            public.clone(),
+        ),
+    )
+    .await;
+    let conflict = eventually(|| async {
+        events(&w.cp, "copycat")
+            .await
+            .iter()
+            .any(|(r, n)| r == "RouteConflict" && n.contains("apps/web"))
+    })
+    .await;
+    assert!(
+        conflict,
+        "no RouteConflict Event on copycat: {:?}",
+        events(&w.cp, "copycat").await
+    );
+    assert_eq!(
+        get(&client, &heim, "web.apps.test", "/").await,
+        (200, "api".into())
+    );
+
+    // An invalid annotation: an Event naming it, that Ingress out, the
+    // others serving.
+    let bad = json!({ "heim.dev/public": "true", "heim.dev/proxy-body-size": "huge" });
+    apply(
+        &w.cp,
+        &ingress("quiet", Some("heim"), "quiet.apps.test", "web", bad),
+    )
+    .await;
+    until(&client, &heim, "quiet.apps.test", "/", (404, "")).await;
+    let evs = events(&w.cp, "quiet").await;
+    assert!(
+        evs.iter()
+            .any(|(r, n)| r == "InvalidAnnotation" && n.contains("heim.dev/proxy-body-size")),
+        "{evs:?}"
+    );
+    assert_eq!(
+        get(&client, &heim, "web.apps.test", "/").await,
+        (200, "api".into())
+    );
+
+    // Status: the published address, written once.
+    let written =
+        eventually(|| async { status_ips(&w.cp, "web").await == ["198.51.100.200"] }).await;
+    assert!(
+        written,
+        "status of web: {:?}",
+        status_ips(&w.cp, "web").await
+    );
+    assert!(
+        status_ips(&w.cp, "theirs").await.is_empty(),
+        "another class's Ingress got our status"
+    );
+
+    // Deleted: the younger claim serves now, and once it goes too, nothing.
+    expect(
+        "delete",
+        w.cp.delete(&format!("{ING}/web")).await.unwrap(),
+        &[200],
+    );
+    until(&client, &heim, "web.apps.test", "/", (200, "web")).await;
+    expect(
+        "delete",
+        w.cp.delete(&format!("{ING}/copycat")).await.unwrap(),
+        &[200],
+    );
+    until(&client, &heim, "web.apps.test", "/", (404, "")).await;
+
+    let (_, m) = heim.admin("/metrics");
+    assert!(
+        metric(&m, "heim_kube_objects{kind=\"Ingress\"}").is_some(),
+        "{m}"
+    );
+    assert_eq!(metric(&m, "heim_kube_leader"), Some(1), "{m}");
+}
+
+#[tokio::test]
+async fn a_secret_rotation_is_seen_by_the_next_handshake() {
+    let w = world("ingress-rotate").await;
+    settings(&w.cp, "").await;
+    let mut ing = ingress(
+        "web",
+        Some("heim"),
+        "web.apps.test",
+        "web",
+        json!({ "heim.dev/public": "true" }),
+    );
+    ing["spec"]["tls"][0]["secretName"] = json!("web-tls");
+    let first = tls_secret(&w.cp, &w.pki, "web-tls", &["web.apps.test"]).await;
+    apply(&w.cp, &ing).await;
+    let heim = controller(&w, &[]);
+    let client = Client::new(&w.pki.ca_der);
+    until(&client, &heim, "web.apps.test", "/", (200, "web")).await;
+    let (_, leaf) = client
+        .tls(heim.https, "web.apps.test", false)
+        .await
+        .unwrap();
+    assert_eq!(leaf, first);
+    // cert-manager renews: the Secret gets a new certificate.
+    let second = tls_secret(&w.cp, &w.pki, "web-tls", &["web.apps.test"]).await;
+    assert_ne!(first, second);
+    let mut seen = false;
+    for _ in 0..400 {
+        let (_, leaf) = client
+            .tls(heim.https, "web.apps.test", false)
+            .await
+            .unwrap();
+        if leaf == second {
+            seen = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(
+        seen,
+        "the rotated certificate was never served; logs:\n{}",
+        heim.log_text()
+    );
+}
+
+#[tokio::test]
+async fn one_leader_writes_status_and_another_takes_over() {
+    let w = world("ingress-leader").await;
+    settings(&w.cp, "").await;
+    apply(
+        &w.cp,
+        &ingress(
+            "web",
+            Some("heim"),
+            "web.apps.test",
+            "web",
+            json!({ "heim.dev/public": "true" }),
+        ),
+    )
+    .await;
+    let a = controller(
+        &w,
+        &[
+            "--pod-name=replica-a",
+            "--publish-status-address=198.51.100.201",
+        ],
+    );
+    let b = controller(
+        &w,
+        &[
+            "--pod-name=replica-b",
+            "--publish-status-address=198.51.100.201",
+        ],
+    );
+    let shadow = controller(
+        &w,
+        &[
+            "--pod-name=shadow",
+            "--update-status=false",
+            "--election-id=shadow-lease",
+            "--publish-status-address=198.51.100.99",
+        ],
+    );
+    let client = Client::new(&w.pki.ca_der);
+    for h in [&a, &b, &shadow] {
+        until(&client, h, "web.apps.test", "/", (200, "web")).await;
+    }
+    let leader_of = |h: &Heim| {
+        admin_get(h.admin, "/metrics")
+            .ok()
+            .and_then(|(_, m)| metric(&m, "heim_kube_leader"))
+    };
+    let mut leaders = (None, None);
+    for _ in 0..400 {
+        leaders = (leader_of(&a), leader_of(&b));
+        if matches!(leaders, (Some(1), Some(0)) | (Some(0), Some(1))) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(
+        matches!(leaders, (Some(1), Some(0)) | (Some(0), Some(1))),
+        "leaders: {leaders:?}"
+    );
+    let (leader, follower) = if leaders.0 == Some(1) { (a, b) } else { (b, a) };
+    let written =
+        eventually(|| async { status_ips(&w.cp, "web").await == ["198.51.100.201"] }).await;
+    assert!(written, "status: {:?}", status_ips(&w.cp, "web").await);
+    let writes = |h: &Heim| {
+        admin_get(h.admin, "/metrics")
+            .ok()
+            .and_then(|(_, m)| metric(&m, "heim_kube_status_writes_total"))
+    };
+    assert_eq!(writes(&leader), Some(1), "the leader wrote status once");
+    assert_eq!(writes(&follower), Some(0), "the follower wrote nothing");
+    assert_eq!(
+        writes(&shadow),
+        Some(0),
+        "--update-status=false writes nothing"
+    );
+
+    // The leader stops (SIGTERM releases the Lease): the follower leads and
+    // writes the status of a new Ingress.
+    leader.signal("TERM");
+    let mut took_over = false;
+    for _ in 0..400 {
+        if leader_of(&follower) == Some(1) {
+            took_over = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(
+        took_over,
+        "the follower never led; logs:\n{}",
+        follower.log_text()
+    );
+    apply(
+        &w.cp,
+        &ingress(
+            "api",
+            Some("heim"),
+            "api.apps.test",
+            "api",
+            json!({ "heim.dev/public": "true" }),
+        ),
+    )
+    .await;
+    let written =
+        eventually(|| async { status_ips(&w.cp, "api").await == ["198.51.100.201"] }).await;
+    assert!(
+        written,
+        "status of api: {:?}",
+        status_ips(&w.cp, "api").await
+    );
+    assert_eq!(writes(&shadow), Some(0));
+    assert!(!status_ips(&w.cp, "web")
+        .await
+        .contains(&"198.51.100.99".to_string()));
+}
+
+#[tokio::test]
+async fn the_api_server_going_away_keeps_the_last_snapshot_serving() {
+    let mut w = world("ingress-apiserver").await;
+    settings(&w.cp, "").await;
+    apply(
+        &w.cp,
+        &ingress(
+            "web",
+            Some("heim"),
+            "web.apps.test",
+            "web",
+            json!({ "heim.dev/public": "true" }),
+        ),
+    )
+    .await;
+    let heim = controller(&w, &[]);
+    let client = Client::new(&w.pki.ca_der);
+    until(&client, &heim, "web.apps.test", "/", (200, "web")).await;
+    w.cp.stop_apiserver();
+    // Still served, request after request, while the watches fail.
+    let restarts = || {
+        admin_get(heim.admin, "/metrics").ok().and_then(|(_, m)| {
+            m.lines()
+                .filter(|l| l.starts_with("heim_kube_watch_restarts_total{"))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+                .reduce(|a, b| a + b)
+        })
+    };
+    let mut failing_seen = false;
+    for _ in 0..100 {
+        assert_eq!(
+            get(&client, &heim, "web.apps.test", "/").await,
+            (200, "web".into())
+        );
+        if restarts().unwrap_or(0) > 0 {
+            failing_seen = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        failing_seen,
+        "no watch restart counted; logs:\n{}",
+        heim.log_text()
+    );
+    assert!(
+        heim.log_text().contains("watch failed"),
+        "{}",
+        heim.log_text()
+    );
+    assert_eq!(
+        heim.admin("/readyz").0,
+        200,
+        "still ready: it serves the last snapshot"
+    );
+    w.cp.start_apiserver().await.unwrap();
+    // Watches resume: a change made now is live.
+    apply(
+        &w.cp,
+        &ingress(
+            "web",
+            Some("heim"),
+            "web.apps.test",
+            "api",
+            json!({ "heim.dev/public": "true" }),
+        ),
+    )
+    .await;
+    until(&client, &heim, "web.apps.test", "/", (200, "api")).await;
+    assert!(heim.wait_log("watch resumed", LIVE), "{}", heim.log_text());
+}
+
+/// `kubectl` 1.20.2 from tests/setup-kube.
+fn kubectl(cp: &ControlPlane, args: &[&str]) -> (bool, String) {
+    let bin = heim_e2e::kube::kubectl_binary().unwrap_or_else(|e| panic!("{e:#}"));
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap();
+    let out = std::process::Command::new(bin)
+        .arg("--kubeconfig")
+        .arg(cp.kubeconfig().unwrap())
+        .args(args)
+        .current_dir(root)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[tokio::test]
+async fn deploy_applies_and_its_rbac_is_enough() {
+    let w = world("ingress-deploy").await;
+    // A server-side dry run does not create the namespace its objects go to.
+    // (and the example overlay's Ingress goes where Grafana runs).
+    let (ok, out) = kubectl(&w.cp, &["apply", "-f", "deploy/base/namespace.yaml"]);
+    assert!(ok, "{out}");
+    let (ok, out) = kubectl(&w.cp, &["create", "namespace", "monitoring"]);
+    assert!(ok, "{out}");
+    for dir in ["deploy/base", "deploy/overlays/grafana-google"] {
+        let (ok, out) = kubectl(&w.cp, &["apply", "--dry-run=server", "-k", dir]);
+        assert!(ok, "kubectl apply --dry-run=server -k {dir}:\n{out}");
+    }
+    let (ok, out) = kubectl(&w.cp, &["apply", "-k", "deploy/base"]);
+    assert!(ok, "kubectl apply -k deploy/base:\n{out}");
+    // The base's settings with test listeners (the real ports are the
+    // Deployment's), then the controller as the ServiceAccount.
+    let (_, mut cm) =
+        w.cp.get("/api/v1/namespaces/heim/configmaps/heim-ingress")
+            .await
+            .unwrap();
+    cm["data"]["heim.toml"] = json!("[server]\nhttps_listen = \"127.0.0.1:0\"\nhttp_listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n");
+    expect(
+        "ConfigMap",
+        w.cp.replace("/api/v1/namespaces/heim/configmaps/heim-ingress", &cm)
+            .await
+            .unwrap(),
+        &[200],
+    );
+    let token =
+        w.cp.service_account_token("heim", "heim-ingress")
+            .await
+            .unwrap();
+    let kubeconfig = w.cp.kubeconfig_for("heim-ingress", &token).unwrap();
+    apply(
+        &w.cp,
+        &ingress(
+            "web",
+            Some("heim"),
+            "web.apps.test",
+            "web",
+            json!({ "heim.dev/public": "true", "heim.dev/allow-emails": "x" }),
+        ),
+    )
+    .await;
+    apply(
+        &w.cp,
+        &ingress(
+            "ok",
+            Some("heim"),
+            "ok.apps.test",
+            "web",
+            json!({ "heim.dev/public": "true" }),
+        ),
+    )
+    .await;
+    let heim = Heim::start_ingress(
+        &w.dir,
+        &[
+            "--kubeconfig",
+            kubeconfig.to_str().unwrap(),
+            "--config-map=heim/heim-ingress",
+            "--pod-namespace=heim",
+            "--pod-name=sa",
+            "--publish-status-address=198.51.100.202",
+        ],
+    )
+    .unwrap();
+    heim.wait_ready()
+        .unwrap_or_else(|e| panic!("{e}: {}", heim.log_text()));
+    let client = Client::new(&w.pki.ca_der);
+    until(&client, &heim, "ok.apps.test", "/", (200, "web")).await;
+    // Lease, status and Events, all with the ServiceAccount's rights.
+    let done = eventually(|| async {
+        status_ips(&w.cp, "ok").await == ["198.51.100.202"]
+            && events(&w.cp, "web")
+                .await
+                .iter()
+                .any(|(r, _)| r == "InvalidAnnotation")
+    })
+    .await;
+    let (_, lease) =
+        w.cp.get("/apis/coordination.k8s.io/v1/namespaces/heim/leases/heim-ingress-leader")
+            .await
+            .unwrap();
+    assert!(
+        done,
+        "status or Event missing; lease {lease}; logs:\n{}",
+        heim.log_text()
+    );
+    assert_eq!(lease["spec"]["holderIdentity"], "sa", "{lease}");
+    assert!(
+        !heim.log_text().contains("forbidden"),
+        "an RBAC refusal:\n{}",
+        heim.log_text()
+    );
+}
