@@ -73,11 +73,12 @@ impl ClassFilter {
             .as_ref()
             .and_then(|a| a.get(LEGACY_CLASS_ANNOTATION))
         {
-            return if *value == self.ingress_class {
-                Claim::Annotation
-            } else {
-                Claim::No
-            };
+            // `--ingress-class`, or the name of a class of ours.
+            let ours = *value == self.ingress_class
+                || classes
+                    .iter()
+                    .any(|c| c.metadata.name.as_deref() == Some(value.as_str()) && self.ours(c));
+            return if ours { Claim::Annotation } else { Claim::No };
         }
         let default_is_ours = classes.iter().any(|c| {
             c.metadata

@@ -78,6 +78,7 @@ fn settings_of(config: &Config, opts: &Options) -> Settings {
         defaults: config.route_defaults,
         default_policy: config.ingress.default_policy,
         have_auth: config.auth.is_some(),
+        allow_external_name: config.ingress.allow_external_name,
     }
 }
 
@@ -304,10 +305,10 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     };
     let mut lp = Loop {
         opts: opts.clone(),
-        client: client.clone(),
         shared: shared.clone(),
         settings: settings_of(&config, &opts),
         config_text: text,
+        config_missing: false,
         acme: acme_manager,
         translator: Translator::default(),
         recorder: Recorder::new(client.clone(), reporter),
@@ -322,6 +323,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
     let mut leader_changes = leader;
     tokio::select! {
         _ = stores.wait_until_ready() => {}
@@ -333,6 +335,9 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         lp.round(&stores);
         tokio::select! {
             _ = changed.notified() => tokio::time::sleep(DEBOUNCE).await,
+            // The settings live in the ConfigMap and apply when it changes;
+            // SIGHUP translates anew (and does not kill the process).
+            _ = hup.recv() => tracing::info!("SIGHUP: translating anew; settings come from the ConfigMap"),
             // A new leader reports the problems and status anew.
             r = leader_changes.changed() => {
                 if r.is_ok() && *leader_changes.borrow_and_update() {
@@ -377,18 +382,19 @@ async fn endpoint_slices_served(client: &Client) -> bool {
 /// The translate loop's state.
 struct Loop {
     opts: Options,
-    client: Client,
     shared: Arc<Shared>,
     settings: Settings,
     /// The ConfigMap text now serving.
     config_text: String,
+    /// The ConfigMap was found gone (logged once).
+    config_missing: bool,
     acme: heim_proxy::acme::Manager,
     translator: Translator,
     recorder: Recorder,
     /// Problems already published as Events.
     reported: HashSet<Problem>,
-    /// The Secrets (and versions) behind the certificates now serving.
-    served_certs: Option<Vec<(ObjKey, Option<String>)>>,
+    /// What the certificates now serving are made of.
+    served_certs: Option<Vec<crate::translate::CertSource>>,
     metrics: Arc<KubeMetrics>,
     leader: watch::Receiver<bool>,
     status: watch::Sender<StatusJob>,
@@ -425,6 +431,7 @@ impl Loop {
             routes,
             owners,
             certificates,
+            certificate_versions,
             served,
             ..
         } = t;
@@ -440,19 +447,12 @@ impl Loop {
                 });
             }
         }
-        // Certificates are swapped only when a Secret behind them changed.
-        let mut versions: Vec<(ObjKey, Option<String>)> = snap
-            .secrets
-            .iter()
-            .filter(|(_, s)| s.type_.as_deref() == Some("kubernetes.io/tls"))
-            .map(|(k, s)| (k.clone(), s.metadata.resource_version.clone()))
-            .collect();
-        versions.sort();
-        if self.served_certs.as_ref() != Some(&versions) {
+        // Certificates are swapped only when what they are made of changed.
+        if self.served_certs.as_ref() != Some(&certificate_versions) {
             let count = certificates.len();
             self.shared
                 .push_certificates(Source::Kubernetes, certificates);
-            self.served_certs = Some(versions);
+            self.served_certs = Some(certificate_versions);
             tracing::info!(certificates = count, "certificates from Secrets swapped in");
         }
         tracing::info!(routes = n, ingresses = served.len(), "routes swapped in");
@@ -496,7 +496,10 @@ impl Loop {
             );
         }
         let key = self.opts.publish_service.as_ref()?;
-        let svc = snap.services.get(key)?;
+        let Some(svc) = snap.services.get(key) else {
+            tracing::warn!(service = %key, "--publish-service is not among the watched Services (another --watch-namespace?): no status is written");
+            return None;
+        };
         let lb = svc
             .status
             .as_ref()
@@ -528,7 +531,8 @@ impl Loop {
     fn report(&mut self, snap: &Snapshot, problems: Vec<Problem>) {
         let now: HashSet<Problem> = problems.into_iter().collect();
         let fresh: Vec<Problem> = now.difference(&self.reported).cloned().collect();
-        let leader = *self.leader.borrow();
+        // Shadow mode (--update-status=false) writes nothing, Events included.
+        let leader = *self.leader.borrow() && self.opts.update_status;
         let refs: HashMap<ObjKey, ObjectReference> = snap
             .ingresses
             .iter()
@@ -572,12 +576,10 @@ impl Loop {
                     }
                 });
             }
-            self.reported = now;
-        } else {
-            // A follower logs; the leader publishes. Remember what was
-            // logged so that it is logged once.
-            self.reported = now;
         }
+        // A follower logs; the leader publishes. What was reported is
+        // reported once.
+        self.reported = now;
     }
 
     /// Applies a changed ConfigMap: its settings, [[route]]s, sign-in and
@@ -586,12 +588,21 @@ impl Loop {
         let Some(key) = &self.cm_key else {
             return;
         };
-        let text = store
+        let Some(text) = store
             .state()
             .into_iter()
             .find(|c| c.metadata.name.as_deref() == Some(key.name.as_str()))
             .and_then(|c| c.data.as_ref().and_then(|d| d.get(CONFIG_KEY).cloned()))
-            .unwrap_or_else(|| DEFAULT_CONFIG.into());
+        else {
+            // Deleted (or its key): the running settings stay; an operator
+            // who wants the defaults writes them.
+            if !self.config_missing {
+                tracing::warn!(configmap = %key, "the ConfigMap or its key {CONFIG_KEY} is gone: the running settings stay");
+                self.config_missing = true;
+            }
+            return;
+        };
+        self.config_missing = false;
         if text == self.config_text {
             return;
         }
@@ -625,7 +636,7 @@ impl Loop {
                     .reloads_failed
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tracing::error!(configmap = %key, errors = errors.len(), "settings rejected; the previous settings keep serving");
-                if *self.leader.borrow() {
+                if *self.leader.borrow() && self.opts.update_status {
                     let note = errors
                         .iter()
                         .map(|e| format!("line {}: {}: {}", e.line, e.key, e.message))
@@ -639,7 +650,7 @@ impl Loop {
                         ..Default::default()
                     };
                     let recorder = self.recorder.clone();
-                    let _ = &self.client;
+                    let metrics = self.metrics.clone();
                     tokio::spawn(async move {
                         let e = Event {
                             type_: EventType::Warning,
@@ -648,8 +659,13 @@ impl Loop {
                             action: "Reload".into(),
                             secondary: None,
                         };
-                        if let Err(err) = recorder.publish(&e, &reference).await {
-                            tracing::warn!(error = %err, "cannot publish an Event");
+                        match recorder.publish(&e, &reference).await {
+                            Ok(()) => {
+                                metrics
+                                    .events
+                                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            }
+                            Err(err) => tracing::warn!(error = %err, "cannot publish an Event"),
                         }
                     });
                 }
@@ -699,10 +715,18 @@ async fn write_status(
     mut jobs: watch::Receiver<StatusJob>,
     metrics: Arc<KubeMetrics>,
 ) {
+    // What this writer last wrote, so that a job made from a snapshot the
+    // write has not reached yet does not write it again.
+    let mut written: HashMap<ObjKey, Vec<IngressLoadBalancerIngress>> = HashMap::new();
     while jobs.changed().await.is_ok() {
         let job = jobs.borrow_and_update().clone();
         for (key, now) in &job.ingresses {
             if *now == job.addresses {
+                // The cache has caught up with the write.
+                written.remove(key);
+                continue;
+            }
+            if written.get(key) == Some(&job.addresses) {
                 continue;
             }
             let api: Api<Ingress> = Api::namespaced(client.clone(), &key.namespace);
@@ -717,6 +741,7 @@ async fn write_status(
                     metrics
                         .status_writes
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    written.insert(key.clone(), job.addresses.clone());
                     tracing::info!(ingress = %key, "status updated");
                 }
                 Err(e) => {

@@ -22,6 +22,9 @@ use crate::metrics::KubeMetrics;
 pub const LEASE_DURATION: Duration = Duration::from_secs(15);
 /// How often the holder renews and the others try.
 pub const RETRY: Duration = Duration::from_secs(2);
+/// A leader that has not renewed for this long steps down (client-go's
+/// renew deadline), well before the Lease could pass to another replica.
+pub const RENEW_DEADLINE: Duration = Duration::from_secs(10);
 
 /// One replica's view of the election.
 pub struct Elector {
@@ -55,23 +58,45 @@ impl Elector {
     /// Tries to take or renew the Lease every [`RETRY`], forever.
     pub async fn run(self) {
         let mut tick = tokio::time::interval(RETRY);
+        let mut renewed: Option<std::time::Instant> = None;
         loop {
             tick.tick().await;
-            let now = match self.try_once().await {
-                Ok(held) => held,
-                Err(e) => {
-                    // Unsure: the API server is away. A leader that cannot
-                    // renew steps down before the Lease could pass on.
+            // Bounded: a stalled request must not keep a leader leading.
+            let held = match tokio::time::timeout(RETRY, self.try_once()).await {
+                Ok(Ok(held)) => Some(held),
+                Ok(Err(e)) => {
                     tracing::warn!(lease = %self.name, error = %e, "leader election: cannot reach the Lease");
-                    false
+                    None
+                }
+                Err(_) => {
+                    tracing::warn!(lease = %self.name, "leader election: the Lease did not answer in time");
+                    None
                 }
             };
-            self.set(now);
+            let leader = match held {
+                Some(true) => {
+                    renewed = Some(std::time::Instant::now());
+                    true
+                }
+                Some(false) => false,
+                // Unsure: a leader keeps leading until its renew deadline
+                // (a blip of the API server does not flap leadership).
+                None => renewed.is_some_and(|t| t.elapsed() < RENEW_DEADLINE),
+            };
+            if !leader {
+                renewed = None;
+            }
+            self.set(leader);
         }
     }
 
     fn set(&self, leader: bool) {
-        let was = self.leader.send_replace(leader);
+        // Only a change wakes the receivers.
+        let mut was = leader;
+        self.leader.send_if_modified(|v| {
+            was = std::mem::replace(v, leader);
+            was != leader
+        });
         self.metrics.leader.store(leader, Relaxed);
         if was != leader {
             tracing::info!(
@@ -119,9 +144,14 @@ impl Elector {
             lease.spec = Some(self.spec(transitions, spec.acquire_time.clone()));
         } else {
             let duration = i64::from(spec.lease_duration_seconds.unwrap_or(15));
+            // The holder's clock against ours, as client-go compares them;
+            // a duration that overflows counts as never expiring.
             let expired = match &spec.renew_time {
                 None => true,
-                Some(t) => t.0 + SignedDuration::from_secs(duration) < Timestamp::now(),
+                Some(t) => {
+                    t.0.checked_add(SignedDuration::from_secs(duration.clamp(0, 86_400)))
+                        .is_ok_and(|end| end < Timestamp::now())
+                }
             };
             if !holder.is_empty() && !expired {
                 return Ok(false);

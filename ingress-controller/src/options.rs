@@ -23,8 +23,8 @@ use crate::model::ObjKey;
 #[derive(Parser, Debug, Clone)]
 #[command(name = "heim-ingress", version)]
 pub struct Options {
-    /// A kubeconfig file; default: the in-cluster service account (or
-    /// $KUBECONFIG, ~/.kube/config outside a cluster).
+    /// A kubeconfig file; default: $KUBECONFIG or ~/.kube/config when
+    /// there is one, else the in-cluster service account.
     #[arg(long, value_name = "FILE")]
     pub kubeconfig: Option<PathBuf>,
 

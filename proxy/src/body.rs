@@ -72,7 +72,11 @@ impl StallGuard {
 
     /// Call when the body is pending: true once it has waited too long.
     fn stalled(&mut self, cx: &mut Context<'_>) -> bool {
-        let deadline = Instant::now() + self.timeout;
+        // A configured timeout far beyond any real one must not overflow.
+        let now = Instant::now();
+        let deadline = now
+            .checked_add(self.timeout)
+            .unwrap_or(now + Duration::from_secs(86_400 * 365));
         match &mut self.sleep {
             None => self.sleep = Some(Box::pin(tokio::time::sleep_until(deadline))),
             Some(s) if self.progressed => s.as_mut().reset(deadline),

@@ -84,6 +84,7 @@ struct RawConfig {
 #[serde(deny_unknown_fields)]
 struct RawIngress {
     default_policy: Option<Spanned<String>>,
+    allow_external_name: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -301,6 +302,10 @@ pub struct IngressSettings {
     /// The policy of an Ingress that names none (`heim.dev/public`, an
     /// `heim.dev/allow-*` annotation).
     pub default_policy: DefaultPolicy,
+    /// Ingresses may route to `ExternalName` Services: any DNS name their
+    /// authors choose, heim's own admin port or a cloud metadata address
+    /// among them. Off unless the operator trusts every Ingress author.
+    pub allow_external_name: bool,
 }
 
 /// `ingress.default_policy`.
@@ -543,13 +548,13 @@ impl Cx<'_> {
     ) -> Duration {
         let Some(v) = v else { return default };
         match parse_duration(v.get_ref()) {
-            Some(d) if !d.is_zero() => d,
+            Some(d) if !d.is_zero() && d <= MAX_DURATION => d,
             _ => {
                 self.err(
                     &v.span(),
                     key.into(),
                     format!(
-                        "{:?} is not a duration above zero (e.g. \"500ms\", \"10s\", \"2m\")",
+                        "{:?} is not a duration above zero and at most a year (e.g. \"500ms\", \"10s\", \"2m\")",
                         v.get_ref()
                     ),
                 );
@@ -885,12 +890,20 @@ impl Cx<'_> {
     }
 
     fn ingress(&mut self, raw: &RawConfig) -> IngressSettings {
+        let allow_external_name = raw
+            .ingress
+            .as_ref()
+            .and_then(|i| i.get_ref().allow_external_name)
+            .unwrap_or(false);
         let Some(p) = raw
             .ingress
             .as_ref()
             .and_then(|i| i.get_ref().default_policy.as_ref())
         else {
-            return IngressSettings::default();
+            return IngressSettings {
+                allow_external_name,
+                ..IngressSettings::default()
+            };
         };
         let default_policy = match p.get_ref().as_str() {
             "deny" => DefaultPolicy::Deny,
@@ -914,7 +927,10 @@ impl Cx<'_> {
                 DefaultPolicy::Deny
             }
         };
-        IngressSettings { default_policy }
+        IngressSettings {
+            default_policy,
+            allow_external_name,
+        }
     }
 
     fn acme_dns(&mut self, raw: &Spanned<RawAcmeDns>, base: &Path) -> Option<DnsConfig> {
@@ -1466,7 +1482,10 @@ pub fn identity_header(
         Ok(h)
             if !crate::forward::headers::is_hop_by_hop(&h)
                 && !name.contains('_')
-                && !NOT_IDENTITY.contains(&h.as_str()) =>
+                && !NOT_IDENTITY.contains(&h.as_str())
+                && !NOT_IDENTITY_PREFIXES
+                    .iter()
+                    .any(|p| h.as_str().starts_with(p)) =>
         {
             h
         }
@@ -1496,6 +1515,28 @@ const NOT_IDENTITY: &[&str] = &[
     "set-cookie",
     "accept",
     "user-agent",
+    "host",
+    "origin",
+    "referer",
+    "range",
+    "forwarded",
+    "x-real-ip",
+    "x-request-id",
+    "x-csrf-token",
+];
+
+/// Prefixes no identity header may start with: heim's own, the forwarding
+/// headers, WebSocket's and webhook signatures (stripping them from every
+/// request would break the routes that need them).
+const NOT_IDENTITY_PREFIXES: &[&str] = &[
+    "x-heim-",
+    "x-forwarded-",
+    "sec-",
+    "x-hub-signature",
+    "x-github-",
+    "if-",
+    "accept-",
+    "content-",
 ];
 
 /// An issuer or API URL: https, or http on a loopback address (tests, a
@@ -1573,6 +1614,9 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
         _ => return None,
     })
 }
+
+/// The longest duration any key takes: past it, deadlines would overflow.
+pub const MAX_DURATION: Duration = Duration::from_secs(86_400 * 365);
 
 /// `"512"`, `"64k"`, `"10m"`, `"1g"` (powers of 1024, like nginx).
 pub fn parse_size(s: &str) -> Option<u64> {

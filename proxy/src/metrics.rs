@@ -151,6 +151,13 @@ impl Metrics {
         routes.entry(name.to_string()).or_default().clone()
     }
 
+    /// Drops the cells of routes no longer served (an Ingress deleted),
+    /// so that churn does not grow memory and series without bound.
+    pub fn retain_routes(&self, live: &std::collections::HashSet<&str>) {
+        let mut routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
+        routes.retain(|name, _| live.contains(name.as_str()));
+    }
+
     /// Adds families that `/metrics` renders after heim's own.
     pub fn add_extra(&self, extra: ExtraMetrics) {
         self.extra

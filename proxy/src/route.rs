@@ -222,7 +222,7 @@ impl RouteTable {
                 Backend::Upstream(u) => Some(
                     groups
                         .entry(u.clone())
-                        .or_insert_with(|| Arc::new(UpstreamGroup::compile(u, &health)))
+                        .or_insert_with(|| Arc::new(UpstreamGroup::compile(u, &mut health)))
                         .clone(),
                 ),
                 Backend::Echo => None,

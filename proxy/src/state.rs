@@ -240,6 +240,11 @@ impl Shared {
         let previous = self.routes.load();
         let (table, dups) =
             RouteTable::build_all(all, |name| self.metrics.route(name), Some(&previous));
+        drop(previous);
+        let live: std::collections::HashSet<&str> =
+            table.routes().map(|r| r.spec.name.as_str()).collect();
+        self.metrics.retain_routes(&live);
+        drop(live);
         self.routes.store(Arc::new(table));
         drop(layers);
         self.delivered(source);

@@ -62,14 +62,15 @@ pub struct Endpoint {
 
 impl Endpoint {
     pub fn new(addr: UpstreamAddr, protocol: UpstreamProtocol) -> Self {
-        Self::with_health(addr, protocol, &HashMap::new())
+        Self::with_health(addr, protocol, &mut HashMap::new())
     }
 
-    /// An endpoint that keeps the health `known` has for its id.
+    /// An endpoint that shares the health `known` has for its id (a new
+    /// one is added, for the next endpoint with that id).
     fn with_health(
         addr: UpstreamAddr,
         protocol: UpstreamProtocol,
-        known: &HashMap<u64, Arc<Health>>,
+        known: &mut HashMap<u64, Arc<Health>>,
     ) -> Self {
         let mut h = DefaultHasher::new();
         (&addr, protocol).hash(&mut h);
@@ -78,7 +79,7 @@ impl Endpoint {
             id,
             display: addr.to_string(),
             addr,
-            health: known.get(&id).cloned().unwrap_or_default(),
+            health: known.entry(id).or_default().clone(),
         }
     }
 
@@ -139,8 +140,9 @@ impl UpstreamGroup {
         }
     }
 
-    /// Compiles a spec; endpoints `known` by id keep their health.
-    pub fn compile(spec: &UpstreamSpec, known: &HashMap<u64, Arc<Health>>) -> Self {
+    /// Compiles a spec; endpoints `known` by id keep their health, and
+    /// new ones are added to `known`.
+    pub fn compile(spec: &UpstreamSpec, known: &mut HashMap<u64, Arc<Health>>) -> Self {
         let endpoints = spec
             .endpoints
             .iter()

@@ -222,6 +222,22 @@ async fn get(client: &Client, heim: &Heim, host: &str, path: &str) -> (u16, Stri
     }
 }
 
+/// GET http://host/ on heim's plain-HTTP listener: the status (a host heim
+/// serves gets 308 to https, one it does not 404).
+fn plain_status(heim: &Heim, host: &str) -> u16 {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(heim.http.expect("http_listen")).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(
+        s,
+        "GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0)
+}
+
 /// Waits until GET host/path gives `want` (bounded), and says what it got.
 async fn until(client: &Client, heim: &Heim, host: &str, path: &str, want: (u16, &str)) {
     let deadline = tokio::time::Instant::now() + LIVE;
@@ -360,7 +376,14 @@ async fn ingresses_are_served_live_as_they_change() {
         &[200],
     );
     until(&client, &heim, "classless.apps.test", "/", (200, "web")).await;
-    assert_eq!(get(&client, &heim, "theirs.apps.test", "/").await.0, 404);
+    // Not ours: no route, and no certificate either (a Secret serves the
+    // hosts of the Ingresses heim serves that name it, no others).
+    assert_eq!(plain_status(&heim, "theirs.apps.test"), 404);
+    assert_eq!(
+        get(&client, &heim, "theirs.apps.test", "/").await.0,
+        0,
+        "no certificate"
+    );
     // The class taken away: no longer ours.
     let mut moved = ingress(
         "legacy",
@@ -376,7 +399,11 @@ async fn ingresses_are_served_live_as_they_change() {
         &[200],
     );
     apply(&w.cp, &moved).await;
-    until(&client, &heim, "legacy.apps.test", "/", (404, "")).await;
+    assert!(
+        eventually(|| async { plain_status(&heim, "legacy.apps.test") == 404 }).await,
+        "legacy.apps.test still served: {}",
+        heim.log_text()
+    );
 
     // Overlap: the younger Ingress's claim loses, with an Event.
     apply(
@@ -407,15 +434,27 @@ async fn ingresses_are_served_live_as_they_change() {
         (200, "api".into())
     );
 
-    // An invalid annotation: an Event naming it, that Ingress out, the
-    // others serving.
+    // An invalid annotation: an Event naming it, that Ingress denied (it
+    // keeps its claims), the others serving.
+    apply(
+        &w.cp,
+        &ingress(
+            "quiet",
+            Some("heim"),
+            "quiet.apps.test",
+            "web",
+            public.clone(),
+        ),
+    )
+    .await;
+    until(&client, &heim, "quiet.apps.test", "/", (200, "web")).await;
     let bad = json!({ "heim.dev/public": "true", "heim.dev/proxy-body-size": "huge" });
     apply(
         &w.cp,
         &ingress("quiet", Some("heim"), "quiet.apps.test", "web", bad),
     )
     .await;
-    until(&client, &heim, "quiet.apps.test", "/", (404, "")).await;
+    until(&client, &heim, "quiet.apps.test", "/", (403, "")).await;
     let evs = events(&w.cp, "quiet").await;
     assert!(
         evs.iter()
@@ -452,7 +491,10 @@ async fn ingresses_are_served_live_as_they_change() {
         w.cp.delete(&format!("{ING}/copycat")).await.unwrap(),
         &[200],
     );
-    until(&client, &heim, "web.apps.test", "/", (404, "")).await;
+    assert!(
+        eventually(|| async { plain_status(&heim, "web.apps.test") == 404 }).await,
+        "web.apps.test still served"
+    );
 
     let (_, m) = heim.admin("/metrics");
     assert!(
@@ -724,12 +766,32 @@ async fn deploy_applies_and_its_rbac_is_enough() {
     assert!(ok, "{out}");
     let (ok, out) = kubectl(&w.cp, &["create", "namespace", "monitoring"]);
     assert!(ok, "{out}");
+    // kustomize as kubectl 1.20 builds it; the PodDisruptionBudget is
+    // policy/v1 (1.21 and later), which this 1.20 API server serves as
+    // v1beta1: the only rewrite.
+    let built = |dir: &str| {
+        let (ok, out) = kubectl(&w.cp, &["kustomize", dir]);
+        assert!(ok, "kubectl kustomize {dir}:\n{out}");
+        assert!(out.contains("apiVersion: policy/v1\n"), "{out}");
+        let file = w.dir.join(format!("{}.yaml", dir.replace('/', "-")));
+        std::fs::write(
+            &file,
+            out.replace("apiVersion: policy/v1\n", "apiVersion: policy/v1beta1\n"),
+        )
+        .unwrap();
+        file
+    };
     for dir in ["deploy/base", "deploy/overlays/grafana-google"] {
-        let (ok, out) = kubectl(&w.cp, &["apply", "--dry-run=server", "-k", dir]);
-        assert!(ok, "kubectl apply --dry-run=server -k {dir}:\n{out}");
+        let file = built(dir);
+        let (ok, out) = kubectl(
+            &w.cp,
+            &["apply", "--dry-run=server", "-f", file.to_str().unwrap()],
+        );
+        assert!(ok, "kubectl apply --dry-run=server of {dir}:\n{out}");
     }
-    let (ok, out) = kubectl(&w.cp, &["apply", "-k", "deploy/base"]);
-    assert!(ok, "kubectl apply -k deploy/base:\n{out}");
+    let file = built("deploy/base");
+    let (ok, out) = kubectl(&w.cp, &["apply", "-f", file.to_str().unwrap()]);
+    assert!(ok, "kubectl apply of deploy/base:\n{out}");
     // The base's settings with test listeners (the real ports are the
     // Deployment's), then the controller as the ServiceAccount.
     let (_, mut cm) =

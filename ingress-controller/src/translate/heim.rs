@@ -12,9 +12,12 @@
 //! | `proxy-read-timeout` | seconds (`60`, or `60s`) to the response head and between body reads |
 //! | `allow-source-range` | CIDR blocks, comma-separated; others get 403 |
 //! | `webhook-secret` | a Secret in the Ingress's namespace (key `secret`): GitHub webhooks signed with it, no sign-in |
+//! | `acme` | `"true"`: not acted on in this build (an `UnsupportedAnnotation` Event) |
 //!
-//! A value that does not parse is an error naming the annotation, and the
-//! Ingress is not served (never served with a weaker policy than written).
+//! A value that does not parse, an empty value, or a `heim.dev/` annotation
+//! that is none of these (a typo such as `allow-source-ranges`) is an error
+//! naming the annotation, and the Ingress answers 403 until it is fixed:
+//! never served with a weaker policy than written.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -33,6 +36,28 @@ use crate::model::{ObjKey, Snapshot};
 /// The annotations' prefix.
 pub const PREFIX: &str = "heim.dev/";
 
+/// Every `heim.dev/` annotation there is.
+pub const KNOWN: &[&str] = &[
+    "public",
+    "allow-emails",
+    "allow-domains",
+    "allow-groups",
+    "allow-github-orgs",
+    "allow-github-teams",
+    "allow-any-authenticated",
+    "identity-headers",
+    "backend-protocol",
+    "ssl-redirect",
+    "proxy-body-size",
+    "proxy-read-timeout",
+    "allow-source-range",
+    "webhook-secret",
+    "acme",
+];
+
+/// The longest `proxy-read-timeout`: a day.
+const MAX_READ_TIMEOUT_S: u64 = 86_400;
+
 /// Reads an Ingress's `heim.dev/*` annotations; errors are (annotation, message).
 pub fn read(
     ingress: &Ingress,
@@ -46,6 +71,28 @@ pub fn read(
         errors: Vec::new(),
     };
     let mut o = IngressOptions::default();
+    for (k, v) in all {
+        let Some(name) = k.strip_prefix(PREFIX) else {
+            continue;
+        };
+        if !KNOWN.contains(&name) {
+            r.errors.push((
+                k.clone(),
+                format!(
+                    "heim has no annotation {k:?} (a typo?); the known ones are heim.dev/{}",
+                    KNOWN.join(", heim.dev/")
+                ),
+            ));
+        } else if v.trim().is_empty() {
+            r.errors.push((k.clone(), "is empty".into()));
+        }
+    }
+    if r.flag("acme") == Some(true) {
+        o.unsupported.push((
+            format!("{PREFIX}acme"),
+            "heim's ACME does not write Ingress Secrets yet: use cert-manager, or [acme] in heim's ConfigMap".into(),
+        ));
+    }
     let public = r.flag("public");
     let any = r.flag("allow-any-authenticated");
     let rules = AccessRules {
@@ -151,24 +198,26 @@ pub fn read(
                 }
             });
     o.https_redirect = r.flag("ssl-redirect");
-    o.max_body_bytes = r.get("proxy-body-size").and_then(|v| match nginx_size(v) {
-        Some(n) => Some(n),
-        None => {
-            r.error(
-                "proxy-body-size",
-                format!("{v:?} is not a size like 8m, 512k, 1g or 0"),
-            );
-            None
-        }
-    });
+    o.max_body_bytes =
+        r.get("proxy-body-size")
+            .and_then(|v| match heim_proxy::config::parse_size(v) {
+                Some(n) => Some(n),
+                None => {
+                    r.error(
+                        "proxy-body-size",
+                        format!("{v:?} is not a size like 8m, 512k, 1g or 0"),
+                    );
+                    None
+                }
+            });
     o.response_timeout = r.get("proxy-read-timeout").and_then(|v| {
         let t = v.trim();
         match t.strip_suffix('s').unwrap_or(t).parse::<u64>() {
-            Ok(n) if n > 0 => Some(Duration::from_secs(n)),
+            Ok(n) if (1..=MAX_READ_TIMEOUT_S).contains(&n) => Some(Duration::from_secs(n)),
             _ => {
                 r.error(
                     "proxy-read-timeout",
-                    format!("{v:?} is not a number of seconds"),
+                    format!("{v:?} is not a number of seconds from 1 to {MAX_READ_TIMEOUT_S}"),
                 );
                 None
             }
@@ -187,25 +236,6 @@ pub fn read(
     } else {
         Err(r.errors)
     }
-}
-
-/// nginx's size syntax: a number, optionally `k`, `m` or `g` (binary units,
-/// any case); `0` means no limit.
-pub fn nginx_size(v: &str) -> Option<u64> {
-    let v = v.trim();
-    let (digits, unit) = match v.char_indices().last()? {
-        (i, c) if c.is_ascii_alphabetic() => (&v[..i], c.to_ascii_lowercase()),
-        _ => (v, ' '),
-    };
-    let n: u64 = digits.parse().ok()?;
-    let mult = match unit {
-        ' ' => 1,
-        'k' => 1 << 10,
-        'm' => 1 << 20,
-        'g' => 1 << 30,
-        _ => return None,
-    };
-    n.checked_mul(mult)
 }
 
 struct Reader<'a> {

@@ -50,6 +50,8 @@ pub struct Settings {
     pub default_policy: DefaultPolicy,
     /// `[auth]` is configured (allow rules can admit someone).
     pub have_auth: bool,
+    /// `[ingress] allow_external_name`.
+    pub allow_external_name: bool,
 }
 
 /// Something about one Ingress that heim could not serve as written: an
@@ -71,8 +73,12 @@ pub struct Translation {
     pub routes: Vec<RouteSpec>,
     /// The Ingress each route comes from.
     pub owners: Vec<ObjKey>,
-    /// From the TLS Secrets the served Ingresses name.
+    /// From the TLS Secrets the served Ingresses name, each for the hosts
+    /// of those Ingresses.
     pub certificates: Vec<CertEntry>,
+    /// What the certificates are made of (Secret, resourceVersion, hosts):
+    /// they are swapped in only when this changes.
+    pub certificate_versions: Vec<CertSource>,
     pub problems: Vec<Problem>,
     /// The Ingresses heim serves (whose status it writes).
     pub served: Vec<ObjKey>,
@@ -90,6 +96,47 @@ pub struct IngressOptions {
     pub max_body_bytes: Option<u64>,
     pub response_timeout: Option<Duration>,
     pub source_ranges: Vec<IpNet>,
+    /// Annotations understood but not acted on in this build (annotation,
+    /// why): an Event each, nothing else changes.
+    pub unsupported: Vec<(String, String)>,
+}
+
+/// A certificate's Secret, its `resourceVersion`, and the hosts it serves.
+pub type CertSource = (ObjKey, Option<String>, Vec<String>);
+
+/// What makes two routes the same claim.
+type RouteId = (Option<String>, String, PathMatch);
+
+/// An Ingress path heim's table can match: requests are normalised
+/// (`//`, `.`, `..` resolved, percent-escapes of unreserved characters
+/// decoded) before the lookup, so a path that normalisation changes would
+/// never match, and its traffic would go to a broader route.
+fn routable(path: &str) -> Result<(), String> {
+    if !path.starts_with('/') || path.contains(['?', '#', ' ']) {
+        return Err(format!(
+            "{path:?} must start with '/' and hold no '?', '#' or space"
+        ));
+    }
+    let same = heim_proxy::route::normalize_path(path)
+        .and_then(|n| heim_proxy::route::routing_path(&n).map(|r| r == path))
+        .unwrap_or(false);
+    if !same {
+        return Err(format!(
+            "{path:?} is not in normal form (no //, ., .., %-escapes or regular expressions): requests are matched normalised, so it would never match"
+        ));
+    }
+    Ok(())
+}
+
+/// True when a certificate for `own` (its DNS names) covers `host` (a name
+/// or a `*.` wildcard host).
+fn covers(own: &[String], host: &str) -> bool {
+    own.iter().any(|n| {
+        n == host
+            || n.strip_prefix("*.").is_some_and(|suffix| {
+                heim_proxy::route::wildcard_suffix(host) == Some(suffix) && !host.starts_with("*.")
+            })
+    })
 }
 
 /// Translates a snapshot with a fresh translator (tests, benchmarks).
@@ -128,47 +175,58 @@ impl Translator {
             ka.cmp(&kb)
         });
         let mut out = Translation::default();
-        // (host, path, path type) -> the Ingress that claimed it first.
-        let mut claimed: HashMap<(Option<String>, String, PathMatch), ObjKey> = HashMap::new();
+        // (host, path, path type) -> the Ingress that claimed it first, and
+        // whether that claim is a default backend.
+        let mut claimed: HashMap<RouteId, (ObjKey, bool)> = HashMap::new();
+        // host -> the oldest Ingress that names it.
+        let mut host_owner: HashMap<String, ObjKey> = HashMap::new();
         let mut fallbacks: Vec<(RouteSpec, ObjKey)> = Vec::new();
-        let mut secrets_seen = HashSet::new();
+        // TLS Secret -> its certificate and the hosts it is to serve.
+        let mut certs: Vec<(ObjKey, CertEntry, Vec<String>)> = Vec::new();
         for ingress in ours {
             let key = ObjKey::of(ingress.as_ref());
             out.served.push(key.clone());
             let before = out.problems.len();
+            let mut problems: Vec<Problem> = Vec::new();
             let mut problem = |reason, k: String, message: String| {
-                out.problems.push(Problem {
+                problems.push(Problem {
                     ingress: key.clone(),
                     reason,
                     key: k,
                     message,
                 })
             };
-            let options = match heim::read(ingress, snap, settings) {
-                Ok(o) => o,
+            // An Ingress whose annotations do not parse keeps its claims
+            // but answers 403 until it is fixed: it is never served with a
+            // weaker policy than written, and no younger Ingress takes its
+            // hosts meanwhile.
+            let (options, policy) = match heim::read(ingress, snap, settings) {
+                Ok(o) => {
+                    let policy = o.policy.clone().unwrap_or(match settings.default_policy {
+                        DefaultPolicy::Deny => Policy::Deny,
+                        DefaultPolicy::Public => Policy::Public,
+                        DefaultPolicy::AnyAuthenticated => Policy::Allow(Arc::new(AccessRules {
+                            any_authenticated: true,
+                            ..AccessRules::default()
+                        })),
+                    });
+                    for (k, message) in &o.unsupported {
+                        problem("UnsupportedAnnotation", k.clone(), message.clone());
+                    }
+                    (o, policy)
+                }
                 Err(mut errors) => {
                     errors.sort();
                     for (k, message) in errors {
                         problem(
                             "InvalidAnnotation",
                             k,
-                            format!("{message}; the Ingress is not served until it is fixed"),
+                            format!("{message}; the Ingress answers 403 until it is fixed"),
                         );
                     }
-                    continue;
+                    (IngressOptions::default(), Policy::Deny)
                 }
             };
-            let policy = options
-                .policy
-                .clone()
-                .unwrap_or(match settings.default_policy {
-                    DefaultPolicy::Deny => Policy::Deny,
-                    DefaultPolicy::Public => Policy::Public,
-                    DefaultPolicy::AnyAuthenticated => Policy::Allow(Arc::new(AccessRules {
-                        any_authenticated: true,
-                        ..AccessRules::default()
-                    })),
-                });
             let ctx = Ctx {
                 snap,
                 settings,
@@ -177,13 +235,23 @@ impl Translator {
                 ingress: &key,
             };
             let spec = ingress.spec.clone().unwrap_or_default();
+            // A backend that cannot be resolved still holds its claim, and
+            // answers 503 (no endpoints) as ingress-nginx does.
+            let mut resolve = |b: &IngressBackend, field: &str| match ctx.backend(b, field) {
+                Ok(u) => u,
+                Err(p) => {
+                    problem(p.0, p.1, p.2);
+                    ctx.no_endpoints()
+                }
+            };
             let default_backend = spec
                 .default_backend
                 .as_ref()
-                .map(|b| ctx.backend(b, "spec.defaultBackend"));
+                .map(|b| resolve(b, "spec.defaultBackend"));
             let mut explicit = Vec::new();
             let mut hosts_with_root: HashSet<Option<String>> = HashSet::new();
             let mut hosts: Vec<Option<String>> = Vec::new();
+            let mut invalid = Vec::new();
             for (i, rule) in spec.rules.iter().flatten().enumerate() {
                 let host = rule.host.as_ref().map(|h| h.to_ascii_lowercase());
                 if !hosts.contains(&host) {
@@ -198,11 +266,10 @@ impl Translator {
                         "Exact" => PathMatch::Exact,
                         "Prefix" | "ImplementationSpecific" => PathMatch::Prefix,
                         other => {
-                            problem(
-                                "InvalidPath",
+                            invalid.push((
                                 format!("{field}.pathType"),
                                 format!("{other:?} is not Exact, Prefix or ImplementationSpecific"),
-                            );
+                            ));
                             continue;
                         }
                     };
@@ -211,69 +278,87 @@ impl Translator {
                         .clone()
                         .filter(|p| !p.is_empty())
                         .unwrap_or_else(|| "/".into());
-                    if !path.starts_with('/') || path.contains(['?', '#', ' ']) {
-                        problem(
-                            "InvalidPath",
-                            format!("{field}.path"),
-                            format!("{path:?} must start with '/' and hold no '?', '#' or space"),
-                        );
+                    if let Err(why) = routable(&path) {
+                        invalid.push((format!("{field}.path"), why));
                         continue;
                     }
-                    let upstream = match ctx.backend(&p.backend, &format!("{field}.backend")) {
-                        Ok(u) => u,
-                        Err(p) => {
-                            problem(p.0, p.1, p.2);
-                            continue;
-                        }
-                    };
+                    // ImplementationSpecific paths are regular expressions
+                    // under ingress-nginx's use-regex; heim reads them as
+                    // prefixes, where such a path would never match.
+                    if p.path_type == "ImplementationSpecific"
+                        && path
+                            .contains(['(', ')', '*', '[', ']', '$', '^', '+', '{', '}', '|', '\\'])
+                    {
+                        invalid.push((
+                            format!("{field}.path"),
+                            format!("{path:?} looks like a regular expression: heim reads ImplementationSpecific as Prefix"),
+                        ));
+                        continue;
+                    }
+                    let upstream = resolve(&p.backend, &format!("{field}.backend"));
                     if path_type == PathMatch::Prefix && path.trim_end_matches('/').is_empty() {
                         hosts_with_root.insert(host.clone());
                     }
                     explicit.push(ctx.route(host.clone(), path, path_type, upstream));
                 }
             }
-            match default_backend {
-                Some(Ok(upstream)) => {
-                    // The default backend takes what no path claims: each
-                    // host's `/`, and every host when no rule names one.
-                    if hosts.is_empty() {
-                        hosts.push(None);
-                    }
-                    for host in hosts.into_iter().filter(|h| !hosts_with_root.contains(h)) {
-                        let r = ctx.route(host, "/".into(), PathMatch::Prefix, upstream.clone());
-                        fallbacks.push((r, key.clone()));
-                    }
+            for (k, message) in invalid {
+                problem("InvalidPath", k, message);
+            }
+            if let Some(upstream) = default_backend {
+                // The default backend takes what no path claims: each
+                // host's `/`, and every host when no rule names one.
+                if hosts.is_empty() {
+                    hosts.push(None);
                 }
-                Some(Err(p)) => problem(p.0, p.1, p.2),
-                None => {}
+                for host in hosts.iter().filter(|h| !hosts_with_root.contains(*h)) {
+                    let r = ctx.route(
+                        host.clone(),
+                        "/".into(),
+                        PathMatch::Prefix,
+                        upstream.clone(),
+                    );
+                    fallbacks.push((r, key.clone()));
+                }
+            }
+            let mut won: HashSet<String> = HashSet::new();
+            for h in hosts.iter().flatten() {
+                if host_owner.entry(h.clone()).or_insert_with(|| key.clone()) == &key {
+                    won.insert(h.clone());
+                }
             }
             for r in explicit {
                 let id = (r.host.clone(), normal_path(&r), r.path_type);
                 match claimed.get(&id) {
-                    Some(first) if *first != key => problem(
-                        "RouteConflict",
-                        format!("host {} path {}", r.host.as_deref().unwrap_or("*"), r.path),
-                        format!(
-                            "{} {:?} for host {} is served by the older Ingress {first}",
-                            if r.path_type == PathMatch::Exact {
-                                "Exact"
-                            } else {
-                                "Prefix"
-                            },
-                            r.path,
-                            r.host.as_deref().unwrap_or("*"),
-                        ),
-                    ),
-                    Some(_) => problem(
-                        "RouteConflict",
-                        format!("host {} path {}", r.host.as_deref().unwrap_or("*"), r.path),
-                        format!(
-                            "{:?} appears twice in this Ingress; the first serves",
-                            r.path
-                        ),
-                    ),
+                    Some((first, _)) => {
+                        let message = if *first == key {
+                            format!(
+                                "{:?} appears twice in this Ingress; the first serves",
+                                r.path
+                            )
+                        } else {
+                            format!(
+                                "{} {:?} for host {} is served by the older Ingress {first}",
+                                if r.path_type == PathMatch::Exact {
+                                    "Exact"
+                                } else {
+                                    "Prefix"
+                                },
+                                r.path,
+                                r.host.as_deref().unwrap_or("*"),
+                            )
+                        };
+                        problem(
+                            "RouteConflict",
+                            format!("host {} path {}", r.host.as_deref().unwrap_or("*"), r.path),
+                            message,
+                        );
+                    }
                     None => {
-                        claimed.insert(id, key.clone());
+                        claimed.insert(id, (key.clone(), false));
+                        if let Some(h) = &r.host {
+                            won.insert(h.clone());
+                        }
                         out.routes.push(r);
                         out.owners.push(key.clone());
                     }
@@ -285,33 +370,80 @@ impl Translator {
                 };
                 let sk = ObjKey::new(&key.namespace, name);
                 let field = format!("spec.tls[{k}].secretName");
-                match self.certificate(snap, &sk) {
-                    Ok(entry) => {
-                        if secrets_seen.insert(sk) {
-                            out.certificates.push(entry);
-                        }
+                let entry = match self.certificate(snap, &sk) {
+                    Ok(entry) => entry,
+                    Err((reason, message)) => {
+                        problem(reason, field, message);
+                        continue;
                     }
-                    Err((reason, message)) => out.problems.push(Problem {
-                        ingress: key.clone(),
-                        reason,
-                        key: field,
-                        message,
-                    }),
+                };
+                // Only for hosts this Ingress serves (and its TLS section
+                // lists): a certificate in one namespace never answers for
+                // another's host.
+                let listed: Vec<String> = match &tls.hosts {
+                    Some(h) if !h.is_empty() => h.iter().map(|h| h.to_ascii_lowercase()).collect(),
+                    _ => won.iter().cloned().collect(),
+                };
+                let mut names = Vec::new();
+                for h in listed {
+                    if !won.contains(&h) {
+                        continue;
+                    }
+                    if covers(&entry.names, &h) {
+                        names.push(h);
+                    } else {
+                        problem(
+                            "CertificateMismatch",
+                            field.clone(),
+                            format!("the certificate in Secret {sk} does not cover {h}"),
+                        );
+                    }
+                }
+                match certs.iter_mut().find(|(k, _, _)| *k == sk) {
+                    Some((_, _, n)) => n.extend(names),
+                    None => certs.push((sk, entry, names)),
                 }
             }
-            if out.problems.len() > before {
-                out.problems[before..].sort();
-            }
+            problems.sort();
+            out.problems.extend(problems);
+            debug_assert!(out.problems.len() >= before);
         }
         // Default backends come after every explicit path, so that any
-        // Ingress's own `/` wins over another's default backend.
+        // Ingress's own `/` wins over another's default backend; between
+        // two default backends, the older one wins and the other is told.
         for (r, owner) in fallbacks {
             let id = (r.host.clone(), normal_path(&r), r.path_type);
-            if let std::collections::hash_map::Entry::Vacant(v) = claimed.entry(id) {
-                v.insert(owner.clone());
-                out.routes.push(r);
-                out.owners.push(owner);
+            match claimed.get(&id) {
+                Some((first, true)) if *first != owner => out.problems.push(Problem {
+                    ingress: owner.clone(),
+                    reason: "RouteConflict",
+                    key: "spec.defaultBackend".into(),
+                    message: format!(
+                        "the default backend for host {} is the older Ingress {first}'s",
+                        r.host.as_deref().unwrap_or("*")
+                    ),
+                }),
+                Some(_) => {}
+                None => {
+                    claimed.insert(id, (owner.clone(), true));
+                    out.routes.push(r);
+                    out.owners.push(owner);
+                }
             }
+        }
+        for (sk, mut entry, mut names) in certs {
+            names.sort();
+            names.dedup();
+            if names.is_empty() {
+                continue;
+            }
+            let version = snap
+                .secrets
+                .get(&sk)
+                .and_then(|s| s.metadata.resource_version.clone());
+            out.certificate_versions.push((sk, version, names.clone()));
+            entry.names = names;
+            out.certificates.push(entry);
         }
         let live: HashSet<&ObjKey> = snap.secrets.keys().collect();
         self.certs.retain(|k, _| live.contains(k));
@@ -368,6 +500,17 @@ fn normal_path(r: &RouteSpec) -> String {
 /// A backend that could not be resolved: (reason, field, message).
 type BackendProblem = (&'static str, String, String);
 
+impl Ctx<'_> {
+    /// An upstream with no endpoints: requests get 503.
+    fn no_endpoints(&self) -> UpstreamSpec {
+        UpstreamSpec {
+            endpoints: Vec::new(),
+            protocol: self.options.protocol.unwrap_or(UpstreamProtocol::Http1),
+            limits: self.settings.defaults.upstream,
+        }
+    }
+}
+
 /// One Ingress's translation context.
 struct Ctx<'a> {
     snap: &'a Snapshot,
@@ -389,6 +532,9 @@ impl Ctx<'_> {
         let max_body = o
             .max_body_bytes
             .unwrap_or(self.settings.defaults.max_body_bytes);
+        // cert-manager's HTTP-01 solver Ingress: the CA fetches its token
+        // over plain HTTP without signing in (the solver serves nothing else).
+        let acme_solver = path.starts_with("/.well-known/acme-challenge/");
         RouteSpec {
             name: format!(
                 "{}:{}{}{}",
@@ -405,8 +551,12 @@ impl Ctx<'_> {
             path,
             path_type,
             backend: Backend::Upstream(upstream),
-            policy: self.policy.clone(),
-            https_redirect: o.https_redirect.unwrap_or(true),
+            policy: if acme_solver {
+                Policy::Public
+            } else {
+                self.policy.clone()
+            },
+            https_redirect: o.https_redirect.unwrap_or(true) && !acme_solver,
             max_body_bytes: Some(max_body).filter(|n| *n > 0),
             identity_headers: o.identity_headers.clone(),
             source_ranges: o.source_ranges.clone(),
@@ -441,6 +591,13 @@ impl Ctx<'_> {
         }
         let protocol = self.options.protocol.unwrap_or(UpstreamProtocol::Http1);
         if spec.type_.as_deref() == Some("ExternalName") {
+            if !self.settings.allow_external_name {
+                return Err((
+                    "ExternalNameRefused",
+                    format!("{field}.service.name"),
+                    format!("Service {key} is an ExternalName: heim routes to one only with [ingress] allow_external_name = true in its ConfigMap"),
+                ));
+            }
             let host = spec.external_name.clone().unwrap_or_default();
             let port = by_number
                 .and_then(|n| u16::try_from(n).ok())

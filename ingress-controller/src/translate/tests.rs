@@ -39,6 +39,7 @@ fn settings() -> Settings {
         },
         default_policy: DefaultPolicy::Deny,
         have_auth: true,
+        allow_external_name: false,
     }
 }
 
@@ -270,7 +271,8 @@ fn which_ingresses_are_ours() {
     let mut s = settings();
     s.classes.ingress_class = "gone".into();
     s.classes.by_name = true;
-    assert_eq!(served(&snap, &s), ["by-class", "missing-class"]);
+    // (the legacy annotation also names a class of ours, `heim`, by name)
+    assert_eq!(served(&snap, &s), ["by-class", "missing-class", "legacy"]);
 }
 
 #[test]
@@ -375,8 +377,28 @@ fn broken_things_skip_only_what_they_affect() {
         ),
     ];
     let t = translate_once(&snap, &settings());
-    let names: Vec<&str> = t.routes.iter().map(|r| r.name.as_str()).collect();
-    assert_eq!(names, ["default/mixed:a.test/ok"]);
+    // Every path keeps its claim: a broken backend answers 503 (no
+    // endpoints), a broken Ingress 403; the rest serves as written.
+    let got: Vec<(&str, usize, &Policy)> = t
+        .routes
+        .iter()
+        .map(|r| {
+            let Backend::Upstream(u) = &r.backend else {
+                panic!()
+            };
+            (r.name.as_str(), u.endpoints.len(), &r.policy)
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("default/mixed:a.test/ok", 2, &Policy::Public),
+            ("default/mixed:a.test/no-service", 0, &Policy::Public),
+            ("default/mixed:a.test/no-port", 0, &Policy::Public),
+            ("default/mixed:a.test/resource", 0, &Policy::Public),
+            ("default/bad-annotation:b.test/", 2, &Policy::Deny),
+        ]
+    );
     let got: Vec<(&str, &str, &str)> = t
         .problems
         .iter()
@@ -407,6 +429,162 @@ fn broken_things_skip_only_what_they_affect() {
                 "heim.dev/proxy-body-size"
             ),
         ]
+    );
+}
+
+#[test]
+fn typos_empty_values_and_odd_paths_are_refused_not_ignored() {
+    let mut snap = base();
+    let rules = |path: &str| {
+        json!({ "ingressClassName": "heim", "rules": [{ "host": "t.test", "http": { "paths": [
+            { "path": path, "pathType": "ImplementationSpecific", "backend": { "service": { "name": "app", "port": { "number": 80 } } } },
+        ] } }] })
+    };
+    snap.ingresses = vec![
+        ingress(
+            "typo",
+            "2026-01-01T00:00:00Z",
+            json!({ "heim.dev/public": "true", "heim.dev/allow-source-ranges": "10.0.0.0/8" }),
+            rules("/"),
+        ),
+        ingress(
+            "empty",
+            "2026-01-01T00:00:01Z",
+            json!({ "heim.dev/allow-source-range": " ", "heim.dev/public": "true" }),
+            rules("/e"),
+        ),
+        ingress(
+            "regex",
+            "2026-01-01T00:00:02Z",
+            public(),
+            rules("/api/(.*)"),
+        ),
+        ingress("dots", "2026-01-01T00:00:03Z", public(), rules("/a/../b")),
+        ingress(
+            "acme",
+            "2026-01-01T00:00:04Z",
+            json!({ "heim.dev/public": "true", "heim.dev/acme": "true" }),
+            rules("/ok"),
+        ),
+    ];
+    let t = translate_once(&snap, &settings());
+    let got: Vec<(&str, &str, &str)> = t
+        .problems
+        .iter()
+        .map(|p| (p.ingress.name.as_str(), p.reason, p.key.as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("typo", "InvalidAnnotation", "heim.dev/allow-source-ranges"),
+            ("empty", "InvalidAnnotation", "heim.dev/allow-source-range"),
+            ("regex", "InvalidPath", "spec.rules[0].http.paths[0].path"),
+            ("dots", "InvalidPath", "spec.rules[0].http.paths[0].path"),
+            ("acme", "UnsupportedAnnotation", "heim.dev/acme"),
+        ]
+    );
+    let policy = |name: &str| {
+        t.routes
+            .iter()
+            .find(|r| r.name.starts_with(name))
+            .map(|r| r.policy.clone())
+    };
+    assert_eq!(policy("default/typo:"), Some(Policy::Deny));
+    assert_eq!(policy("default/empty:"), Some(Policy::Deny));
+    assert_eq!(
+        policy("default/acme:"),
+        Some(Policy::Public),
+        "an unsupported annotation changes nothing"
+    );
+    assert!(policy("default/regex:").is_none() && policy("default/dots:").is_none());
+}
+
+#[test]
+fn external_names_need_the_operator_and_solvers_are_public() {
+    let mut snap = base();
+    let ext: Service = serde_json::from_value(json!({
+        "metadata": { "name": "ext", "namespace": "default" },
+        "spec": { "type": "ExternalName", "externalName": "metadata.internal", "ports": [{ "port": 80 }] },
+    }))
+    .unwrap();
+    snap.services
+        .insert(ObjKey::new("default", "ext"), Arc::new(ext));
+    let backend = |svc: &str| json!({ "service": { "name": svc, "port": { "number": 80 } } });
+    snap.ingresses = vec![
+        ingress(
+            "ext",
+            "2026-01-01T00:00:00Z",
+            public(),
+            json!({ "ingressClassName": "heim", "rules": [
+            { "host": "x.test", "http": { "paths": [{ "path": "/", "pathType": "Prefix", "backend": backend("ext") }] } }] }),
+        ),
+        // cert-manager's solver Ingress, no policy annotation.
+        ingress(
+            "cm-acme-http-solver",
+            "2026-01-01T00:00:01Z",
+            json!({}),
+            json!({ "ingressClassName": "heim", "rules": [
+            { "host": "x.test", "http": { "paths": [{ "path": "/.well-known/acme-challenge/tok", "pathType": "ImplementationSpecific", "backend": backend("app") }] } }] }),
+        ),
+    ];
+    let t = translate_once(&snap, &settings());
+    assert_eq!(t.problems.len(), 1);
+    assert_eq!(t.problems[0].reason, "ExternalNameRefused");
+    let Backend::Upstream(u) = &t.routes[0].backend else {
+        panic!()
+    };
+    assert!(u.endpoints.is_empty(), "refused: 503");
+    let solver = &t.routes[1];
+    assert_eq!(
+        (&solver.policy, solver.https_redirect),
+        (&Policy::Public, false)
+    );
+    let mut s = settings();
+    s.allow_external_name = true;
+    let t = translate_once(&snap, &s);
+    assert_eq!(t.problems, []);
+    let Backend::Upstream(u) = &t.routes[0].backend else {
+        panic!()
+    };
+    assert_eq!(
+        u.endpoints,
+        [UpstreamAddr::Name {
+            host: "metadata.internal".into(),
+            port: 80
+        }]
+    );
+}
+
+#[test]
+fn endpoint_slices_give_ready_addresses_by_service() {
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+    let slice = |name: &str, endpoints: Value| -> Arc<EndpointSlice> {
+        Arc::new(
+            serde_json::from_value(json!({
+                "metadata": { "name": name, "namespace": "default", "labels": { "kubernetes.io/service-name": "app" } },
+                "addressType": "IPv4",
+                "ports": [{ "name": "http", "port": 8080, "protocol": "TCP" }],
+                "endpoints": endpoints,
+            }))
+            .unwrap(),
+        )
+    };
+    let mut snap = Snapshot::default();
+    snap.set_endpoint_slices([
+        slice("app-1", json!([
+            { "addresses": ["198.51.100.12"], "conditions": { "ready": true } },
+            { "addresses": ["198.51.100.13"], "conditions": { "ready": false } },
+            { "addresses": ["198.51.100.14"], "conditions": { "ready": true, "terminating": true } },
+        ])),
+        slice("app-2", json!([{ "addresses": ["198.51.100.10"] }, { "addresses": ["198.51.100.12"] }])),
+    ]);
+    let ready: Vec<String> = snap.endpoints[&ObjKey::new("default", "app")]
+        .iter()
+        .map(|r| format!("{}:{}/{}", r.ip, r.port, r.port_name))
+        .collect();
+    assert_eq!(
+        ready,
+        ["198.51.100.10:8080/http", "198.51.100.12:8080/http"]
     );
 }
 
@@ -501,7 +679,7 @@ fn the_default_policy_applies_to_ingresses_that_name_none() {
 
 #[test]
 fn sizes_in_nginx_syntax() {
-    use super::heim::nginx_size;
+    use heim_proxy::config::parse_size as nginx_size;
     assert_eq!(nginx_size("0"), Some(0));
     assert_eq!(nginx_size("512"), Some(512));
     assert_eq!(nginx_size("8m"), Some(8 << 20));

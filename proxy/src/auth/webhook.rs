@@ -21,12 +21,21 @@ use crate::error::ProxyError;
 /// GitHub's limit on a webhook payload; the bound when a route sets none.
 const DEFAULT_LIMIT: u64 = 25 << 20;
 
-/// A webhook route's sender and secret.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A webhook route's sender and secret (its `Debug` hides the secret).
+#[derive(Clone, PartialEq, Eq)]
 pub struct WebhookSpec {
     pub secret_file: PathBuf,
     /// Read when the config is compiled (empty until then).
     pub secret: Arc<[u8]>,
+}
+
+impl std::fmt::Debug for WebhookSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookSpec")
+            .field("secret_file", &self.secret_file)
+            .field("secret", &format_args!("({} bytes)", self.secret.len()))
+            .finish()
+    }
 }
 
 /// Reads and checks a webhook's body; the body, when the signature holds.
