@@ -96,6 +96,10 @@ struct Outcome {
     churn_changes: u64,
     churn_peak_rss_kib: u64,
     churn_rps: f64,
+    /// The proxy's CPU over the churn (all its processes), ms.
+    churn_cpu_ms: f64,
+    /// heim only: mean translate time over the run, ms.
+    translate_ms: Option<f64>,
 }
 
 fn host(i: u32) -> String {
@@ -132,10 +136,16 @@ async fn run(cli: &Cli) -> Result<()> {
         "{} is missing: cargo build --release -p heim-ingress",
         heim_bin.display()
     );
+    ensure!(
+        cli.nginx.exists(),
+        "{} is missing (apt-get install nginx-light)",
+        cli.nginx.display()
+    );
     for tool in ["wrk", "taskset"] {
         ensure!(
             Command::new("sh")
                 .args(["-c", &format!("command -v {tool}")])
+                .stdout(Stdio::null())
                 .status()?
                 .success(),
             "{tool} is missing (apt-get install wrk util-linux)"
@@ -313,14 +323,8 @@ fn until(port: u16, host: &str, path: &str, want: u16, limit: Duration) -> Resul
 
 /// VmRSS of `pid` and its children (nginx's workers), KiB.
 fn rss_tree(pid: u32) -> u64 {
-    let mut pids = vec![pid];
-    if let Ok(kids) = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")) {
-        pids.extend(
-            kids.split_whitespace()
-                .filter_map(|k| k.parse::<u32>().ok()),
-        );
-    }
-    pids.iter()
+    tree(pid)
+        .iter()
         .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/status")).ok())
         .filter_map(|s| {
             s.lines()
@@ -329,6 +333,33 @@ fn rss_tree(pid: u32) -> u64 {
                 .nth(1)?
                 .parse::<u64>()
                 .ok()
+        })
+        .sum()
+}
+
+/// `pid` and its children (nginx's workers, old ones draining included).
+fn tree(pid: u32) -> Vec<u32> {
+    let mut pids = vec![pid];
+    if let Ok(kids) = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")) {
+        pids.extend(
+            kids.split_whitespace()
+                .filter_map(|k| k.parse::<u32>().ok()),
+        );
+    }
+    pids
+}
+
+/// utime + stime of `pid`'s tree, in clock ticks (100 per second on Linux).
+fn cpu_ticks(pid: u32) -> u64 {
+    tree(pid)
+        .iter()
+        .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/stat")).ok())
+        .filter_map(|s| {
+            // The fields after the command (which may hold spaces): utime and
+            // stime are the 14th and 15th of the line.
+            let rest = s.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
         })
         .sum()
 }
@@ -388,18 +419,13 @@ fn wrk_result(child: Child) -> Result<(u64, u64, f64)> {
 }
 
 /// Runs churn for `secs` with `step(k)` per change, at `rate` per second, while wrk loads
-/// `port`; samples `rss` meanwhile.
-async fn churn<F, Fut>(
-    cli: &Cli,
-    port: u16,
-    mut step: F,
-    rss: impl Fn() -> u64 + Send + 'static,
-    out: &mut Outcome,
-) -> Result<()>
+/// `port`; samples the RSS and CPU of `pid` (the proxy) meanwhile.
+async fn churn<F, Fut>(cli: &Cli, port: u16, pid: u32, mut step: F, out: &mut Outcome) -> Result<()>
 where
     F: FnMut(u64) -> Fut,
     Fut: std::future::Future<Output = Result<()>>,
 {
+    let cpu_before = cpu_ticks(pid);
     let load = wrk(port, cli.churn_seconds)?;
     let peak = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
@@ -407,7 +433,7 @@ where
         let (peak, stop) = (peak.clone(), stop.clone());
         std::thread::spawn(move || {
             while !stop.load(Relaxed) {
-                peak.fetch_max(rss(), Relaxed);
+                peak.fetch_max(rss_tree(pid), Relaxed);
                 std::thread::sleep(Duration::from_millis(20));
             }
         })
@@ -429,6 +455,7 @@ where
     out.churn_rps = rps;
     out.churn_changes = k;
     out.churn_peak_rss_kib = peak.load(Relaxed);
+    out.churn_cpu_ms = cpu_ticks(pid).saturating_sub(cpu_before) as f64 * 10.0;
     Ok(())
 }
 
@@ -498,6 +525,7 @@ async fn bench_heim(cli: &Cli, cp: &ControlPlane, bin: &Path, dir: &Path) -> Res
     churn(
         cli,
         http,
+        pid,
         |k| {
             let api = api.clone();
             let i = churned(cli, k);
@@ -513,10 +541,21 @@ async fn bench_heim(cli: &Cli, cp: &ControlPlane, bin: &Path, dir: &Path) -> Res
                 Ok(())
             }
         },
-        move || rss_tree(pid),
         &mut out,
     )
     .await?;
+    if let Ok((_, m)) = heim_e2e::admin_get(SocketAddr::from(([127, 0, 0, 1], admin)), "/metrics") {
+        let value = |name: &str| -> Option<f64> {
+            m.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        };
+        if let (Some(sum), Some(count)) = (
+            value("heim_kube_translate_seconds_sum"),
+            value("heim_kube_translate_seconds_count"),
+        ) {
+            out.translate_ms = Some(sum / count.max(1.0) * 1000.0);
+        }
+    }
     Ok(out)
 }
 
@@ -619,6 +658,7 @@ async fn bench_nginx(
     churn(
         cli,
         port,
+        pid,
         |k| {
             let i = churned(cli2, k);
             renamed.insert(i, format!("/churn{k}"));
@@ -628,7 +668,6 @@ async fn bench_nginx(
                 .and_then(|_| reload(cli2, &prefix2, &conf2));
             async move { r }
         },
-        move || rss_tree(pid),
         &mut out,
     )
     .await?;
@@ -712,5 +751,21 @@ fn report(cli: &Cli, created: f64, h: &Outcome, n: &Outcome) -> String {
         h.churn_peak_rss_kib / 1024,
         n.churn_peak_rss_kib / 1024
     );
+    let per = |o: &Outcome| o.churn_cpu_ms * 1000.0 / o.churn_requests.max(1) as f64;
+    let _ = writeln!(
+        md,
+        "| churn: proxy CPU, total (µs per request) | {:.0} ms ({:.1}) | {:.0} ms ({:.1}) |",
+        h.churn_cpu_ms,
+        per(h),
+        n.churn_cpu_ms,
+        per(n)
+    );
+    if let Some(t) = h.translate_ms {
+        let _ = writeln!(
+            md,
+            "\nheim-ingress's mean translate of the {} Ingresses (`heim_kube_translate_seconds`): {t:.1} ms.",
+            cli.ingresses
+        );
+    }
     md
 }

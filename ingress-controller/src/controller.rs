@@ -458,13 +458,15 @@ impl Loop {
         tracing::info!(routes = n, ingresses = served.len(), "routes swapped in");
         if self.opts.update_status && *self.leader.borrow() {
             let addresses = self.published(snap);
+            let by_key: HashMap<ObjKey, &Arc<Ingress>> = snap
+                .ingresses
+                .iter()
+                .map(|i| (ObjKey::of(i.as_ref()), i))
+                .collect();
             let current = served
                 .iter()
                 .filter_map(|k| {
-                    let i = snap
-                        .ingresses
-                        .iter()
-                        .find(|i| ObjKey::of(i.as_ref()) == *k)?;
+                    let i = by_key.get(k)?;
                     let now = i
                         .status
                         .as_ref()
@@ -533,11 +535,18 @@ impl Loop {
         let fresh: Vec<Problem> = now.difference(&self.reported).cloned().collect();
         // Shadow mode (--update-status=false) writes nothing, Events included.
         let leader = *self.leader.borrow() && self.opts.update_status;
-        let refs: HashMap<ObjKey, ObjectReference> = snap
-            .ingresses
-            .iter()
-            .map(|i| (ObjKey::of(i.as_ref()), i.object_ref(&())))
-            .collect();
+        // References only for the Ingresses that have something new.
+        let wanted: HashSet<&ObjKey> = fresh.iter().map(|p| &p.ingress).collect();
+        let refs: HashMap<ObjKey, ObjectReference> = if !leader || wanted.is_empty() {
+            HashMap::new()
+        } else {
+            snap.ingresses
+                .iter()
+                .map(|i| (ObjKey::of(i.as_ref()), i))
+                .filter(|(k, _)| wanted.contains(k))
+                .map(|(k, i)| (k, i.object_ref(&())))
+                .collect()
+        };
         for p in &fresh {
             tracing::warn!(ingress = %p.ingress, reason = p.reason, key = %p.key, "{}", p.message);
         }

@@ -67,7 +67,10 @@ pub fn read(
     let empty = BTreeMap::new();
     let all = ingress.metadata.annotations.as_ref().unwrap_or(&empty);
     let mut r = Reader {
-        all,
+        all: all
+            .iter()
+            .filter_map(|(k, v)| Some((k.strip_prefix(PREFIX)?, v)))
+            .collect(),
         errors: Vec::new(),
     };
     let mut o = IngressOptions::default();
@@ -239,13 +242,14 @@ pub fn read(
 }
 
 struct Reader<'a> {
-    all: &'a BTreeMap<String, String>,
+    /// The `heim.dev/` annotations, by name without the prefix.
+    all: BTreeMap<&'a str, &'a String>,
     errors: Vec<(String, String)>,
 }
 
 impl<'a> Reader<'a> {
     fn get(&self, name: &str) -> Option<&'a String> {
-        self.all.get(&format!("{PREFIX}{name}"))
+        self.all.get(name).copied()
     }
 
     fn error(&mut self, name: &str, message: String) {
