@@ -106,11 +106,12 @@ fn host(i: u32) -> String {
     format!("h{i}.bench.test")
 }
 
-/// Ingress `i`: host `i / 2`, path `/` (even) or `/api` (odd), or `path` when given.
+/// Ingress `i`: host `i / 2`, path `/www` (even) or `/api` (odd), or `path` when given. No
+/// host has a `/` route, so a renamed path answers 404 until the change is live.
 fn ingress(i: u32, path: Option<&str>) -> Value {
     let p = path.map(str::to_string).unwrap_or_else(|| {
         if i.is_multiple_of(2) {
-            "/".into()
+            "/www".into()
         } else {
             "/api".into()
         }
@@ -377,7 +378,7 @@ fn wrk(port: u16, secs: u32) -> Result<Child> {
             "-H",
             &format!("Host: {}", host(0)),
         ])
-        .arg(format!("http://127.0.0.1:{port}/"))
+        .arg(format!("http://127.0.0.1:{port}/www"))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -516,6 +517,11 @@ async fn bench_heim(cli: &Cli, cp: &ControlPlane, bin: &Path, dir: &Path) -> Res
     for k in 0..cli.changes {
         let i = 2 * k + 1;
         let path = format!("/v{k}");
+        ensure!(
+            get(http, &host(i / 2), &path) == 404,
+            "{}{path} answered before the change",
+            host(i / 2)
+        );
         let t = Instant::now();
         change(cp, i, &path).await?;
         until(http, &host(i / 2), &path, 200, Duration::from_secs(30))?;
@@ -585,7 +591,7 @@ fn nginx_conf(
     for h in 0..cli.ingresses / 2 {
         let api = renamed.get(&(2 * h + 1)).map_or("/api", String::as_str);
         let _ = writeln!(c, "server {{ listen 127.0.0.1:{port}; server_name {}; \
-            location / {{ proxy_pass http://web; proxy_http_version 1.1; proxy_set_header Connection \"\"; }} \
+            location /www {{ proxy_pass http://web; proxy_http_version 1.1; proxy_set_header Connection \"\"; }} \
             location {api} {{ proxy_pass http://web; proxy_http_version 1.1; proxy_set_header Connection \"\"; }} }}", host(h));
     }
     c.push_str("}\n");
@@ -647,6 +653,11 @@ async fn bench_nginx(
     for k in 0..cli.changes {
         let i = 2 * k + 1;
         let path = format!("/v{k}");
+        ensure!(
+            get(port, &host(i / 2), &path) == 404,
+            "{}{path} answered before the change",
+            host(i / 2)
+        );
         let t = Instant::now();
         renamed.insert(i, path.clone());
         std::fs::write(&conf, nginx_conf(cli, &prefix, port, backend, &renamed))?;

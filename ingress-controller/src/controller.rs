@@ -729,6 +729,7 @@ async fn write_status(
     let mut written: HashMap<ObjKey, Vec<IngressLoadBalancerIngress>> = HashMap::new();
     while jobs.changed().await.is_ok() {
         let job = jobs.borrow_and_update().clone();
+        written.retain(|k, _| job.ingresses.iter().any(|(j, _)| j == k));
         for (key, now) in &job.ingresses {
             if *now == job.addresses {
                 // The cache has caught up with the write.

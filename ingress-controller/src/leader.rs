@@ -24,7 +24,7 @@ pub const LEASE_DURATION: Duration = Duration::from_secs(15);
 pub const RETRY: Duration = Duration::from_secs(2);
 /// A leader that has not renewed for this long steps down (client-go's
 /// renew deadline), well before the Lease could pass to another replica.
-pub const RENEW_DEADLINE: Duration = Duration::from_secs(10);
+pub const RENEW_DEADLINE: Duration = Duration::from_secs(8);
 
 /// One replica's view of the election.
 pub struct Elector {
@@ -61,6 +61,8 @@ impl Elector {
         let mut renewed: Option<std::time::Instant> = None;
         loop {
             tick.tick().await;
+            // Stamped before the request: the Lease says no later.
+            let tried = std::time::Instant::now();
             // Bounded: a stalled request must not keep a leader leading.
             let held = match tokio::time::timeout(RETRY, self.try_once()).await {
                 Ok(Ok(held)) => Some(held),
@@ -75,7 +77,7 @@ impl Elector {
             };
             let leader = match held {
                 Some(true) => {
-                    renewed = Some(std::time::Instant::now());
+                    renewed = Some(tried);
                     true
                 }
                 Some(false) => false,

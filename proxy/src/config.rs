@@ -1523,14 +1523,23 @@ const NOT_IDENTITY: &[&str] = &[
     "x-real-ip",
     "x-request-id",
     "x-csrf-token",
+    // The forwarding headers heim sets itself (X-Forwarded-User, -Email and
+    // -Groups, oauth2-proxy's identity headers, remain allowed).
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-forwarded-port",
+    "x-forwarded-prefix",
+    "x-forwarded-uri",
+    "x-forwarded-ssl",
+    "x-forwarded-scheme",
 ];
 
-/// Prefixes no identity header may start with: heim's own, the forwarding
-/// headers, WebSocket's and webhook signatures (stripping them from every
-/// request would break the routes that need them).
+/// Prefixes no identity header may start with: heim's own, WebSocket's and
+/// webhook signatures (stripping them from every request would break the
+/// routes that need them).
 const NOT_IDENTITY_PREFIXES: &[&str] = &[
     "x-heim-",
-    "x-forwarded-",
     "sec-",
     "x-hub-signature",
     "x-github-",
@@ -1633,6 +1642,35 @@ pub fn parse_size(s: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn identity_headers_may_not_shadow_what_routes_need() {
+        for ok in [
+            "X-WEBAUTH-USER",
+            "X-Forwarded-User",
+            "X-Forwarded-Email",
+            "Remote-User",
+            "X-Auth-Request-Email",
+        ] {
+            assert!(identity_header(ok, "email").is_ok(), "{ok}");
+        }
+        for refused in [
+            "X-Forwarded-For",
+            "X-Forwarded-Proto",
+            "Sec-WebSocket-Key",
+            "X-Hub-Signature-256",
+            "X-Heim-User",
+            "Host",
+            "Origin",
+            "Content-Length",
+            "If-None-Match",
+            "Connection",
+            "X_User",
+        ] {
+            assert!(identity_header(refused, "email").is_err(), "{refused}");
+        }
+        assert!(identity_header("X-User", "phone").is_err());
+    }
 
     const GOOD: &str = r#"
 [server]

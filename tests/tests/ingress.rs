@@ -379,10 +379,10 @@ async fn ingresses_are_served_live_as_they_change() {
     // Not ours: no route, and no certificate either (a Secret serves the
     // hosts of the Ingresses heim serves that name it, no others).
     assert_eq!(plain_status(&heim, "theirs.apps.test"), 404);
-    assert_eq!(
-        get(&client, &heim, "theirs.apps.test", "/").await.0,
-        0,
-        "no certificate"
+    let (status, why) = get(&client, &heim, "theirs.apps.test", "/").await;
+    assert!(
+        status == 0 && why.contains("alert"),
+        "no certificate: {status} {why}"
     );
     // The class taken away: no longer ours.
     let mut moved = ingress(
@@ -455,6 +455,35 @@ async fn ingresses_are_served_live_as_they_change() {
     )
     .await;
     until(&client, &heim, "quiet.apps.test", "/", (403, "")).await;
+    // It keeps its claim: a younger public Ingress for the same host and
+    // path does not take over while it is broken.
+    apply(
+        &w.cp,
+        &ingress(
+            "usurper",
+            Some("heim"),
+            "quiet.apps.test",
+            "web",
+            public.clone(),
+        ),
+    )
+    .await;
+    let told = eventually(|| async {
+        events(&w.cp, "usurper")
+            .await
+            .iter()
+            .any(|(r, _)| r == "RouteConflict")
+    })
+    .await;
+    assert!(
+        told,
+        "no RouteConflict on usurper: {:?}",
+        events(&w.cp, "usurper").await
+    );
+    assert_eq!(
+        get(&client, &heim, "quiet.apps.test", "/").await,
+        (403, String::new())
+    );
     let evs = events(&w.cp, "quiet").await;
     assert!(
         evs.iter()

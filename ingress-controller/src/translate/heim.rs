@@ -74,6 +74,8 @@ pub fn read(
         errors: Vec::new(),
     };
     let mut o = IngressOptions::default();
+    // Empty annotations, reported once (not again by their own parser).
+    let mut empty: Vec<&str> = Vec::new();
     for (k, v) in all {
         let Some(name) = k.strip_prefix(PREFIX) else {
             continue;
@@ -86,9 +88,13 @@ pub fn read(
                     KNOWN.join(", heim.dev/")
                 ),
             ));
-        } else if v.trim().is_empty() {
+        } else if v.split(',').all(|item| item.trim().is_empty()) {
             r.errors.push((k.clone(), "is empty".into()));
+            empty.push(name);
         }
+    }
+    for name in empty {
+        r.all.remove(name);
     }
     if r.flag("acme") == Some(true) {
         o.unsupported.push((

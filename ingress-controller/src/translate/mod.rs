@@ -185,6 +185,8 @@ impl Translator {
         let mut fallbacks: Vec<(RouteSpec, ObjKey)> = Vec::new();
         // TLS Secret -> its certificate and the hosts it is to serve.
         let mut certs: Vec<(ObjKey, CertEntry, Vec<String>)> = Vec::new();
+        // host -> the Secret that serves it.
+        let mut cert_host: HashMap<String, ObjKey> = HashMap::new();
         for ingress in ours {
             let key = ObjKey::of(ingress.as_ref());
             out.served.push(key.clone());
@@ -202,7 +204,9 @@ impl Translator {
             // but answers 403 until it is fixed: it is never served with a
             // weaker policy than written, and no younger Ingress takes its
             // hosts meanwhile.
-            let (options, policy) = match heim::read(ingress, snap, settings) {
+            let parsed_options = heim::read(ingress, snap, settings);
+            let parsed = parsed_options.is_ok();
+            let (options, policy) = match parsed_options {
                 Ok(o) => {
                     let policy = o.policy.clone().unwrap_or(match settings.default_policy {
                         DefaultPolicy::Deny => Policy::Deny,
@@ -230,6 +234,7 @@ impl Translator {
                 }
             };
             let ctx = Ctx {
+                parsed,
                 snap,
                 settings,
                 options: &options,
@@ -326,11 +331,21 @@ impl Translator {
                     fallbacks.push((r, key.clone()));
                 }
             }
-            let mut won: HashSet<String> = HashSet::new();
-            for h in hosts.iter().flatten() {
-                if host_owner.entry(h.clone()).or_insert_with(|| key.clone()) == &key {
-                    won.insert(h.clone());
-                }
+            // The hosts this Ingress may bring certificates for: those whose
+            // oldest Ingress (naming it in a rule or a TLS section) is in
+            // this Ingress's namespace. A namespace is the trust boundary:
+            // another namespace adding a path to a host gets no say in its
+            // certificate.
+            let tls_hosts = spec
+                .tls
+                .iter()
+                .flatten()
+                .flat_map(|t| t.hosts.iter().flatten())
+                .map(|h| h.to_ascii_lowercase());
+            let mut won: HashMap<String, ObjKey> = HashMap::new();
+            for h in hosts.iter().flatten().cloned().chain(tls_hosts) {
+                let owner = host_owner.entry(h.clone()).or_insert_with(|| key.clone());
+                won.insert(h, owner.clone());
             }
             for r in explicit {
                 let id = (r.host.clone(), normal_path(&r), r.path_type);
@@ -361,9 +376,6 @@ impl Translator {
                     }
                     None => {
                         claimed.insert(id, (key.clone(), false));
-                        if let Some(h) = &r.host {
-                            won.insert(h.clone());
-                        }
                         out.routes.push(r);
                         out.owners.push(key.clone());
                     }
@@ -385,23 +397,48 @@ impl Translator {
                 // Only for hosts this Ingress serves (and its TLS section
                 // lists): a certificate in one namespace never answers for
                 // another's host.
-                let listed: Vec<String> = match &tls.hosts {
-                    Some(h) if !h.is_empty() => h.iter().map(|h| h.to_ascii_lowercase()).collect(),
-                    _ => won.iter().cloned().collect(),
+                let (listed, explicit_hosts): (Vec<String>, bool) = match &tls.hosts {
+                    Some(h) if !h.is_empty() => {
+                        (h.iter().map(|h| h.to_ascii_lowercase()).collect(), true)
+                    }
+                    _ => (hosts.iter().flatten().cloned().collect(), false),
                 };
                 let mut names = Vec::new();
                 for h in listed {
-                    if !won.contains(&h) {
+                    let owner = &won[&h];
+                    if owner.namespace != key.namespace {
+                        problem(
+                            "TLSHostNotServed",
+                            field.clone(),
+                            format!("{h} belongs to the older Ingress {owner} in another namespace: this Secret does not serve it"),
+                        );
                         continue;
                     }
-                    if covers(&entry.names, &h) {
-                        names.push(h);
-                    } else {
-                        problem(
-                            "CertificateMismatch",
+                    if !covers(&entry.names, &h) {
+                        // Without `hosts`, a certificate serves the rule
+                        // hosts it covers (another TLS entry may cover the
+                        // rest).
+                        if explicit_hosts {
+                            problem(
+                                "CertificateMismatch",
+                                field.clone(),
+                                format!("the certificate in Secret {sk} does not cover {h}"),
+                            );
+                        }
+                        continue;
+                    }
+                    // One Secret per host: the first (oldest Ingress) wins.
+                    match cert_host.get(&h) {
+                        Some(first) if *first != sk => problem(
+                            "CertificateConflict",
                             field.clone(),
-                            format!("the certificate in Secret {sk} does not cover {h}"),
-                        );
+                            format!("{h} is served with Secret {first}, named by an older Ingress"),
+                        ),
+                        Some(_) => {}
+                        None => {
+                            cert_host.insert(h.clone(), sk.clone());
+                            names.push(h);
+                        }
                     }
                 }
                 match certs.iter_mut().find(|(k, _, _)| *k == sk) {
@@ -518,6 +555,8 @@ impl Ctx<'_> {
 
 /// One Ingress's translation context.
 struct Ctx<'a> {
+    /// The annotations parsed (else the Ingress is denied whole).
+    parsed: bool,
     snap: &'a Snapshot,
     settings: &'a Settings,
     options: &'a IngressOptions,
@@ -539,7 +578,12 @@ impl Ctx<'_> {
             .unwrap_or(self.settings.defaults.max_body_bytes);
         // cert-manager's HTTP-01 solver Ingress: the CA fetches its token
         // over plain HTTP without signing in (the solver serves nothing else).
-        let acme_solver = path.starts_with("/.well-known/acme-challenge/");
+        // Only a token path (one segment), and only where the annotations
+        // parsed (a denied Ingress stays denied).
+        let acme_solver = path
+            .strip_prefix("/.well-known/acme-challenge/")
+            .is_some_and(|token| !token.is_empty() && !token.contains('/'))
+            && self.parsed;
         RouteSpec {
             name: format!(
                 "{}:{}{}{}",

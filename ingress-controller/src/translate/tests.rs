@@ -689,3 +689,148 @@ fn sizes_in_nginx_syntax() {
     assert_eq!(nginx_size("-1"), None);
     assert_eq!(nginx_size(""), None);
 }
+
+/// A `kubernetes.io/tls` Secret `ns/name` with a self-signed certificate for `names`.
+fn tls_secret(snap: &mut Snapshot, ns: &str, name: &str, names: &[&str]) {
+    use base64::Engine;
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert =
+        rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+    let b64 = |s: String| base64::engine::general_purpose::STANDARD.encode(s);
+    let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(json!({
+        "metadata": { "name": name, "namespace": ns, "resourceVersion": "1" },
+        "type": "kubernetes.io/tls",
+        "data": { "tls.crt": b64(cert.pem()), "tls.key": b64(key.serialize_pem()) },
+    }))
+    .unwrap();
+    snap.secrets.insert(ObjKey::new(ns, name), Arc::new(secret));
+}
+
+fn tls_ingress(
+    ns: &str,
+    name: &str,
+    created: &str,
+    host: &str,
+    path: &str,
+    secret: &str,
+    tls_hosts: &[&str],
+) -> Arc<Ingress> {
+    Arc::new(
+        serde_json::from_value(json!({
+            "metadata": { "name": name, "namespace": ns, "creationTimestamp": created,
+                          "annotations": { "heim.dev/public": "true" } },
+            "spec": {
+                "ingressClassName": "heim",
+                "tls": [{ "hosts": tls_hosts, "secretName": secret }],
+                "rules": [{ "host": host, "http": { "paths": [
+                    { "path": path, "pathType": "Prefix", "backend": { "service": { "name": "app", "port": { "number": 80 } } } },
+                ] } }],
+            },
+        }))
+        .unwrap(),
+    )
+}
+
+#[test]
+fn a_certificate_serves_only_its_own_namespace_hosts() {
+    let mut snap = base();
+    // Namespace `evil` holds a certificate that also covers victim.test.
+    tls_secret(&mut snap, "evil", "evil-tls", &["evil.test", "victim.test"]);
+    tls_secret(&mut snap, "victim", "victim-tls", &["victim.test"]);
+    snap.ingresses = vec![
+        tls_ingress(
+            "evil",
+            "e1",
+            "2026-01-01T00:00:00Z",
+            "evil.test",
+            "/",
+            "evil-tls",
+            &[],
+        ),
+        tls_ingress(
+            "victim",
+            "v",
+            "2026-01-02T00:00:00Z",
+            "victim.test",
+            "/",
+            "victim-tls",
+            &[],
+        ),
+        // A younger path on the victim's host, naming the evil Secret.
+        tls_ingress(
+            "evil",
+            "e2",
+            "2026-01-03T00:00:00Z",
+            "victim.test",
+            "/x",
+            "evil-tls",
+            &["victim.test"],
+        ),
+    ];
+    let t = translate_once(&snap, &settings());
+    let served: Vec<(String, Vec<String>)> = t
+        .certificate_versions
+        .iter()
+        .map(|(k, _, names)| (k.to_string(), names.clone()))
+        .collect();
+    assert_eq!(
+        served,
+        [
+            ("evil/evil-tls".to_string(), vec!["evil.test".to_string()]),
+            (
+                "victim/victim-tls".to_string(),
+                vec!["victim.test".to_string()]
+            ),
+        ]
+    );
+    // (the Service `app` is only in `default`: those problems aside)
+    let got: Vec<(&str, &str)> = t
+        .problems
+        .iter()
+        .filter(|p| p.reason != "ServiceNotFound")
+        .map(|p| (p.ingress.name.as_str(), p.reason))
+        .collect();
+    assert_eq!(got, [("e2", "TLSHostNotServed")]);
+    // The victim's route serves; e2's own path too (paths are not certificates).
+    assert_eq!(t.routes.len(), 3);
+
+    // Two Secrets in one namespace for one host: the older Ingress's serves.
+    let mut snap = base();
+    tls_secret(&mut snap, "default", "first-tls", &["app.test"]);
+    tls_secret(&mut snap, "default", "second-tls", &["app.test"]);
+    snap.ingresses = vec![
+        tls_ingress(
+            "default",
+            "one",
+            "2026-01-01T00:00:00Z",
+            "app.test",
+            "/",
+            "first-tls",
+            &[],
+        ),
+        tls_ingress(
+            "default",
+            "two",
+            "2026-01-02T00:00:00Z",
+            "app.test",
+            "/two",
+            "second-tls",
+            &[],
+        ),
+    ];
+    let t = translate_once(&snap, &settings());
+    let served: Vec<String> = t
+        .certificate_versions
+        .iter()
+        .map(|(k, _, _)| k.to_string())
+        .collect();
+    assert_eq!(served, ["default/first-tls"]);
+    assert_eq!(t.problems.len(), 1);
+    assert_eq!(
+        (t.problems[0].ingress.name.as_str(), t.problems[0].reason),
+        ("two", "CertificateConflict")
+    );
+}
