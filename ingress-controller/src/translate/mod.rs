@@ -405,7 +405,9 @@ impl Translator {
                 };
                 let mut names = Vec::new();
                 for h in listed {
-                    let owner = &won[&h];
+                    let Some(owner) = won.get(&h) else {
+                        continue;
+                    };
                     if owner.namespace != key.namespace {
                         problem(
                             "TLSHostNotServed",

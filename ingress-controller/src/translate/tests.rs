@@ -466,6 +466,13 @@ fn typos_empty_values_and_odd_paths_are_refused_not_ignored() {
             json!({ "heim.dev/public": "true", "heim.dev/acme": "true" }),
             rules("/ok"),
         ),
+        // A timeout that would overflow a deadline is refused, not a panic.
+        ingress(
+            "forever",
+            "2026-01-01T00:00:05Z",
+            json!({ "heim.dev/public": "true", "heim.dev/proxy-read-timeout": "9999999999999999999" }),
+            rules("/f"),
+        ),
     ];
     let t = translate_once(&snap, &settings());
     let got: Vec<(&str, &str, &str)> = t
@@ -481,6 +488,11 @@ fn typos_empty_values_and_odd_paths_are_refused_not_ignored() {
             ("regex", "InvalidPath", "spec.rules[0].http.paths[0].path"),
             ("dots", "InvalidPath", "spec.rules[0].http.paths[0].path"),
             ("acme", "UnsupportedAnnotation", "heim.dev/acme"),
+            (
+                "forever",
+                "InvalidAnnotation",
+                "heim.dev/proxy-read-timeout"
+            ),
         ]
     );
     let policy = |name: &str| {
