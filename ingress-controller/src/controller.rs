@@ -463,24 +463,30 @@ impl Loop {
                 .iter()
                 .map(|i| (ObjKey::of(i.as_ref()), i))
                 .collect();
-            let current = served
-                .iter()
-                .filter_map(|k| {
-                    let i = by_key.get(k)?;
-                    let now = i
-                        .status
-                        .as_ref()
-                        .and_then(|s| s.load_balancer.as_ref())
-                        .and_then(|l| l.ingress.clone())
-                        .unwrap_or_default();
-                    Some((k.clone(), now))
-                })
-                .collect();
+            let status_of = |i: &Ingress| {
+                i.status
+                    .as_ref()
+                    .and_then(|s| s.load_balancer.as_ref())
+                    .and_then(|l| l.ingress.clone())
+                    .unwrap_or_default()
+            };
             if let Some(addresses) = addresses {
-                self.status.send_replace(StatusJob {
-                    addresses,
-                    ingresses: current,
-                });
+                let serving: HashSet<&ObjKey> = served.iter().collect();
+                let mut ingresses: Vec<StatusWant> = served
+                    .iter()
+                    .filter_map(|k| {
+                        let i = by_key.get(k)?;
+                        Some((k.clone(), status_of(i), addresses.clone()))
+                    })
+                    .collect();
+                // An Ingress heim no longer serves (its class changed) loses
+                // the address heim wrote; another controller's is left alone.
+                ingresses.extend(by_key.iter().filter_map(|(k, i)| {
+                    let now = status_of(i);
+                    (!serving.contains(k) && !now.is_empty() && now == addresses)
+                        .then(|| (k.clone(), now, Vec::new()))
+                }));
+                self.status.send_replace(StatusJob { ingresses });
             }
         }
     }
@@ -709,12 +715,17 @@ fn address(a: &str) -> IngressLoadBalancerIngress {
     }
 }
 
-/// What the status writer is to make true: these Ingresses (with their
-/// status now) show these addresses.
+/// An Ingress, the addresses its status shows now, and those it is to show.
+type StatusWant = (
+    ObjKey,
+    Vec<IngressLoadBalancerIngress>,
+    Vec<IngressLoadBalancerIngress>,
+);
+
+/// What the status writer is to make true.
 #[derive(Clone, Debug, Default)]
 struct StatusJob {
-    addresses: Vec<IngressLoadBalancerIngress>,
-    ingresses: Vec<(ObjKey, Vec<IngressLoadBalancerIngress>)>,
+    ingresses: Vec<StatusWant>,
 }
 
 /// Writes Ingress status, only where it differs from the addresses, the
@@ -729,20 +740,22 @@ async fn write_status(
     let mut written: HashMap<ObjKey, Vec<IngressLoadBalancerIngress>> = HashMap::new();
     while jobs.changed().await.is_ok() {
         let job = jobs.borrow_and_update().clone();
-        written.retain(|k, _| job.ingresses.iter().any(|(j, _)| j == k));
-        for (key, now) in &job.ingresses {
-            if *now == job.addresses {
+        written.retain(|k, _| job.ingresses.iter().any(|(j, _, _)| j == k));
+        for (key, now, want) in &job.ingresses {
+            if now == want {
                 // The cache has caught up with the write.
                 written.remove(key);
                 continue;
             }
-            if written.get(key) == Some(&job.addresses) {
+            if written.get(key) == Some(want) {
                 continue;
             }
             let api: Api<Ingress> = Api::namespaced(client.clone(), &key.namespace);
-            let patch = serde_json::json!({
-                "status": { "loadBalancer": { "ingress": job.addresses } }
-            });
+            let patch = if want.is_empty() {
+                serde_json::json!({ "status": { "loadBalancer": { "ingress": null } } })
+            } else {
+                serde_json::json!({ "status": { "loadBalancer": { "ingress": want } } })
+            };
             match api
                 .patch_status(&key.name, &PatchParams::default(), &Patch::Merge(&patch))
                 .await
@@ -751,8 +764,8 @@ async fn write_status(
                     metrics
                         .status_writes
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    written.insert(key.clone(), job.addresses.clone());
-                    tracing::info!(ingress = %key, "status updated");
+                    written.insert(key.clone(), want.clone());
+                    tracing::info!(ingress = %key, cleared = want.is_empty(), "status updated");
                 }
                 Err(e) => {
                     tracing::warn!(ingress = %key, error = %e, "cannot update the Ingress status")

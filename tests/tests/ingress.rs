@@ -691,6 +691,27 @@ async fn one_leader_writes_status_and_another_takes_over() {
     assert!(!status_ips(&w.cp, "web")
         .await
         .contains(&"198.51.100.99".to_string()));
+
+    // Moved to another controller's class: the leader takes back the
+    // address heim wrote (and the shadow replica still writes nothing).
+    apply(
+        &w.cp,
+        &ingress(
+            "web",
+            Some("other"),
+            "web.apps.test",
+            "web",
+            json!({ "heim.dev/public": "true" }),
+        ),
+    )
+    .await;
+    let cleared = eventually(|| async { status_ips(&w.cp, "web").await.is_empty() }).await;
+    assert!(
+        cleared,
+        "status of web after its class moved: {:?}",
+        status_ips(&w.cp, "web").await
+    );
+    assert_eq!(writes(&shadow), Some(0));
 }
 
 #[tokio::test]
