@@ -72,10 +72,10 @@ where
                 }
                 Ok(Event::Init | Event::InitApply(_)) => {}
                 Err(e) => {
-                    metrics.watch_restart(kind);
                     if !failing {
                         tracing::warn!(kind, error = %e, "watch failed; serving the last snapshot while it retries");
                     }
+                    metrics.watch_restart(kind);
                     failing = true;
                 }
             }
