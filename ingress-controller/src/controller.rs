@@ -627,29 +627,13 @@ impl Loop {
             .map_err(|e| e.0)
             .and_then(|config| Compiled::new(&config, &shared.metrics, true).map(|c| (config, c)));
         match result {
-            Ok((config, mut compiled)) => {
-                if compiled.settings.restart_needed(&shared.settings.load()) {
-                    tracing::warn!(
-                        "listen addresses or workers changed: they take effect on restart only"
-                    );
-                }
-                compiled.warn_denied();
-                let acme = compiled.acme.take();
-                shared.swap(compiled);
-                self.acme.apply(acme, &shared);
+            Ok((config, compiled)) => {
+                heim_proxy::reload::apply(&shared, compiled, &mut self.acme);
                 self.settings = settings_of(&config, &self.opts);
-                shared
-                    .metrics
-                    .reloads_ok
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tracing::info!(configmap = %key, "settings reloaded from the ConfigMap");
             }
             Err(errors) => {
-                heim_proxy::reload::log_errors(&errors);
-                shared
-                    .metrics
-                    .reloads_failed
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                heim_proxy::reload::reject(&shared, &errors);
                 tracing::error!(configmap = %key, errors = errors.len(), "settings rejected; the previous settings keep serving");
                 if *self.leader.borrow() && self.opts.update_status {
                     let note = errors

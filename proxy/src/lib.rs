@@ -39,6 +39,20 @@ use listen::WorkerSockets;
 use metrics::Metrics;
 use state::{Compiled, Shared};
 
+/// JSON log lines on stdout, filtered by `RUST_LOG` (default "info"): for
+/// heim-proxy and heim-ingress alike.
+pub fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .json()
+        .flatten_event(true)
+        .with_current_span(false)
+        .with_env_filter(filter)
+        .with_writer(std::io::stdout)
+        .init();
+}
+
 /// Loads and fully checks a config file, certificates included.
 pub fn check(path: &Path) -> Result<Compiled, ConfigErrors> {
     let config = Config::load(path)?;

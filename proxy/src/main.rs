@@ -68,7 +68,7 @@ fn main() -> ExitCode {
                 eprintln!("heim-proxy: --config FILE is required (see --help)");
                 return ExitCode::from(2);
             };
-            init_logging();
+            heim_proxy::init_logging();
             match heim_proxy::run(&config) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -82,16 +82,4 @@ fn main() -> ExitCode {
             }
         }
     }
-}
-
-fn init_logging() {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .json()
-        .flatten_event(true)
-        .with_current_span(false)
-        .with_env_filter(filter)
-        .with_writer(std::io::stdout)
-        .init();
 }

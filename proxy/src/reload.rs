@@ -80,19 +80,10 @@ impl Reloader {
             .map_err(|e| e.0)
             .and_then(|config| Compiled::new(&config, metrics, true).map(|c| (config, c)));
         match result {
-            Ok((config, mut compiled)) => {
-                if compiled.settings.restart_needed(&shared.settings.load()) {
-                    tracing::warn!(
-                        "listen addresses or workers changed: they take effect on restart only"
-                    );
-                }
+            Ok((config, compiled)) => {
                 let routes = compiled.routes.len();
-                compiled.warn_denied();
-                let acme = compiled.acme.take();
-                shared.swap(compiled);
-                self.acme.apply(acme, &shared);
+                apply(&shared, compiled, &mut self.acme);
                 self.watch(&config);
-                metrics.reloads_ok.fetch_add(1, Relaxed);
                 tracing::info!(
                     reason,
                     routes,
@@ -102,8 +93,7 @@ impl Reloader {
                 true
             }
             Err(errors) => {
-                log_errors(&errors);
-                metrics.reloads_failed.fetch_add(1, Relaxed);
+                reject(&shared, &errors);
                 tracing::error!(
                     reason,
                     errors = errors.len(),
@@ -113,6 +103,26 @@ impl Reloader {
             }
         }
     }
+}
+
+/// Swaps a compiled config in (its routes as the file layer) and hands its
+/// `[acme]` to `acme`; counted as a reload. For every source of settings:
+/// the config file here, heim-ingress' ConfigMap.
+pub fn apply(shared: &Arc<Shared>, mut compiled: Compiled, acme: &mut crate::acme::Manager) {
+    if compiled.settings.restart_needed(&shared.settings.load()) {
+        tracing::warn!("listen addresses or workers changed: they take effect on restart only");
+    }
+    compiled.warn_denied();
+    let wanted = compiled.acme.take();
+    shared.swap(compiled);
+    acme.apply(wanted, shared);
+    shared.metrics.reloads_ok.fetch_add(1, Relaxed);
+}
+
+/// Logs a rejected config error by error and counts it; the running one stays.
+pub fn reject(shared: &Shared, errors: &[ConfigError]) {
+    log_errors(errors);
+    shared.metrics.reloads_failed.fetch_add(1, Relaxed);
 }
 
 /// One log line per config error, with file, line and key as fields.

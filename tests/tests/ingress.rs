@@ -558,18 +558,14 @@ async fn a_secret_rotation_is_seen_by_the_next_handshake() {
     // cert-manager renews: the Secret gets a new certificate.
     let second = tls_secret(&w.cp, &w.pki, "web-tls", &["web.apps.test"]).await;
     assert_ne!(first, second);
-    let mut seen = false;
-    for _ in 0..400 {
+    let seen = eventually(|| async {
         let (_, leaf) = client
             .tls(heim.https, "web.apps.test", false)
             .await
             .unwrap();
-        if leaf == second {
-            seen = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+        leaf == second
+    })
+    .await;
     assert!(
         seen,
         "the rotated certificate was never served; logs:\n{}",
@@ -624,18 +620,11 @@ async fn one_leader_writes_status_and_another_takes_over() {
             .ok()
             .and_then(|(_, m)| metric(&m, "heim_kube_leader"))
     };
-    let mut leaders = (None, None);
-    for _ in 0..400 {
-        leaders = (leader_of(&a), leader_of(&b));
-        if matches!(leaders, (Some(1), Some(0)) | (Some(0), Some(1))) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    assert!(
-        matches!(leaders, (Some(1), Some(0)) | (Some(0), Some(1))),
-        "leaders: {leaders:?}"
-    );
+    let one_leader =
+        |l: (Option<u64>, Option<u64>)| matches!(l, (Some(1), Some(0)) | (Some(0), Some(1)));
+    eventually(|| async { one_leader((leader_of(&a), leader_of(&b))) }).await;
+    let leaders = (leader_of(&a), leader_of(&b));
+    assert!(one_leader(leaders), "leaders: {leaders:?}");
     let (leader, follower) = if leaders.0 == Some(1) { (a, b) } else { (b, a) };
     let written =
         eventually(|| async { status_ips(&w.cp, "web").await == ["198.51.100.201"] }).await;
@@ -656,14 +645,7 @@ async fn one_leader_writes_status_and_another_takes_over() {
     // The leader stops (SIGTERM releases the Lease): the follower leads and
     // writes the status of a new Ingress.
     leader.signal("TERM");
-    let mut took_over = false;
-    for _ in 0..400 {
-        if leader_of(&follower) == Some(1) {
-            took_over = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    let took_over = eventually(|| async { leader_of(&follower) == Some(1) }).await;
     assert!(
         took_over,
         "the follower never led; logs:\n{}",
