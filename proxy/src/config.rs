@@ -188,6 +188,7 @@ struct RawRoute {
     upstream: Option<Spanned<Vec<String>>>,
     upstream_protocol: Option<Spanned<String>>,
     echo: Option<Spanned<bool>>,
+    tcp: Option<Spanned<String>>,
     public: Option<bool>,
     https_redirect: Option<bool>,
     max_body_bytes: Option<Spanned<ByteSize>>,
@@ -1343,8 +1344,30 @@ impl Cx<'_> {
             }
         };
         let echo = r.echo.as_ref().is_some_and(|e| *e.get_ref());
-        let backend = match (&r.upstream, echo) {
-            (Some(u), true) => {
+        let backend = match (&r.upstream, echo, &r.tcp) {
+            (None, false, Some(t)) => match t.get_ref().parse::<SocketAddr>() {
+                Ok(addr) => Some(Backend::Tcp(addr)),
+                Err(_) => {
+                    self.err(
+                        &t.span(),
+                        k("tcp"),
+                        format!(
+                            "{:?} is not an IP address and port, e.g. \"10.0.0.5:22\"",
+                            t.get_ref()
+                        ),
+                    );
+                    None
+                }
+            },
+            (_, _, Some(t)) => {
+                self.err(
+                    &t.span(),
+                    k("tcp"),
+                    "a route has one of `upstream`, `echo = true` or `tcp`".into(),
+                );
+                None
+            }
+            (Some(u), true, None) => {
                 self.err(
                     &u.span(),
                     k("upstream"),
@@ -1352,16 +1375,16 @@ impl Cx<'_> {
                 );
                 None
             }
-            (None, true) => Some(Backend::Echo),
-            (None, false) => {
+            (None, true, None) => Some(Backend::Echo),
+            (None, false, None) => {
                 self.err(
                     &raw.span(),
                     format!("route[{i}]"),
-                    "needs `upstream = [\"http://host:port\"]` or `echo = true`".into(),
+                    "needs `upstream = [\"http://host:port\"]`, `echo = true` or `tcp = \"host:port\"`".into(),
                 );
                 None
             }
-            (Some(u), false) => {
+            (Some(u), false, None) => {
                 let mut endpoints = Vec::new();
                 if u.get_ref().is_empty() {
                     self.err(&u.span(), k("upstream"), "lists no upstream".into());

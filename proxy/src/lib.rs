@@ -26,6 +26,7 @@ pub mod source;
 pub mod state;
 pub mod tls;
 pub mod trust;
+pub mod tunnel;
 pub mod upstream;
 
 use std::path::Path;

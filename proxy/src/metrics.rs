@@ -129,6 +129,12 @@ pub struct Metrics {
     pub reloads_ok: AtomicU64,
     pub reloads_failed: AtomicU64,
     pub upstream_connects: AtomicU64,
+    /// Tunnel streams (`CONNECT`) spliced now, and ever.
+    pub tunnel_streams_open: AtomicU64,
+    pub tunnel_streams_total: AtomicU64,
+    /// Tunnel bytes from the client to the target, and back.
+    pub tunnel_bytes_to_target: AtomicU64,
+    pub tunnel_bytes_to_client: AtomicU64,
     /// Families another part of the process renders (heim-ingress'
     /// `heim_kube_*`), appended to the output.
     extra: Mutex<Vec<ExtraMetrics>>,
@@ -269,7 +275,7 @@ impl Metrics {
             "kind",
             &client,
         );
-        let simple: [(&str, &str, &str, &AtomicU64); 5] = [
+        let simple: [(&str, &str, &str, &AtomicU64); 7] = [
             (
                 "heim_connections_open",
                 "gauge",
@@ -300,6 +306,18 @@ impl Metrics {
                 "Upstream connections opened.",
                 &self.upstream_connects,
             ),
+            (
+                "heim_tunnel_streams_open",
+                "gauge",
+                "Tunnel streams (CONNECT) spliced now.",
+                &self.tunnel_streams_open,
+            ),
+            (
+                "heim_tunnel_streams_total",
+                "counter",
+                "Tunnel streams (CONNECT) spliced.",
+                &self.tunnel_streams_total,
+            ),
         ];
         for (name, kind, help, v) in simple {
             let _ = writeln!(
@@ -308,6 +326,16 @@ impl Metrics {
                 v.load(Relaxed)
             );
         }
+        labeled(
+            &mut out,
+            "heim_tunnel_bytes_total",
+            "Bytes carried by tunnel streams, by direction.",
+            "direction",
+            &[
+                ("to_target", &self.tunnel_bytes_to_target),
+                ("to_client", &self.tunnel_bytes_to_client),
+            ],
+        );
         labeled(
             &mut out,
             "heim_tls_handshakes_total",

@@ -41,6 +41,9 @@ pub enum Backend {
     Upstream(UpstreamSpec),
     /// heim answers itself with what a backend would have seen.
     Echo,
+    /// A TCP target heim dials itself: `CONNECT` on the route's host is
+    /// spliced to it (`heim-tunnel proxy`); nothing else is served.
+    Tcp(std::net::SocketAddr),
 }
 
 /// Who may use a route.
@@ -225,7 +228,7 @@ impl RouteTable {
                         .or_insert_with(|| Arc::new(UpstreamGroup::compile(u, &mut health)))
                         .clone(),
                 ),
-                Backend::Echo => None,
+                Backend::Echo | Backend::Tcp(_) => None,
             };
             let route = Arc::new(Route {
                 spec,

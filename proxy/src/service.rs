@@ -39,7 +39,8 @@ use crate::error::ProxyError;
 use crate::forward::headers::{self, X_REQUEST_ID};
 use crate::metrics::ClientErrorKind;
 use crate::route::{
-    host_and_port, normalize_host, normalize_path, routing_path, IdentityField, Policy, Route,
+    host_and_port, normalize_host, normalize_path, routing_path, Backend, IdentityField, Policy,
+    Route,
 };
 use crate::state::Shared;
 use crate::trust::{Forwarded, TrustedProxies};
@@ -319,6 +320,10 @@ async fn serve(
             }
         }
     }
+    if parsed.secure && req.method() == Method::GET && req.uri().path() == crate::tunnel::ENDED_PATH
+    {
+        return Ok(crate::tunnel::ended(&req, &conn.shared));
+    }
     let auth = conn.shared.auth.load_full();
     // === heim endpoints === `/.heim/*`, over https, before any route.
     if parsed.secure && is_heim_path(&req, &parsed) {
@@ -355,6 +360,20 @@ async fn serve(
         auth.as_deref(),
         conn,
     )?;
+    // === tunnel === `CONNECT` is for tunnel routes, and they take nothing else.
+    match (&route.spec.backend, req.method() == Method::CONNECT) {
+        (Backend::Tcp(addr), true) => {
+            let reauth = session.map(|s| crate::auth::Reauth {
+                shared: conn.shared.clone(),
+                session: s,
+                host: parsed.host.clone(),
+                path: "/".to_owned(),
+            });
+            return crate::tunnel::connect_tcp(req, *addr, &conn.shared, reauth).await;
+        }
+        (Backend::Tcp(_), false) | (_, true) => return Err(ProxyError::MethodNotAllowed),
+        _ => {}
+    }
     limit(&req, &route)?;
     let upgrade = rewrite(&mut req, &parsed, &route, conn, &out.request_id)?;
     if let Some(auth) = &auth {
@@ -413,9 +432,6 @@ pub enum Routed {
 
 /// === parse === the host and path, normalised; malformed -> 400.
 pub fn parse<B>(req: &Request<B>, conn: &ConnCtx) -> Result<Parsed, ProxyError> {
-    if req.method() == Method::CONNECT {
-        return Err(ProxyError::MethodNotAllowed);
-    }
     let host_value = request_host(req)?;
     let host_str = host_value
         .to_str()
@@ -432,11 +448,19 @@ pub fn parse<B>(req: &Request<B>, conn: &ConnCtx) -> Result<Parsed, ProxyError> 
         || forwarded
             .as_ref()
             .is_some_and(|f| f.proto.as_ref().is_some_and(|p| p == "https"));
-    let new_path =
+    // A tunnel (`CONNECT host:port`) has no path; it is routed as `/`, and
+    // only over https.
+    let new_path = if req.method() == Method::CONNECT {
+        if !secure {
+            return Err(ProxyError::MethodNotAllowed);
+        }
+        Some("/".to_owned())
+    } else {
         match normalize_path(req.uri().path()).ok_or(ProxyError::BadRequest("invalid path"))? {
             Cow::Borrowed(_) => None,
             Cow::Owned(p) => Some(p),
-        };
+        }
+    };
     Ok(Parsed {
         host_value,
         host,

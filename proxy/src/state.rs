@@ -35,6 +35,8 @@ pub struct Shared {
     pub acme_challenges: Arc<crate::acme::Challenges>,
     /// Revocations and the like: kept across reloads.
     pub auth_state: AuthState,
+    /// Why tunnel streams were cut lately, for `heim-tunnel` to tell.
+    pub tunnel_cuts: crate::tunnel::Cuts,
     pub metrics: Metrics,
     /// Set once SIGTERM starts the drain; `/readyz` turns 503.
     pub draining: AtomicBool,
@@ -197,6 +199,7 @@ impl Shared {
             auth: ArcSwapOption::from(compiled.auth.map(Arc::new)),
             acme_challenges: Arc::default(),
             auth_state: AuthState::default(),
+            tunnel_cuts: crate::tunnel::Cuts::default(),
             metrics,
             draining: AtomicBool::new(false),
             workers_ready: AtomicUsize::new(0),

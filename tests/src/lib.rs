@@ -139,6 +139,11 @@ pub fn ingress_binary() -> PathBuf {
     binary("heim-ingress", "HEIM_INGRESS_BIN")
 }
 
+/// The `heim-tunnel` binary under test.
+pub fn tunnel_binary() -> PathBuf {
+    binary("heim-tunnel", "HEIM_TUNNEL_BIN")
+}
+
 fn binary(name: &str, env: &str) -> PathBuf {
     if let Ok(p) = std::env::var(env) {
         return PathBuf::from(p);

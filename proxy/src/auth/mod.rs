@@ -288,18 +288,22 @@ pub struct Reauth {
 pub const REAUTH_EVERY: Duration = Duration::from_secs(1);
 
 impl Reauth {
-    /// True while the connection may go on.
-    pub fn still_allowed(&self) -> bool {
+    /// Why the connection may not go on, if it may not.
+    pub fn refused(&self) -> Option<&'static str> {
         let s = &self.session;
-        if s.expires <= unix_now() || self.shared.auth_state.is_revoked(&s.id) {
-            return false;
+        if s.expires <= unix_now() {
+            return Some("the session expired: sign in again");
+        }
+        if self.shared.auth_state.is_revoked(&s.id) {
+            return Some("signed out");
         }
         let table = self.shared.routes.load();
-        match table.lookup(&self.host, &self.path).map(|r| &r.spec.policy) {
+        let allowed = match table.lookup(&self.host, &self.path).map(|r| &r.spec.policy) {
             Some(crate::route::Policy::Allow(rules)) => rules.allows(s),
             Some(crate::route::Policy::Public) => true,
             _ => false,
-        }
+        };
+        (!allowed).then_some("the route's policy no longer admits you")
     }
 }
 

@@ -14,7 +14,7 @@
 
 pub mod headers;
 pub mod pool;
-mod splice;
+pub mod splice;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -355,7 +355,10 @@ pub async fn forward_upgrade(
         tokio::task::spawn_local(async move {
             let _open = open;
             match tokio::try_join!(client_upgrade, upstream_upgrade) {
-                Ok((client, upstream)) => splice::splice(client, upstream, idle, reauth).await,
+                Ok((client, upstream)) => {
+                    let (client, upstream) = (TokioIo::new(client), TokioIo::new(upstream));
+                    splice::splice(client, upstream, idle, reauth).await;
+                }
                 Err(e) => tracing::debug!(error = %e, "upgrade failed"),
             }
         });

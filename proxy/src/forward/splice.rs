@@ -16,34 +16,51 @@ use std::rc::Rc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use hyper::upgrade::Upgraded;
-use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
 use crate::auth::{Reauth, REAUTH_EVERY};
 
+/// How a spliced pair ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// One side closed (or failed); bytes client -> upstream and back.
+    Closed(u64, u64),
+    /// No byte either way for the idle timeout.
+    Idle,
+    /// The user may no longer use the route: why.
+    Unauthorized(&'static str),
+}
+
 /// Copies both ways until one side ends, the pair idles for `idle`, or
 /// (with `reauth`) the user behind it may no longer use the route.
-pub async fn splice(
-    client: Upgraded,
-    upstream: Upgraded,
+pub async fn splice<C, U>(
+    client: C,
+    upstream: U,
     idle: Option<Duration>,
     reauth: Option<Reauth>,
-) {
+) -> Ended
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+{
     let last = Rc::new(Cell::new(Instant::now()));
+    let (up, down) = (Rc::new(Cell::new(0)), Rc::new(Cell::new(0)));
     let mut client = Activity {
-        io: TokioIo::new(client),
+        io: client,
         last: last.clone(),
+        read: up.clone(),
     };
     let mut upstream = Activity {
-        io: TokioIo::new(upstream),
+        io: upstream,
         last: last.clone(),
+        read: down.clone(),
     };
     let copy = tokio::io::copy_bidirectional(&mut client, &mut upstream);
+    // Counted as read, so a side that ends with an error counts too.
+    let closed = |_: io::Result<(u64, u64)>| Ended::Closed(up.get(), down.get());
     if idle.is_none() && reauth.is_none() {
-        let _ = copy.await;
-        return;
+        return closed(copy.await);
     }
     tokio::pin!(copy);
     // A timer that never fires stands in for a check that is off.
@@ -53,17 +70,17 @@ pub async fn splice(
     loop {
         let idle_at = last.get() + idle.unwrap_or(far);
         tokio::select! {
-            _ = copy.as_mut() => return,
+            r = copy.as_mut() => return closed(r),
             _ = tokio::time::sleep_until(idle_at) => {
                 if let Some(idle) = idle.filter(|i| last.get().elapsed() >= *i) {
                     tracing::debug!(idle_s = idle.as_secs_f64(), "idle upgraded connection closed");
-                    return;
+                    return Ended::Idle;
                 }
             }
             _ = recheck.tick() => {
-                if let Some(r) = reauth.as_ref().filter(|r| !r.still_allowed()) {
-                    tracing::info!(user = %r.session.user, host = %r.host, "upgraded connection no longer authorized: closed");
-                    return;
+                if let Some((r, why)) = reauth.as_ref().and_then(|r| r.refused().map(|why| (r, why))) {
+                    tracing::info!(user = %r.session.user, host = %r.host, reason = why, "upgraded connection no longer authorized: closed");
+                    return Ended::Unauthorized(why);
                 }
             }
         }
@@ -74,6 +91,8 @@ pub async fn splice(
 struct Activity<I> {
     io: I,
     last: Rc<Cell<Instant>>,
+    /// Bytes read from `io`.
+    read: Rc<Cell<u64>>,
 }
 
 impl<I: AsyncRead + Unpin> AsyncRead for Activity<I> {
@@ -84,8 +103,10 @@ impl<I: AsyncRead + Unpin> AsyncRead for Activity<I> {
     ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.io).poll_read(cx, buf);
-        if buf.filled().len() > before {
+        let n = buf.filled().len() - before;
+        if n > 0 {
             self.last.set(Instant::now());
+            self.read.set(self.read.get() + n as u64);
         }
         polled
     }

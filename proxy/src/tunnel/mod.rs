@@ -1,0 +1,138 @@
+//! Tunnels: `CONNECT host:port` on a route whose backend is a TCP target
+//! (`tcp = "10.0.0.5:22"`), after the route's policy admitted the caller
+//! (`heim-tunnel proxy`'s bearer token), spliced byte for byte.
+//!
+//! The 200 that opens a stream carries `Heim-Tunnel-Id`; when heim cuts a
+//! stream (the session expired or was revoked, or a reload changed the
+//! policy), it keeps the reason for a while, and `heim-tunnel` asks
+//! `GET /.heim/tunnel/ended?id=ID` to tell its user why.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use http::{HeaderValue, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use crate::auth::Reauth;
+use crate::body::ProxyBody;
+use crate::error::ProxyError;
+use crate::forward::splice::{splice, Ended};
+use crate::state::{OpenConnection, Shared};
+
+/// The response header naming a tunnel stream.
+pub const TUNNEL_ID: &str = "heim-tunnel-id";
+/// Where `heim-tunnel` asks why its stream was cut.
+pub const ENDED_PATH: &str = "/.heim/tunnel/ended";
+/// How long dialing a TCP target may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the reason of a cut is kept, and how many at most.
+const CUT_KEPT: Duration = Duration::from_secs(300);
+const CUTS_MAX: usize = 10_000;
+
+/// Why streams were cut, by tunnel id, for a while.
+#[derive(Debug, Default)]
+pub struct Cuts(Mutex<HashMap<String, (&'static str, Instant)>>);
+
+impl Cuts {
+    fn record(&self, id: String, why: &'static str) {
+        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        m.retain(|_, (_, at)| at.elapsed() < CUT_KEPT);
+        if m.len() < CUTS_MAX {
+            m.insert(id, (why, Instant::now()));
+        }
+    }
+
+    /// The reason stream `id` was cut, if heim cut it lately.
+    pub fn reason(&self, id: &str) -> Option<&'static str> {
+        let m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        m.get(id)
+            .filter(|(_, at)| at.elapsed() < CUT_KEPT)
+            .map(|(w, _)| *w)
+    }
+}
+
+/// `GET /.heim/tunnel/ended?id=ID`: why heim cut that stream (200, text),
+/// or 404 when it did not (the other side closed it). Ids are random
+/// 128-bit values only their stream's client saw.
+pub fn ended<B>(req: &Request<B>, shared: &Shared) -> Response<ProxyBody> {
+    let id = req
+        .uri()
+        .query()
+        .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("id=")))
+        .unwrap_or("");
+    match shared.tunnel_cuts.reason(id) {
+        Some(why) => text(StatusCode::OK, why),
+        None => text(StatusCode::NOT_FOUND, "not cut by heim"),
+    }
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<ProxyBody> {
+    let mut resp = Response::new(ProxyBody::local(bytes::Bytes::from_static(body.as_bytes())));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+/// Dials `addr` and, once the client's side of the `CONNECT` is upgraded,
+/// splices the two until either ends or (with `reauth`) the user may no
+/// longer use the route. The pair counts as an open connection.
+pub async fn connect_tcp(
+    mut req: Request<Incoming>,
+    addr: SocketAddr,
+    shared: &Arc<Shared>,
+    reauth: Option<Reauth>,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let tcp = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+        Ok(Ok(tcp)) => tcp,
+        Ok(Err(e)) => {
+            tracing::warn!(target = %addr, error = %e, "tunnel target connect failed");
+            return Err(ProxyError::UpstreamConnect);
+        }
+        Err(_) => {
+            tracing::warn!(target = %addr, "tunnel target connect timed out");
+            return Err(ProxyError::UpstreamConnectTimeout);
+        }
+    };
+    let _ = tcp.set_nodelay(true);
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let id = crate::auth::seal::random_token(16);
+    let open = OpenConnection::new(shared);
+    let idle = shared.settings.load().websocket_idle_timeout;
+    let shared = shared.clone();
+    let stream_id = id.clone();
+    tokio::task::spawn_local(async move {
+        let _open = open;
+        let client = match on_upgrade.await {
+            Ok(c) => c,
+            Err(e) => return tracing::debug!(error = %e, "tunnel upgrade failed"),
+        };
+        let m = &shared.metrics;
+        m.tunnel_streams_open.fetch_add(1, Relaxed);
+        m.tunnel_streams_total.fetch_add(1, Relaxed);
+        let user = reauth.as_ref().map(|r| r.session.user.clone());
+        let ended = splice(TokioIo::new(client), tcp, idle, reauth).await;
+        m.tunnel_streams_open.fetch_sub(1, Relaxed);
+        match ended {
+            Ended::Closed(up, down) => {
+                m.tunnel_bytes_to_target.fetch_add(up, Relaxed);
+                m.tunnel_bytes_to_client.fetch_add(down, Relaxed);
+                tracing::debug!(target = %addr, user, up, down, "tunnel stream closed");
+            }
+            Ended::Idle => shared.tunnel_cuts.record(stream_id, "idle timeout"),
+            Ended::Unauthorized(why) => shared.tunnel_cuts.record(stream_id, why),
+        }
+    });
+    let mut resp = Response::new(ProxyBody::local(bytes::Bytes::new()));
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        resp.headers_mut().insert(TUNNEL_ID, v);
+    }
+    Ok(resp)
+}

@@ -1,0 +1,393 @@
+//! Tunnels end to end with real OpenSSH: `ssh` with
+//! `ProxyCommand heim-tunnel proxy ...` through heim's `CONNECT` to a `tcp`
+//! route in front of a real `sshd` on loopback; `scp` with checksums; a
+//! half-close echo (`socat`); and each refusal with its exit code.
+//!
+//! Needs `sshd`, `ssh`, `scp`, `ssh-keygen` (Debian `openssh-server`,
+//! `openssh-client`) and `socat`: `tests/run` installs them.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use heim_e2e::{env, poll_until, tunnel_binary, Heim};
+
+fn tool(path: &str, package: &str) -> PathBuf {
+    let p = PathBuf::from(path);
+    assert!(
+        p.exists(),
+        "{path} is missing: apt-get install {package} (tests/run does)"
+    );
+    p
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A child that is killed when dropped.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn wait_listening(addr: SocketAddr) {
+    assert!(
+        poll_until(Duration::from_secs(10), || std::net::TcpStream::connect(
+            addr
+        )
+        .is_ok()),
+        "{addr} never listened"
+    );
+}
+
+/// A real sshd on a loopback port, for the current user, with a key of
+/// its own; returns it and the client's key.
+fn sshd(dir: &Path) -> (Killed, SocketAddr, PathBuf) {
+    let keygen = tool("/usr/bin/ssh-keygen", "openssh-client");
+    let sshd = tool("/usr/sbin/sshd", "openssh-server");
+    let gen = |name: &str| {
+        let path = dir.join(name);
+        let ok = Command::new(&keygen)
+            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+            .arg(&path)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "ssh-keygen");
+        path
+    };
+    let host_key = gen("host_key");
+    let client_key = gen("client_key");
+    std::fs::copy(dir.join("client_key.pub"), dir.join("authorized_keys")).unwrap();
+    // sshd's privilege separation directory.
+    let _ = std::fs::create_dir_all("/run/sshd");
+    let port = free_port();
+    let config = dir.join("sshd_config");
+    std::fs::write(
+        &config,
+        format!(
+            "Port {port}\nListenAddress 127.0.0.1\nHostKey {}\nAuthorizedKeysFile {}\nPidFile {}\n\
+             UsePAM no\nStrictModes no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
+             PermitRootLogin prohibit-password\nSubsystem sftp internal-sftp\n",
+            host_key.display(),
+            dir.join("authorized_keys").display(),
+            dir.join("sshd.pid").display(),
+        ),
+    )
+    .unwrap();
+    let child = Command::new(sshd)
+        .args(["-D", "-e", "-f"])
+        .arg(&config)
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("sshd");
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    wait_listening(addr);
+    (Killed(child), addr, client_key)
+}
+
+/// `socat` echoing each connection back (`cat`): it ends its side when it
+/// has read the client's end, so only a relay with half-close returns it all.
+fn echo() -> (Killed, SocketAddr) {
+    let socat = tool("/usr/bin/socat", "socat");
+    let port = free_port();
+    let child = Command::new(socat)
+        .arg(format!("TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork"))
+        .arg("EXEC:cat")
+        .spawn()
+        .expect("socat");
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    wait_listening(addr);
+    (Killed(child), addr)
+}
+
+struct Rig {
+    dir: PathBuf,
+    heim: Heim,
+    key: PathBuf,
+    _sshd: Killed,
+    _echo: Killed,
+}
+
+impl Rig {
+    fn proxy_url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.heim.https.port())
+    }
+
+    fn proxy_command(&self) -> String {
+        format!(
+            "{} proxy --proxy {} --ca-file {} %h:%p",
+            tunnel_binary().display(),
+            self.proxy_url(),
+            self.dir.join("ca.pem").display()
+        )
+    }
+
+    fn ssh(&self, program: &str) -> Command {
+        let mut c = Command::new(tool(program, "openssh-client"));
+        c.args(["-F", "none", "-o", "BatchMode=yes"])
+            .args([
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+            ])
+            .args(["-o", "LogLevel=ERROR"])
+            .arg("-o")
+            .arg(format!("ProxyCommand={}", self.proxy_command()))
+            .arg("-i")
+            .arg(&self.key)
+            .env("XDG_CONFIG_HOME", self.dir.join("xdg"));
+        c
+    }
+
+    /// `heim-tunnel proxy TARGET` with `input` on stdin.
+    fn tunnel(&self, target: &str, input: &[u8]) -> Output {
+        use std::io::Write;
+        let mut child = Command::new(tunnel_binary())
+            .args(["proxy", "--proxy", &self.proxy_url(), "--ca-file"])
+            .arg(self.dir.join("ca.pem"))
+            .arg(target)
+            .env("HEIM_TOKEN", "not-a-token")
+            .env("XDG_CONFIG_HOME", self.dir.join("xdg"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        let data = input.to_vec();
+        let writer = std::thread::spawn(move || {
+            let _ = stdin.write_all(&data);
+        });
+        let out = child.wait_with_output().unwrap();
+        writer.join().unwrap();
+        out
+    }
+}
+
+fn user() -> String {
+    std::env::var("USER").unwrap_or_else(|_| "root".into())
+}
+
+fn rig(name: &str) -> Rig {
+    let e = env(name);
+    // `--proxy https://127.0.0.1:PORT` sends no SNI: the first certificate
+    // (the default) names the address too.
+    e.pki.leaf("default", &["default.test", "127.0.0.1"]);
+    std::fs::write(e.dir.join("ca.pem"), &e.pki.ca_pem).unwrap();
+    let (sshd, ssh_addr, key) = sshd(&e.dir);
+    let (echo, echo_addr) = echo();
+    let offline = free_port();
+    let routes = format!(
+        r#"
+[[route]]
+host = "desk.ssh.wild.test"
+tcp = "{ssh_addr}"
+public = true
+
+[[route]]
+host = "echo.wild.test"
+tcp = "{echo_addr}"
+public = true
+
+[[route]]
+host = "offline.wild.test"
+tcp = "127.0.0.1:{offline}"
+public = true
+
+# No policy: deny by default.
+[[route]]
+host = "closed.wild.test"
+tcp = "{ssh_addr}"
+
+[[route]]
+host = "web.wild.test"
+echo = true
+public = true
+"#
+    );
+    let heim = Heim::start(&e.dir, &heim_e2e::config("", &routes)).expect("heim starts");
+    Rig {
+        dir: e.dir,
+        heim,
+        key,
+        _sshd: sshd,
+        _echo: echo,
+    }
+}
+
+fn sha256_of(path: &Path) -> String {
+    let out = Command::new("sha256sum").arg(path).output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or("")
+        .to_string()
+}
+
+#[test]
+fn ssh_scp_and_sftp_through_a_tcp_route() {
+    let r = rig("tunnel-ssh");
+    let target = format!("{}@desk.ssh.wild.test", user());
+    let out = r
+        .ssh("/usr/bin/ssh")
+        .arg(&target)
+        .arg("echo through-heim; exit 3")
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "through-heim\n",
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(3), "the remote command's exit code");
+
+    // scp both ways, 32 MiB of random bytes, equal checksums.
+    let src = r.dir.join("blob");
+    let ok = Command::new("head")
+        .args(["-c", "33554432", "/dev/urandom"])
+        .stdout(std::fs::File::create(&src).unwrap())
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    let remote = r.dir.join("blob.remote");
+    let back = r.dir.join("blob.back");
+    let status = r
+        .ssh("/usr/bin/scp")
+        .arg("-q")
+        .arg(&src)
+        .arg(format!("{target}:{}", remote.display()))
+        .status()
+        .unwrap();
+    assert!(status.success(), "scp up");
+    let status = r
+        .ssh("/usr/bin/scp")
+        .arg("-q")
+        .arg(format!("{target}:{}", remote.display()))
+        .arg(&back)
+        .status()
+        .unwrap();
+    assert!(status.success(), "scp down");
+    assert_eq!(sha256_of(&src), sha256_of(&remote));
+    assert_eq!(sha256_of(&src), sha256_of(&back));
+
+    // sftp in batch mode.
+    let batch = r.dir.join("sftp.batch");
+    let sftp_copy = r.dir.join("blob.sftp");
+    std::fs::write(
+        &batch,
+        format!("get {} {}\n", remote.display(), sftp_copy.display()),
+    )
+    .unwrap();
+    let status = r
+        .ssh("/usr/bin/sftp")
+        .arg("-q")
+        .arg("-b")
+        .arg(&batch)
+        .arg(&target)
+        .status()
+        .unwrap();
+    assert!(status.success(), "sftp");
+    assert_eq!(sha256_of(&src), sha256_of(&sftp_copy));
+
+    // Several sessions at once.
+    let sessions: Vec<_> = (0..8)
+        .map(|i| {
+            r.ssh("/usr/bin/ssh")
+                .arg(&target)
+                .arg(format!("echo session-{i}"))
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for (i, s) in sessions.into_iter().enumerate() {
+        let out = s.wait_with_output().unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            format!("session-{i}\n")
+        );
+    }
+    assert!(r
+        .heim
+        .wait_metric("heim_tunnel_streams_total 1", Duration::from_secs(5)));
+    let (_, metrics) = r.heim.admin("/metrics");
+    let bytes: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("heim_tunnel_bytes_total{direction=\"to_target\"} "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(bytes >= 33554432, "bytes to the target counted: {bytes}");
+}
+
+#[test]
+fn half_close_and_every_refusal_has_its_exit_code() {
+    let r = rig("tunnel-codes");
+    // Half-close: our end of input reaches the echo, and all of it comes back.
+    let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    let out = r.tunnel("echo.wild.test:7", &data);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.stdout.len(), data.len());
+    assert!(out.stdout == data, "the echo came back whole");
+
+    let cases = [
+        ("closed.wild.test", 4, "denied"),
+        ("offline.wild.test", 5, "target offline"),
+        ("nowhere.wild.test", 8, "no tunnel"),
+        ("web.wild.test", 8, "no tunnel"),
+    ];
+    for (host, code, message) in cases {
+        let out = r.tunnel(host, b"");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{host}: {stderr}");
+        assert!(stderr.contains(message), "{host}: {stderr}");
+        assert!(out.stdout.is_empty(), "stdout carries only the stream");
+    }
+    // The proxy itself away: its own code.
+    let out = Command::new(tunnel_binary())
+        .args([
+            "proxy",
+            "--proxy",
+            &format!("https://127.0.0.1:{}", free_port()),
+        ])
+        .arg("echo.wild.test")
+        .env("HEIM_TOKEN", "x")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(6),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // A tunnel route serves nothing but CONNECT; ssh-config prints the block.
+    let out = Command::new(tunnel_binary())
+        .args(["ssh-config", "ssh.home.example.com"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.starts_with("Host *.ssh.home.example.com\n    ProxyCommand "),
+        "{text}"
+    );
+    assert!(text.trim_end().ends_with("proxy %h:%p"), "{text}");
+}
