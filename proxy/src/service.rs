@@ -1063,8 +1063,14 @@ mod tests {
         for (req, want) in cases {
             assert_eq!(verdict(&c, &req), want, "{req:?}");
         }
+        // A tunnel is routed as `/` of its host; the tunnel phase (after
+        // authorize) refuses it unless the route is a `tcp` one.
         let connect = Request::connect("app.test:22").body(()).unwrap();
-        assert_eq!(verdict(&c, &connect), 405);
+        let parsed = parse(&connect, &c).expect("CONNECT parses");
+        assert_eq!(
+            (parsed.host.as_str(), parsed.new_path.as_deref()),
+            ("app.test", Some("/"))
+        );
     }
 
     #[test]
