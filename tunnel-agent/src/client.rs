@@ -113,14 +113,9 @@ impl Proxy {
             },
             _ => (authority.to_string(), 443),
         };
-        let origin = if port == 443 {
-            format!("https://{authority}")
-        } else {
-            format!("https://{}", authority.to_ascii_lowercase())
-        };
         let tls = tls_config(args.ca_file.as_deref())?;
         Ok(Proxy {
-            origin: origin.to_ascii_lowercase(),
+            origin: format!("https://{}", authority.to_ascii_lowercase()),
             host: host.to_ascii_lowercase(),
             port,
             tls,
@@ -149,11 +144,7 @@ impl Proxy {
 
     /// One request on a connection of its own: status and body.
     pub async fn request(&self, req: Request<Full<Bytes>>) -> Result<(StatusCode, Bytes), Failure> {
-        let tls = self.connect().await?;
-        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-            .await
-            .map_err(|e| self.broken(e))?;
-        tokio::spawn(conn);
+        let mut send = self.handshake(false).await?;
         let resp = send.send_request(req).await.map_err(|e| self.broken(e))?;
         let status = resp.status();
         let body = resp
@@ -163,6 +154,29 @@ impl Proxy {
             .map_err(|e| self.broken(e))?
             .to_bytes();
         Ok((status, body))
+    }
+
+    /// An HTTP/1.1 connection to heim, driven in the background (kept for
+    /// the stream after a `CONNECT` when `upgrades`).
+    async fn handshake<B>(
+        &self,
+        upgrades: bool,
+    ) -> Result<hyper::client::conn::http1::SendRequest<B>, Failure>
+    where
+        B: hyper::body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let tls = self.connect().await?;
+        let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .map_err(|e| self.broken(e))?;
+        if upgrades {
+            tokio::spawn(conn.with_upgrades());
+        } else {
+            tokio::spawn(conn);
+        }
+        Ok(send)
     }
 
     fn broken(&self, e: hyper::Error) -> Failure {
@@ -178,11 +192,7 @@ impl Proxy {
         target: &Target,
         token: Option<&str>,
     ) -> Result<(hyper::upgrade::Upgraded, Option<String>), Failure> {
-        let tls = self.connect().await?;
-        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-            .await
-            .map_err(|e| self.broken(e))?;
-        tokio::spawn(conn.with_upgrades());
+        let mut send = self.handshake(true).await?;
         let authority = target.authority();
         let mut req =
             Request::connect(authority.as_str()).header(http::header::HOST, authority.as_str());
