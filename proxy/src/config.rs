@@ -65,6 +65,20 @@ impl fmt::Display for ConfigErrors {
 
 impl std::error::Error for ConfigErrors {}
 
+/// 64 hex digits, as `sha256sum` prints them.
+fn decode_sha256(hex: &str) -> Option<[u8; 32]> {
+    let hex = hex.trim().as_bytes();
+    if hex.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (o, pair) in out.iter_mut().zip(hex.chunks(2)) {
+        let digit = |c: u8| (c as char).to_digit(16);
+        *o = (digit(pair[0])? * 16 + digit(pair[1])?) as u8;
+    }
+    Some(out)
+}
+
 // === raw config ===
 
 #[derive(Deserialize)]
@@ -78,6 +92,16 @@ struct RawConfig {
     auth: Option<Spanned<RawAuth>>,
     acme: Option<Spanned<RawAcme>>,
     ingress: Option<Spanned<RawIngress>>,
+    #[serde(default)]
+    agent: Vec<Spanned<RawAgent>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAgent {
+    name: Spanned<String>,
+    token_sha256: Option<Spanned<String>>,
+    token_file: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -189,6 +213,8 @@ struct RawRoute {
     upstream_protocol: Option<Spanned<String>>,
     echo: Option<Spanned<bool>>,
     tcp: Option<Spanned<String>>,
+    agent: Option<Spanned<String>>,
+    service: Option<Spanned<String>>,
     public: Option<bool>,
     https_redirect: Option<bool>,
     max_body_bytes: Option<Spanned<ByteSize>>,
@@ -295,6 +321,26 @@ pub struct Config {
     pub route_defaults: RouteDefaults,
     /// `[ingress]`: read by `heim-ingress` only.
     pub ingress: IngressSettings,
+    /// `[[agent]]`: the agents that may dial in (`heim-tunnel agent`).
+    pub agents: Vec<AgentSpec>,
+}
+
+/// `[[agent]]`: an agent that may dial in, and how its token is known.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AgentSpec {
+    pub name: String,
+    pub token: AgentToken,
+    /// The line of the `[[agent]]` table, for errors found when it is read.
+    pub line: usize,
+}
+
+/// An agent's token, as heim knows it: never the token in the config.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AgentToken {
+    /// `token_sha256`: the SHA-256 of the token, hex.
+    Sha256([u8; 32]),
+    /// `token_file`: a file holding the token itself (read on each load).
+    File(PathBuf),
 }
 
 /// `[ingress]`: how `heim-ingress` treats the cluster's Ingresses.
@@ -352,6 +398,7 @@ impl Config {
             file: path.to_path_buf(),
             text,
             errors: Vec::new(),
+            agent_names: Vec::new(),
         };
         let raw: RawConfig = match toml::from_str(text) {
             Ok(r) => r,
@@ -384,6 +431,7 @@ impl Config {
             );
         }
         let auth = raw.auth.as_ref().and_then(|a| cx.auth(a, &base));
+        let agents = cx.agents(&raw, &base);
         let mut routes = Vec::new();
         let mut route_lines = Vec::new();
         for (i, r) in raw.route.iter().enumerate() {
@@ -423,6 +471,7 @@ impl Config {
                     default_certificate,
                     route_defaults: defaults,
                     ingress,
+                    agents,
                 });
             }
         }
@@ -492,6 +541,8 @@ struct Cx<'a> {
     file: PathBuf,
     text: &'a str,
     errors: Vec<ConfigError>,
+    /// `[[agent]]` names, for the routes that name one.
+    agent_names: Vec<String>,
 }
 
 impl Cx<'_> {
@@ -887,6 +938,102 @@ impl Cx<'_> {
             domains,
             dns,
             line: self.line(&spanned.span()),
+        })
+    }
+
+    fn agents(&mut self, raw: &RawConfig, base: &Path) -> Vec<AgentSpec> {
+        let mut agents = Vec::new();
+        for (i, a) in raw.agent.iter().enumerate() {
+            let ar = a.get_ref();
+            let name = ar.name.get_ref();
+            if !heim_tunnel_wire::valid_name(name) {
+                self.err(
+                    &ar.name.span(),
+                    format!("agent[{i}].name"),
+                    format!("{name:?} is not 1 to 63 of a-z, 0-9, - and _"),
+                );
+                continue;
+            }
+            if self.agent_names.contains(name) {
+                self.err(
+                    &ar.name.span(),
+                    format!("agent[{i}].name"),
+                    format!("agent {name:?} is declared twice (one agent name, one token; run several agents with the same token)"),
+                );
+                continue;
+            }
+            self.agent_names.push(name.clone());
+            let token = match (&ar.token_sha256, &ar.token_file) {
+                (Some(h), None) => match decode_sha256(h.get_ref()) {
+                    Some(d) => AgentToken::Sha256(d),
+                    None => {
+                        self.err(
+                            &h.span(),
+                            format!("agent[{i}].token_sha256"),
+                            "is not 64 hex digits (sha256sum of the token file)".into(),
+                        );
+                        continue;
+                    }
+                },
+                (None, Some(f)) => AgentToken::File(base.join(f)),
+                _ => {
+                    self.err(
+                        &a.span(),
+                        format!("agent[{i}]"),
+                        "needs one of `token_sha256` or `token_file`".into(),
+                    );
+                    continue;
+                }
+            };
+            agents.push(AgentSpec {
+                name: name.clone(),
+                token,
+                line: self.line(&a.span()),
+            });
+        }
+        agents
+    }
+
+    /// `agent` and `service` of route `i`.
+    fn agent_backend(
+        &mut self,
+        i: usize,
+        agent: &Spanned<String>,
+        service: &Option<Spanned<String>>,
+    ) -> Option<Backend> {
+        if !self.agent_names.contains(agent.get_ref()) {
+            self.err(
+                &agent.span(),
+                format!("route[{i}].agent"),
+                format!(
+                    "no [[agent]] is named {:?} (declare it with its token)",
+                    agent.get_ref()
+                ),
+            );
+            return None;
+        }
+        let Some(service) = service else {
+            self.err(
+                &agent.span(),
+                format!("route[{i}].service"),
+                "an agent route names the agent's service, e.g. `service = \"ssh\"`".into(),
+            );
+            return None;
+        };
+        if !heim_tunnel_wire::valid_name(service.get_ref()) {
+            self.err(
+                &service.span(),
+                format!("route[{i}].service"),
+                format!(
+                    "{:?} is not 1 to 63 of a-z, 0-9, - and _",
+                    service.get_ref()
+                ),
+            );
+            return None;
+        }
+        Some(Backend::Agent {
+            agent: agent.get_ref().clone(),
+            service: service.get_ref().clone(),
         })
     }
 
@@ -1344,8 +1491,16 @@ impl Cx<'_> {
             }
         };
         let echo = r.echo.as_ref().is_some_and(|e| *e.get_ref());
-        let backend = match (&r.upstream, echo, &r.tcp) {
-            (None, false, Some(t)) => match t.get_ref().parse::<SocketAddr>() {
+        if let (Some(s), None) = (&r.service, &r.agent) {
+            self.err(
+                &s.span(),
+                k("service"),
+                "a service belongs to an agent: add `agent = \"NAME\"`".into(),
+            );
+        }
+        let backend = match (&r.upstream, echo, &r.tcp, &r.agent) {
+            (None, false, None, Some(a)) => self.agent_backend(i, a, &r.service),
+            (None, false, Some(t), None) => match t.get_ref().parse::<SocketAddr>() {
                 Ok(addr) => Some(Backend::Tcp(addr)),
                 Err(_) => {
                     self.err(
@@ -1359,32 +1514,16 @@ impl Cx<'_> {
                     None
                 }
             },
-            (_, _, Some(t)) => {
-                self.err(
-                    &t.span(),
-                    k("tcp"),
-                    "a route has one of `upstream`, `echo = true` or `tcp`".into(),
-                );
-                None
-            }
-            (Some(u), true, None) => {
-                self.err(
-                    &u.span(),
-                    k("upstream"),
-                    "a route has either `upstream` or `echo = true`, not both".into(),
-                );
-                None
-            }
-            (None, true, None) => Some(Backend::Echo),
-            (None, false, None) => {
+            (None, true, None, None) => Some(Backend::Echo),
+            (None, false, None, None) => {
                 self.err(
                     &raw.span(),
                     format!("route[{i}]"),
-                    "needs `upstream = [\"http://host:port\"]`, `echo = true` or `tcp = \"host:port\"`".into(),
+                    "needs `upstream = [\"http://host:port\"]`, `echo = true`, `tcp = \"host:port\"` or `agent`".into(),
                 );
                 None
             }
-            (Some(u), false, None) => {
+            (Some(u), false, None, None) => {
                 let mut endpoints = Vec::new();
                 if u.get_ref().is_empty() {
                     self.err(&u.span(), k("upstream"), "lists no upstream".into());
@@ -1413,6 +1552,14 @@ impl Cx<'_> {
                     protocol,
                     limits,
                 }))
+            }
+            _ => {
+                self.err(
+                    &raw.span(),
+                    format!("route[{i}]"),
+                    "a route has one of `upstream`, `echo = true`, `tcp` or `agent`".into(),
+                );
+                None
             }
         };
         let max_body_bytes =
@@ -1719,6 +1866,46 @@ echo = true
 "#;
 
     #[test]
+    fn agents_and_their_routes() {
+        let hash = "ab".repeat(32);
+        let text = format!(
+            "{GOOD}\n[[agent]]\nname = \"desk\"\ntoken_sha256 = \"{hash}\"\n\n[[agent]]\nname = \"lab\"\ntoken_file = \"lab.token\"\n\n[[route]]\nhost = \"desk.ssh.example.com\"\nagent = \"desk\"\nservice = \"ssh\"\npublic = true\n"
+        );
+        let c = Config::parse(Path::new("/etc/heim/heim.toml"), &text).expect("valid");
+        assert_eq!(c.agents[0].token, AgentToken::Sha256([0xab; 32]));
+        assert_eq!(
+            c.agents[1].token,
+            AgentToken::File("/etc/heim/lab.token".into())
+        );
+        assert_eq!(
+            c.routes[2].backend,
+            Backend::Agent {
+                agent: "desk".into(),
+                service: "ssh".into()
+            }
+        );
+        let bad = [
+            (text.replace(&hash, "abc"), "agent[0].token_sha256"),
+            (text.replace("\"lab\"", "\"desk\""), "agent[1].name"),
+            (
+                text.replace("name = \"lab\"", "name = \"Lab!\""),
+                "agent[1].name",
+            ),
+            (text.replace("token_file = \"lab.token\"\n", ""), "agent[1]"),
+            (text.replace("service = \"ssh\"\n", ""), "route[2].service"),
+            (
+                text.replace("service = \"ssh\"", "service = \"s.s\""),
+                "route[2].service",
+            ),
+            (text.replace("agent = \"desk\"\n", ""), "route[2].service"),
+        ];
+        for (t, key) in bad {
+            let errs = Config::parse(Path::new("heim.toml"), &t).expect_err(key).0;
+            assert!(errs.iter().any(|e| e.key == key), "{key}: {errs:?}");
+        }
+    }
+
+    #[test]
     fn good_config_compiles() {
         let c = Config::parse(Path::new("/etc/heim/heim.toml"), GOOD).expect("valid");
         assert_eq!(c.server.workers, 1);
@@ -1910,8 +2097,20 @@ echo = true
             (
                 "echo = true",
                 "echo = true\nupstream = [\"http://127.0.0.1:1\"]",
+                17,
+                "route[1]",
+            ),
+            (
+                "echo = true",
+                "tcp = \"127.0.0.1:22\"\nservice = \"ssh\"",
                 22,
-                "route[1].upstream",
+                "route[1].service",
+            ),
+            (
+                "echo = true",
+                "agent = \"nobody\"\nservice = \"ssh\"",
+                21,
+                "route[1].agent",
             ),
             ("echo = true", "", 17, "route[1]"),
             (

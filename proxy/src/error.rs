@@ -63,6 +63,10 @@ pub enum ProxyError {
     UpstreamTimeout,
     #[error("the upstream broke the exchange")]
     UpstreamProtocol,
+    /// A tunnel's agent is not connected, does not serve the service, or
+    /// its local address refused (502, the reason in the body).
+    #[error("tunnel: {0}")]
+    Agent(String),
 }
 
 impl ProxyError {
@@ -81,7 +85,9 @@ impl ProxyError {
             ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::ClientTimeout => StatusCode::REQUEST_TIMEOUT,
             ProxyError::NoUpstream | ProxyError::UpstreamBusy => StatusCode::SERVICE_UNAVAILABLE,
-            ProxyError::UpstreamConnect | ProxyError::UpstreamProtocol => StatusCode::BAD_GATEWAY,
+            ProxyError::UpstreamConnect | ProxyError::UpstreamProtocol | ProxyError::Agent(_) => {
+                StatusCode::BAD_GATEWAY
+            }
             ProxyError::UpstreamConnectTimeout | ProxyError::UpstreamTimeout => {
                 StatusCode::GATEWAY_TIMEOUT
             }
@@ -108,6 +114,14 @@ impl ProxyError {
             ProxyError::Denied(d) => (
                 crate::auth::endpoints::denied_page(d),
                 "text/html; charset=utf-8",
+            ),
+            ProxyError::Agent(why) => (
+                format!(
+                    "{} {}: {why}\n",
+                    status.as_u16(),
+                    status.canonical_reason().unwrap_or("")
+                ),
+                "text/plain; charset=utf-8",
             ),
             _ => (
                 format!(

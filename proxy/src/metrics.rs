@@ -17,23 +17,62 @@ const BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
+/// A latency histogram over [`BUCKETS`].
+#[derive(Debug, Default)]
+pub struct Histogram {
+    buckets: [AtomicU64; BUCKETS.len()],
+    sum_micros: AtomicU64,
+    count: AtomicU64,
+}
+
+impl Histogram {
+    pub fn record(&self, elapsed: Duration) {
+        let secs = elapsed.as_secs_f64();
+        if let Some(i) = BUCKETS.iter().position(|b| secs <= *b) {
+            self.buckets[i].fetch_add(1, Relaxed);
+        }
+        self.sum_micros.fetch_add(
+            elapsed.as_micros().min(u128::from(u64::MAX)) as u64,
+            Relaxed,
+        );
+        self.count.fetch_add(1, Relaxed);
+    }
+
+    /// Writes the `_bucket`, `_sum` and `_count` lines of `name`, with
+    /// `labels` (`key="value",` each, or empty) before `le`.
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let mut cumulative = 0;
+        for (b, c) in BUCKETS.iter().zip(&self.buckets) {
+            cumulative += c.load(Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{{labels}le=\"{b}\"}} {cumulative}");
+        }
+        let count = self.count.load(Relaxed);
+        let sum = self.sum_micros.load(Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "{name}_bucket{{{labels}le=\"+Inf\"}} {count}");
+        let labels = match labels.trim_end_matches(',') {
+            "" => String::new(),
+            l => format!("{{{l}}}"),
+        };
+        let _ = writeln!(
+            out,
+            "{name}_sum{labels} {sum}\n{name}_count{labels} {count}"
+        );
+    }
+}
+
 /// Requests seen by one route: by status code, and a latency histogram.
 #[derive(Debug)]
 pub struct RouteMetrics {
     /// Index `status - 100`, for 100..=599.
     by_status: Box<[AtomicU64]>,
-    buckets: [AtomicU64; BUCKETS.len()],
-    sum_micros: AtomicU64,
-    count: AtomicU64,
+    latency: Histogram,
 }
 
 impl Default for RouteMetrics {
     fn default() -> Self {
         Self {
             by_status: (100..600).map(|_| AtomicU64::new(0)).collect(),
-            buckets: Default::default(),
-            sum_micros: AtomicU64::new(0),
-            count: AtomicU64::new(0),
+            latency: Histogram::default(),
         }
     }
 }
@@ -44,15 +83,7 @@ impl RouteMetrics {
         if let Some(c) = self.by_status.get(usize::from(status).wrapping_sub(100)) {
             c.fetch_add(1, Relaxed);
         }
-        let secs = elapsed.as_secs_f64();
-        if let Some(i) = BUCKETS.iter().position(|b| secs <= *b) {
-            self.buckets[i].fetch_add(1, Relaxed);
-        }
-        self.sum_micros.fetch_add(
-            elapsed.as_micros().min(u128::from(u64::MAX)) as u64,
-            Relaxed,
-        );
-        self.count.fetch_add(1, Relaxed);
+        self.latency.record(elapsed);
     }
 }
 
@@ -135,6 +166,13 @@ pub struct Metrics {
     /// Tunnel bytes from the client to the target, and back.
     pub tunnel_bytes_to_target: AtomicU64,
     pub tunnel_bytes_to_client: AtomicU64,
+    /// Agent connections open now, accepted ever, and refused (bad token).
+    pub agents_connected: AtomicU64,
+    pub agent_connects: AtomicU64,
+    pub agent_refused: AtomicU64,
+    /// From a tunnel's `CONNECT` to its target's answer (TCP dial, or the
+    /// agent's 200).
+    pub tunnel_connect: Histogram,
     /// Families another part of the process renders (heim-ingress'
     /// `heim_kube_*`), appended to the output.
     extra: Mutex<Vec<ExtraMetrics>>,
@@ -226,27 +264,10 @@ impl Metrics {
                     );
                 }
             }
-            let mut cumulative = 0;
-            for (b, c) in BUCKETS.iter().zip(&m.buckets) {
-                cumulative += c.load(Relaxed);
-                let _ = writeln!(
-                    hist,
-                    "heim_request_duration_seconds_bucket{{route=\"{route}\",le=\"{b}\"}} {cumulative}"
-                );
-            }
-            let count = m.count.load(Relaxed);
-            let _ = writeln!(
-                hist,
-                "heim_request_duration_seconds_bucket{{route=\"{route}\",le=\"+Inf\"}} {count}"
-            );
-            let sum = m.sum_micros.load(Relaxed) as f64 / 1e6;
-            let _ = writeln!(
-                hist,
-                "heim_request_duration_seconds_sum{{route=\"{route}\"}} {sum}"
-            );
-            let _ = writeln!(
-                hist,
-                "heim_request_duration_seconds_count{{route=\"{route}\"}} {count}"
+            m.latency.render(
+                &mut hist,
+                "heim_request_duration_seconds",
+                &format!("route=\"{route}\","),
             );
         }
         out.push_str(&hist);
@@ -275,7 +296,7 @@ impl Metrics {
             "kind",
             &client,
         );
-        let simple: [(&str, &str, &str, &AtomicU64); 7] = [
+        let simple: [(&str, &str, &str, &AtomicU64); 10] = [
             (
                 "heim_connections_open",
                 "gauge",
@@ -318,6 +339,24 @@ impl Metrics {
                 "Tunnel streams (CONNECT) spliced.",
                 &self.tunnel_streams_total,
             ),
+            (
+                "heim_tunnel_agents_connected",
+                "gauge",
+                "Agent connections (heim-tunnel agent) open now.",
+                &self.agents_connected,
+            ),
+            (
+                "heim_tunnel_agent_connections_total",
+                "counter",
+                "Agent connections accepted.",
+                &self.agent_connects,
+            ),
+            (
+                "heim_tunnel_agent_refused_total",
+                "counter",
+                "Agent connections refused (unknown name or wrong token).",
+                &self.agent_refused,
+            ),
         ];
         for (name, kind, help, v) in simple {
             let _ = writeln!(
@@ -336,6 +375,9 @@ impl Metrics {
                 ("to_client", &self.tunnel_bytes_to_client),
             ],
         );
+        out.push_str("# HELP heim_tunnel_connect_seconds From a tunnel's CONNECT to its target's answer (TCP dial, or the agent's 200).\n# TYPE heim_tunnel_connect_seconds histogram\n");
+        self.tunnel_connect
+            .render(&mut out, "heim_tunnel_connect_seconds", "");
         labeled(
             &mut out,
             "heim_tls_handshakes_total",

@@ -44,6 +44,17 @@ pub enum Backend {
     /// A TCP target heim dials itself: `CONNECT` on the route's host is
     /// spliced to it (`heim-tunnel proxy`); nothing else is served.
     Tcp(std::net::SocketAddr),
+    /// A service of an agent that dialed in (`heim-tunnel agent`):
+    /// `CONNECT` on the route's host becomes a stream on one of that
+    /// agent's connections; nothing else is served.
+    Agent { agent: String, service: String },
+}
+
+impl Backend {
+    /// Served by `CONNECT` only.
+    pub fn is_tunnel(&self) -> bool {
+        matches!(self, Backend::Tcp(_) | Backend::Agent { .. })
+    }
 }
 
 /// Who may use a route.
@@ -228,7 +239,7 @@ impl RouteTable {
                         .or_insert_with(|| Arc::new(UpstreamGroup::compile(u, &mut health)))
                         .clone(),
                 ),
-                Backend::Echo | Backend::Tcp(_) => None,
+                Backend::Echo | Backend::Tcp(_) | Backend::Agent { .. } => None,
             };
             let route = Arc::new(Route {
                 spec,

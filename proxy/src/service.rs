@@ -39,8 +39,7 @@ use crate::error::ProxyError;
 use crate::forward::headers::{self, X_REQUEST_ID};
 use crate::metrics::ClientErrorKind;
 use crate::route::{
-    host_and_port, normalize_host, normalize_path, routing_path, Backend, IdentityField, Policy,
-    Route,
+    host_and_port, normalize_host, normalize_path, routing_path, IdentityField, Policy, Route,
 };
 use crate::state::Shared;
 use crate::trust::{Forwarded, TrustedProxies};
@@ -324,6 +323,9 @@ async fn serve(
     {
         return Ok(crate::tunnel::ended(&req, &conn.shared));
     }
+    if parsed.secure && req.uri().path() == heim_tunnel_wire::CONNECT_PATH {
+        return crate::tunnel::agents::accept(req, conn.remote, &conn.shared);
+    }
     let auth = conn.shared.auth.load_full();
     // === heim endpoints === `/.heim/*`, over https, before any route.
     if parsed.secure && is_heim_path(&req, &parsed) {
@@ -361,18 +363,21 @@ async fn serve(
         conn,
     )?;
     // === tunnel === `CONNECT` is for tunnel routes, and they take nothing else.
-    match (&route.spec.backend, req.method() == Method::CONNECT) {
-        (Backend::Tcp(addr), true) => {
-            let reauth = session.map(|s| crate::auth::Reauth {
+    match (
+        route.spec.backend.is_tunnel(),
+        req.method() == Method::CONNECT,
+    ) {
+        (true, true) => {
+            let reauth = Some(crate::auth::Reauth {
                 shared: conn.shared.clone(),
-                session: s,
+                session,
                 host: parsed.host.clone(),
                 path: "/".to_owned(),
             });
-            return crate::tunnel::connect_tcp(req, *addr, &conn.shared, reauth).await;
+            return crate::tunnel::connect(req, &route.spec.backend, &conn.shared, reauth).await;
         }
-        (Backend::Tcp(_), false) | (_, true) => return Err(ProxyError::MethodNotAllowed),
-        _ => {}
+        (true, false) | (false, true) => return Err(ProxyError::MethodNotAllowed),
+        (false, false) => {}
     }
     limit(&req, &route)?;
     let upgrade = rewrite(&mut req, &parsed, &route, conn, &out.request_id)?;
@@ -754,9 +759,9 @@ async fn backend(
     let request = Request::from_parts(parts, body);
     let (mut resp, endpoint) = match on_upgrade {
         Some(on_upgrade) => {
-            let reauth = session.map(|s| crate::auth::Reauth {
+            let reauth = Some(crate::auth::Reauth {
                 shared: conn.shared.clone(),
-                session: s.clone(),
+                session: session.cloned(),
                 host: parsed.host.clone(),
                 path: routing_path(request.uri().path())
                     .map(|p| p.into_owned())

@@ -37,6 +37,8 @@ pub struct Shared {
     pub auth_state: AuthState,
     /// Why tunnel streams were cut lately, for `heim-tunnel` to tell.
     pub tunnel_cuts: crate::tunnel::Cuts,
+    /// The agents' keys and their live connections.
+    pub agents: crate::tunnel::agents::Registry,
     pub metrics: Metrics,
     /// Set once SIGTERM starts the drain; `/readyz` turns 503.
     pub draining: AtomicBool,
@@ -60,6 +62,8 @@ pub struct Compiled {
     pub auth: Option<Auth>,
     /// `[acme]` with its files read: what the ACME client is to get.
     pub acme: Option<crate::acme::Loaded>,
+    /// `[[agent]]` with token files read: each agent's token hash.
+    pub agents: crate::tunnel::agents::Keys,
 }
 
 impl Compiled {
@@ -135,6 +139,7 @@ impl Compiled {
                 }
             }
         }
+        let agents = crate::tunnel::agents::keys(config, &mut errors);
         let route_specs = specs.clone();
         let routes = RouteTable::build(specs, |name| metrics.route(name))
             .map_err(|dups| {
@@ -153,6 +158,7 @@ impl Compiled {
                 default_certificate: config.default_certificate.as_ref().map(|d| d.0.clone()),
                 auth,
                 acme,
+                agents,
             }),
             _ => Err(errors),
         }
@@ -200,6 +206,7 @@ impl Shared {
             acme_challenges: Arc::default(),
             auth_state: AuthState::default(),
             tunnel_cuts: crate::tunnel::Cuts::default(),
+            agents: crate::tunnel::agents::Registry::new(compiled.agents),
             metrics,
             draining: AtomicBool::new(false),
             workers_ready: AtomicUsize::new(0),
@@ -223,6 +230,7 @@ impl Shared {
             .replace_files(compiled.certs, compiled.default_certificate);
         self.auth.store(compiled.auth.map(Arc::new));
         self.settings.store(Arc::new(compiled.settings));
+        self.agents.configure(compiled.agents);
         // The file's routes were checked for duplicates among themselves.
         self.push_routes(Source::File, compiled.route_specs);
     }

@@ -16,7 +16,9 @@ pub mod github;
 pub mod kube;
 pub mod named;
 pub mod pebble;
+pub mod ssh;
 pub mod upstream;
+pub mod web;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;

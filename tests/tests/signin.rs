@@ -3,14 +3,14 @@
 //! host by a one-time hand-off, policies, identity headers and the JWT, and
 //! the attacks the issue names.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
+use heim_e2e::web::{
+    enc, hidden, location, onward, sign_in, signed_in_at, Browser, ALICE_PASSWORD as PASSWORD,
+};
 use heim_e2e::{env, Body, Env, Heim, Reply};
-
-const PASSWORD: &str = "correct horse";
 
 /// heim with sign-in: `auth.wild.test` is the auth host; `app.test/private`
 /// admits `alice@example.com`, `app.test/admin` only `root@example.com`,
@@ -67,146 +67,6 @@ allow_emails = ["root@example.com"]
         ),
     );
     Heim::start(&e.dir, &config).expect("start")
-}
-
-/// A browser, as far as heim can tell: cookies per host, HTML wanted.
-struct Browser<'a> {
-    e: &'a Env,
-    heim: &'a Heim,
-    cookies: BTreeMap<String, BTreeMap<String, String>>,
-}
-
-impl<'a> Browser<'a> {
-    fn new(e: &'a Env, heim: &'a Heim) -> Self {
-        Self {
-            e,
-            heim,
-            cookies: BTreeMap::new(),
-        }
-    }
-
-    /// One request to `https://host:port/path` (or a path on `host`).
-    async fn go(&mut self, method: &str, url: &str, form: Option<&str>) -> Reply {
-        let rest = url.strip_prefix("https://").expect("an https URL");
-        let (authority, pq) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-        let host = authority.split(':').next().unwrap().to_string();
-        let mut b = http::Request::builder()
-            .method(method)
-            .uri(if pq.is_empty() { "/" } else { pq })
-            .header("host", &host)
-            .header("accept", "text/html,application/xhtml+xml");
-        if let Some(jar) = self.cookies.get(&host) {
-            let c: Vec<String> = jar.iter().map(|(k, v)| format!("{k}={v}")).collect();
-            if !c.is_empty() {
-                b = b.header("cookie", c.join("; "));
-            }
-        }
-        if form.is_some() {
-            b = b.header("content-type", "application/x-www-form-urlencoded");
-        }
-        let body = form.map(|f| Body::from(f.to_string())).unwrap_or_default();
-        let r = self
-            .e
-            .client
-            .request(self.heim.https, b.body(body).unwrap())
-            .await
-            .unwrap();
-        for sc in r.headers.get_all("set-cookie") {
-            let sc = sc.to_str().unwrap();
-            let (kv, _) = sc.split_once(';').unwrap_or((sc, ""));
-            let (k, v) = kv.split_once('=').unwrap();
-            let jar = self.cookies.entry(host.clone()).or_default();
-            if v.is_empty() || sc.contains("Max-Age=0") {
-                jar.remove(k);
-            } else {
-                jar.insert(k.to_string(), v.to_string());
-            }
-        }
-        r
-    }
-
-    async fn get(&mut self, url: &str) -> Reply {
-        self.go("GET", url, None).await
-    }
-
-    fn url(&self, host: &str, pq: &str) -> String {
-        format!("https://{host}:{}{pq}", self.heim.https.port())
-    }
-}
-
-fn location(r: &Reply) -> String {
-    r.headers
-        .get("location")
-        .unwrap_or_else(|| panic!("no Location in {} {:?}", r.status, r.body))
-        .to_str()
-        .unwrap()
-        .to_string()
-}
-
-/// After a sign-in form was posted (303 to the auth host's own login page):
-/// the response that sends the browser on (to the hand-off, or to `rd`).
-async fn onward(b: &mut Browser<'_>, posted: &Reply) -> Reply {
-    assert_eq!(
-        posted.status,
-        303,
-        "{:?}",
-        String::from_utf8_lossy(&posted.body)
-    );
-    let to = location(posted);
-    let url = if to.starts_with('/') {
-        b.url("auth.wild.test", &to)
-    } else {
-        to
-    };
-    b.get(&url).await
-}
-
-/// Signs alice in from `start_url` and completes the hand-off: the browser
-/// then holds the route host's session.
-async fn signed_in_at(b: &mut Browser<'_>, start_url: &str) -> Reply {
-    let done = sign_in(b, start_url, "alice@example.com", PASSWORD).await;
-    let handoff = onward(b, &done).await;
-    assert_eq!(handoff.status, 302);
-    b.get(&location(&handoff)).await
-}
-
-fn hidden(body: &[u8], name: &str) -> String {
-    let html = String::from_utf8_lossy(body);
-    let needle = format!("name=\"{name}\" value=\"");
-    let start = html
-        .find(&needle)
-        .unwrap_or_else(|| panic!("no {name} in {html}"))
-        + needle.len();
-    html[start..start + html[start..].find('"').unwrap()].to_string()
-}
-
-fn enc(s: &str) -> String {
-    s.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
-}
-
-/// Signs `user` in starting from `start_url`; returns the last response.
-async fn sign_in(b: &mut Browser<'_>, start_url: &str, user: &str, password: &str) -> Reply {
-    let r = b.get(start_url).await;
-    assert_eq!(r.status, 302, "{:?}", r.body);
-    let login = location(&r);
-    let form = b.get(&login).await;
-    assert_eq!(form.status, 200, "{:?}", form.body);
-    let state = hidden(&form.body, "state");
-    let post_url = b.url("auth.wild.test", "/.heim/login");
-    let body = format!(
-        "state={state}&user={}&password={}",
-        enc(user),
-        enc(password)
-    );
-    b.go("POST", &post_url, Some(&body)).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -124,22 +124,46 @@ impl Proxy {
 
     /// A TLS connection to heim speaking HTTP/1.1.
     pub async fn connect(&self) -> Result<tokio_rustls::client::TlsStream<TcpStream>, Failure> {
-        let unreachable = |e: std::io::Error| {
-            Failure::new(
-                EXIT_PROXY_UNREACHABLE,
-                format!("cannot reach the proxy {}: {e}", self.origin),
-            )
-        };
         let tcp = TcpStream::connect((self.host.as_str(), self.port))
             .await
-            .map_err(unreachable)?;
+            .map_err(|e| self.unreachable(e))?;
+        self.tls(tcp).await
+    }
+
+    /// Like [`Proxy::connect`], to one of the proxy's addresses.
+    pub async fn connect_to(
+        &self,
+        addr: SocketAddr,
+    ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, Failure> {
+        let tcp = TcpStream::connect(addr)
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        self.tls(tcp).await
+    }
+
+    fn unreachable(&self, e: std::io::Error) -> Failure {
+        Failure::new(
+            EXIT_PROXY_UNREACHABLE,
+            format!("cannot reach the proxy {}: {e}", self.origin),
+        )
+    }
+
+    async fn tls(
+        &self,
+        tcp: TcpStream,
+    ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, Failure> {
         let _ = tcp.set_nodelay(true);
         let name = rustls::pki_types::ServerName::try_from(self.host.clone())
             .map_err(|_| Failure::new(EXIT_USAGE, format!("{:?} is not a host name", self.host)))?;
         TlsConnector::from(self.tls.clone())
             .connect(name, tcp)
             .await
-            .map_err(unreachable)
+            .map_err(|e| self.unreachable(e))
+    }
+
+    /// The `Host` of requests to heim itself.
+    pub fn host_header(&self) -> &str {
+        self.origin.trim_start_matches("https://")
     }
 
     /// One request on a connection of its own: status and body.
@@ -218,6 +242,19 @@ impl Proxy {
             return Ok((up, id));
         }
         let what = format!("{} (heim answered {status})", target.authority());
+        // heim's 502 for a tunnel says why in its one-line body.
+        let said = match resp.into_body().collect().await {
+            Ok(b) if status == StatusCode::BAD_GATEWAY => {
+                let text = String::from_utf8_lossy(&b.to_bytes()).trim().to_owned();
+                text.split_once(": ").map(|(_, why)| {
+                    why.chars()
+                        .filter(|c| !c.is_control())
+                        .take(200)
+                        .collect::<String>()
+                })
+            }
+            _ => None,
+        };
         Err(match status {
             StatusCode::UNAUTHORIZED => Failure::new(
                 EXIT_NOT_SIGNED_IN,
@@ -234,7 +271,10 @@ impl Proxy {
             | StatusCode::GATEWAY_TIMEOUT
             | StatusCode::SERVICE_UNAVAILABLE => Failure::new(
                 EXIT_TARGET_OFFLINE,
-                format!("target offline: heim cannot reach {what}"),
+                match said {
+                    Some(why) => format!("target offline: {why} ({what})"),
+                    None => format!("target offline: heim cannot reach {what}"),
+                },
             ),
             StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED => Failure::new(
                 EXIT_NO_ROUTE,

@@ -7,9 +7,12 @@
 //! * `forward --listen ADDR HOST:PORT`: the same for each connection to a
 //!   local listener.
 //! * `ssh-config DOMAIN`: the `~/.ssh/config` block.
+//! * `agent --config agent.toml`: the connector on a machine heim cannot
+//!   reach (see `agent`).
 //!
 //! stdout carries only the stream; every message goes to stderr.
 
+mod agent;
 mod client;
 mod token;
 
@@ -101,10 +104,14 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    // The agent carries many streams: it gets a thread per core.
+    let rt = match &cli.command {
+        Command::Agent { .. } => tokio::runtime::Builder::new_multi_thread(),
+        _ => tokio::runtime::Builder::new_current_thread(),
+    }
+    .enable_all()
+    .build();
+    let rt = match rt {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("heim-tunnel: cannot start: {e}");
@@ -143,12 +150,12 @@ fn main() -> ExitCode {
                 print!("{}", client::ssh_config(&domain, proxy.as_deref()));
                 Ok(())
             }
-            Command::Agent { .. } => Err(client::Failure::new(
-                client::EXIT_USAGE,
-                "the agent (reverse tunnels) is not in this build yet; route to targets heim can reach with `tcp = \"host:port\"`",
-            )),
+            Command::Agent { config } => agent::run(&config).await,
         }
     });
+    // A blocking read of stdin may still be waiting (ssh keeps our stdin
+    // open until our stdout ends): do not wait for it.
+    rt.shutdown_background();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {

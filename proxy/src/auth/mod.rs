@@ -272,13 +272,14 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     aws_lc_rs::constant_time::verify_slices_are_equal(a, b).is_ok()
 }
 
-/// What a long-lived connection (a spliced WebSocket) was authorized by,
-/// to check again while it lasts: the session must not expire or be
-/// revoked, and the route it reached must still admit the user, by the
-/// route table current at each check (a reload can change it).
+/// What a long-lived connection (a spliced WebSocket, a tunnel stream) was
+/// authorized by, to check again while it lasts: the session must not
+/// expire or be revoked, and the route it reached must still admit the
+/// user (or, without a session, still be public), by the route table
+/// current at each check (a reload can change it).
 pub struct Reauth {
     pub shared: Arc<crate::state::Shared>,
-    pub session: Session,
+    pub session: Option<Session>,
     pub host: String,
     /// The path the route was chosen by.
     pub path: String,
@@ -290,16 +291,19 @@ pub const REAUTH_EVERY: Duration = Duration::from_secs(1);
 impl Reauth {
     /// Why the connection may not go on, if it may not.
     pub fn refused(&self) -> Option<&'static str> {
-        let s = &self.session;
-        if s.expires <= unix_now() {
-            return Some("the session expired: sign in again");
-        }
-        if self.shared.auth_state.is_revoked(&s.id) {
-            return Some("signed out");
+        if let Some(s) = &self.session {
+            if s.expires <= unix_now() {
+                return Some("the session expired: sign in again");
+            }
+            if self.shared.auth_state.is_revoked(&s.id) {
+                return Some("signed out");
+            }
         }
         let table = self.shared.routes.load();
         let allowed = match table.lookup(&self.host, &self.path).map(|r| &r.spec.policy) {
-            Some(crate::route::Policy::Allow(rules)) => rules.allows(s),
+            Some(crate::route::Policy::Allow(rules)) => {
+                self.session.as_ref().is_some_and(|s| rules.allows(s))
+            }
             Some(crate::route::Policy::Public) => true,
             _ => false,
         };

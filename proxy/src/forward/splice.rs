@@ -79,7 +79,7 @@ where
             }
             _ = recheck.tick() => {
                 if let Some((r, why)) = reauth.as_ref().and_then(|r| r.refused().map(|why| (r, why))) {
-                    tracing::info!(user = %r.session.user, host = %r.host, reason = why, "upgraded connection no longer authorized: closed");
+                    tracing::info!(user = r.session.as_ref().map(|s| s.user.as_str()), host = %r.host, reason = why, "upgraded connection no longer authorized: closed");
                     return Ended::Unauthorized(why);
                 }
             }

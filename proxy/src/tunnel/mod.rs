@@ -1,6 +1,7 @@
 //! Tunnels: `CONNECT host:port` on a route whose backend is a TCP target
-//! (`tcp = "10.0.0.5:22"`), after the route's policy admitted the caller
-//! (`heim-tunnel proxy`'s bearer token), spliced byte for byte.
+//! (`tcp = "10.0.0.5:22"`) or an agent's service (`agent = "desk"`,
+//! `service = "ssh"`, see [`agents`]), after the route's policy admitted
+//! the caller (`heim-tunnel proxy`'s bearer token), spliced byte for byte.
 //!
 //! The 200 that opens a stream carries `Heim-Tunnel-Id`; when heim cuts a
 //! stream (the session expired or was revoked, or a reload changed the
@@ -23,6 +24,8 @@ use crate::body::ProxyBody;
 use crate::error::ProxyError;
 use crate::forward::splice::{splice, Ended};
 use crate::state::{OpenConnection, Shared};
+
+pub mod agents;
 
 /// The response header naming a tunnel stream.
 pub const TUNNEL_ID: &str = "heim-tunnel-id";
@@ -81,27 +84,75 @@ fn text(status: StatusCode, body: &'static str) -> Response<ProxyBody> {
     resp
 }
 
-/// Dials `addr` and, once the client's side of the `CONNECT` is upgraded,
+/// Opens the route's tunnel target (dials `tcp`, or asks the agent for a
+/// stream) and, once the client's side of the `CONNECT` is upgraded,
 /// splices the two until either ends or (with `reauth`) the user may no
 /// longer use the route. The pair counts as an open connection.
-pub async fn connect_tcp(
-    mut req: Request<Incoming>,
-    addr: SocketAddr,
+pub async fn connect(
+    req: Request<Incoming>,
+    backend: &crate::route::Backend,
     shared: &Arc<Shared>,
     reauth: Option<Reauth>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
-    let tcp = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
-        Ok(Ok(tcp)) => tcp,
+    let started = Instant::now();
+    match backend {
+        crate::route::Backend::Tcp(addr) => {
+            let tcp = dial(*addr).await?;
+            shared.metrics.tunnel_connect.record(started.elapsed());
+            Ok(splice_after_upgrade(
+                req,
+                tcp,
+                addr.to_string(),
+                shared,
+                reauth,
+            ))
+        }
+        crate::route::Backend::Agent { agent, service } => {
+            let user = reauth
+                .as_ref()
+                .and_then(|r| r.session.as_ref())
+                .map(|s| s.user.as_str());
+            let stream = shared.agents.open(agent, service, user).await?;
+            shared.metrics.tunnel_connect.record(started.elapsed());
+            Ok(splice_after_upgrade(
+                req,
+                stream,
+                format!("{agent}/{service}"),
+                shared,
+                reauth,
+            ))
+        }
+        _ => Err(ProxyError::MethodNotAllowed),
+    }
+}
+
+async fn dial(addr: SocketAddr) -> Result<TcpStream, ProxyError> {
+    match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+        Ok(Ok(tcp)) => {
+            let _ = tcp.set_nodelay(true);
+            Ok(tcp)
+        }
         Ok(Err(e)) => {
             tracing::warn!(target = %addr, error = %e, "tunnel target connect failed");
-            return Err(ProxyError::UpstreamConnect);
+            Err(ProxyError::UpstreamConnect)
         }
         Err(_) => {
             tracing::warn!(target = %addr, "tunnel target connect timed out");
-            return Err(ProxyError::UpstreamConnectTimeout);
+            Err(ProxyError::UpstreamConnectTimeout)
         }
-    };
-    let _ = tcp.set_nodelay(true);
+    }
+}
+
+fn splice_after_upgrade<T>(
+    mut req: Request<Incoming>,
+    target: T,
+    label: String,
+    shared: &Arc<Shared>,
+    reauth: Option<Reauth>,
+) -> Response<ProxyBody>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'static,
+{
     let on_upgrade = hyper::upgrade::on(&mut req);
     let id = crate::auth::seal::random_token(16);
     let open = OpenConnection::new(shared);
@@ -117,14 +168,17 @@ pub async fn connect_tcp(
         let m = &shared.metrics;
         m.tunnel_streams_open.fetch_add(1, Relaxed);
         m.tunnel_streams_total.fetch_add(1, Relaxed);
-        let user = reauth.as_ref().map(|r| r.session.user.clone());
-        let ended = splice(TokioIo::new(client), tcp, idle, reauth).await;
+        let user = reauth
+            .as_ref()
+            .and_then(|r| r.session.as_ref())
+            .map(|s| s.user.clone());
+        let ended = splice(TokioIo::new(client), target, idle, reauth).await;
         m.tunnel_streams_open.fetch_sub(1, Relaxed);
         match ended {
             Ended::Closed(up, down) => {
                 m.tunnel_bytes_to_target.fetch_add(up, Relaxed);
                 m.tunnel_bytes_to_client.fetch_add(down, Relaxed);
-                tracing::debug!(target = %addr, user, up, down, "tunnel stream closed");
+                tracing::debug!(target = %label, user, up, down, "tunnel stream closed");
             }
             Ended::Idle => shared.tunnel_cuts.record(stream_id, "idle timeout"),
             Ended::Unauthorized(why) => shared.tunnel_cuts.record(stream_id, why),
@@ -134,5 +188,5 @@ pub async fn connect_tcp(
     if let Ok(v) = HeaderValue::from_str(&id) {
         resp.headers_mut().insert(TUNNEL_ID, v);
     }
-    Ok(resp)
+    resp
 }

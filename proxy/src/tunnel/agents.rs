@@ -1,0 +1,439 @@
+//! The agent hub: `heim-tunnel agent`s dial in at `/.heim/agent/connect`
+//! (the protocol is in `heim_tunnel_wire`), are checked against their
+//! `[[agent]]` token, and their connections wait here for user streams.
+//!
+//! After the upgrade heim is the HTTP/2 *client* on the connection the
+//! agent dialed: each user's `CONNECT` becomes one h2 `CONNECT SERVICE:0`
+//! stream on one of the named agent's connections (the one with the fewest
+//! open streams). h2 streams belong to their connection, so two agents can
+//! never see each other's streams. A reload that removes an agent or
+//! changes its token closes its connections at once.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::Empty;
+use hyper::body::Incoming;
+use hyper::client::conn::http2;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::Notify;
+
+use crate::body::ProxyBody;
+use crate::config::{AgentToken, ConfigError};
+use crate::error::ProxyError;
+use crate::rt::LocalExec;
+use crate::state::Shared;
+use heim_tunnel_wire as wire;
+
+/// How long an agent may take to answer a new stream.
+const STREAM_TIMEOUT: Duration = Duration::from_secs(10);
+/// h2 PINGs on idle agent connections, and how long a PONG may take.
+const KEEPALIVE: Duration = Duration::from_secs(15);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+/// Services one agent may announce.
+const SERVICES_MAX: usize = 64;
+
+/// Each `[[agent]]`'s name and the SHA-256 of its token.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Keys(Vec<(String, [u8; 32])>);
+
+impl std::fmt::Debug for Keys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.0.iter().map(|(n, _)| n))
+            .finish()
+    }
+}
+
+fn sha256(data: &[u8]) -> [u8; 32] {
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data);
+    let mut out = [0; 32];
+    out.copy_from_slice(d.as_ref());
+    out
+}
+
+/// Reads the `token_file`s of `config`'s agents; errors name the agent.
+pub fn keys(config: &crate::config::Config, errors: &mut Vec<ConfigError>) -> Keys {
+    let mut keys = Vec::new();
+    for (i, a) in config.agents.iter().enumerate() {
+        let hash = match &a.token {
+            AgentToken::Sha256(h) => *h,
+            AgentToken::File(path) => match std::fs::read(path) {
+                Ok(t) if !t.trim_ascii().is_empty() => sha256(t.trim_ascii()),
+                Ok(_) => {
+                    errors.push(agent_error(
+                        config,
+                        i,
+                        format!("{} is empty", path.display()),
+                    ));
+                    continue;
+                }
+                Err(e) => {
+                    errors.push(agent_error(config, i, format!("{}: {e}", path.display())));
+                    continue;
+                }
+            },
+        };
+        keys.push((a.name.clone(), hash));
+    }
+    Keys(keys)
+}
+
+fn agent_error(config: &crate::config::Config, i: usize, message: String) -> ConfigError {
+    ConfigError {
+        file: config.path.clone(),
+        line: config.agents[i].line,
+        key: format!("agent[{i}].token_file"),
+        message,
+    }
+}
+
+/// One agent connection.
+struct Conn {
+    id: u64,
+    name: String,
+    addr: SocketAddr,
+    key: [u8; 32],
+    services: Vec<String>,
+    send: http2::SendRequest<Empty<Bytes>>,
+    streams: AtomicUsize,
+    /// Ends the connection at once (a reload withdrew the agent).
+    kill: Notify,
+}
+
+/// The agents' keys and their live connections, by name.
+#[derive(Default)]
+pub struct Registry {
+    keys: Mutex<Keys>,
+    conns: Mutex<HashMap<String, Vec<Arc<Conn>>>>,
+    next_id: AtomicU64,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry").finish_non_exhaustive()
+    }
+}
+
+/// A stream to an agent, counted on its connection while it lives.
+pub struct AgentStream {
+    io: TokioIo<hyper::upgrade::Upgraded>,
+    conn: Arc<Conn>,
+}
+
+impl AsyncRead for AgentStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for AgentStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+impl Drop for AgentStream {
+    fn drop(&mut self) {
+        self.conn.streams.fetch_sub(1, Relaxed);
+    }
+}
+
+impl Registry {
+    pub fn new(keys: Keys) -> Registry {
+        Registry {
+            keys: Mutex::new(keys),
+            ..Registry::default()
+        }
+    }
+
+    /// Takes a reload's keys; connections of agents that are gone or whose
+    /// token changed are closed.
+    pub fn configure(&self, keys: Keys) {
+        let conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+        for list in conns.values() {
+            for c in list {
+                if !keys.0.iter().any(|(n, k)| *n == c.name && *k == c.key) {
+                    tracing::warn!(agent = %c.name, address = %c.addr, "agent withdrawn by a reload: closing its connection");
+                    c.kill.notify_one();
+                }
+            }
+        }
+        *self.keys.lock().unwrap_or_else(|p| p.into_inner()) = keys;
+    }
+
+    /// The key of agent `name` if `token` is its token (compared in
+    /// constant time; an unknown name costs the same).
+    fn check(&self, name: &str, token: &[u8]) -> Option<[u8; 32]> {
+        let hash = sha256(token);
+        let keys = self.keys.lock().unwrap_or_else(|p| p.into_inner());
+        let (known, key) = match keys.0.iter().find(|(n, _)| n == name) {
+            Some((_, k)) => (true, *k),
+            None => (false, [0xff; 32]),
+        };
+        (crate::auth::constant_time_eq(&hash, &key) && known).then_some(key)
+    }
+
+    /// How many connections agent `name` has now.
+    pub fn connected(&self, name: &str) -> usize {
+        let conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+        conns.get(name).map_or(0, Vec::len)
+    }
+
+    fn add(&self, conn: Arc<Conn>) {
+        let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+        conns.entry(conn.name.clone()).or_default().push(conn);
+    }
+
+    fn remove(&self, conn: &Conn) {
+        let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(list) = conns.get_mut(&conn.name) {
+            list.retain(|c| c.id != conn.id);
+            if list.is_empty() {
+                conns.remove(&conn.name);
+            }
+        }
+    }
+
+    /// Opens a stream to `service` of agent `agent` for `user`, on the
+    /// live connection with the fewest streams (the next one when that
+    /// fails). The error says why, for the user's 502.
+    pub async fn open(
+        &self,
+        agent: &str,
+        service: &str,
+        user: Option<&str>,
+    ) -> Result<AgentStream, ProxyError> {
+        let mut candidates = {
+            let conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+            conns.get(agent).cloned().unwrap_or_default()
+        };
+        if candidates.is_empty() {
+            return Err(ProxyError::Agent(format!("agent {agent} is not connected")));
+        }
+        candidates.sort_by_key(|c| c.streams.load(Relaxed));
+        let mut why = format!("agent {agent} is not connected");
+        for c in candidates {
+            if !c.services.is_empty() && !c.services.iter().any(|s| s == service) {
+                why = format!("agent {agent} does not expose service {service}");
+                continue;
+            }
+            c.streams.fetch_add(1, Relaxed);
+            let stream = AgentStream {
+                io: match tokio::time::timeout(STREAM_TIMEOUT, ask(&c, service, user)).await {
+                    Ok(Ok(io)) => TokioIo::new(io),
+                    Ok(Err(e)) => {
+                        c.streams.fetch_sub(1, Relaxed);
+                        why = e.unwrap_or_else(|| format!("agent {agent} is not connected"));
+                        continue;
+                    }
+                    Err(_) => {
+                        c.streams.fetch_sub(1, Relaxed);
+                        why = format!("agent {agent} did not answer within {STREAM_TIMEOUT:?}");
+                        continue;
+                    }
+                },
+                conn: c,
+            };
+            return Ok(stream);
+        }
+        Err(ProxyError::Agent(why))
+    }
+}
+
+/// One `CONNECT SERVICE:0` on `c`: the stream, or the agent's reason
+/// (`None` when the connection itself failed).
+async fn ask(
+    c: &Conn,
+    service: &str,
+    user: Option<&str>,
+) -> Result<hyper::upgrade::Upgraded, Option<String>> {
+    let mut send = c.send.clone();
+    send.ready().await.map_err(|_| None)?;
+    let mut req = Request::connect(wire::stream_authority(service));
+    if let Some(v) = user.and_then(|u| HeaderValue::from_str(u).ok()) {
+        req = req.header(wire::USER, v);
+    }
+    let req = req.body(Empty::new()).map_err(|_| None)?;
+    let resp = send.send_request(req).await.map_err(|e| {
+        tracing::debug!(agent = %c.name, error = %e, "agent stream failed");
+        None
+    })?;
+    if resp.status() != StatusCode::OK {
+        let reason = resp
+            .headers()
+            .get(wire::REASON)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("refused the stream");
+        return Err(Some(format!("agent {}: {reason}", c.name)));
+    }
+    hyper::upgrade::on(resp).await.map_err(|_| None)
+}
+
+/// `GET /.heim/agent/connect` with `Upgrade: heim-agent/1`: checks the
+/// agent's token, answers 101, and keeps the connection as an h2 client
+/// in the registry until it ends.
+pub fn accept(
+    mut req: Request<Incoming>,
+    peer: SocketAddr,
+    shared: &Arc<Shared>,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let h = req.headers();
+    let upgrade_ok = h
+        .get(http::header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case(wire::PROTOCOL));
+    if req.method() != Method::GET || req.version() != http::Version::HTTP_11 || !upgrade_ok {
+        return Err(ProxyError::BadRequest(
+            "agents connect with an HTTP/1.1 GET and Upgrade: heim-agent/1",
+        ));
+    }
+    let name = h
+        .get(wire::AGENT_NAME)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let token = h
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+        .unwrap_or(b"");
+    let registry = &shared.agents;
+    let key = match wire::valid_name(&name) {
+        true => registry.check(&name, token),
+        false => None,
+    };
+    let Some(key) = key else {
+        shared.metrics.agent_refused.fetch_add(1, Relaxed);
+        tracing::warn!(agent = %name.escape_debug(), address = %peer, "agent refused: unknown name or wrong token");
+        return Err(ProxyError::Unauthorized);
+    };
+    let services: Vec<String> = h
+        .get(wire::AGENT_SERVICES)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .split(',')
+        .map(str::trim)
+        .filter(|s| wire::valid_name(s))
+        .take(SERVICES_MAX)
+        .map(str::to_owned)
+        .collect();
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let shared = shared.clone();
+    tokio::task::spawn_local(async move {
+        let io = match on_upgrade.await {
+            Ok(io) => io,
+            Err(e) => return tracing::debug!(agent = %name, error = %e, "agent upgrade failed"),
+        };
+        let handshake = http2::Builder::new(LocalExec)
+            .timer(TokioTimer::new())
+            .adaptive_window(true)
+            .keep_alive_interval(KEEPALIVE)
+            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+            .keep_alive_while_idle(true)
+            .handshake(io)
+            .await;
+        let (send, connection) = match handshake {
+            Ok(h) => h,
+            Err(e) => {
+                return tracing::warn!(agent = %name, address = %peer, error = %e, "agent HTTP/2 handshake failed")
+            }
+        };
+        let registry = &shared.agents;
+        let conn = Arc::new(Conn {
+            id: registry.next_id.fetch_add(1, Relaxed),
+            name,
+            addr: peer,
+            key,
+            services,
+            send,
+            streams: AtomicUsize::new(0),
+            kill: Notify::new(),
+        });
+        registry.add(conn.clone());
+        let m = &shared.metrics;
+        m.agents_connected.fetch_add(1, Relaxed);
+        m.agent_connects.fetch_add(1, Relaxed);
+        tracing::info!(agent = %conn.name, address = %peer, services = ?conn.services, "agent connected");
+        let since = Instant::now();
+        let why = tokio::select! {
+            r = connection => match r {
+                Ok(()) => "closed".to_owned(),
+                Err(e) => e.to_string(),
+            },
+            _ = conn.kill.notified() => "withdrawn by a reload".to_owned(),
+        };
+        registry.remove(&conn);
+        m.agents_connected.fetch_sub(1, Relaxed);
+        tracing::info!(
+            agent = %conn.name,
+            address = %peer,
+            connected_secs = since.elapsed().as_secs(),
+            reason = %why,
+            "agent disconnected"
+        );
+    });
+    let mut resp = Response::new(ProxyBody::local(Bytes::new()));
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = resp.headers_mut();
+    h.insert(
+        http::header::CONNECTION,
+        HeaderValue::from_static("upgrade"),
+    );
+    h.insert(
+        http::header::UPGRADE,
+        HeaderValue::from_static(wire::PROTOCOL),
+    );
+    Ok(resp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_authority_is_a_connect_uri() {
+        let uri: http::Uri = wire::stream_authority("ssh").parse().expect("parses");
+        assert_eq!(uri.authority().map(|a| a.as_str()), Some("ssh:0"));
+        assert!(uri.scheme().is_none() && uri.path_and_query().is_none());
+    }
+
+    #[test]
+    fn tokens_are_checked_per_name() {
+        let keys = Keys(vec![
+            ("desk".into(), sha256(b"desk-token")),
+            ("lab".into(), sha256(b"lab-token")),
+        ]);
+        let r = Registry::new(keys);
+        assert!(r.check("desk", b"desk-token").is_some());
+        assert!(
+            r.check("desk", b"lab-token").is_none(),
+            "another agent's token"
+        );
+        assert!(r.check("desk", b"").is_none());
+        assert!(r.check("nobody", b"desk-token").is_none());
+    }
+}
