@@ -157,6 +157,15 @@ pub async fn sign_in(b: &mut Browser<'_>, start_url: &str, user: &str, password:
 /// as `heim-tunnel login` does (confirm on heim's page, code to a loopback
 /// port, exchange with the PKCE verifier).
 pub async fn cli_token(b: &mut Browser<'_>, auth_host: &str, user: &str) -> String {
+    cli_tokens(b, auth_host, user).await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// Like [`cli_token`]: `/.heim/cli/token`'s whole answer (access and
+/// refresh tokens, their lifetimes, the user).
+pub async fn cli_tokens(b: &mut Browser<'_>, auth_host: &str, user: &str) -> serde_json::Value {
     let verifier = "a-cli-verifier-for-the-tests-0123456789abcdefghijkl";
     let challenge = URL_SAFE_NO_PAD.encode(aws_lc_rs::digest::digest(
         &aws_lc_rs::digest::SHA256,
@@ -213,5 +222,5 @@ pub async fn cli_token(b: &mut Browser<'_>, auth_host: &str, user: &str) -> Stri
         .unwrap();
     let r = b.e.client.request(b.heim.https, req).await.unwrap();
     assert_eq!(r.status, 200, "{:?}", r.body);
-    r.json()["access_token"].as_str().unwrap().to_string()
+    r.json()
 }

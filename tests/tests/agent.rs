@@ -189,6 +189,11 @@ service = "ssh"
 }
 
 fn rig(name: &str) -> Rig {
+    rig_with_ttl(name, "1h")
+}
+
+/// The rig, with sign-in sessions that last `ttl`.
+fn rig_with_ttl(name: &str, ttl: &str) -> Rig {
     let e = env(name);
     // `--proxy https://127.0.0.1:PORT` sends no SNI: the default
     // certificate names the address too.
@@ -196,7 +201,8 @@ fn rig(name: &str) -> Rig {
     std::fs::write(e.dir.join("ca.pem"), &e.pki.ca_pem).unwrap();
     let (sshd, ssh_addr, key) = sshd(&e.dir);
     let (echo, echo_addr) = echo();
-    let config = heim_config(&e.dir, "https_listen = \"127.0.0.1:0\"", true);
+    let config = heim_config(&e.dir, "https_listen = \"127.0.0.1:0\"", true)
+        .replace("session_ttl = \"1h\"", &format!("session_ttl = \"{ttl}\""));
     let heim = Heim::start(&e.dir, &config).expect("heim starts");
     Rig {
         dir: e.dir.clone(),
@@ -716,6 +722,66 @@ async fn signed_in_users_and_sign_out_cutting_their_streams() {
     // And the token no longer opens one.
     let out = tokio::task::block_in_place(|| r.tunnel("alice.ssh.wild.test", &token, b""));
     assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+
+    // `heim-tunnel logout` ends the session at heim: the kept token's
+    // stream is cut too, and the token is gone.
+    let mut again = heim_e2e::web::Browser::new(&r.e, &r.heim);
+    let t = heim_e2e::web::cli_tokens(&mut again, "auth.wild.test", "alice@example.com").await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let kept = serde_json::json!({
+        "origin": r.url(),
+        "user": t["user"],
+        "access_token": t["access_token"],
+        "expires_at": now + t["expires_in"].as_u64().unwrap(),
+        "refresh_token": t["refresh_token"],
+        "refresh_expires_at": now + t["refresh_expires_in"].as_u64().unwrap(),
+    });
+    let tokens = r.dir.join("xdg/heim/tokens");
+    std::fs::create_dir_all(&tokens).unwrap();
+    let file = tokens.join(format!("127.0.0.1_{}.json", r.heim.https.port()));
+    std::fs::write(&file, kept.to_string()).unwrap();
+    let mut lp = tokio::task::block_in_place(|| Loop::start(&r, "alice.ssh.wild.test", None));
+    let out = Command::new(tunnel_binary())
+        .args(["logout", "--proxy", &r.url(), "--ca-file"])
+        .arg(r.dir.join("ca.pem"))
+        .env("XDG_CONFIG_HOME", r.dir.join("xdg"))
+        .env_remove("HEIM_TOKEN")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(!file.exists(), "the token is forgotten");
+    let ended = tokio::task::block_in_place(|| lp.ended_within(Duration::from_secs(3)));
+    assert!(ended, "cut after heim-tunnel logout");
+    assert!(
+        lp.stderr().contains("cut by heim: signed out"),
+        "{}",
+        lp.stderr()
+    );
+    assert!(r.heim.log_text().contains("signed out (CLI)"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expiring_session_cuts_its_stream() {
+    let r = rig_with_ttl("agent-expiry", "4s");
+    let _desk = r.desk();
+    let mut alice = heim_e2e::web::Browser::new(&r.e, &r.heim);
+    let token = heim_e2e::web::cli_token(&mut alice, "auth.wild.test", "alice@example.com").await;
+    let mut lp =
+        tokio::task::block_in_place(|| Loop::start(&r, "alice.ssh.wild.test", Some(&token)));
+    let ended = tokio::task::block_in_place(|| lp.ended_within(Duration::from_secs(8)));
+    assert!(ended, "cut when the session expired");
+    assert!(
+        lp.stderr().contains("cut by heim: the session expired"),
+        "{}",
+        lp.stderr()
+    );
+    // The expired token is no token.
+    let out = tokio::task::block_in_place(|| r.tunnel("alice.ssh.wild.test", &token, b""));
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("not signed in"));
 }
 
 #[test]

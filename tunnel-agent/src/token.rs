@@ -260,6 +260,28 @@ async fn callback(listener: &tokio::net::TcpListener) -> Result<String, Failure>
 /// Forgets the kept token.
 pub async fn logout(p: &Proxy) -> Result<(), Failure> {
     let file = path(p)?;
+    // End the session at heim first (its open tunnels are cut), then forget
+    // the token; heim being away does not keep the token here.
+    if load(p).is_some() {
+        if let Some(token) = bearer(p).await {
+            let req = Request::post("/.heim/cli/logout")
+                .header(http::header::HOST, p.host_header())
+                .header(http::header::AUTHORIZATION, format!("Bearer {token}"))
+                .body(Full::new(Bytes::new()))
+                .map_err(|e| Failure::new(EXIT_USAGE, e.to_string()))?;
+            match p.request(req).await {
+                Ok((status, _)) if status.is_success() => {}
+                Ok((status, _)) => eprintln!(
+                    "heim-tunnel: {} answered {status} to the sign-out; the token is forgotten here",
+                    p.origin
+                ),
+                Err(f) => eprintln!(
+                    "heim-tunnel: {} (the session stays open at heim until it expires)",
+                    f.message
+                ),
+            }
+        }
+    }
     match std::fs::remove_file(&file) {
         Ok(()) => {
             eprintln!("heim-tunnel: signed out of {} (token removed)", p.origin);

@@ -132,8 +132,12 @@ pub async fn serve(
     let page = path.strip_prefix("/.heim/")?;
     let cx = Cx { parsed, conn, auth };
     // Only on hosts heim routes (and the auth host): a name a wildcard
-    // certificate merely covers may point anywhere.
-    if !cx.serves(&parsed.host) {
+    // certificate merely covers may point anywhere. The CLI's endpoints
+    // answer on any name that reaches heim (`heim-tunnel --proxy` may name
+    // a host no route has): they only redirect to the auth host, or take a
+    // bearer token, and set no cookie.
+    let cli = matches!(page, "cli/login" | "cli/token" | "cli/logout");
+    if !cli && !cx.serves(&parsed.host) {
         return Some(Err(ProxyError::NoRoute));
     }
     let method = req.method().clone();
@@ -145,13 +149,14 @@ pub async fn serve(
         ("cli/login", Method::GET) => Ok(cx.cli_login(&req)),
         ("cli/login", Method::POST) => cx.cli_login_confirmed(req).await,
         ("cli/token", Method::POST) => cx.cli_token(req).await,
+        ("cli/logout", Method::POST) => Ok(cx.cli_logout(&req)),
         ("handoff", Method::GET) => Ok(cx.handoff(&req)),
         ("logout", Method::GET | Method::HEAD) => Ok(cx.logout_page(&req)),
         ("logout", Method::POST) => cx.logout_post(req).await,
         ("me", Method::GET | Method::HEAD) => Ok(cx.me(&req)),
         (
             "jwks.json" | "login" | "callback" | "handoff" | "logout" | "me" | "cli/login"
-            | "cli/token",
+            | "cli/token" | "cli/logout",
             _,
         ) => Err(ProxyError::MethodNotAllowed),
         _ => Err(ProxyError::NoRoute),
@@ -651,6 +656,31 @@ impl Cx<'_> {
         Ok(redirect_see_other(&format!(
             "http://127.0.0.1:{port}/callback?code={code}"
         )))
+    }
+
+    /// `heim-tunnel logout`: ends the session of the bearer token (a CLI
+    /// token is its browser session's: both end, and every stream and
+    /// WebSocket they opened is cut within a second). Bearer only: a
+    /// cookie cannot sign anyone out here, so no page can do it for them.
+    fn cli_logout<B>(&self, req: &Request<B>) -> Response<ProxyBody> {
+        let Some(session) = self
+            .auth
+            .cli_session(req.headers(), &self.conn.shared.auth_state)
+        else {
+            return json(
+                StatusCode::UNAUTHORIZED,
+                &serde_json::json!({ "error": "invalid_token" }),
+            );
+        };
+        self.conn
+            .shared
+            .auth_state
+            .revoke(&session.id, session.expires);
+        tracing::info!(user = %session.user, "signed out (CLI)");
+        json(
+            StatusCode::OK,
+            &serde_json::json!({ "signed_out": session.user }),
+        )
     }
 
     /// Exchanges a CLI's code and verifier (or its refresh token) for a

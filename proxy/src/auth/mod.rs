@@ -239,7 +239,6 @@ impl Auth {
     /// open, has expired, was revoked, is another host's, or comes from a
     /// provider no longer configured counts as no session.
     pub fn session(&self, headers: &HeaderMap, state: &AuthState, host: &str) -> Option<Session> {
-        let now = unix_now();
         let session = match cookie(headers, SESSION_COOKIE) {
             Some(c) => self
                 .sealer
@@ -247,7 +246,17 @@ impl Auth {
                 .filter(|s| s.host == host),
             None => bearer(headers).and_then(|t| self.sealer.open(Purpose::CliToken, t)),
         }?;
-        (session.expires > now
+        self.live(session, state)
+    }
+
+    /// The session of a CLI bearer token only (no cookie counts).
+    pub fn cli_session(&self, headers: &HeaderMap, state: &AuthState) -> Option<Session> {
+        let session = bearer(headers).and_then(|t| self.sealer.open(Purpose::CliToken, t))?;
+        self.live(session, state)
+    }
+
+    fn live(&self, session: Session, state: &AuthState) -> Option<Session> {
+        (session.expires > unix_now()
             && !state.is_revoked(&session.id)
             && self.provider(&session.provider).is_some())
         .then_some(session)
