@@ -895,3 +895,124 @@ fn one_agent_serves_two_heims() {
         );
     }
 }
+
+/// A proxy that is not heim: it accepts the agent's connect (whatever the
+/// token) and then asks the agent for what it must never reach. The agent
+/// dials only the addresses its own config lists.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_reaches_only_what_its_config_lists() {
+    use rustls::pki_types::pem::PemObject;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let e = env("agent-listed-only");
+    e.pki.leaf("default", &["default.test", "127.0.0.1"]);
+    std::fs::write(e.dir.join("ca.pem"), &e.pki.ca_pem).unwrap();
+    let certs = rustls::pki_types::CertificateDer::pem_file_iter(e.dir.join("default.pem"))
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key =
+        rustls::pki_types::PrivateKeyDer::from_pem_file(e.dir.join("default-key.pem")).unwrap();
+    let mut tls = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .unwrap();
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    let fake = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let fake_url = format!("https://127.0.0.1:{}", fake.local_addr().unwrap().port());
+
+    // Listed: `web`. Not listed: `secret`, which must never see a connection.
+    let listed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listed_addr = listed.local_addr().unwrap();
+    let secret = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    secret.set_nonblocking(true).unwrap();
+    let secret_addr = secret.local_addr().unwrap();
+    let agent = tokio::task::block_in_place(|| {
+        Agent::start(
+            &e.dir,
+            "desk",
+            DESK_TOKEN,
+            &[fake_url],
+            &format!("web = \"{listed_addr}\"\n"),
+        )
+    });
+
+    let (tcp, _) = tokio::time::timeout(Duration::from_secs(20), fake.accept())
+        .await
+        .expect("the agent dials")
+        .unwrap();
+    let mut io = acceptor.accept(tcp).await.unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut b = [0u8; 1];
+        assert_eq!(
+            io.read(&mut b).await.unwrap(),
+            1,
+            "the agent's request head"
+        );
+        head.push(b[0]);
+        assert!(head.len() < 8192);
+    }
+    let head = String::from_utf8_lossy(&head).to_lowercase();
+    assert!(
+        head.starts_with("get /.heim/agent/connect http/1.1"),
+        "{head}"
+    );
+    assert!(head.contains("upgrade: heim-agent/1"), "{head}");
+    assert!(head.contains("heim-agent-name: desk"), "{head}");
+    io.write_all(
+        b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: heim-agent/1\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let (h2, conn) = h2::client::handshake(io).await.expect("h2 to the agent");
+    tokio::spawn(conn);
+    let ask = |method: http::Method, authority: String| {
+        let mut h2 = h2.clone();
+        async move {
+            let mut h2 = h2.ready().await.unwrap();
+            let req = http::Request::builder()
+                .method(method)
+                .uri(authority)
+                .body(())
+                .unwrap();
+            let (resp, _send) = h2.send_request(req, false).unwrap();
+            let resp = resp.await.unwrap();
+            let reason = resp
+                .headers()
+                .get("heim-reason")
+                .map(|v| v.to_str().unwrap().to_string())
+                .unwrap_or_default();
+            (resp.status().as_u16(), reason)
+        }
+    };
+    for authority in [
+        format!("{secret_addr}"),
+        format!("localhost:{}", secret_addr.port()),
+        "secret:0".to_string(),
+        "web:22".to_string(),
+        "web.secret:0".to_string(),
+        "WEB:0".to_string(),
+    ] {
+        let (status, reason) = ask(http::Method::CONNECT, authority.clone()).await;
+        assert_eq!(status, 404, "{authority}: {reason}");
+        assert!(reason.contains("does not expose"), "{authority}: {reason}");
+    }
+    let (status, _) = ask(http::Method::GET, "https://web:0/".to_string()).await;
+    assert_eq!(status, 405, "streams are CONNECT only");
+    // The listed service is reached.
+    let (status, _) = ask(http::Method::CONNECT, "web:0".to_string()).await;
+    assert_eq!(status, 200);
+    let accepted = tokio::time::timeout(Duration::from_secs(5), listed.accept()).await;
+    assert!(accepted.is_ok(), "the listed service got its connection");
+    assert!(
+        matches!(secret.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "nothing reached the address the agent does not list"
+    );
+    drop(agent);
+}
