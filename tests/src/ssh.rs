@@ -51,6 +51,11 @@ pub fn wait_listening(addr: SocketAddr) {
 /// A real sshd on a loopback port, for the current user, with a key of
 /// its own; returns it and the client's key.
 pub fn sshd(dir: &Path) -> (Killed, SocketAddr, PathBuf) {
+    sshd_on(dir, "127.0.0.1".parse().unwrap())
+}
+
+/// Like [`sshd`], listening on `ip` (a test namespace's host address).
+pub fn sshd_on(dir: &Path, ip: std::net::IpAddr) -> (Killed, SocketAddr, PathBuf) {
     let keygen = tool("/usr/bin/ssh-keygen", "openssh-client");
     let sshd = tool("/usr/sbin/sshd", "openssh-server");
     let gen = |name: &str| {
@@ -74,7 +79,7 @@ pub fn sshd(dir: &Path) -> (Killed, SocketAddr, PathBuf) {
     std::fs::write(
         &config,
         format!(
-            "Port {port}\nListenAddress 127.0.0.1\nHostKey {}\nAuthorizedKeysFile {}\nPidFile {}\n\
+            "Port {port}\nListenAddress {ip}\nHostKey {}\nAuthorizedKeysFile {}\nPidFile {}\n\
              UsePAM no\nStrictModes no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
              PermitRootLogin prohibit-password\nSubsystem sftp internal-sftp\nMaxStartups 200\n",
             host_key.display(),
@@ -89,7 +94,7 @@ pub fn sshd(dir: &Path) -> (Killed, SocketAddr, PathBuf) {
         .stderr(Stdio::null())
         .spawn()
         .expect("sshd");
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let addr = SocketAddr::new(ip, port);
     wait_listening(addr);
     (Killed(child), addr, client_key)
 }

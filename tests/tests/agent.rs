@@ -1016,3 +1016,124 @@ async fn an_agent_reaches_only_what_its_config_lists() {
     );
     drop(agent);
 }
+
+/// The café: in a network namespace where only TCP 443 towards heim is
+/// let out (iptables), `ssh -F <heim-tunnel ssh-config>` reaches the
+/// machine behind the agent, and a direct `ssh` to that machine's sshd
+/// (which worked before the firewall went up) does not.
+#[test]
+fn from_a_cafe_where_only_443_is_open() {
+    let cafe = heim_e2e::kube::Netns::new().expect("a test network namespace (root, iproute2)");
+    let host = cafe.host_addr;
+    let e = env("agent-cafe");
+    e.pki.leaf("default", &["default.test", &host.to_string()]);
+    std::fs::write(e.dir.join("ca.pem"), &e.pki.ca_pem).unwrap();
+    let (_sshd, ssh_addr, key) = heim_e2e::ssh::sshd_on(&e.dir, host);
+    let config = heim_config(&e.dir, &format!("https_listen = \"{host}:443\""), true);
+    let heim = Heim::start(&e.dir, &config).expect("heim on 443");
+    let proxy = format!("https://{host}");
+    let _desk = Agent::start(
+        &e.dir,
+        "desk",
+        DESK_TOKEN,
+        std::slice::from_ref(&proxy),
+        &format!("ssh = \"{ssh_addr}\"\n"),
+    );
+    let ok = poll_until(Duration::from_secs(30), || {
+        metric(&heim.admin("/metrics").1, "heim_tunnel_agents_connected") == Some(2)
+    });
+    assert!(ok, "the agent connected: {}", heim.log_text());
+
+    let block = Command::new(tunnel_binary())
+        .args(["ssh-config", "--proxy", &proxy, "--ca-file"])
+        .arg(e.dir.join("ca.pem"))
+        .arg("ssh.wild.test")
+        .output()
+        .unwrap();
+    assert!(block.status.success());
+    let options = format!(
+        "    User {}\n    IdentityFile {}\n    BatchMode yes\n    StrictHostKeyChecking no\n    UserKnownHostsFile /dev/null\n    LogLevel ERROR\n    ConnectTimeout 3\n",
+        user(),
+        key.display()
+    );
+    let ssh_config = e.dir.join("ssh_config");
+    std::fs::write(
+        &ssh_config,
+        format!(
+            "{}{options}\nHost direct\n    HostName {host}\n    Port {}\n{options}",
+            text(&block.stdout),
+            ssh_addr.port()
+        ),
+    )
+    .unwrap();
+    let ssh = |to: &str| {
+        cafe.command("/usr/bin/ssh")
+            .arg("-F")
+            .arg(&ssh_config)
+            .arg(to)
+            .arg("echo from-the-cafe")
+            .env("XDG_CONFIG_HOME", e.dir.join("xdg"))
+            .env_remove("HEIM_TOKEN")
+            .output()
+            .unwrap()
+    };
+    let before = ssh("direct");
+    assert_eq!(
+        text(&before.stdout),
+        "from-the-cafe\n",
+        "direct ssh works before the firewall: {}",
+        text(&before.stderr)
+    );
+
+    // The café's firewall: out only to heim's 443 (and replies).
+    let rules: [&[&str]; 4] = [
+        &["-P", "OUTPUT", "DROP"],
+        &["-A", "OUTPUT", "-o", "lo", "-j", "ACCEPT"],
+        &[
+            "-A",
+            "OUTPUT",
+            "-p",
+            "tcp",
+            "-d",
+            &host.to_string(),
+            "--dport",
+            "443",
+            "-j",
+            "ACCEPT",
+        ],
+        &[
+            "-A",
+            "OUTPUT",
+            "-m",
+            "conntrack",
+            "--ctstate",
+            "ESTABLISHED,RELATED",
+            "-j",
+            "ACCEPT",
+        ],
+    ];
+    for rule in rules {
+        let iptables = tool("/usr/sbin/iptables", "iptables");
+        let out = cafe.command(iptables).args(rule).output().unwrap();
+        assert!(
+            out.status.success(),
+            "iptables {rule:?}: {}",
+            text(&out.stderr)
+        );
+    }
+    let blocked = ssh("direct");
+    assert_ne!(
+        blocked.status.code(),
+        Some(0),
+        "direct ssh is blocked in the café"
+    );
+    assert!(blocked.stdout.is_empty());
+    let through = ssh("desk.ssh.wild.test");
+    assert_eq!(
+        text(&through.stdout),
+        "from-the-cafe\n",
+        "through heim on 443: {}",
+        text(&through.stderr)
+    );
+    assert_eq!(through.status.code(), Some(0));
+}

@@ -432,13 +432,17 @@ pub async fn forward(p: &Proxy, target: &Target, listen: SocketAddr) -> Result<(
 }
 
 /// The `~/.ssh/config` block for every host under `domain`.
-pub fn ssh_config(domain: &str, proxy: Option<&str>) -> String {
+pub fn ssh_config(domain: &str, proxy: Option<&str>, ca_file: Option<&Path>) -> String {
     let exe = std::env::current_exe()
         .ok()
         .and_then(|p| p.to_str().map(str::to_owned))
         .filter(|p| !p.contains(' '))
         .unwrap_or_else(|| "heim-tunnel".to_owned());
     let proxy = proxy.map(|p| format!(" --proxy {p}")).unwrap_or_default();
+    let ca = ca_file
+        .and_then(|f| std::path::absolute(f).ok())
+        .and_then(|f| f.to_str().map(|f| format!(" --ca-file {f}")))
+        .unwrap_or_default();
     let domain = domain.trim_start_matches("*.").trim_start_matches('.');
-    format!("Host *.{domain}\n    ProxyCommand {exe} proxy{proxy} %h:%p\n")
+    format!("Host *.{domain}\n    ProxyCommand {exe} proxy{proxy}{ca} %h:%p\n")
 }

@@ -92,6 +92,9 @@ enum Command {
         /// The heim proxy, when it is not the target host itself.
         #[arg(long, value_name = "URL")]
         proxy: Option<String>,
+        /// The CA file the ProxyCommand is to trust (a private CA).
+        #[arg(long, value_name = "FILE")]
+        ca_file: Option<std::path::PathBuf>,
     },
     /// Run on a machine heim cannot reach: dial out to heim and serve the
     /// services named in the agent config through that connection.
@@ -146,8 +149,15 @@ fn main() -> ExitCode {
                 let p = client::Proxy::from_args(&proxy, Some(&target.host))?;
                 client::forward(&p, &target, listen).await
             }
-            Command::SshConfig { domain, proxy } => {
-                print!("{}", client::ssh_config(&domain, proxy.as_deref()));
+            Command::SshConfig {
+                domain,
+                proxy,
+                ca_file,
+            } => {
+                print!(
+                    "{}",
+                    client::ssh_config(&domain, proxy.as_deref(), ca_file.as_deref())
+                );
                 Ok(())
             }
             Command::Agent { config } => agent::run(&config).await,
