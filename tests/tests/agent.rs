@@ -973,7 +973,7 @@ async fn an_agent_reaches_only_what_its_config_lists() {
     let (h2, conn) = h2::client::handshake(io).await.expect("h2 to the agent");
     tokio::spawn(conn);
     let ask = |method: http::Method, authority: String| {
-        let mut h2 = h2.clone();
+        let h2 = h2.clone();
         async move {
             let mut h2 = h2.ready().await.unwrap();
             let req = http::Request::builder()
