@@ -13,6 +13,7 @@ use heim_e2e::ssh::{echo, free_port, sha256_of, sshd, tool, user, Killed};
 use heim_e2e::{env, tunnel_binary, Heim};
 
 struct Rig {
+    ca: rustls::pki_types::CertificateDer<'static>,
     dir: PathBuf,
     heim: Heim,
     key: PathBuf,
@@ -116,6 +117,7 @@ public = true
     );
     let heim = Heim::start(&e.dir, &heim_e2e::config("", &routes)).expect("heim starts");
     Rig {
+        ca: e.pki.ca_der.clone(),
         dir: e.dir,
         heim,
         key,
@@ -280,4 +282,90 @@ fn half_close_and_every_refusal_has_its_exit_code() {
         "{text}"
     );
     assert!(text.trim_end().ends_with("proxy %h:%p"), "{text}");
+}
+
+/// HTTP/2 clients open tunnels too: a plain `CONNECT` stream (RFC 9113
+/// 8.5), and an extended `CONNECT` (RFC 8441) on names whose `/` is a
+/// tunnel route; other names do not advertise extended CONNECT (browsers
+/// would run WebSockets over it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_connect_and_extended_connect() {
+    let r = tokio::task::block_in_place(|| rig("tunnel-h2"));
+    let h2_to = |sni: &'static str| {
+        let config = heim_e2e::Client::config(&r.ca, &[b"h2"]);
+        let addr = r.heim.https;
+        async move {
+            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let name = rustls::pki_types::ServerName::try_from(sni).unwrap();
+            let tls = tokio_rustls::TlsConnector::from(config)
+                .connect(name, tcp)
+                .await
+                .unwrap();
+            let (send, conn) = h2::client::handshake(tls).await.unwrap();
+            tokio::spawn(conn);
+            send.ready().await.unwrap()
+        }
+    };
+    let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    let echo_through = |mut send: h2::client::SendRequest<bytes::Bytes>, req: http::Request<()>| {
+        let data = data.clone();
+        async move {
+            let (resp, mut body) = send.send_request(req, false).unwrap();
+            let resp = resp.await.unwrap();
+            assert_eq!(resp.status(), 200);
+            let mut from = resp.into_body();
+            let sender = tokio::spawn(async move {
+                for chunk in data.chunks(16_384) {
+                    body.reserve_capacity(chunk.len());
+                    body.send_data(bytes::Bytes::copy_from_slice(chunk), false)
+                        .unwrap();
+                }
+                body.send_data(bytes::Bytes::new(), true).unwrap();
+                body
+            });
+            let mut got = Vec::new();
+            while let Some(chunk) = from.data().await {
+                let chunk = chunk.unwrap();
+                from.flow_control().release_capacity(chunk.len()).unwrap();
+                got.extend_from_slice(&chunk);
+            }
+            drop(sender.await.unwrap());
+            got
+        }
+    };
+    // Plain CONNECT: :authority only.
+    let send = h2_to("echo.wild.test").await;
+    let plain = http::Request::connect("echo.wild.test:7").body(()).unwrap();
+    assert!(
+        echo_through(send.clone(), plain).await == data,
+        "plain CONNECT echoed it all"
+    );
+    // (The server's SETTINGS have surely arrived by the first answer.)
+    assert!(
+        send.is_extended_connect_protocol_enabled(),
+        "a tunnel name advertises it"
+    );
+    // Extended CONNECT: :protocol, :scheme and :path too.
+    let mut ext = http::Request::connect("https://echo.wild.test/")
+        .body(())
+        .unwrap();
+    ext.extensions_mut()
+        .insert(h2::ext::Protocol::from_static("heim-tunnel"));
+    assert!(
+        echo_through(send, ext).await == data,
+        "extended CONNECT echoed it all"
+    );
+    // A web name does not offer extended CONNECT.
+    let web = h2_to("web.wild.test").await;
+    let (resp, _) = web
+        .clone()
+        .send_request(
+            http::Request::get("https://web.wild.test/")
+                .body(())
+                .unwrap(),
+            true,
+        )
+        .unwrap();
+    assert_eq!(resp.await.unwrap().status(), 200);
+    assert!(!web.is_extended_connect_protocol_enabled());
 }

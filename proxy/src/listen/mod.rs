@@ -354,6 +354,19 @@ async fn serve_http2<I>(
         .max_header_list_size(settings.max_header_bytes as u32)
         .max_concurrent_streams(256)
         .keep_alive_interval(Duration::from_secs(60));
+    // Extended CONNECT (RFC 8441) for the names whose `/` is a tunnel
+    // route: `CONNECT` with a `:protocol` opens a tunnel stream. Elsewhere
+    // browsers would take the setting as leave to run WebSockets over
+    // HTTP/2, which heim relays as HTTP/1.1 upgrades only.
+    let tunnel_host = activity
+        .tls
+        .as_ref()
+        .and_then(|t| t.sni.as_deref())
+        .and_then(|sni| activity.shared.routes.load().lookup(sni, "/").cloned())
+        .is_some_and(|r| r.spec.backend.is_tunnel());
+    if tunnel_host {
+        builder.enable_connect_protocol();
+    }
     let conn = builder.serve_connection(io, svc);
     tokio::pin!(conn);
     // HTTP/2 has no request-head timer: a connection that starts no request
