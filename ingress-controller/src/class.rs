@@ -5,6 +5,11 @@ use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 
 /// The annotation Kubernetes used before `spec.ingressClassName`.
 pub const LEGACY_CLASS_ANNOTATION: &str = "kubernetes.io/ingress.class";
+/// ingress-nginx's `spec.controller`.
+pub const NGINX_CONTROLLER: &str = "k8s.io/ingress-nginx";
+/// The annotations of ingress-nginx.
+const NGINX_PREFIX: &str = "nginx.ingress.kubernetes.io/";
+
 /// Marks an IngressClass as the cluster's default.
 pub const DEFAULT_CLASS_ANNOTATION: &str = "ingressclass.kubernetes.io/is-default-class";
 
@@ -48,6 +53,35 @@ impl ClassFilter {
             .as_ref()
             .and_then(|s| s.controller.as_deref())
             .is_some_and(|c| self.controllers.iter().any(|o| o == c))
+    }
+
+    /// Whether `ingress` was written for ingress-nginx: it carries
+    /// `nginx.ingress.kubernetes.io/*` annotations, or its class (by
+    /// `ingressClassName` or the legacy annotation) is `nginx` or one whose
+    /// controller is ingress-nginx's. Its annotations are then read in
+    /// that dialect, and `[ingress_nginx] default_policy` applies.
+    pub fn is_nginx(&self, ingress: &Ingress, classes: &[std::sync::Arc<IngressClass>]) -> bool {
+        let annotations = ingress.metadata.annotations.as_ref();
+        if annotations.is_some_and(|a| a.keys().any(|k| k.starts_with(NGINX_PREFIX))) {
+            return true;
+        }
+        let class = ingress
+            .spec
+            .as_ref()
+            .and_then(|s| s.ingress_class_name.as_deref())
+            .or_else(|| {
+                annotations
+                    .and_then(|a| a.get(LEGACY_CLASS_ANNOTATION))
+                    .map(String::as_str)
+            });
+        class.is_some_and(|name| {
+            name == "nginx"
+                || classes.iter().any(|c| {
+                    c.metadata.name.as_deref() == Some(name)
+                        && c.spec.as_ref().and_then(|s| s.controller.as_deref())
+                            == Some(NGINX_CONTROLLER)
+                })
+        })
     }
 
     /// Decides for one Ingress, given every IngressClass.

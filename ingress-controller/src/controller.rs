@@ -77,6 +77,7 @@ fn settings_of(config: &Config, opts: &Options) -> Settings {
         classes: opts.class_filter(),
         defaults: config.route_defaults,
         default_policy: config.ingress.default_policy,
+        nginx_default_policy: config.ingress.nginx_default_policy,
         have_auth: config.auth.is_some(),
         allow_external_name: config.ingress.allow_external_name,
     }
@@ -554,7 +555,11 @@ impl Loop {
                 .collect()
         };
         for p in &fresh {
-            tracing::warn!(ingress = %p.ingress, reason = p.reason, key = %p.key, "{}", p.message);
+            if p.reason == crate::translate::ADOPTED {
+                tracing::info!(ingress = %p.ingress, reason = p.reason, "{}", p.message);
+            } else {
+                tracing::warn!(ingress = %p.ingress, reason = p.reason, key = %p.key, "{}", p.message);
+            }
         }
         if leader {
             let recorder = self.recorder.clone();
@@ -565,7 +570,11 @@ impl Loop {
                     let r = refs.get(&p.ingress)?.clone();
                     Some((
                         Event {
-                            type_: EventType::Warning,
+                            type_: if p.reason == crate::translate::ADOPTED {
+                                EventType::Normal
+                            } else {
+                                EventType::Warning
+                            },
                             reason: p.reason.into(),
                             note: Some(truncate(&format!("{}: {}", p.key, p.message), 1000)),
                             action: "Translate".into(),

@@ -92,8 +92,15 @@ struct RawConfig {
     auth: Option<Spanned<RawAuth>>,
     acme: Option<Spanned<RawAcme>>,
     ingress: Option<Spanned<RawIngress>>,
+    ingress_nginx: Option<Spanned<RawIngressNginx>>,
     #[serde(default)]
     agent: Vec<Spanned<RawAgent>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIngressNginx {
+    default_policy: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -319,7 +326,7 @@ pub struct Config {
     pub default_certificate: Option<(String, usize)>,
     /// What a route gets for what it leaves unset (other sources' routes too).
     pub route_defaults: RouteDefaults,
-    /// `[ingress]`: read by `heim-ingress` only.
+    /// `[ingress]` and `[ingress_nginx]`: read by `heim-ingress` only.
     pub ingress: IngressSettings,
     /// `[[agent]]`: the agents that may dial in (`heim-tunnel agent`).
     pub agents: Vec<AgentSpec>,
@@ -349,6 +356,10 @@ pub struct IngressSettings {
     /// The policy of an Ingress that names none (`heim.dev/public`, an
     /// `heim.dev/allow-*` annotation).
     pub default_policy: DefaultPolicy,
+    /// `[ingress_nginx] default_policy`: the same for Ingresses written for
+    /// ingress-nginx (its class, or its annotations), which were public
+    /// there unless they said otherwise.
+    pub nginx_default_policy: DefaultPolicy,
     /// Ingresses may route to `ExternalName` Services: any DNS name their
     /// authors choose, heim's own admin port or a cloud metadata address
     /// among them. Off unless the operator trusts every Ingress author.
@@ -1043,24 +1054,37 @@ impl Cx<'_> {
             .as_ref()
             .and_then(|i| i.get_ref().allow_external_name)
             .unwrap_or(false);
-        let Some(p) = raw
+        let default_policy = raw
             .ingress
             .as_ref()
             .and_then(|i| i.get_ref().default_policy.as_ref())
-        else {
-            return IngressSettings {
-                allow_external_name,
-                ..IngressSettings::default()
-            };
-        };
-        let default_policy = match p.get_ref().as_str() {
+            .map_or(DefaultPolicy::Deny, |p| {
+                self.default_policy(p, "ingress.default_policy", raw.auth.is_some())
+            });
+        let nginx_default_policy = raw
+            .ingress_nginx
+            .as_ref()
+            .and_then(|i| i.get_ref().default_policy.as_ref())
+            .map_or(DefaultPolicy::Deny, |p| {
+                self.default_policy(p, "ingress_nginx.default_policy", raw.auth.is_some())
+            });
+        IngressSettings {
+            default_policy,
+            nginx_default_policy,
+            allow_external_name,
+        }
+    }
+
+    /// `deny`, `public` or (with sign-in) `any-authenticated`.
+    fn default_policy(&mut self, p: &Spanned<String>, key: &str, have_auth: bool) -> DefaultPolicy {
+        match p.get_ref().as_str() {
             "deny" => DefaultPolicy::Deny,
             "public" => DefaultPolicy::Public,
-            "any-authenticated" if raw.auth.is_some() => DefaultPolicy::AnyAuthenticated,
+            "any-authenticated" if have_auth => DefaultPolicy::AnyAuthenticated,
             "any-authenticated" => {
                 self.err(
                     &p.span(),
-                    "ingress.default_policy".into(),
+                    key.into(),
                     "\"any-authenticated\" needs sign-in: add an [auth] table with a provider"
                         .into(),
                 );
@@ -1069,15 +1093,11 @@ impl Cx<'_> {
             other => {
                 self.err(
                     &p.span(),
-                    "ingress.default_policy".into(),
+                    key.into(),
                     format!("{other:?} is not one of \"deny\", \"public\", \"any-authenticated\""),
                 );
                 DefaultPolicy::Deny
             }
-        };
-        IngressSettings {
-            default_policy,
-            allow_external_name,
         }
     }
 

@@ -23,9 +23,12 @@
 //! naming the field or annotation. The rest serves as written.
 //!
 //! Annotations are dialects, each a module turning them into the same
-//! [`IngressOptions`]: `heim.dev/*` ([`heim`]).
+//! [`IngressOptions`]: `heim.dev/*` ([`heim`]), and ingress-nginx's
+//! `nginx.ingress.kubernetes.io/*` ([`nginx`]) for Ingresses written for
+//! it; `heim.dev/*` wins where both say something.
 
 pub mod heim;
+pub mod nginx;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -50,6 +53,9 @@ pub struct Settings {
     pub defaults: RouteDefaults,
     /// `[ingress] default_policy`: for Ingresses that name no policy.
     pub default_policy: DefaultPolicy,
+    /// `[ingress_nginx] default_policy`: the same for Ingresses written for
+    /// ingress-nginx ([`crate::class::ClassFilter::is_nginx`]).
+    pub nginx_default_policy: DefaultPolicy,
     /// `[auth]` is configured (allow rules can admit someone).
     pub have_auth: bool,
     /// `[ingress] allow_external_name`.
@@ -97,6 +103,7 @@ pub struct IngressOptions {
     /// `Some(0)`: no limit.
     pub max_body_bytes: Option<u64>,
     pub response_timeout: Option<Duration>,
+    pub connect_timeout: Option<Duration>,
     pub source_ranges: Vec<IpNet>,
     /// Annotations understood but not acted on in this build (annotation,
     /// why): an Event each, nothing else changes.
@@ -140,6 +147,49 @@ fn covers(own: &[String], host: &str) -> bool {
             })
     })
 }
+
+/// The Events of an Ingress's nginx annotations: one `Adopted` (Normal)
+/// naming what is honoured, and a Warning for each of the rest.
+fn report_nginx(
+    verdicts: &[(String, nginx::Verdict)],
+    problem: &mut impl FnMut(&'static str, String, String),
+) {
+    use nginx::Verdict;
+    let mut exact = Vec::new();
+    let mut differs = Vec::new();
+    for (k, v) in verdicts {
+        let short = k.strip_prefix(nginx::PREFIX).unwrap_or(k);
+        match v {
+            Verdict::Exact => exact.push(short.to_string()),
+            Verdict::Differs(why) => differs.push(format!("{short} ({why})")),
+            Verdict::Ignored(why) => problem("AnnotationIgnored", k.clone(), why.clone()),
+            Verdict::Refused(why) if short.ends_with("-snippet") => {
+                problem("SnippetRefused", k.clone(), why.clone())
+            }
+            Verdict::Refused(why) => problem("AnnotationRefused", k.clone(), why.clone()),
+            Verdict::Unsupported(why) => problem("UnsupportedAnnotation", k.clone(), why.clone()),
+            Verdict::Invalid(why) => problem("InvalidAnnotation", k.clone(), why.clone()),
+        }
+    }
+    let mut message = String::from("served from its ingress-nginx form");
+    if !exact.is_empty() {
+        message.push_str(&format!(
+            "; honoured as ingress-nginx does: {}",
+            exact.join(", ")
+        ));
+    }
+    if !differs.is_empty() {
+        message.push_str(&format!(
+            "; honoured with a difference: {}",
+            differs.join("; ")
+        ));
+    }
+    problem(ADOPTED, "metadata.annotations".into(), message);
+}
+
+/// The one reason that is not a problem: an Ingress written for
+/// ingress-nginx is served (a `Normal` Event).
+pub const ADOPTED: &str = "Adopted";
 
 /// Translates a snapshot with a fresh translator (tests, benchmarks).
 pub fn translate_once(snap: &Snapshot, settings: &Settings) -> Translation {
@@ -206,9 +256,18 @@ impl Translator {
             // hosts meanwhile.
             let parsed_options = heim::read(ingress, snap, settings);
             let parsed = parsed_options.is_ok();
+            let nginx = settings.classes.is_nginx(ingress, &snap.classes);
             let (options, policy) = match parsed_options {
-                Ok(o) => {
-                    let policy = o.policy.clone().unwrap_or(match settings.default_policy {
+                Ok(mut o) => {
+                    if nginx {
+                        let verdicts = nginx::read(ingress, settings.have_auth, &mut o);
+                        report_nginx(&verdicts, &mut problem);
+                    }
+                    let default = match nginx {
+                        true => settings.nginx_default_policy,
+                        false => settings.default_policy,
+                    };
+                    let policy = o.policy.clone().unwrap_or(match default {
                         DefaultPolicy::Deny => Policy::Deny,
                         DefaultPolicy::Public => Policy::Public,
                         DefaultPolicy::AnyAuthenticated => Policy::Allow(Arc::new(AccessRules {
@@ -645,6 +704,9 @@ impl Ctx<'_> {
         let mut limits = self.settings.defaults.upstream;
         if let Some(t) = self.options.response_timeout {
             limits.response_timeout = t;
+        }
+        if let Some(t) = self.options.connect_timeout {
+            limits.connect_timeout = t;
         }
         let protocol = self.options.protocol.unwrap_or(UpstreamProtocol::Http1);
         if spec.type_.as_deref() == Some("ExternalName") {

@@ -38,6 +38,7 @@ fn settings() -> Settings {
             max_body_bytes: 1 << 20,
         },
         default_policy: DefaultPolicy::Deny,
+        nginx_default_policy: DefaultPolicy::Deny,
         have_auth: true,
         allow_external_name: false,
     }
@@ -845,4 +846,61 @@ fn a_certificate_serves_only_its_own_namespace_hosts() {
         (t.problems[0].ingress.name.as_str(), t.problems[0].reason),
         ("two", "CertificateConflict")
     );
+}
+
+/// An Ingress of ingress-nginx's class, taken over: its annotations are
+/// read in the nginx dialect, `[ingress_nginx] default_policy` applies, and
+/// each verdict is an Event (`Adopted` for what is honoured).
+#[test]
+fn ingress_nginx_takeover() {
+    let mut snap = base();
+    snap.classes
+        .push(class("nginx", "k8s.io/ingress-nginx", false));
+    let spec = json!({ "ingressClassName": "nginx", "rules": [{ "host": "app.example.com",
+        "http": { "paths": [{ "path": "/", "pathType": "Prefix",
+            "backend": { "service": { "name": "app", "port": { "number": 80 } } } }] } }] });
+    snap.ingresses = vec![
+        ingress(
+            "legacy",
+            "2026-01-01T00:00:00Z",
+            json!({
+                "nginx.ingress.kubernetes.io/proxy-body-size": "8m",
+                "nginx.ingress.kubernetes.io/configuration-snippet": "more_set_headers \"X: y\";",
+                "nginx.ingress.kubernetes.io/secure-backends": "true",
+            }),
+            spec.clone(),
+        ),
+        ingress("plain", "2026-01-02T00:00:00Z", json!({}), {
+            let mut s = spec.clone();
+            s["rules"][0]["host"] = json!("plain.example.com");
+            s
+        }),
+    ];
+    let mut s = settings();
+    s.classes.controllers.push("k8s.io/ingress-nginx".into());
+    s.nginx_default_policy = DefaultPolicy::Public;
+    let t = translate_once(&snap, &s);
+    assert_eq!(t.routes.len(), 2, "{:?}", t.problems);
+    assert!(
+        t.routes.iter().all(|r| r.policy == Policy::Public),
+        "the nginx default policy"
+    );
+    assert_eq!(t.routes[0].max_body_bytes, Some(8 << 20));
+    let reasons: Vec<(&str, &str)> = t
+        .problems
+        .iter()
+        .map(|p| (p.ingress.name.as_str(), p.reason))
+        .collect();
+    for want in [
+        ("legacy", "Adopted"),
+        ("legacy", "SnippetRefused"),
+        ("legacy", "AnnotationIgnored"),
+        ("plain", "Adopted"),
+    ] {
+        assert!(reasons.contains(&want), "{want:?} in {reasons:?}");
+    }
+    // heim's own default stays for heim's own class.
+    s.nginx_default_policy = DefaultPolicy::Deny;
+    let t = translate_once(&snap, &s);
+    assert!(t.routes.iter().all(|r| r.policy == Policy::Deny));
 }

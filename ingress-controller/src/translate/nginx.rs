@@ -1,0 +1,732 @@
+//! The `nginx.ingress.kubernetes.io/*` annotations: Ingresses written for
+//! ingress-nginx, read into the same [`IngressOptions`] as heim's own,
+//! never into text. Every annotation gets a [`Verdict`]; they become the
+//! Ingress's Events (`Normal Adopted`, `Warning AnnotationIgnored`,
+//! `Warning SnippetRefused`, `Warning UnsupportedAnnotation`,
+//! `Warning InvalidAnnotation`).
+//!
+//! What this build honours, as ingress-nginx does:
+//!
+//! | annotation | heim |
+//! | --- | --- |
+//! | `proxy-body-size` | the body limit; binary units, `0` = none; 413 above it |
+//! | `proxy-connect-timeout`, `proxy-read-timeout` | seconds: the upstream connect timeout, the wait for the response head and between body reads |
+//! | `ssl-redirect`, `force-ssl-redirect` | `"false"` serves plain HTTP too; otherwise plain HTTP gets a 308 to https |
+//! | `allowlist-source-range`, `whitelist-source-range` | CIDRs; others get 403 (the `allowlist-` name wins) |
+//! | `backend-protocol` | `HTTP`, `GRPC` (HTTP/2 cleartext to the pod) |
+//! | `auth-url` + `auth-signin` at oauth2-proxy (`…/oauth2/auth`) or Authelia (`…/api/verify`, `…/api/authz/…`) | heim's own sign-in: anyone who signs in (or the `heim.dev/allow-*` rules); `auth-response-headers` names the identity headers |
+//!
+//! Annotations that are security boundaries and are not built yet
+//! (`auth-type`, another `auth-url`, `denylist-source-range`,
+//! `auth-tls-*`) make the Ingress answer 403: it is never served with less
+//! protection than written. Snippets are never injected: the Ingress is
+//! served without them. Names that had no effect even in ingress-nginx
+//! (ConfigMap keys written as annotations, removed names) are reported as
+//! ignored.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use heim_proxy::auth::policy::AccessRules;
+use heim_proxy::route::{IdentityField, Policy};
+use heim_proxy::trust::IpNet;
+use heim_proxy::upstream::UpstreamProtocol;
+use k8s_openapi::api::networking::v1::Ingress;
+
+use super::IngressOptions;
+
+/// The annotations' prefix.
+pub const PREFIX: &str = "nginx.ingress.kubernetes.io/";
+
+/// What heim does with one annotation (`heim-ingress migrate`'s verdicts).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Verdict {
+    /// Honoured as ingress-nginx honours it.
+    Exact,
+    /// Honoured, with this difference.
+    Differs(String),
+    /// No effect, as in ingress-nginx (why).
+    Ignored(String),
+    /// Never applied (a snippet, ModSecurity): why, and heim's replacement.
+    Refused(String),
+    /// Understood, not built yet (what happens instead).
+    Unsupported(String),
+    /// The value does not parse (what was skipped).
+    Invalid(String),
+}
+
+/// Names that are ConfigMap keys or were removed: no effect in
+/// ingress-nginx either.
+const IGNORED: &[(&str, &str)] = &[
+    (
+        "secure-backends",
+        "removed in ingress-nginx 0.18: use backend-protocol",
+    ),
+    ("session-cookie-hash", "removed in ingress-nginx 0.24"),
+    ("add-base-url", "removed in ingress-nginx 0.23"),
+    (
+        "large-client-header-buffers",
+        "a ConfigMap key, not an annotation",
+    ),
+    (
+        "client-header-buffer-size",
+        "a ConfigMap key, not an annotation",
+    ),
+    ("proxy-set-headers", "a ConfigMap key, not an annotation"),
+    ("ssl-verify", "not an ingress-nginx annotation"),
+    (
+        "ingress-class",
+        "not an annotation: kubernetes.io/ingress.class or spec.ingressClassName",
+    ),
+    ("add-hosts", "a ConfigMap key, not an annotation"),
+    (
+        "use-forwarded-headers",
+        "a ConfigMap key, not an annotation",
+    ),
+    (
+        "websocket-services",
+        "an F5 NGINX (nginx.org) name: WebSockets are always relayed",
+    ),
+    (
+        "enable-websockets",
+        "an F5 NGINX (nginx.org) name: WebSockets are always relayed",
+    ),
+    (
+        "proxy-buffering",
+        "heim streams responses; nginx buffered them only with \"on\"",
+    ),
+    ("proxy-buffers-number", "heim does not buffer responses"),
+    ("proxy-busy-buffers-size", "heim does not buffer responses"),
+    (
+        "proxy-max-temp-file-size",
+        "heim does not spool responses to disk",
+    ),
+    (
+        "client-body-buffer-size",
+        "heim does not spool request bodies to disk",
+    ),
+    (
+        "proxy-request-buffering",
+        "heim streams request bodies (nginx's \"off\")",
+    ),
+    (
+        "enable-access-log",
+        "heim's access log is [server] access_log",
+    ),
+    ("enable-rewrite-log", "nginx's rewrite debugging"),
+    (
+        "proxy-http-version",
+        "heim speaks HTTP/1.1 (or h2c) to upstreams",
+    ),
+];
+
+/// Annotations whose absence would leave a route less protected than
+/// written: not built yet, so the Ingress answers 403.
+const FAIL_CLOSED: &[&str] = &[
+    "auth-type",
+    "auth-secret",
+    "auth-secret-type",
+    "denylist-source-range",
+    "auth-tls-secret",
+    "auth-tls-verify-client",
+    "auth-tls-match-cn",
+    "enable-global-auth",
+    "satisfy",
+];
+
+/// Snippet annotations: raw nginx text, never injected.
+fn is_snippet(name: &str) -> bool {
+    name.ends_with("-snippet")
+}
+
+/// Known annotations not honoured in this build, with what happens instead.
+fn unsupported(name: &str) -> Option<&'static str> {
+    Some(match name {
+        "rewrite-target" | "use-regex" => {
+            "regex paths and rewrites are not in this build: the paths are matched as written and the upstream gets the request path unchanged"
+        }
+        "app-root" | "permanent-redirect" | "permanent-redirect-code" | "temporal-redirect"
+        | "temporal-redirect-code" | "from-to-www-redirect" => {
+            "redirects are not in this build: the request goes to the backend"
+        }
+        "canary" | "canary-by-header" | "canary-by-header-value" | "canary-by-header-pattern"
+        | "canary-by-cookie" | "canary-weight" | "canary-weight-total" => {
+            "canaries are not in this build: the canary Ingress's paths conflict with the mainline's, which serves"
+        }
+        "enable-cors" | "cors-allow-origin" | "cors-allow-methods" | "cors-allow-headers"
+        | "cors-allow-credentials" | "cors-expose-headers" | "cors-max-age" => {
+            "CORS is not in this build: preflights reach the backend and no CORS headers are added"
+        }
+        "affinity" | "affinity-mode" | "affinity-canary-behavior" | "session-cookie-name"
+        | "session-cookie-max-age" | "session-cookie-expires" | "session-cookie-path"
+        | "session-cookie-domain" | "session-cookie-samesite" | "session-cookie-secure"
+        | "session-cookie-conditional-samesite-none" | "session-cookie-change-on-failure"
+        | "upstream-hash-by" | "upstream-hash-by-subset" | "upstream-hash-by-subset-size"
+        | "load-balance" => "sticky sessions are not in this build: requests are spread round-robin",
+        "limit-rps" | "limit-rpm" | "limit-connections" | "limit-burst-multiplier"
+        | "limit-whitelist" | "limit-allowlist" | "limit-rate" | "limit-rate-after" => {
+            "rate limits are not in this build: requests are not limited"
+        }
+        "custom-http-errors" | "default-backend" => {
+            "error pages and default backends per Ingress are not in this build: the backend's own answer goes out"
+        }
+        "upstream-vhost" | "x-forwarded-prefix" | "server-alias" | "custom-headers"
+        | "connection-proxy-header" | "proxy-cookie-domain" | "proxy-cookie-path"
+        | "proxy-redirect-from" | "proxy-redirect-to" => {
+            "header and name rewriting is not in this build: requests and responses pass as they are"
+        }
+        "ssl-passthrough" => {
+            "TLS passthrough is not in this build: heim terminates TLS for the host and proxies HTTP"
+        }
+        "service-upstream" => {
+            "heim proxies to the Service's ready endpoints, not its ClusterIP"
+        }
+        "proxy-next-upstream" | "proxy-next-upstream-tries" | "proxy-next-upstream-timeout" => {
+            "heim retries only requests that never reached an endpoint, on the next one, up to 3"
+        }
+        "proxy-ssl-secret" | "proxy-ssl-verify" | "proxy-ssl-name" | "proxy-ssl-server-name"
+        | "proxy-ssl-ciphers" | "proxy-ssl-protocols" | "proxy-ssl-verify-depth" => {
+            "TLS to backends is not in this build"
+        }
+        "auth-signin" | "auth-response-headers" | "auth-request-redirect" | "auth-method"
+        | "auth-cache-key" | "auth-cache-duration" | "auth-proxy-set-headers"
+        | "auth-always-set-cookie" | "auth-signin-redirect-param" | "auth-realm" => {
+            "read with auth-url / auth-type only"
+        }
+        "mirror-target" | "mirror-host" | "mirror-request-body" => {
+            "request mirroring is not in this build"
+        }
+        "enable-opentelemetry" | "opentelemetry-trust-incoming-span"
+        | "opentelemetry-operation-name" => "tracing export is not in this build",
+        "proxy-buffer-size" | "http2-push-preload" | "ssl-ciphers" | "ssl-prefer-server-ciphers"
+        | "preserve-trailing-slash" | "relative-redirects" | "use-port-in-redirects"
+        | "fastcgi-index" | "fastcgi-params-configmap" | "proxy-send-timeout" => {
+            "no counterpart in heim: no effect"
+        }
+        _ => return None,
+    })
+}
+
+/// Where a recognised auth service's verdict endpoint is, by its path.
+fn sign_in_service(auth_url: &str) -> Option<&'static str> {
+    let path = auth_url.split_once("://").map_or(auth_url, |(_, rest)| {
+        rest.find('/').map_or("", |i| &rest[i..])
+    });
+    let path = path.split('?').next().unwrap_or("");
+    if path.ends_with("/oauth2/auth") {
+        Some("oauth2-proxy")
+    } else if path.ends_with("/api/verify") || path.contains("/api/authz/") {
+        Some("Authelia")
+    } else {
+        None
+    }
+}
+
+/// The identity a recognised auth service's response header carried.
+fn identity_of(header: &str) -> Option<IdentityField> {
+    match header.to_ascii_lowercase().as_str() {
+        "x-auth-request-user"
+        | "x-auth-request-preferred-username"
+        | "remote-user"
+        | "x-forwarded-user" => Some(IdentityField::User),
+        "x-auth-request-email" | "remote-email" | "x-forwarded-email" => Some(IdentityField::Email),
+        "x-auth-request-groups" | "remote-groups" | "x-forwarded-groups" => {
+            Some(IdentityField::Groups)
+        }
+        _ => None,
+    }
+}
+
+/// Reads `ingress`'s nginx annotations into `o` (where heim's own did not
+/// say), and returns each annotation's verdict.
+pub fn read(ingress: &Ingress, have_auth: bool, o: &mut IngressOptions) -> Vec<(String, Verdict)> {
+    let empty = BTreeMap::new();
+    let all: BTreeMap<&str, &str> = ingress
+        .metadata
+        .annotations
+        .as_ref()
+        .unwrap_or(&empty)
+        .iter()
+        .filter_map(|(k, v)| Some((k.strip_prefix(PREFIX)?, v.as_str())))
+        .collect();
+    let mut out: Vec<(String, Verdict)> = Vec::new();
+    let mut say = |name: &str, v: Verdict| out.push((format!("{PREFIX}{name}"), v));
+    let mut fail_closed = false;
+    let secs = |v: &str| -> Option<Duration> {
+        v.trim()
+            .parse::<u64>()
+            .ok()
+            .filter(|n| (1..=86_400).contains(n))
+            .map(Duration::from_secs)
+    };
+    for (&name, &value) in &all {
+        if is_snippet(name) {
+            let directives = directives(value);
+            let replacement = replacement(&directives);
+            say(
+                name,
+                Verdict::Refused(format!(
+                    "snippets are never applied (directives: {}); the Ingress is served without it{replacement}",
+                    if directives.is_empty() { "none".to_string() } else { directives.join(", ") }
+                )),
+            );
+            continue;
+        }
+        if let Some((_, why)) = IGNORED.iter().find(|(n, _)| *n == name) {
+            say(name, Verdict::Ignored((*why).into()));
+            continue;
+        }
+        if FAIL_CLOSED.contains(&name) {
+            fail_closed = true;
+            say(
+                name,
+                Verdict::Unsupported(
+                    "not in this build, and leaving it out would serve the route with less protection: the Ingress answers 403"
+                        .into(),
+                ),
+            );
+            continue;
+        }
+        match name {
+            "enable-modsecurity" | "enable-owasp-core-rules" | "modsecurity-transaction-id" => {
+                say(name, Verdict::Refused("heim has no ModSecurity".into()));
+            }
+            "proxy-body-size" => match heim_proxy::config::parse_size(value) {
+                Some(n) if o.max_body_bytes.is_none() => {
+                    o.max_body_bytes = Some(n);
+                    say(name, Verdict::Exact);
+                }
+                Some(_) => say(
+                    name,
+                    Verdict::Ignored("heim.dev/proxy-body-size wins".into()),
+                ),
+                None => say(
+                    name,
+                    Verdict::Invalid(format!(
+                        "{value:?} is not a size like 8m, 512k, 1g or 0: the default limit stays"
+                    )),
+                ),
+            },
+            "proxy-connect-timeout" => match secs(value) {
+                Some(d) => {
+                    o.connect_timeout = Some(d);
+                    say(name, Verdict::Exact);
+                }
+                None => say(
+                    name,
+                    Verdict::Invalid(format!("{value:?} is not whole seconds: the default stays")),
+                ),
+            },
+            "proxy-read-timeout" => match secs(value) {
+                Some(d) if o.response_timeout.is_none() => {
+                    o.response_timeout = Some(d);
+                    say(
+                        name,
+                        Verdict::Differs(
+                            "bounds the wait for the response head and between body reads; WebSockets are not cut by it (server.websocket_idle_timeout is)"
+                                .into(),
+                        ),
+                    );
+                }
+                Some(_) => say(
+                    name,
+                    Verdict::Ignored("heim.dev/proxy-read-timeout wins".into()),
+                ),
+                None => say(
+                    name,
+                    Verdict::Invalid(format!("{value:?} is not whole seconds: the default stays")),
+                ),
+            },
+            "ssl-redirect" | "force-ssl-redirect" => {
+                let v = value.trim().to_ascii_lowercase();
+                match v.as_str() {
+                    "true" | "false" => {
+                        let on = v == "true";
+                        if name == "force-ssl-redirect" && on {
+                            o.https_redirect = Some(true);
+                        } else if name == "ssl-redirect" && o.https_redirect.is_none() {
+                            o.https_redirect = Some(on);
+                        }
+                        say(
+                            name,
+                            Verdict::Differs(
+                                "308 to https for every host heim serves (heim always has a certificate), the request URI kept as it is"
+                                    .into(),
+                            ),
+                        );
+                    }
+                    _ => say(
+                        name,
+                        Verdict::Invalid(format!(
+                            "{value:?} is not \"true\" or \"false\": the default (redirect) stays"
+                        )),
+                    ),
+                }
+            }
+            "allowlist-source-range" | "whitelist-source-range" => {
+                // `allowlist-` wins; `whitelist-` is read only without it.
+                if name == "whitelist-source-range" && all.contains_key("allowlist-source-range") {
+                    say(
+                        name,
+                        Verdict::Ignored("allowlist-source-range is set and wins".into()),
+                    );
+                    continue;
+                }
+                let mut nets = Vec::new();
+                let mut bad = Vec::new();
+                for item in value.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+                    match item.parse::<IpNet>() {
+                        Ok(n) => nets.push(n),
+                        Err(_) => bad.push(item),
+                    }
+                }
+                if !bad.is_empty() || nets.is_empty() {
+                    fail_closed = true;
+                    say(
+                        name,
+                        Verdict::Invalid(format!(
+                            "{:?} is not a list of CIDR blocks: the Ingress answers 403 until it is fixed",
+                            if bad.is_empty() { value } else { bad[0] }
+                        )),
+                    );
+                } else if o.source_ranges.is_empty() {
+                    o.source_ranges = nets;
+                    say(
+                        name,
+                        Verdict::Differs(
+                            "the client is the TCP peer, or what a [server] trusted_proxies peer says: a client-sent X-Forwarded-For is never believed (ingress-nginx with use-forwarded-headers did)"
+                                .into(),
+                        ),
+                    );
+                } else {
+                    say(
+                        name,
+                        Verdict::Ignored("heim.dev/allow-source-range wins".into()),
+                    );
+                }
+            }
+            "backend-protocol" => match value.trim().to_ascii_uppercase().as_str() {
+                "HTTP" => say(name, Verdict::Exact),
+                "GRPC" if o.protocol.is_none() => {
+                    o.protocol = Some(UpstreamProtocol::H2c);
+                    say(name, Verdict::Exact);
+                }
+                "GRPC" => say(
+                    name,
+                    Verdict::Ignored("heim.dev/backend-protocol wins".into()),
+                ),
+                "HTTPS" | "GRPCS" | "AUTO_HTTP" | "FCGI" => say(
+                    name,
+                    Verdict::Unsupported(format!(
+                        "{value} to the pod is not in this build: heim speaks plain HTTP/1.1 to it"
+                    )),
+                ),
+                _ => say(
+                    name,
+                    Verdict::Invalid(format!(
+                        "{value:?} is not HTTP, HTTPS, GRPC, GRPCS, AUTO_HTTP or FCGI: HTTP"
+                    )),
+                ),
+            },
+            "auth-url" => {
+                let Some(service) = sign_in_service(value) else {
+                    fail_closed = true;
+                    say(
+                        name,
+                        Verdict::Unsupported(
+                            "an auth sub-request to a service heim does not recognise is not in this build: the Ingress answers 403 (oauth2-proxy's /oauth2/auth and Authelia's /api/verify are served by heim's sign-in)"
+                                .into(),
+                        ),
+                    );
+                    continue;
+                };
+                if !have_auth {
+                    fail_closed = true;
+                    say(
+                        name,
+                        Verdict::Invalid(format!(
+                            "{service} is replaced by heim's sign-in, which needs [auth] in heim's ConfigMap: the Ingress answers 403"
+                        )),
+                    );
+                    continue;
+                }
+                if o.policy.is_none() {
+                    o.policy = Some(Policy::Allow(Arc::new(AccessRules {
+                        any_authenticated: true,
+                        ..AccessRules::default()
+                    })));
+                }
+                if let Some(headers) = all.get("auth-response-headers") {
+                    for h in headers.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+                        let Some(field) = identity_of(h) else {
+                            continue;
+                        };
+                        if let Ok(pair) = heim_proxy::config::identity_header(h, field_name(field))
+                        {
+                            if !o.identity_headers.iter().any(|(n, _)| *n == pair.0) {
+                                o.identity_headers.push(pair);
+                            }
+                        }
+                    }
+                }
+                say(
+                    name,
+                    Verdict::Differs(format!(
+                        "{service} is replaced by heim's sign-in: anyone who signs in (or the heim.dev/allow-* rules); auth-response-headers are filled from the heim session, and a client-sent copy is removed"
+                    )),
+                );
+            }
+            _ => match unsupported(name) {
+                Some(why) => say(name, Verdict::Unsupported(why.into())),
+                None => say(
+                    name,
+                    Verdict::Ignored("not an ingress-nginx annotation (a typo?)".into()),
+                ),
+            },
+        }
+    }
+    if fail_closed {
+        o.policy = Some(Policy::Deny);
+    }
+    out
+}
+
+fn field_name(f: IdentityField) -> &'static str {
+    match f {
+        IdentityField::Email => "email",
+        IdentityField::User => "user",
+        IdentityField::Groups => "groups",
+    }
+}
+
+/// The directive names of a snippet (the first word of each statement).
+fn directives(snippet: &str) -> Vec<String> {
+    let mut names: Vec<String> = snippet
+        .split([';', '{', '}', '\n'])
+        .filter_map(|stmt| stmt.split_whitespace().next())
+        .filter(|w| !w.starts_with('#'))
+        .map(|w| {
+            w.chars()
+                .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .take(40)
+                .collect::<String>()
+        })
+        .filter(|w| !w.is_empty())
+        .collect();
+    names.sort();
+    names.dedup();
+    names.truncate(20);
+    names
+}
+
+/// heim's replacement for what a snippet did, where there is one.
+fn replacement(directives: &[String]) -> String {
+    let mut r = Vec::new();
+    for d in directives {
+        let hint = match d.as_str() {
+            "more_set_headers" | "add_header" | "more_clear_headers" => {
+                "response headers: not in this build"
+            }
+            "proxy_set_header" => "request headers: upstream-vhost for Host; identity headers by heim.dev/identity-headers",
+            "return" | "rewrite" => "redirects: not in this build",
+            "allow" | "deny" => "heim.dev/allow-source-range",
+            "auth_basic" | "auth_request" => "heim.dev/allow-* with heim's sign-in",
+            _ => continue,
+        };
+        if !r.contains(&hint) {
+            r.push(hint);
+        }
+    }
+    if r.is_empty() {
+        String::new()
+    } else {
+        format!("; instead: {}", r.join("; "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ingress(annotations: &[(&str, &str)]) -> Ingress {
+        let mut i = Ingress::default();
+        i.metadata.annotations = Some(
+            annotations
+                .iter()
+                .map(|(k, v)| (format!("{PREFIX}{k}"), v.to_string()))
+                .collect(),
+        );
+        i
+    }
+
+    fn verdict<'a>(v: &'a [(String, Verdict)], name: &str) -> &'a Verdict {
+        &v.iter()
+            .find(|(n, _)| n == &format!("{PREFIX}{name}"))
+            .unwrap_or_else(|| panic!("no verdict for {name}: {v:?}"))
+            .1
+    }
+
+    #[test]
+    fn sizes_timeouts_redirects_and_ranges() {
+        let mut o = IngressOptions::default();
+        let v = read(
+            &ingress(&[
+                ("proxy-body-size", "8m"),
+                ("proxy-connect-timeout", "7"),
+                ("proxy-read-timeout", "120"),
+                ("ssl-redirect", "false"),
+                ("whitelist-source-range", "10.0.0.0/8, 192.0.2.7"),
+                ("backend-protocol", "grpc"),
+            ]),
+            false,
+            &mut o,
+        );
+        assert_eq!(o.max_body_bytes, Some(8 << 20));
+        assert_eq!(o.connect_timeout, Some(Duration::from_secs(7)));
+        assert_eq!(o.response_timeout, Some(Duration::from_secs(120)));
+        assert_eq!(o.https_redirect, Some(false));
+        assert_eq!(o.source_ranges.len(), 2);
+        assert_eq!(o.protocol, Some(UpstreamProtocol::H2c));
+        assert_eq!(o.policy, None, "the default policy applies");
+        assert_eq!(*verdict(&v, "proxy-body-size"), Verdict::Exact);
+        // "0" is no limit; force-ssl-redirect wins over ssl-redirect=false.
+        let mut o = IngressOptions::default();
+        read(
+            &ingress(&[
+                ("proxy-body-size", "0"),
+                ("ssl-redirect", "false"),
+                ("force-ssl-redirect", "true"),
+            ]),
+            false,
+            &mut o,
+        );
+        assert_eq!(o.max_body_bytes, Some(0));
+        assert_eq!(o.https_redirect, Some(true));
+    }
+
+    #[test]
+    fn invalid_values_skip_what_they_affect_but_never_open_a_route() {
+        let mut o = IngressOptions::default();
+        let v = read(
+            &ingress(&[("proxy-body-size", "15r"), ("proxy-read-timeout", "20k")]),
+            false,
+            &mut o,
+        );
+        assert!(matches!(
+            verdict(&v, "proxy-body-size"),
+            Verdict::Invalid(_)
+        ));
+        assert_eq!(o.max_body_bytes, None);
+        assert_eq!(o.response_timeout, None);
+        assert_eq!(o.policy, None);
+        // A broken allowlist fails closed.
+        let mut o = IngressOptions::default();
+        read(
+            &ingress(&[("whitelist-source-range", "10.0.0.0/33")]),
+            false,
+            &mut o,
+        );
+        assert_eq!(o.policy, Some(Policy::Deny));
+        // allowlist- wins over whitelist-.
+        let mut o = IngressOptions::default();
+        let v = read(
+            &ingress(&[
+                ("whitelist-source-range", "10.0.0.0/8"),
+                ("allowlist-source-range", "192.0.2.0/24"),
+            ]),
+            false,
+            &mut o,
+        );
+        assert_eq!(
+            o.source_ranges,
+            vec!["192.0.2.0/24".parse::<IpNet>().unwrap()]
+        );
+        assert!(matches!(
+            verdict(&v, "whitelist-source-range"),
+            Verdict::Ignored(_)
+        ));
+    }
+
+    #[test]
+    fn oauth2_proxy_becomes_heims_sign_in() {
+        let anns = [
+            ("auth-url", "https://$host/oauth2/auth"),
+            (
+                "auth-signin",
+                "https://$host/oauth2/start?rd=$escaped_request_uri",
+            ),
+            (
+                "auth-response-headers",
+                "X-Auth-Request-User, X-Auth-Request-Email, Authorization",
+            ),
+        ];
+        let mut o = IngressOptions::default();
+        let v = read(&ingress(&anns), true, &mut o);
+        match &o.policy {
+            Some(Policy::Allow(rules)) => assert!(rules.any_authenticated),
+            other => panic!("{other:?}"),
+        }
+        let names: Vec<&str> = o.identity_headers.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["x-auth-request-user", "x-auth-request-email"]);
+        assert!(matches!(verdict(&v, "auth-url"), Verdict::Differs(_)));
+        // Without heim's sign-in, it fails closed.
+        let mut o = IngressOptions::default();
+        read(&ingress(&anns), false, &mut o);
+        assert_eq!(o.policy, Some(Policy::Deny));
+        // An auth service heim does not know: closed too, as are basic auth
+        // and a denylist, which are not built yet.
+        for anns in [
+            &[("auth-url", "http://auth.example.svc/check")][..],
+            &[("auth-type", "basic"), ("auth-secret", "htpasswd")][..],
+            &[("denylist-source-range", "10.0.0.0/8")][..],
+        ] {
+            let mut o = IngressOptions::default();
+            read(&ingress(anns), true, &mut o);
+            assert_eq!(o.policy, Some(Policy::Deny), "{anns:?}");
+        }
+    }
+
+    #[test]
+    fn snippets_are_refused_by_name_and_the_rest_serves() {
+        let mut o = IngressOptions::default();
+        let v = read(
+            &ingress(&[
+                ("configuration-snippet", "more_set_headers \"X-Frame-Options: DENY\";\nproxy_set_header X-Foo bar;\n# a comment\nlocation /x { return 403; }"),
+                ("proxy-body-size", "1m"),
+                ("secure-backends", "true"),
+                ("rewrite-target", "/$1"),
+                ("no-such-annotation", "x"),
+            ]),
+            false,
+            &mut o,
+        );
+        match verdict(&v, "configuration-snippet") {
+            Verdict::Refused(m) => {
+                assert!(
+                    m.contains("location, more_set_headers, proxy_set_header, return)"),
+                    "{m}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            o.max_body_bytes,
+            Some(1 << 20),
+            "the rest of the Ingress is read"
+        );
+        assert!(matches!(
+            verdict(&v, "secure-backends"),
+            Verdict::Ignored(_)
+        ));
+        assert!(matches!(
+            verdict(&v, "rewrite-target"),
+            Verdict::Unsupported(_)
+        ));
+        assert!(matches!(
+            verdict(&v, "no-such-annotation"),
+            Verdict::Ignored(_)
+        ));
+        assert_eq!(o.policy, None);
+    }
+}
