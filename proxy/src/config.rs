@@ -961,7 +961,7 @@ impl Cx<'_> {
                 self.err(
                     &ar.name.span(),
                     format!("agent[{i}].name"),
-                    format!("{name:?} is not 1 to 63 of a-z, 0-9, - and _"),
+                    format!("{name:?} is not {}", heim_tunnel_wire::NAME_RULE),
                 );
                 continue;
             }
@@ -1036,8 +1036,9 @@ impl Cx<'_> {
                 &service.span(),
                 format!("route[{i}].service"),
                 format!(
-                    "{:?} is not 1 to 63 of a-z, 0-9, - and _",
-                    service.get_ref()
+                    "{:?} is not {}",
+                    service.get_ref(),
+                    heim_tunnel_wire::NAME_RULE
                 ),
             );
             return None;

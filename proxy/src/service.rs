@@ -368,12 +368,12 @@ async fn serve(
         req.method() == Method::CONNECT,
     ) {
         (true, true) => {
-            let reauth = Some(crate::auth::Reauth {
+            let reauth = crate::auth::Reauth {
                 shared: conn.shared.clone(),
                 session,
                 host: parsed.host.clone(),
                 path: "/".to_owned(),
-            });
+            };
             return crate::tunnel::connect(req, &route.spec.backend, &conn.shared, reauth).await;
         }
         (true, false) | (false, true) => return Err(ProxyError::MethodNotAllowed),
@@ -759,14 +759,14 @@ async fn backend(
     let request = Request::from_parts(parts, body);
     let (mut resp, endpoint) = match on_upgrade {
         Some(on_upgrade) => {
-            let reauth = Some(crate::auth::Reauth {
+            let reauth = crate::auth::Reauth {
                 shared: conn.shared.clone(),
                 session: session.cloned(),
                 host: parsed.host.clone(),
                 path: routing_path(request.uri().path())
                     .map(|p| p.into_owned())
                     .unwrap_or_default(),
-            });
+            };
             crate::forward::forward_upgrade(request, on_upgrade, group, &conn.shared, reauth)
                 .await?
         }

@@ -480,7 +480,13 @@ fn refusals_say_why_and_agents_prove_their_name() {
     )
     .unwrap();
     let services = format!("ssh = \"{}\"\n", r.ssh_addr);
-    let wrong = Agent::start(&r.dir, "lab", "guessed-token", &[r.url()], &services);
+    let wrong = Agent::start(
+        &r.dir,
+        "lab",
+        "guessed-token-0123456789",
+        &[r.url()],
+        &services,
+    );
     let stolen = Agent::start(&r.dir, "lab", DESK_TOKEN, &[r.url()], &services);
     for a in [&wrong, &stolen] {
         assert!(a.wait_log("refused agent \"lab\""), "{}", a.log());
@@ -688,6 +694,33 @@ fn reloads_keep_streams_and_policy_changes_cut_them() {
         stderr.contains("cut by heim: the route's policy no longer admits you"),
         "{stderr}"
     );
+}
+
+/// A reload that changes an agent's token (it leaked, say) ends that
+/// agent's links and every stream on them at once; the agent, dialing back
+/// with the old token, is refused.
+#[test]
+fn a_reload_withdrawing_an_agent_ends_its_links_and_streams() {
+    let r = rig("agent-withdrawn");
+    let desk = r.desk();
+    let mut lp = Loop::start(&r, "desk.ssh.wild.test", None);
+    let config = heim_config(&r.dir, "https_listen = \"127.0.0.1:0\"", true).replace(
+        &hex_sha256(DESK_TOKEN),
+        &hex_sha256("a-new-token-for-desk-0123456789"),
+    );
+    std::fs::write(r.heim.dir.join("heim.toml"), config).unwrap();
+    reload(&r.heim, 1);
+    assert!(
+        lp.ended_within(Duration::from_secs(5)),
+        "the stream ended with the link"
+    );
+    r.wait_agents(&r.heim, 0);
+    assert!(r
+        .heim
+        .wait_log("withdrawn by a reload", Duration::from_secs(5)));
+    assert!(desk.wait_log("refused agent \"desk\""), "{}", desk.log());
+    let out = r.tunnel("echo.wild.test", "", b"ping");
+    assert_eq!(out.status.code(), Some(5), "{}", text(&out.stderr));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

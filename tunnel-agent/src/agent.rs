@@ -33,8 +33,13 @@ use heim_tunnel_wire as wire;
 /// h2 PINGs on an idle link, and how long a PONG may take.
 const KEEPALIVE: Duration = Duration::from_secs(15);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
-/// How long dialing a local service may take.
-const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long dialing a local service may take (less than heim's wait for
+/// the stream, so that the reason reaches the user).
+const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a link may take from TCP connect to the upgrade.
+const SETUP_TIMEOUT: Duration = Duration::from_secs(15);
+/// The shortest token the agent accepts.
+const TOKEN_MIN: usize = 16;
 /// Reconnect backoff: first wait, cap, and how long a link must have
 /// lived for the next failure to start from the first wait again.
 const BACKOFF_FIRST: Duration = Duration::from_millis(500);
@@ -92,7 +97,7 @@ impl Config {
             return Err(err(
                 raw.name.span().start,
                 "name",
-                "is not 1 to 63 of a-z, 0-9, - and _ (the proxy's [[agent]] name)",
+                &format!("is not {} (the proxy's [[agent]] name)", wire::NAME_RULE),
             ));
         }
         let ca_file = raw.ca_file.as_ref().map(|c| base.join(c.get_ref()));
@@ -138,7 +143,7 @@ impl Config {
                 return Err(err(
                     addr.span().start,
                     &key,
-                    "a service name is 1 to 63 of a-z, 0-9, - and _",
+                    &format!("a service name is {}", wire::NAME_RULE),
                 ));
             }
             let a = addr.get_ref();
@@ -181,6 +186,12 @@ fn read_token(path: &PathBuf) -> Result<String, String> {
     if token.is_empty() {
         return Err(format!("{} is empty", path.display()));
     }
+    if token.len() < TOKEN_MIN {
+        return Err(format!(
+            "{}: the token is shorter than {TOKEN_MIN} characters (make one with: head -c 32 /dev/urandom | base64 | tr -d '=+/\\n')",
+            path.display()
+        ));
+    }
     if token.bytes().any(|b| !b.is_ascii_graphic()) {
         return Err(format!(
             "{}: the token is one line of printable ASCII",
@@ -217,17 +228,13 @@ pub async fn run(path: &Path) -> Result<(), Failure> {
         streams: AtomicUsize::new(0),
     });
     let (drain_tx, drain) = watch::channel(false);
+    // One task per proxy: a name that does not resolve holds up no other.
     let mut links = tokio::task::JoinSet::new();
-    for (i, proxy) in agent.config.proxies.iter().enumerate() {
-        let addrs = resolve(proxy, &drain).await;
-        for addr in addrs {
-            for _ in 0..agent.config.connections {
-                links.spawn(link(agent.clone(), i, addr, drain.clone()));
-            }
-        }
+    for i in 0..agent.config.proxies.len() {
+        links.spawn(serve_proxy(agent.clone(), i, drain.clone()));
     }
     eprintln!(
-        "heim-tunnel agent: {} serving {} through {} link(s)",
+        "heim-tunnel agent: {} serving {} through {}",
         agent.config.name,
         agent
             .config
@@ -236,7 +243,13 @@ pub async fn run(path: &Path) -> Result<(), Failure> {
             .cloned()
             .collect::<Vec<_>>()
             .join(", "),
-        links.len()
+        agent
+            .config
+            .proxies
+            .iter()
+            .map(|p| p.origin.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| Failure::new(EXIT_USAGE, format!("cannot handle SIGTERM: {e}")))?;
@@ -259,9 +272,21 @@ pub async fn run(path: &Path) -> Result<(), Failure> {
     Ok(())
 }
 
+/// Every link to proxy `i`: `connections` to each of its addresses.
+async fn serve_proxy(agent: Arc<Agent>, i: usize, mut drain: watch::Receiver<bool>) {
+    let addrs = resolve(&agent.config.proxies[i], &mut drain).await;
+    let mut links = tokio::task::JoinSet::new();
+    for addr in addrs {
+        for _ in 0..agent.config.connections {
+            links.spawn(link(agent.clone(), i, addr, drain.clone()));
+        }
+    }
+    while links.join_next().await.is_some() {}
+}
+
 /// Every address of `proxy`'s host, retried with backoff until it
 /// resolves (or the agent drains).
-async fn resolve(proxy: &Proxy, drain: &watch::Receiver<bool>) -> Vec<SocketAddr> {
+async fn resolve(proxy: &Proxy, drain: &mut watch::Receiver<bool>) -> Vec<SocketAddr> {
     let mut backoff = Backoff::default();
     loop {
         match tokio::net::lookup_host((proxy.host.as_str(), proxy.port)).await {
@@ -278,7 +303,10 @@ async fn resolve(proxy: &Proxy, drain: &watch::Receiver<bool>) -> Vec<SocketAddr
         if *drain.borrow() {
             return Vec::new();
         }
-        tokio::time::sleep(backoff.next()).await;
+        tokio::select! {
+            _ = tokio::time::sleep(backoff.next()) => {}
+            _ = drain.changed() => return Vec::new(),
+        }
     }
 }
 
@@ -347,13 +375,62 @@ async fn session(
     addr: SocketAddr,
     mut drain: watch::Receiver<bool>,
 ) -> Result<(), Failure> {
-    let c = &agent.config;
-    let broken = |e: hyper::Error| {
+    let io = tokio::select! {
+        r = tokio::time::timeout(SETUP_TIMEOUT, dial(agent, proxy, addr)) => match r {
+            Ok(io) => io?,
+            Err(_) => {
+                return Err(Failure::new(
+                    EXIT_PROXY_UNREACHABLE,
+                    format!("link to {} ({addr}) not up within {SETUP_TIMEOUT:?}", proxy.origin),
+                ))
+            }
+        },
+        _ = drain.changed() => return Ok(()),
+    };
+    eprintln!(
+        "heim-tunnel agent: connected to {} ({addr}) as {}",
+        proxy.origin, agent.config.name
+    );
+    let broken = broken(proxy, addr);
+    let agent2 = agent.clone();
+    let service = hyper::service::service_fn(move |req| stream(agent2.clone(), req));
+    let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .adaptive_window(true)
+        .keep_alive_interval(KEEPALIVE)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+        .max_concurrent_streams(MAX_STREAMS)
+        .serve_connection(io, service);
+    tokio::pin!(conn);
+    if !*drain.borrow() {
+        tokio::select! {
+            r = conn.as_mut() => return r.map_err(broken),
+            _ = drain.changed() => {}
+        }
+    }
+    conn.as_mut().graceful_shutdown();
+    conn.await.map_err(broken)
+}
+
+/// A link's failure, as its log line says it.
+fn broken(proxy: &Proxy, addr: SocketAddr) -> impl Fn(hyper::Error) -> Failure + Copy + '_ {
+    move |e| {
         Failure::new(
             EXIT_PROXY_UNREACHABLE,
             format!("link to {} ({addr}) broke: {e}", proxy.origin),
         )
-    };
+    }
+}
+
+/// TLS to `addr`, `GET /.heim/agent/connect`, the upgrade: the link's
+/// connection, ready to serve heim's streams.
+async fn dial(
+    agent: &Agent,
+    proxy: &Proxy,
+    addr: SocketAddr,
+) -> Result<hyper::upgrade::Upgraded, Failure> {
+    let c = &agent.config;
+    let broken = broken(proxy, addr);
     let tls = proxy.connect_to(addr).await?;
     let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
         .await
@@ -375,49 +452,22 @@ async fn session(
         .map_err(|e| Failure::new(EXIT_USAGE, e.to_string()))?;
     let resp = send.send_request(req).await.map_err(broken)?;
     match resp.status() {
-        StatusCode::SWITCHING_PROTOCOLS => {}
-        StatusCode::UNAUTHORIZED => {
-            return Err(Failure::new(
-                EXIT_USAGE,
-                format!(
-                    "{} refused agent {:?}: its token is not the one the proxy's [[agent]] of that name expects",
-                    proxy.origin, c.name
-                ),
-            ))
-        }
-        s => {
-            return Err(Failure::new(
-                EXIT_PROXY_UNREACHABLE,
-                format!(
-                    "{} answered {s} to the agent's connect (is it heim, with this agent in its config?)",
-                    proxy.origin
-                ),
-            ))
-        }
+        StatusCode::SWITCHING_PROTOCOLS => hyper::upgrade::on(resp).await.map_err(broken),
+        StatusCode::UNAUTHORIZED => Err(Failure::new(
+            EXIT_USAGE,
+            format!(
+                "{} refused agent {:?}: its token is not the one the proxy's [[agent]] of that name expects",
+                proxy.origin, c.name
+            ),
+        )),
+        s => Err(Failure::new(
+            EXIT_PROXY_UNREACHABLE,
+            format!(
+                "{} answered {s} to the agent's connect (is it heim, with this agent in its config?)",
+                proxy.origin
+            ),
+        )),
     }
-    let io = hyper::upgrade::on(resp).await.map_err(broken)?;
-    eprintln!(
-        "heim-tunnel agent: connected to {} ({addr}) as {}",
-        proxy.origin, c.name
-    );
-    let agent2 = agent.clone();
-    let service = hyper::service::service_fn(move |req| stream(agent2.clone(), req));
-    let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        .adaptive_window(true)
-        .keep_alive_interval(KEEPALIVE)
-        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
-        .max_concurrent_streams(MAX_STREAMS)
-        .serve_connection(io, service);
-    tokio::pin!(conn);
-    if !*drain.borrow() {
-        tokio::select! {
-            r = conn.as_mut() => return r.map_err(broken),
-            _ = drain.changed() => {}
-        }
-    }
-    conn.as_mut().graceful_shutdown();
-    conn.await.map_err(broken)
 }
 
 fn refuse(status: StatusCode, reason: String) -> Response<Empty<Bytes>> {
@@ -464,18 +514,21 @@ async fn stream(
         .to_owned();
     let tcp = match tokio::time::timeout(DIAL_TIMEOUT, TcpStream::connect(target.as_str())).await {
         Ok(Ok(tcp)) => tcp,
+        // The address stays in the agent's log: heim's 502 may go to anyone
+        // a public route admits.
         Ok(Err(e)) => {
             eprintln!("heim-tunnel agent: {service} ({target}) for {user}: {e}");
             return Ok(refuse(
                 StatusCode::BAD_GATEWAY,
-                format!("service {service} ({target}) refused: {e}"),
+                format!("service {service} refused the connection"),
             ));
         }
         Err(_) => {
+            eprintln!("heim-tunnel agent: {service} ({target}) for {user}: no answer within {DIAL_TIMEOUT:?}");
             return Ok(refuse(
                 StatusCode::GATEWAY_TIMEOUT,
-                format!("service {service} ({target}) did not answer"),
-            ))
+                format!("service {service} did not answer"),
+            ));
         }
     };
     let _ = tcp.set_nodelay(true);
@@ -499,7 +552,7 @@ mod tests {
     fn parse(text: &str) -> Result<Config, String> {
         let dir = std::env::temp_dir().join(format!("heim-agent-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("token"), "secret-token\n").unwrap();
+        std::fs::write(dir.join("token"), "secret-token-0123456789\n").unwrap();
         Config::parse(&dir.join("agent.toml"), text).map_err(|f| f.message)
     }
 
@@ -509,7 +562,7 @@ mod tests {
     fn reads_a_config() {
         let c = parse(GOOD).unwrap();
         assert_eq!(c.name, "desk");
-        assert_eq!(c.token, "secret-token");
+        assert_eq!(c.token, "secret-token-0123456789");
         assert_eq!(c.connections, 2);
         assert_eq!(c.services["ssh"], "127.0.0.1:22");
         assert_eq!(c.proxies[0].origin, "https://tunnel.example.com");

@@ -101,6 +101,11 @@ pub async fn bearer(p: &Proxy) -> Option<String> {
     if let Some(t) = std::env::var("HEIM_TOKEN").ok().filter(|t| !t.is_empty()) {
         return Some(t);
     }
+    kept_bearer(p).await
+}
+
+/// The kept token (refreshed when it is about to expire), never HEIM_TOKEN.
+async fn kept_bearer(p: &Proxy) -> Option<String> {
     let kept = load(p)?;
     let t = now();
     if kept.expires_at > t + 30 {
@@ -263,7 +268,7 @@ pub async fn logout(p: &Proxy) -> Result<(), Failure> {
     // End the session at heim first (its open tunnels are cut), then forget
     // the token; heim being away does not keep the token here.
     if load(p).is_some() {
-        if let Some(token) = bearer(p).await {
+        if let Some(token) = kept_bearer(p).await {
             let req = Request::post("/.heim/cli/logout")
                 .header(http::header::HOST, p.host_header())
                 .header(http::header::AUTHORIZATION, format!("Bearer {token}"))

@@ -31,6 +31,9 @@ pub const USER: &str = "heim-user";
 /// On a refused stream or connection: why, in a few words.
 pub const REASON: &str = "heim-reason";
 
+/// What [`valid_name`] admits, for error messages.
+pub const NAME_RULE: &str = "1 to 63 of a-z, 0-9, - and _, starting with a letter or digit";
+
 /// The longest agent or service name.
 pub const NAME_MAX: usize = 63;
 

@@ -136,11 +136,14 @@ pub async fn serve(
     // answer on any name that reaches heim (`heim-tunnel --proxy` may name
     // a host no route has): they only redirect to the auth host, or take a
     // bearer token, and set no cookie.
-    let cli = matches!(page, "cli/login" | "cli/token" | "cli/logout");
+    let method = req.method().clone();
+    let cli = matches!(
+        (page, &method),
+        ("cli/login", &Method::GET) | ("cli/token", &Method::POST) | ("cli/logout", &Method::POST)
+    );
     if !cli && !cx.serves(&parsed.host) {
         return Some(Err(ProxyError::NoRoute));
     }
-    let method = req.method().clone();
     Some(match (page, method) {
         ("jwks.json", Method::GET | Method::HEAD) => Ok(json(StatusCode::OK, &auth.signing.jwks())),
         ("login", Method::GET | Method::HEAD) => Ok(cx.login_page(&req).await),

@@ -335,7 +335,7 @@ pub async fn forward_upgrade(
     client_upgrade: OnUpgrade,
     group: &UpstreamGroup,
     shared: &Arc<Shared>,
-    reauth: Option<crate::auth::Reauth>,
+    reauth: crate::auth::Reauth,
 ) -> Result<(Response<ProxyBody>, usize), ProxyError> {
     let metrics = &shared.metrics;
     let i = group.pick(&[]).ok_or(ProxyError::NoUpstream)?;

@@ -24,22 +24,26 @@ use crate::auth::{Reauth, REAUTH_EVERY};
 /// How a spliced pair ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ended {
-    /// One side closed (or failed); bytes client -> upstream and back.
-    Closed(u64, u64),
+    /// One side closed (or failed).
+    Closed,
     /// No byte either way for the idle timeout.
     Idle,
     /// The user may no longer use the route: why.
     Unauthorized(&'static str),
 }
 
+/// A spliced pair's end, and the bytes it carried client -> upstream and back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Spliced {
+    pub ended: Ended,
+    pub up: u64,
+    pub down: u64,
+}
+
 /// Copies both ways until one side ends, the pair idles for `idle`, or
-/// (with `reauth`) the user behind it may no longer use the route.
-pub async fn splice<C, U>(
-    client: C,
-    upstream: U,
-    idle: Option<Duration>,
-    reauth: Option<Reauth>,
-) -> Ended
+/// the user behind it may no longer use the route (`reauth`, checked every
+/// second).
+pub async fn splice<C, U>(client: C, upstream: U, idle: Option<Duration>, reauth: Reauth) -> Spliced
 where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
@@ -57,30 +61,32 @@ where
         read: down.clone(),
     };
     let copy = tokio::io::copy_bidirectional(&mut client, &mut upstream);
-    // Counted as read, so a side that ends with an error counts too.
-    let closed = |_: io::Result<(u64, u64)>| Ended::Closed(up.get(), down.get());
-    if idle.is_none() && reauth.is_none() {
-        return closed(copy.await);
-    }
     tokio::pin!(copy);
-    // A timer that never fires stands in for a check that is off.
+    // Counted as read, so a side that ends with an error counts too.
+    let done = |ended| Spliced {
+        ended,
+        up: up.get(),
+        down: down.get(),
+    };
+    // A timer that never fires stands in for an idle timeout that is off.
     let far = Duration::from_secs(100 * 365 * 24 * 3600);
-    let mut recheck = tokio::time::interval(if reauth.is_some() { REAUTH_EVERY } else { far });
+    let mut recheck = tokio::time::interval(REAUTH_EVERY);
     recheck.tick().await;
     loop {
         let idle_at = last.get() + idle.unwrap_or(far);
         tokio::select! {
-            r = copy.as_mut() => return closed(r),
+            _ = copy.as_mut() => return done(Ended::Closed),
             _ = tokio::time::sleep_until(idle_at) => {
                 if let Some(idle) = idle.filter(|i| last.get().elapsed() >= *i) {
                     tracing::debug!(idle_s = idle.as_secs_f64(), "idle upgraded connection closed");
-                    return Ended::Idle;
+                    return done(Ended::Idle);
                 }
             }
             _ = recheck.tick() => {
-                if let Some((r, why)) = reauth.as_ref().and_then(|r| r.refused().map(|why| (r, why))) {
-                    tracing::info!(user = r.session.as_ref().map(|s| s.user.as_str()), host = %r.host, reason = why, "upgraded connection no longer authorized: closed");
-                    return Ended::Unauthorized(why);
+                if let Some(why) = reauth.refused() {
+                    let user = reauth.session.as_ref().map(|s| s.user.as_str());
+                    tracing::info!(user, host = %reauth.host, reason = why, "upgraded connection no longer authorized: closed");
+                    return done(Ended::Unauthorized(why));
                 }
             }
         }

@@ -40,6 +40,11 @@ const KEEPALIVE: Duration = Duration::from_secs(15);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 /// Services one agent may announce.
 const SERVICES_MAX: usize = 64;
+/// The shortest agent token heim reads from a `token_file`.
+const TOKEN_MIN: usize = 16;
+/// Links one agent name may hold at once (its processes × proxies ×
+/// `connections`).
+const LINKS_MAX: usize = 64;
 
 /// Each `[[agent]]`'s name and the SHA-256 of its token.
 #[derive(Clone, Default, PartialEq, Eq)]
@@ -67,12 +72,12 @@ pub fn keys(config: &crate::config::Config, errors: &mut Vec<ConfigError>) -> Ke
         let hash = match &a.token {
             AgentToken::Sha256(h) => *h,
             AgentToken::File(path) => match std::fs::read(path) {
-                Ok(t) if !t.trim_ascii().is_empty() => sha256(t.trim_ascii()),
+                Ok(t) if t.trim_ascii().len() >= TOKEN_MIN => sha256(t.trim_ascii()),
                 Ok(_) => {
                     errors.push(agent_error(
                         config,
                         i,
-                        format!("{} is empty", path.display()),
+                        format!("{} holds fewer than {TOKEN_MIN} characters", path.display()),
                     ));
                     continue;
                 }
@@ -105,8 +110,87 @@ struct Conn {
     services: Vec<String>,
     send: http2::SendRequest<Empty<Bytes>>,
     streams: AtomicUsize,
-    /// Ends the connection at once (a reload withdrew the agent).
+    /// Ends the connection, its streams with it (a reload withdrew the agent).
     kill: Notify,
+}
+
+/// The agent's side of a link, with a switch that fails every read and
+/// write once thrown: the whole HTTP/2 connection ends, and every stream on
+/// it, however busy.
+struct Killable<T> {
+    io: T,
+    switch: Arc<KillSwitch>,
+}
+
+#[derive(Default)]
+struct KillSwitch {
+    killed: std::sync::atomic::AtomicBool,
+    /// The tasks waiting to read or write, woken when the switch is thrown.
+    wakers: Mutex<[Option<std::task::Waker>; 2]>,
+}
+
+impl KillSwitch {
+    fn kill(&self) {
+        self.killed.store(true, Relaxed);
+        let wakers = std::mem::take(&mut *self.wakers.lock().unwrap_or_else(|p| p.into_inner()));
+        for w in wakers.into_iter().flatten() {
+            w.wake();
+        }
+    }
+
+    /// `Err` once thrown; else keeps `cx`'s waker in slot `i` (0 read, 1 write).
+    fn check(&self, i: usize, cx: &Context<'_>) -> std::io::Result<()> {
+        if self.killed.load(Relaxed) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::ConnectionAborted,
+                "agent withdrawn",
+            ));
+        }
+        let mut w = self.wakers.lock().unwrap_or_else(|p| p.into_inner());
+        if !w[i].as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            w[i] = Some(cx.waker().clone());
+        }
+        drop(w);
+        // Thrown between the check and the waker's registration.
+        if self.killed.load(Relaxed) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::ConnectionAborted,
+                "agent withdrawn",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Killable<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        self.switch.check(0, cx)?;
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Killable<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.switch.check(1, cx)?;
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.switch.check(1, cx)?;
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
 }
 
 /// The agents' keys and their live connections, by name.
@@ -123,10 +207,27 @@ impl std::fmt::Debug for Registry {
     }
 }
 
+/// One stream counted on its connection, from the moment it is asked for
+/// until it ends (or the asking is given up).
+struct Counted(Arc<Conn>);
+
+impl Counted {
+    fn new(conn: Arc<Conn>) -> Counted {
+        conn.streams.fetch_add(1, Relaxed);
+        Counted(conn)
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.streams.fetch_sub(1, Relaxed);
+    }
+}
+
 /// A stream to an agent, counted on its connection while it lives.
 pub struct AgentStream {
     io: TokioIo<hyper::upgrade::Upgraded>,
-    conn: Arc<Conn>,
+    _counted: Counted,
 }
 
 impl AsyncRead for AgentStream {
@@ -154,12 +255,6 @@ impl AsyncWrite for AgentStream {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.io).poll_shutdown(cx)
-    }
-}
-
-impl Drop for AgentStream {
-    fn drop(&mut self) {
-        self.conn.streams.fetch_sub(1, Relaxed);
     }
 }
 
@@ -204,9 +299,22 @@ impl Registry {
         conns.get(name).map_or(0, Vec::len)
     }
 
-    fn add(&self, conn: Arc<Conn>) {
+    /// Registers `conn` if its key is still the agent's (a reload may have
+    /// withdrawn it since the token was checked; `configure` takes the same
+    /// locks in the same order, so one of the two sees the other).
+    fn add(&self, conn: Arc<Conn>) -> bool {
         let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+        let keys = self.keys.lock().unwrap_or_else(|p| p.into_inner());
+        if !keys
+            .0
+            .iter()
+            .any(|(n, k)| *n == conn.name && *k == conn.key)
+        {
+            return false;
+        }
+        drop(keys);
         conns.entry(conn.name.clone()).or_default().push(conn);
+        true
     }
 
     fn remove(&self, conn: &Conn) {
@@ -242,24 +350,17 @@ impl Registry {
                 why = format!("agent {agent} does not expose service {service}");
                 continue;
             }
-            c.streams.fetch_add(1, Relaxed);
-            let stream = AgentStream {
-                io: match tokio::time::timeout(STREAM_TIMEOUT, ask(&c, service, user)).await {
-                    Ok(Ok(io)) => TokioIo::new(io),
-                    Ok(Err(e)) => {
-                        c.streams.fetch_sub(1, Relaxed);
-                        why = e.unwrap_or_else(|| format!("agent {agent} is not connected"));
-                        continue;
-                    }
-                    Err(_) => {
-                        c.streams.fetch_sub(1, Relaxed);
-                        why = format!("agent {agent} did not answer within {STREAM_TIMEOUT:?}");
-                        continue;
-                    }
-                },
-                conn: c,
-            };
-            return Ok(stream);
+            let counted = Counted::new(c.clone());
+            match tokio::time::timeout(STREAM_TIMEOUT, ask(&c, service, user)).await {
+                Ok(Ok(io)) => {
+                    return Ok(AgentStream {
+                        io: TokioIo::new(io),
+                        _counted: counted,
+                    })
+                }
+                Ok(Err(e)) => why = e.unwrap_or_else(|| format!("agent {agent} is not connected")),
+                Err(_) => why = format!("agent {agent} did not answer within {STREAM_TIMEOUT:?}"),
+            }
         }
         Err(ProxyError::Agent(why))
     }
@@ -331,6 +432,13 @@ pub fn accept(
         tracing::warn!(agent = %name.escape_debug(), address = %peer, "agent refused: unknown name or wrong token");
         return Err(ProxyError::Unauthorized);
     };
+    if shared.draining.load(Relaxed) {
+        return Err(ProxyError::NoUpstream);
+    }
+    if registry.connected(&name) >= LINKS_MAX {
+        tracing::warn!(agent = %name, address = %peer, "agent refused: {LINKS_MAX} links are open already");
+        return Err(ProxyError::UpstreamBusy);
+    }
     let services: Vec<String> = h
         .get(wire::AGENT_SERVICES)
         .and_then(|v| v.to_str().ok())
@@ -348,6 +456,11 @@ pub fn accept(
             Ok(io) => io,
             Err(e) => return tracing::debug!(agent = %name, error = %e, "agent upgrade failed"),
         };
+        let switch = Arc::new(KillSwitch::default());
+        let io = TokioIo::new(Killable {
+            io: TokioIo::new(io),
+            switch: switch.clone(),
+        });
         let handshake = http2::Builder::new(LocalExec)
             .timer(TokioTimer::new())
             .adaptive_window(true)
@@ -373,18 +486,27 @@ pub fn accept(
             streams: AtomicUsize::new(0),
             kill: Notify::new(),
         });
-        registry.add(conn.clone());
+        if !registry.add(conn.clone()) {
+            switch.kill();
+            return tracing::warn!(agent = %conn.name, address = %peer, "agent withdrawn by a reload while connecting: closed");
+        }
         let m = &shared.metrics;
         m.agents_connected.fetch_add(1, Relaxed);
         m.agent_connects.fetch_add(1, Relaxed);
         tracing::info!(agent = %conn.name, address = %peer, services = ?conn.services, "agent connected");
         let since = Instant::now();
+        tokio::pin!(connection);
         let why = tokio::select! {
-            r = connection => match r {
+            r = connection.as_mut() => match r {
                 Ok(()) => "closed".to_owned(),
                 Err(e) => e.to_string(),
             },
-            _ = conn.kill.notified() => "withdrawn by a reload".to_owned(),
+            _ = conn.kill.notified() => {
+                // Every stream ends with the link; the dispatcher then ends.
+                switch.kill();
+                let _ = tokio::time::timeout(Duration::from_secs(5), connection).await;
+                "withdrawn by a reload".to_owned()
+            }
         };
         registry.remove(&conn);
         m.agents_connected.fetch_sub(1, Relaxed);

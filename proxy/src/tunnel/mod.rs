@@ -22,7 +22,7 @@ use tokio::net::TcpStream;
 use crate::auth::Reauth;
 use crate::body::ProxyBody;
 use crate::error::ProxyError;
-use crate::forward::splice::{splice, Ended};
+use crate::forward::splice::{splice, Ended, Spliced};
 use crate::state::{OpenConnection, Shared};
 
 pub mod agents;
@@ -86,13 +86,13 @@ fn text(status: StatusCode, body: &'static str) -> Response<ProxyBody> {
 
 /// Opens the route's tunnel target (dials `tcp`, or asks the agent for a
 /// stream) and, once the client's side of the `CONNECT` is upgraded,
-/// splices the two until either ends or (with `reauth`) the user may no
+/// splices the two until either ends or (`reauth`) the user may no
 /// longer use the route. The pair counts as an open connection.
 pub async fn connect(
     req: Request<Incoming>,
     backend: &crate::route::Backend,
     shared: &Arc<Shared>,
-    reauth: Option<Reauth>,
+    reauth: Reauth,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let started = Instant::now();
     match backend {
@@ -108,10 +108,7 @@ pub async fn connect(
             ))
         }
         crate::route::Backend::Agent { agent, service } => {
-            let user = reauth
-                .as_ref()
-                .and_then(|r| r.session.as_ref())
-                .map(|s| s.user.as_str());
+            let user = reauth.session.as_ref().map(|s| s.user.as_str());
             let stream = shared.agents.open(agent, service, user).await?;
             shared.metrics.tunnel_connect.record(started.elapsed());
             Ok(splice_after_upgrade(
@@ -148,7 +145,7 @@ fn splice_after_upgrade<T>(
     target: T,
     label: String,
     shared: &Arc<Shared>,
-    reauth: Option<Reauth>,
+    reauth: Reauth,
 ) -> Response<ProxyBody>
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'static,
@@ -168,18 +165,14 @@ where
         let m = &shared.metrics;
         m.tunnel_streams_open.fetch_add(1, Relaxed);
         m.tunnel_streams_total.fetch_add(1, Relaxed);
-        let user = reauth
-            .as_ref()
-            .and_then(|r| r.session.as_ref())
-            .map(|s| s.user.clone());
-        let ended = splice(TokioIo::new(client), target, idle, reauth).await;
+        let user = reauth.session.as_ref().map(|s| s.user.clone());
+        let Spliced { ended, up, down } = splice(TokioIo::new(client), target, idle, reauth).await;
         m.tunnel_streams_open.fetch_sub(1, Relaxed);
+        m.tunnel_bytes_to_target.fetch_add(up, Relaxed);
+        m.tunnel_bytes_to_client.fetch_add(down, Relaxed);
+        tracing::debug!(target = %label, user, up, down, ended = ?ended, "tunnel stream ended");
         match ended {
-            Ended::Closed(up, down) => {
-                m.tunnel_bytes_to_target.fetch_add(up, Relaxed);
-                m.tunnel_bytes_to_client.fetch_add(down, Relaxed);
-                tracing::debug!(target = %label, user, up, down, "tunnel stream closed");
-            }
+            Ended::Closed => {}
             Ended::Idle => shared.tunnel_cuts.record(stream_id, "idle timeout"),
             Ended::Unauthorized(why) => shared.tunnel_cuts.record(stream_id, why),
         }
