@@ -903,3 +903,175 @@ async fn deploy_applies_and_its_rbac_is_enough() {
         heim.log_text()
     );
 }
+
+/// The move off ingress-nginx: heim answers to ingress-nginx's controller
+/// string, so the Ingresses of its `nginx` class are served unedited, in
+/// the nginx dialect: `[ingress_nginx] default_policy` (public here, as
+/// they were), `proxy-body-size` (413), `whitelist-source-range` (403),
+/// a snippet refused with an Event while the rest serves, an auth service
+/// heim does not know closed (403), and `Normal Adopted` Events; heim's
+/// own class keeps heim's deny-by-default.
+#[tokio::test]
+async fn ingress_nginx_ingresses_are_taken_over() {
+    let w = world("ingress-nginx-takeover").await;
+    expect(
+        "IngressClass nginx",
+        w.cp.create(
+            "/apis/networking.k8s.io/v1/ingressclasses",
+            &json!({ "apiVersion": "networking.k8s.io/v1", "kind": "IngressClass",
+                     "metadata": { "name": "nginx" }, "spec": { "controller": "k8s.io/ingress-nginx" } }),
+        )
+        .await
+        .unwrap(),
+        &[201],
+    );
+    // Sign-in, for the oauth2-proxy pair heim serves itself.
+    std::fs::write(w.dir.join("cookie.secret"), [7u8; 32]).unwrap();
+    let hash = bcrypt::hash("correct horse", 4).unwrap();
+    std::fs::write(
+        w.dir.join("users.txt"),
+        format!("alice@example.com:{hash}\n"),
+    )
+    .unwrap();
+    let d = w.dir.display();
+    settings(
+        &w.cp,
+        &format!(
+            "[ingress_nginx]\ndefault_policy = \"public\"\n\n[auth]\nauth_host = \"auth.apps.test\"\ncookie_secret_file = \"{d}/cookie.secret\"\nsigning_key_file = \"{d}/jwt.pem\"\n\n[[auth.provider]]\nname = \"local\"\nkind = \"local\"\nusers_file = \"{d}/users.txt\"\n"
+        ),
+    )
+    .await;
+    let n = |k: &str| format!("nginx.ingress.kubernetes.io/{k}");
+    apply(
+        &w.cp,
+        &ingress(
+            "sso",
+            Some("nginx"),
+            "sso.apps.test",
+            "web",
+            json!({
+                n("auth-url"): "https://$host/oauth2/auth",
+                n("auth-signin"): "https://$host/oauth2/start?rd=$escaped_request_uri",
+                n("auth-response-headers"): "X-Auth-Request-User, X-Auth-Request-Email",
+            }),
+        ),
+    )
+    .await;
+    apply(
+        &w.cp,
+        &ingress(
+            "shop",
+            Some("nginx"),
+            "shop.apps.test",
+            "web",
+            json!({
+                n("proxy-body-size"): "1k",
+                n("configuration-snippet"): "more_set_headers \"X-Frame-Options: DENY\";",
+                n("secure-backends"): "true",
+            }),
+        ),
+    )
+    .await;
+    apply(
+        &w.cp,
+        &ingress(
+            "office",
+            Some("nginx"),
+            "office.apps.test",
+            "web",
+            json!({ n("whitelist-source-range"): "192.0.2.0/24" }),
+        ),
+    )
+    .await;
+    apply(
+        &w.cp,
+        &ingress(
+            "guarded",
+            Some("nginx"),
+            "guarded.apps.test",
+            "web",
+            json!({ n("auth-url"): "http://auth.example.svc.cluster.local/check" }),
+        ),
+    )
+    .await;
+    // The legacy annotation names the class too.
+    apply(
+        &w.cp,
+        &ingress(
+            "old",
+            None,
+            "old.apps.test",
+            "api",
+            json!({ "kubernetes.io/ingress.class": "nginx" }),
+        ),
+    )
+    .await;
+    apply(
+        &w.cp,
+        &ingress("mine", Some("heim"), "mine.apps.test", "web", json!({})),
+    )
+    .await;
+    let heim = controller(
+        &w,
+        &[
+            "--controller-class=heim.dev/ingress-controller",
+            "--controller-class=k8s.io/ingress-nginx",
+            "--ingress-class=nginx",
+        ],
+    );
+    let client = Client::new(&w.pki.ca_der);
+    until(&client, &heim, "shop.apps.test", "/", (200, "web")).await;
+    until(&client, &heim, "old.apps.test", "/", (200, "api")).await;
+    until(&client, &heim, "office.apps.test", "/", (403, "")).await;
+    until(&client, &heim, "guarded.apps.test", "/", (403, "")).await;
+    until(&client, &heim, "mine.apps.test", "/", (403, "")).await;
+    // oauth2-proxy's pair is heim's sign-in: a script gets 401, a browser
+    // goes to heim's sign-in page, never to the backend.
+    until(&client, &heim, "sso.apps.test", "/", (401, "")).await;
+    let browser = http::Request::get("/app?x=1")
+        .header("host", "sso.apps.test")
+        .header("accept", "text/html")
+        .body(heim_e2e::Body::default())
+        .unwrap();
+    let r = client.request(heim.https, browser).await.unwrap();
+    assert_eq!(r.status, 302);
+    let to = r.headers["location"].to_str().unwrap();
+    assert!(to.starts_with("https://auth.apps.test"), "{to}");
+    assert!(to.contains("/.heim/login?rd="), "{to}");
+    // proxy-body-size: 1 KiB passes, one byte more is 413.
+    let post = |n: usize| {
+        http::Request::post("/")
+            .header("host", "shop.apps.test")
+            .body(heim_e2e::Body::from(vec![b'x'; n]))
+            .unwrap()
+    };
+    assert_eq!(
+        client.request(heim.https, post(1024)).await.unwrap().status,
+        200
+    );
+    assert_eq!(
+        client.request(heim.https, post(1025)).await.unwrap().status,
+        413
+    );
+    // Each verdict is an Event on its Ingress.
+    let ok = eventually(|| async {
+        let e = events(&w.cp, "shop").await;
+        let has = |r: &str| e.iter().any(|(reason, _)| reason == r);
+        has("Adopted") && has("SnippetRefused") && has("AnnotationIgnored")
+    })
+    .await;
+    assert!(ok, "shop's Events: {:?}", events(&w.cp, "shop").await);
+    let shop = events(&w.cp, "shop").await;
+    let snippet = shop.iter().find(|(r, _)| r == "SnippetRefused").unwrap();
+    assert!(snippet.1.contains("more_set_headers"), "{snippet:?}");
+    let adopted = shop.iter().find(|(r, _)| r == "Adopted").unwrap();
+    assert!(adopted.1.contains("proxy-body-size"), "{adopted:?}");
+    let ok = eventually(|| async {
+        events(&w.cp, "guarded")
+            .await
+            .iter()
+            .any(|(r, note)| r == "UnsupportedAnnotation" && note.contains("auth-url"))
+    })
+    .await;
+    assert!(ok, "guarded's Events: {:?}", events(&w.cp, "guarded").await);
+}
