@@ -44,7 +44,12 @@ pub const CONFIG_KEY: &str = "heim.toml";
 
 /// A kube client from `--kubeconfig`, else in-cluster (or the usual files).
 pub async fn client(opts: &Options) -> anyhow::Result<Client> {
-    let config = match &opts.kubeconfig {
+    client_for(opts.kubeconfig.as_deref()).await
+}
+
+/// A kube client from `kubeconfig`, else in-cluster (or the usual files).
+pub async fn client_for(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<Client> {
+    let config = match kubeconfig {
         Some(path) => {
             let kc = kube::config::Kubeconfig::read_from(path)
                 .with_context(|| format!("--kubeconfig {}", path.display()))?;

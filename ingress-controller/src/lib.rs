@@ -13,6 +13,7 @@ pub mod class;
 pub mod controller;
 pub mod leader;
 pub mod metrics;
+pub mod migrate;
 pub mod model;
 pub mod options;
 pub mod translate;

@@ -9,6 +9,27 @@ use clap::Parser;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
+    // `heim-ingress migrate ...`: the report, then exit.
+    if std::env::args_os().nth(1).is_some_and(|a| a == "migrate") {
+        let m = heim_ingress::migrate::Migrate::parse_from(std::env::args_os().skip(1));
+        let rt = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt,
+            Err(e) => {
+                eprintln!("heim-ingress migrate: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        return match rt.block_on(heim_ingress::migrate::run(m)) {
+            Ok(code) => ExitCode::from(code),
+            Err(e) => {
+                eprintln!("heim-ingress migrate: {e:#}");
+                ExitCode::from(2)
+            }
+        };
+    }
     let opts = heim_ingress::Options::parse();
     heim_proxy::init_logging();
     let rt = match tokio::runtime::Builder::new_multi_thread()

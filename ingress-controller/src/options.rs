@@ -20,6 +20,11 @@ use crate::model::ObjKey;
 /// /metrics) and denies every Ingress that names no policy. Logs are JSON
 /// lines on stdout (RUST_LOG, default "info"). SIGTERM drains. See
 /// docs/ingress.md.
+///
+/// Moving off ingress-nginx: `--controller-class k8s.io/ingress-nginx`
+/// serves its classes (its annotations read in its dialect), and
+/// `heim-ingress migrate --help` reports, per Ingress and annotation, what
+/// heim would serve as before (docs/migrate-from-ingress-nginx.md).
 #[derive(Parser, Debug, Clone)]
 #[command(name = "heim-ingress", version)]
 pub struct Options {

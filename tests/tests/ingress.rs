@@ -1074,4 +1074,33 @@ async fn ingress_nginx_ingresses_are_taken_over() {
     })
     .await;
     assert!(ok, "guarded's Events: {:?}", events(&w.cp, "guarded").await);
+
+    // `migrate` against the live cluster: the same verdicts.
+    let kubeconfig = w.cp.kubeconfig().unwrap();
+    let out = tokio::process::Command::new(heim_e2e::ingress_binary())
+        .args(["migrate", "--output", "json", "--kubeconfig"])
+        .arg(&kubeconfig)
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let shop = r["ingresses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["name"] == "shop")
+        .unwrap_or_else(|| panic!("{r:#}"));
+    assert_eq!(shop["served_as_before"], false, "the snippet: {shop:#}");
+    let mine = r["ingresses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|i| i["name"] == "mine");
+    assert!(!mine, "heim's own class is not ingress-nginx's");
 }

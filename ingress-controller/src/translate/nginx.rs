@@ -189,24 +189,49 @@ fn unsupported(name: &str) -> Option<&'static str> {
         | "proxy-ssl-ciphers" | "proxy-ssl-protocols" | "proxy-ssl-verify-depth" => {
             "TLS to backends is not in this build"
         }
-        "auth-signin" | "auth-response-headers" | "auth-request-redirect" | "auth-method"
-        | "auth-cache-key" | "auth-cache-duration" | "auth-proxy-set-headers"
-        | "auth-always-set-cookie" | "auth-signin-redirect-param" | "auth-realm" => {
-            "read with auth-url / auth-type only"
-        }
         "mirror-target" | "mirror-host" | "mirror-request-body" => {
             "request mirroring is not in this build"
         }
         "enable-opentelemetry" | "opentelemetry-trust-incoming-span"
         | "opentelemetry-operation-name" => "tracing export is not in this build",
-        "proxy-buffer-size" | "http2-push-preload" | "ssl-ciphers" | "ssl-prefer-server-ciphers"
-        | "preserve-trailing-slash" | "relative-redirects" | "use-port-in-redirects"
-        | "fastcgi-index" | "fastcgi-params-configmap" | "proxy-send-timeout" => {
-            "no counterpart in heim: no effect"
-        }
+        "fastcgi-index" | "fastcgi-params-configmap" => "FastCGI backends are not in this build",
         _ => return None,
     })
 }
+
+/// Annotations heim honours in its own way, and how.
+fn differs(name: &str) -> Option<&'static str> {
+    Some(match name {
+        "proxy-buffer-size" => {
+            "heim has no per-route header buffer: response headers pass up to [server] max_header_bytes"
+        }
+        "proxy-send-timeout" => {
+            "heim has no separate upstream write timeout: a request body is bounded by the client's own pace"
+        }
+        "ssl-ciphers" | "ssl-prefer-server-ciphers" => {
+            "heim's TLS suites are fixed (TLS 1.3 and 1.2 AEAD suites, rustls)"
+        }
+        "preserve-trailing-slash" => "heim's https redirect always keeps the request URI as it is",
+        "relative-redirects" | "use-port-in-redirects" => {
+            "heim's redirects are absolute, with the https port only when it is not 443"
+        }
+        "http2-push-preload" => "HTTP/2 push is gone from browsers: no effect",
+        _ => return None,
+    })
+}
+
+/// The sub-request annotations that go with `auth-url`.
+const AUTH_COMPANIONS: &[&str] = &[
+    "auth-signin",
+    "auth-response-headers",
+    "auth-request-redirect",
+    "auth-method",
+    "auth-cache-key",
+    "auth-cache-duration",
+    "auth-proxy-set-headers",
+    "auth-always-set-cookie",
+    "auth-signin-redirect-param",
+];
 
 /// Where a recognised auth service's verdict endpoint is, by its path.
 fn sign_in_service(auth_url: &str) -> Option<&'static str> {
@@ -286,6 +311,41 @@ pub fn read(ingress: &Ingress, have_auth: bool, o: &mut IngressOptions) -> Vec<(
                         .into(),
                 ),
             );
+            continue;
+        }
+        if AUTH_COMPANIONS.contains(&name) {
+            let service = all.get("auth-url").and_then(|u| sign_in_service(u));
+            say(
+                name,
+                match (all.contains_key("auth-url"), service, name) {
+                    (false, _, _) => Verdict::Ignored("no effect without auth-url (as in ingress-nginx)".into()),
+                    (true, None, _) => Verdict::Unsupported("goes with an auth-url heim does not serve yet".into()),
+                    (true, Some(_), "auth-signin") => Verdict::Differs(
+                        "a browser without a session goes to heim's sign-in, then back to the URL it asked for (rd)".into(),
+                    ),
+                    (true, Some(_), "auth-response-headers") => {
+                        let (filled, not): (Vec<&str>, Vec<&str>) = value
+                            .split(',')
+                            .map(str::trim)
+                            .filter(|h| !h.is_empty())
+                            .partition(|h| identity_of(h).is_some());
+                        Verdict::Differs(format!(
+                            "filled from the heim session: {}{}",
+                            if filled.is_empty() { "none".to_string() } else { filled.join(", ") },
+                            if not.is_empty() {
+                                format!("; not sent: {} (heim's signed JWT is X-Heim-JWT)", not.join(", "))
+                            } else {
+                                String::new()
+                            }
+                        ))
+                    }
+                    (true, Some(_), _) => Verdict::Ignored("heim's sign-in has no sub-request to tune".into()),
+                },
+            );
+            continue;
+        }
+        if let Some(why) = differs(name) {
+            say(name, Verdict::Differs(why.into()));
             continue;
         }
         match name {
@@ -500,10 +560,25 @@ fn field_name(f: IdentityField) -> &'static str {
     }
 }
 
-/// The directive names of a snippet (the first word of each statement).
+/// The directive names of a snippet: the first word of each statement,
+/// statements ending at `;`, a line end, or a block's `{` / `}` (a `{` that
+/// follows whitespace: `${var}` is no block).
 fn directives(snippet: &str) -> Vec<String> {
-    let mut names: Vec<String> = snippet
-        .split([';', '{', '}', '\n'])
+    let mut statements = Vec::new();
+    let mut current = String::new();
+    let mut prev = ' ';
+    for c in snippet.chars() {
+        let ends = c == ';' || c == '\n' || c == '}' || (c == '{' && prev.is_whitespace());
+        if ends {
+            statements.push(std::mem::take(&mut current));
+        } else {
+            current.push(c);
+        }
+        prev = c;
+    }
+    statements.push(current);
+    let mut names: Vec<String> = statements
+        .iter()
         .filter_map(|stmt| stmt.split_whitespace().next())
         .filter(|w| !w.starts_with('#'))
         .map(|w| {
@@ -692,7 +767,7 @@ mod tests {
         let mut o = IngressOptions::default();
         let v = read(
             &ingress(&[
-                ("configuration-snippet", "more_set_headers \"X-Frame-Options: DENY\";\nproxy_set_header X-Foo bar;\n# a comment\nlocation /x { return 403; }"),
+                ("configuration-snippet", "more_set_headers \"X-Frame-Options: DENY\";\nproxy_set_header X-Start \"t=${msec}\";\n# a comment\nlocation /x { return 403; }"),
                 ("proxy-body-size", "1m"),
                 ("secure-backends", "true"),
                 ("rewrite-target", "/$1"),

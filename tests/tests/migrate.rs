@@ -1,0 +1,144 @@
+//! `heim-ingress migrate -f tests/fixtures/ingress-nginx`: the report over
+//! a directory of real-world Ingress YAML written for ingress-nginx
+//! (oauth2-proxy pairs, regex rewrites, snippets, a canary, an allowlist),
+//! computed by the controller's own translate. The live-cluster form runs
+//! in `ingress.rs` against the real API server.
+
+use std::path::Path;
+use std::process::Command;
+
+use heim_e2e::ingress_binary;
+use serde_json::Value;
+
+fn fixtures() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/ingress-nginx")
+}
+
+fn report() -> (Option<i32>, Value) {
+    let out = Command::new(ingress_binary())
+        .args(["migrate", "--output", "json", "-f"])
+        .arg(fixtures())
+        .output()
+        .unwrap();
+    let json = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{e}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out.status.code(), json)
+}
+
+fn ingress<'a>(r: &'a Value, ns: &str, name: &str) -> &'a Value {
+    r["ingresses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["namespace"] == ns && i["name"] == name)
+        .unwrap_or_else(|| panic!("{ns}/{name} not in {r:#}"))
+}
+
+fn verdict<'a>(i: &'a Value, annotation: &str) -> &'a str {
+    let full = format!("nginx.ingress.kubernetes.io/{annotation}");
+    i["annotations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["annotation"] == full.as_str())
+        .unwrap_or_else(|| panic!("{annotation} not in {i:#}"))["verdict"]
+        .as_str()
+        .unwrap()
+}
+
+#[test]
+fn the_report_gives_every_annotation_its_verdict() {
+    let (code, r) = report();
+    assert_eq!(code, Some(1), "some Ingresses are not served as before");
+    // Only ingress-nginx's Ingresses (by class name or the legacy
+    // annotation), not traefik's.
+    assert_eq!(r["summary"]["ingresses"], 7, "{r:#}");
+    assert!(r["ingresses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|i| i["name"] != "other"));
+
+    // The oauth2-proxy pair: heim's sign-in, served as before.
+    let grafana = ingress(&r, "monitoring", "grafana");
+    assert_eq!(verdict(grafana, "auth-url"), "difference");
+    assert_eq!(verdict(grafana, "auth-signin"), "difference");
+    assert_eq!(verdict(grafana, "auth-response-headers"), "difference");
+    assert_eq!(grafana["served_as_before"], true, "{grafana:#}");
+
+    // A regex rewrite: not yet, the host's regex mode named with the
+    // Ingress that caused it and the one it changed.
+    let api = ingress(&r, "shop", "api");
+    assert_eq!(verdict(api, "rewrite-target"), "not-yet");
+    assert_eq!(verdict(api, "proxy-body-size"), "honoured");
+    assert_eq!(api["served_as_before"], false);
+    let effects = r["effects"].as_array().unwrap();
+    let regex = effects
+        .iter()
+        .find(|e| e["effect"] == "regex-mode")
+        .expect("regex mode reported");
+    let m = regex["message"].as_str().unwrap();
+    assert!(m.contains("shop/api") && m.contains("shop/health"), "{m}");
+
+    // Snippets refused by directive, the rest honoured; removed names ignored.
+    let legacy = ingress(&r, "default", "legacy-app");
+    assert_eq!(verdict(legacy, "configuration-snippet"), "refused");
+    assert_eq!(verdict(legacy, "secure-backends"), "ignored");
+    let snippet = legacy["annotations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["verdict"] == "refused")
+        .unwrap();
+    let m = snippet["message"].as_str().unwrap();
+    assert!(m.contains("more_set_headers, proxy_set_header)"), "{m}");
+
+    // The canary: not yet, and its path conflict named.
+    let canary = ingress(&r, "default", "legacy-app-canary");
+    assert_eq!(verdict(canary, "canary"), "not-yet");
+    assert!(
+        canary["problems"][0]["reason"] == "RouteConflict",
+        "{canary:#}"
+    );
+
+    // The allowlist: honoured, and the spoofable XFF of old reported.
+    let admin = ingress(&r, "internal", "admin");
+    assert_eq!(admin["served_as_before"], true);
+    assert_eq!(verdict(admin, "backend-protocol"), "honoured");
+    assert!(effects.iter().any(|e| e["effect"] == "spoofable-allowlist"));
+}
+
+#[test]
+fn text_output_and_bad_input() {
+    let out = Command::new(ingress_binary())
+        .args(["migrate", "-f"])
+        .arg(fixtures().join("office-allowlist.yaml"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("internal/admin: served as before"), "{text}");
+    assert!(
+        text.contains("1 Ingresses of ingress-nginx: 1 served as before, 0 not"),
+        "{text}"
+    );
+
+    let dir = heim_e2e::scratch("migrate-bad");
+    std::fs::write(
+        dir.join("broken.yaml"),
+        "kind: Ingress\nmetadata: [unclosed\n",
+    )
+    .unwrap();
+    let out = Command::new(ingress_binary())
+        .args(["migrate", "-f"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("broken.yaml"));
+}
