@@ -309,6 +309,12 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         controller: "heim-ingress".into(),
         instance: Some(identity.clone()),
     };
+    tokio::spawn(crate::webhooks::watch(
+        client.clone(),
+        Recorder::new(client.clone(), reporter.clone()),
+        leader.clone(),
+        opts.update_status,
+    ));
     let mut lp = Loop {
         opts: opts.clone(),
         shared: shared.clone(),

@@ -18,6 +18,7 @@ pub mod model;
 pub mod options;
 pub mod translate;
 pub mod watch;
+pub mod webhooks;
 
 pub use options::Options;
 pub use translate::{translate_once, Settings, Translation};

@@ -1103,4 +1103,33 @@ async fn ingress_nginx_ingresses_are_taken_over() {
         .iter()
         .any(|i| i["name"] == "mine");
     assert!(!mine, "heim's own class is not ingress-nginx's");
+
+    // ingress-nginx uninstalled carelessly: its admission webhook is left,
+    // its Service has no endpoints, and every Ingress write would fail. A
+    // controller starting now says so.
+    expect(
+        "ValidatingWebhookConfiguration",
+        w.cp.create(
+            "/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations",
+            &json!({ "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingWebhookConfiguration",
+                "metadata": { "name": "ingress-nginx-admission" },
+                "webhooks": [{ "name": "validate.nginx.ingress.kubernetes.io",
+                    "admissionReviewVersions": ["v1"], "sideEffects": "None", "failurePolicy": "Fail",
+                    "clientConfig": { "service": { "namespace": "ingress-nginx", "name": "ingress-nginx-controller-admission", "path": "/networking/v1/ingresses" } },
+                    "rules": [{ "apiGroups": ["networking.k8s.io"], "apiVersions": ["v1"],
+                                "operations": ["CREATE", "UPDATE"], "resources": ["ingresses"] }] }] }),
+        )
+        .await
+        .unwrap(),
+        &[201],
+    );
+    let second = controller(&w, &["--controller-class=k8s.io/ingress-nginx"]);
+    assert!(
+        second.wait_log(
+            "ingress-nginx/ingress-nginx-controller-admission, which has no ready endpoints",
+            LIVE
+        ),
+        "{}",
+        second.log_text()
+    );
 }
