@@ -199,7 +199,7 @@ pub fn report(snap: &Snapshot, m: &Migrate, from_cluster: bool) -> Value {
             "host": host,
             "effect": "regex-mode",
             "message": format!(
-                "in ingress-nginx every path of {host} was a case-insensitive regular expression anchored at the start, because of {}{}; heim matches them as written",
+                "every path of {host} is a case-insensitive regular expression anchored at the start, longest first, because of {}{}: in ingress-nginx and in heim alike",
                 by.join(", "),
                 if others.is_empty() { String::new() } else { format!(" (this also changed the paths of {})", others.join(", ")) }
             ),

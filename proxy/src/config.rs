@@ -1659,6 +1659,7 @@ impl Cx<'_> {
             max_body_bytes: Some(max_body_bytes).filter(|n| *n > 0),
             identity_headers,
             source_ranges,
+            rewrite: None,
         })
     }
 }

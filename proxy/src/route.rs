@@ -32,6 +32,97 @@ pub enum PathMatch {
     Exact,
     /// The request path starts with the route path, element by element.
     Prefix,
+    /// The route path is a case-insensitive regular expression anchored at
+    /// the start (ingress-nginx's `location ~* "^path"`): exact routes are
+    /// looked at first, then these, longest first (the first that matches
+    /// wins), then prefixes.
+    Regex,
+}
+
+/// The longest compiled form of one route's regular expression.
+const REGEX_SIZE_LIMIT: usize = 1 << 20;
+
+/// Compiles a route path of [`PathMatch::Regex`] (`anchored`) or a
+/// rewrite's pattern (unanchored), case-insensitively, with a linear-time
+/// engine and a size bound.
+pub fn compile_regex(path: &str, anchored: bool) -> Result<regex::Regex, String> {
+    let pattern = if anchored {
+        format!("^(?:{path})")
+    } else {
+        path.to_string()
+    };
+    regex::RegexBuilder::new(&pattern)
+        .case_insensitive(true)
+        .size_limit(REGEX_SIZE_LIMIT)
+        .dfa_size_limit(REGEX_SIZE_LIMIT)
+        .build()
+        .map_err(|e| match e {
+            regex::Error::CompiledTooBig(_) => {
+                format!("{path:?} is too large a regular expression")
+            }
+            e => format!("{path:?} is not a regular expression heim reads: {e}"),
+        })
+}
+
+/// ingress-nginx's `rewrite-target`: the request path, when the route's
+/// pattern matches it, is replaced whole by the target with `$1..$9` from
+/// the pattern's groups (nginx's `rewrite ... break`). A target that is an
+/// absolute `http(s)://` URL is a 302 to it instead.
+#[derive(Clone, Debug)]
+pub struct Rewrite {
+    pub pattern: regex::Regex,
+    pub target: String,
+}
+
+impl PartialEq for Rewrite {
+    fn eq(&self, other: &Rewrite) -> bool {
+        self.pattern.as_str() == other.pattern.as_str() && self.target == other.target
+    }
+}
+
+impl Eq for Rewrite {}
+
+/// What a rewrite makes of a request.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Rewritten {
+    /// The new path and query for the upstream.
+    Path(String),
+    /// Answer 302 with this `Location`.
+    Redirect(String),
+}
+
+impl Rewrite {
+    /// `path` (normalised) and `query` rewritten, if the pattern matches.
+    /// The original query follows the target's own (`&`), as in nginx.
+    pub fn apply(&self, path: &str, query: Option<&str>) -> Option<Rewritten> {
+        let caps = self.pattern.captures(path)?;
+        let mut out = String::with_capacity(self.target.len() + path.len());
+        let mut chars = self.target.chars().peekable();
+        while let Some(c) = chars.next() {
+            match (c, chars.peek().and_then(|d| d.to_digit(10))) {
+                ('$', Some(n)) => {
+                    chars.next();
+                    out.push_str(caps.get(n as usize).map_or("", |m| m.as_str()));
+                }
+                _ => out.push(c),
+            }
+        }
+        if let Some(q) = query.filter(|q| !q.is_empty()) {
+            out.push(if out.contains('?') { '&' } else { '?' });
+            out.push_str(q);
+        }
+        let absolute = ["http://", "https://"]
+            .iter()
+            .any(|s| out.len() >= s.len() && out[..s.len()].eq_ignore_ascii_case(s));
+        Some(if absolute {
+            Rewritten::Redirect(out)
+        } else {
+            if !out.starts_with('/') {
+                out.insert(0, '/');
+            }
+            Rewritten::Path(out)
+        })
+    }
 }
 
 /// What answers a route's requests.
@@ -101,6 +192,8 @@ pub struct RouteSpec {
     /// Clients outside these blocks get 403 before anything else is
     /// checked; empty admits every address.
     pub source_ranges: Vec<crate::trust::IpNet>,
+    /// ingress-nginx's `rewrite-target`, applied before forwarding.
+    pub rewrite: Option<Rewrite>,
 }
 
 /// A compiled route: the spec plus what is live next to it.
@@ -115,6 +208,8 @@ pub struct Route {
     /// removed from every request (a public route may share a backend
     /// that trusts them).
     pub identity_names: Arc<[http::HeaderName]>,
+    /// A [`PathMatch::Regex`] route's compiled path.
+    pub regex: Option<regex::Regex>,
 }
 
 /// Two routes that claim the same host, path and path type.
@@ -131,6 +226,9 @@ pub struct DuplicateRoute {
 #[derive(Debug, Default)]
 struct HostRoutes {
     exact: HashMap<String, Arc<Route>>,
+    /// Regular-expression routes, longest path first (ties: reverse
+    /// lexicographic, as ingress-nginx sorts its locations).
+    regexes: Vec<Arc<Route>>,
     /// Normalised prefixes (no trailing `/`, except the root `""`), longest first.
     prefixes: Vec<(String, Arc<Route>)>,
 }
@@ -153,12 +251,28 @@ impl HostRoutes {
                 // Longest first; ties cannot happen (duplicates are refused).
                 self.prefixes.sort_by_key(|p| std::cmp::Reverse(p.0.len()));
             }
+            PathMatch::Regex => {
+                if let Some(old) = self.regexes.iter().find(|r| r.spec.path == route.spec.path) {
+                    return Err(old.clone());
+                }
+                self.regexes.push(route);
+                self.regexes.sort_by(|a, b| {
+                    (b.spec.path.len(), &b.spec.path).cmp(&(a.spec.path.len(), &a.spec.path))
+                });
+            }
         }
         Ok(())
     }
 
     fn lookup(&self, path: &str) -> Option<&Arc<Route>> {
         if let Some(r) = self.exact.get(path) {
+            return Some(r);
+        }
+        if let Some(r) = self
+            .regexes
+            .iter()
+            .find(|r| r.regex.as_ref().is_some_and(|re| re.is_match(path)))
+        {
             return Some(r);
         }
         self.prefixes
@@ -241,11 +355,20 @@ impl RouteTable {
                 ),
                 Backend::Echo | Backend::Tcp(_) | Backend::Agent { .. } => None,
             };
+            // Sources check their regular expressions before they get here;
+            // one that does not compile never matches.
+            let regex = match spec.path_type {
+                PathMatch::Regex => compile_regex(&spec.path, true)
+                    .map_err(|e| tracing::warn!(route = %spec.name, "{e}"))
+                    .ok(),
+                _ => None,
+            };
             let route = Arc::new(Route {
                 spec,
                 upstream,
                 metrics,
                 identity_names: identity_names.clone(),
+                regex,
             });
             let slot = match route.spec.host.as_deref() {
                 None => table.any_host.get_or_insert_with(HostRoutes::default),
@@ -530,11 +653,69 @@ mod tests {
             max_body_bytes: None,
             identity_headers: Vec::new(),
             source_ranges: Vec::new(),
+            rewrite: None,
         }
     }
 
     fn table(specs: Vec<RouteSpec>) -> RouteTable {
         RouteTable::build(specs, |_| Default::default()).expect("no duplicates")
+    }
+
+    #[test]
+    fn regex_routes_match_case_insensitively_from_the_start_longest_first() {
+        let h = Some("shop.test");
+        let t = table(vec![
+            spec(h, "/foo/bar/bar", PathMatch::Regex),
+            spec(h, "/foo/bar/[a-z]{3}", PathMatch::Regex),
+            spec(h, "/api(/|$)(.*)", PathMatch::Regex),
+            spec(h, "/", PathMatch::Regex),
+            spec(h, "/exact", PathMatch::Exact),
+        ]);
+        let at = |p: &str| t.lookup("shop.test", p).map(|r| r.spec.path.as_str());
+        // ingress-nginx's documented warning case: the longer regex wins.
+        assert_eq!(at("/foo/bar/bar"), Some("/foo/bar/[a-z]{3}"));
+        assert_eq!(at("/API/v1"), Some("/api(/|$)(.*)"), "case-insensitive");
+        assert_eq!(at("/apix"), Some("/"), "(/|$) after /api");
+        assert_eq!(at("/x/api"), Some("/"), "anchored at the start");
+        assert_eq!(at("/exact"), Some("/exact"), "exact routes first");
+    }
+
+    #[test]
+    fn rewrites_replace_the_whole_path_with_the_captures() {
+        let rw = |path: &str, target: &str| Rewrite {
+            pattern: compile_regex(path, false).unwrap(),
+            target: target.into(),
+        };
+        let r = rw("/api(/|$)(.*)", "/$2");
+        assert_eq!(
+            r.apply("/api/v1/users", None),
+            Some(Rewritten::Path("/v1/users".into()))
+        );
+        assert_eq!(
+            r.apply("/api", Some("a=b")),
+            Some(Rewritten::Path("/?a=b".into()))
+        );
+        assert_eq!(r.apply("/other", None), None, "no match, no rewrite");
+        // The suffix after the match is dropped unless captured.
+        assert_eq!(
+            rw("/app", "/").apply("/app/x", None),
+            Some(Rewritten::Path("/".into()))
+        );
+        // A target with its own query: the original follows with `&`.
+        assert_eq!(
+            rw("/s/(.*)", "/search?q=$1").apply("/s/rust", Some("page=2")),
+            Some(Rewritten::Path("/search?q=rust&page=2".into()))
+        );
+        // An absolute target is a redirect; `$1a` is group 1, then `a`.
+        assert_eq!(
+            rw("/old/(.*)", "https://new.example.com/$1a").apply("/old/x", None),
+            Some(Rewritten::Redirect("https://new.example.com/xa".into()))
+        );
+        assert!(
+            compile_regex(&"(a{1000}){1000}".repeat(4), true).is_err(),
+            "size bound"
+        );
+        assert!(compile_regex("(?=x)", true).is_err(), "no look-around");
     }
 
     fn upstream(ports: &[u16]) -> Backend {

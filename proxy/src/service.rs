@@ -380,6 +380,29 @@ async fn serve(
         (false, false) => {}
     }
     limit(&req, &route)?;
+    // ingress-nginx's `rewrite-target`: a new path, or a 302.
+    let rewritten = match &route.spec.rewrite {
+        None => None,
+        Some(rw) => {
+            let path = parsed.new_path.as_deref().unwrap_or(req.uri().path());
+            let path = routing_path(path).ok_or(ProxyError::BadRequest("invalid path"))?;
+            match rw.apply(&path, req.uri().query()) {
+                Some(crate::route::Rewritten::Redirect(to)) => {
+                    let to = HeaderValue::from_str(&to)
+                        .map_err(|_| ProxyError::BadRequest("invalid request target"))?;
+                    let mut resp = redirect(to);
+                    *resp.status_mut() = StatusCode::FOUND;
+                    return Ok(resp);
+                }
+                Some(crate::route::Rewritten::Path(pq)) => Some(pq),
+                None => None,
+            }
+        }
+    };
+    let parsed = Parsed {
+        rewritten,
+        ..parsed
+    };
     let upgrade = rewrite(&mut req, &parsed, &route, conn, &out.request_id)?;
     if let Some(auth) = &auth {
         auth.strip_credentials(req.headers_mut());
@@ -425,6 +448,8 @@ pub struct Parsed {
     pub forwarded: Option<Forwarded>,
     /// The client used TLS (to heim, or to a trusted proxy that says so).
     pub secure: bool,
+    /// The path and query the route's `rewrite` made, for the upstream.
+    pub rewritten: Option<String>,
 }
 
 /// The route phase's verdict.
@@ -472,6 +497,7 @@ pub fn parse<B>(req: &Request<B>, conn: &ConnCtx) -> Result<Parsed, ProxyError> 
         new_path,
         forwarded,
         secure,
+        rewritten: None,
     })
 }
 
@@ -680,6 +706,7 @@ pub fn rewrite<B>(
     set_upstream_uri(
         req,
         parsed.new_path.as_deref(),
+        parsed.rewritten.as_deref(),
         &parsed.host_value,
         protocol,
     )?;
@@ -864,21 +891,25 @@ fn content_length<B>(req: &Request<B>) -> Option<u64> {
 fn set_upstream_uri<B>(
     req: &mut Request<B>,
     new_path: Option<&str>,
+    rewritten: Option<&str>,
     host: &HeaderValue,
     protocol: UpstreamProtocol,
 ) -> Result<(), ProxyError> {
     let bad = |_| ProxyError::BadRequest("invalid request target");
-    let needs_rebuild =
-        new_path.is_some() || req.uri().scheme().is_some() || protocol == UpstreamProtocol::H2c;
+    let needs_rebuild = new_path.is_some()
+        || rewritten.is_some()
+        || req.uri().scheme().is_some()
+        || protocol == UpstreamProtocol::H2c;
     if needs_rebuild {
-        let pq: PathAndQuery = match (new_path, req.uri().query()) {
-            (None, _) => req
+        let pq: PathAndQuery = match (rewritten, new_path, req.uri().query()) {
+            (Some(pq), _, _) => pq.parse().map_err(bad)?,
+            (None, None, _) => req
                 .uri()
                 .path_and_query()
                 .cloned()
                 .unwrap_or_else(|| PathAndQuery::from_static("/")),
-            (Some(p), None) => p.parse().map_err(bad)?,
-            (Some(p), Some(q)) => format!("{p}?{q}").parse().map_err(bad)?,
+            (None, Some(p), None) => p.parse().map_err(bad)?,
+            (None, Some(p), Some(q)) => format!("{p}?{q}").parse().map_err(bad)?,
         };
         *req.uri_mut() = match protocol {
             UpstreamProtocol::Http1 => Uri::from(pq),

@@ -994,6 +994,23 @@ async fn ingress_nginx_ingresses_are_taken_over() {
         ),
     )
     .await;
+    // Regex mode and a rewrite: /api(/|$)(.*) -> /$2 on the api Service,
+    // and the Exact /healthz of another Ingress on the host is a
+    // case-insensitive regex from the start too.
+    let mut api = ingress(
+        "api",
+        Some("nginx"),
+        "regex.apps.test",
+        "api",
+        json!({ n("use-regex"): "true", n("rewrite-target"): "/$2" }),
+    );
+    api["spec"]["rules"][0]["http"]["paths"][0]["path"] = json!("/api(/|$)(.*)");
+    api["spec"]["rules"][0]["http"]["paths"][0]["pathType"] = json!("ImplementationSpecific");
+    apply(&w.cp, &api).await;
+    let mut health = ingress("health", Some("nginx"), "regex.apps.test", "web", json!({}));
+    health["spec"]["rules"][0]["http"]["paths"][0]["path"] = json!("/healthz");
+    health["spec"]["rules"][0]["http"]["paths"][0]["pathType"] = json!("Exact");
+    apply(&w.cp, &health).await;
     // The legacy annotation names the class too.
     apply(
         &w.cp,
@@ -1025,6 +1042,32 @@ async fn ingress_nginx_ingresses_are_taken_over() {
     until(&client, &heim, "office.apps.test", "/", (403, "")).await;
     until(&client, &heim, "guarded.apps.test", "/", (403, "")).await;
     until(&client, &heim, "mine.apps.test", "/", (403, "")).await;
+    until(
+        &client,
+        &heim,
+        "regex.apps.test",
+        "/API/v1/users?x=1",
+        (200, "api"),
+    )
+    .await;
+    let got = client
+        .get(heim.https, "regex.apps.test", "/API/v1/users?x=1")
+        .await
+        .unwrap();
+    assert_eq!(
+        got.json()["uri"],
+        "/v1/users?x=1",
+        "rewritten with the groups"
+    );
+    until(
+        &client,
+        &heim,
+        "regex.apps.test",
+        "/HEALTHZ/more",
+        (200, "web"),
+    )
+    .await;
+    until(&client, &heim, "regex.apps.test", "/nothing", (404, "")).await;
     // oauth2-proxy's pair is heim's sign-in: a script gets 401, a browser
     // goes to heim's sign-in page, never to the backend.
     until(&client, &heim, "sso.apps.test", "/", (401, "")).await;

@@ -71,12 +71,13 @@ fn the_report_gives_every_annotation_its_verdict() {
     assert_eq!(verdict(grafana, "auth-response-headers"), "difference");
     assert_eq!(grafana["served_as_before"], true, "{grafana:#}");
 
-    // A regex rewrite: not yet, the host's regex mode named with the
+    // A regex rewrite: honoured, the host's regex mode named with the
     // Ingress that caused it and the one it changed.
     let api = ingress(&r, "shop", "api");
-    assert_eq!(verdict(api, "rewrite-target"), "not-yet");
+    assert_eq!(verdict(api, "rewrite-target"), "honoured");
+    assert_eq!(verdict(api, "use-regex"), "difference");
     assert_eq!(verdict(api, "proxy-body-size"), "honoured");
-    assert_eq!(api["served_as_before"], false);
+    assert_eq!(api["served_as_before"], true, "{api:#}");
     let effects = r["effects"].as_array().unwrap();
     let regex = effects
         .iter()

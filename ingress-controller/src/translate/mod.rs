@@ -105,6 +105,9 @@ pub struct IngressOptions {
     pub response_timeout: Option<Duration>,
     pub connect_timeout: Option<Duration>,
     pub source_ranges: Vec<IpNet>,
+    /// ingress-nginx's `rewrite-target` (checked: a path with `$1..$9`, or
+    /// an absolute http(s) URL).
+    pub rewrite_target: Option<String>,
     /// Annotations understood but not acted on in this build (annotation,
     /// why): an Event each, nothing else changes.
     pub unsupported: Vec<(String, String)>,
@@ -226,6 +229,16 @@ impl Translator {
             )
         }
         ours.sort_by(|a, b| order(a).cmp(&order(b)));
+        // ingress-nginx's regex mode is host-wide: one of its Ingresses with
+        // `use-regex: "true"` or a `rewrite-target` makes every path of its
+        // Ingresses on that host a case-insensitive regular expression.
+        let regex_hosts: HashSet<Option<String>> = ours
+            .iter()
+            .filter(|i| nginx::regex_mode(i))
+            .filter(|i| settings.classes.is_nginx(i, &snap.classes))
+            .flat_map(|i| i.spec.iter().flat_map(|s| s.rules.iter().flatten()))
+            .map(|r| r.host.as_ref().map(|h| h.to_ascii_lowercase()))
+            .collect();
         let mut out = Translation::default();
         // (host, path, path type) -> the Ingress that claimed it first, and
         // whether that claim is a default backend.
@@ -347,6 +360,26 @@ impl Translator {
                         .clone()
                         .filter(|p| !p.is_empty())
                         .unwrap_or_else(|| "/".into());
+                    if nginx && regex_hosts.contains(&host) {
+                        match heim_proxy::route::compile_regex(&path, true) {
+                            Ok(_) if path.starts_with('/') => {
+                                let upstream =
+                                    resolve(&p.backend, &|| format!("{}.backend", field()));
+                                explicit.push(ctx.route(
+                                    host.clone(),
+                                    path,
+                                    PathMatch::Regex,
+                                    upstream,
+                                ));
+                            }
+                            Ok(_) => invalid.push((
+                                format!("{}.path", field()),
+                                format!("{path:?} must start with '/'"),
+                            )),
+                            Err(why) => invalid.push((format!("{}.path", field()), why)),
+                        }
+                        continue;
+                    }
                     if let Err(why) = routable(&path) {
                         invalid.push((format!("{}.path", field()), why));
                         continue;
@@ -597,6 +630,7 @@ fn normal_path(r: &RouteSpec) -> String {
     match r.path_type {
         PathMatch::Exact => r.path.clone(),
         PathMatch::Prefix => r.path.trim_end_matches('/').to_string(),
+        PathMatch::Regex => r.path.clone(),
     }
 }
 
@@ -645,6 +679,17 @@ impl Ctx<'_> {
             .strip_prefix("/.well-known/acme-challenge/")
             .is_some_and(|token| !token.is_empty() && !token.contains('/'))
             && self.parsed;
+        // A target equal to the path rewrites nothing (as in ingress-nginx).
+        let rewrite = o
+            .rewrite_target
+            .as_ref()
+            .filter(|t| **t != path)
+            .and_then(|t| {
+                Some(heim_proxy::route::Rewrite {
+                    pattern: heim_proxy::route::compile_regex(&path, false).ok()?,
+                    target: t.clone(),
+                })
+            });
         RouteSpec {
             name: format!(
                 "{}:{}{}{}",
@@ -670,6 +715,7 @@ impl Ctx<'_> {
             max_body_bytes: Some(max_body).filter(|n| *n > 0),
             identity_headers: o.identity_headers.clone(),
             source_ranges: o.source_ranges.clone(),
+            rewrite,
         }
     }
 

@@ -143,9 +143,6 @@ fn is_snippet(name: &str) -> bool {
 /// Known annotations not honoured in this build, with what happens instead.
 fn unsupported(name: &str) -> Option<&'static str> {
     Some(match name {
-        "rewrite-target" | "use-regex" => {
-            "regex paths and rewrites are not in this build: the paths are matched as written and the upstream gets the request path unchanged"
-        }
         "app-root" | "permanent-redirect" | "permanent-redirect-code" | "temporal-redirect"
         | "temporal-redirect-code" | "from-to-www-redirect" => {
             "redirects are not in this build: the request goes to the backend"
@@ -261,6 +258,29 @@ fn identity_of(header: &str) -> Option<IdentityField> {
         }
         _ => None,
     }
+}
+
+/// Whether `ingress` puts its hosts in ingress-nginx's regex mode:
+/// `use-regex: "true"`, or a `rewrite-target`.
+pub fn regex_mode(ingress: &Ingress) -> bool {
+    let Some(a) = ingress.metadata.annotations.as_ref() else {
+        return false;
+    };
+    a.get(&format!("{PREFIX}use-regex"))
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"))
+        || a.contains_key(&format!("{PREFIX}rewrite-target"))
+}
+
+/// A `rewrite-target` heim takes: a path of `[-._~a-zA-Z0-9/:$]` (with
+/// `$1..$9`), as ingress-nginx validates it, or an absolute http(s) URL
+/// (a 302) without spaces or controls.
+fn valid_rewrite_target(t: &str) -> bool {
+    let absolute = t.starts_with("http://") || t.starts_with("https://");
+    if absolute {
+        return t.len() > 8 && t.bytes().all(|b| b.is_ascii_graphic());
+    }
+    t.bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"-._~/:$".contains(&b))
 }
 
 /// Reads `ingress`'s nginx annotations into `o` (where heim's own did not
@@ -463,6 +483,30 @@ pub fn read(ingress: &Ingress, have_auth: bool, o: &mut IngressOptions) -> Vec<(
                     say(
                         name,
                         Verdict::Ignored("heim.dev/allow-source-range wins".into()),
+                    );
+                }
+            }
+            "use-regex" => match value.trim().to_ascii_lowercase().as_str() {
+                "true" | "false" => say(
+                    name,
+                    Verdict::Differs(
+                        "host-wide, as in ingress-nginx: every path of this host's ingress-nginx Ingresses is a case-insensitive regular expression anchored at the start, longest first; heim's engine is linear-time (no look-around or back-references)"
+                            .into(),
+                    ),
+                ),
+                _ => say(name, Verdict::Invalid(format!("{value:?} is not \"true\" or \"false\""))),
+            },
+            "rewrite-target" => {
+                let t = value.trim();
+                if valid_rewrite_target(t) {
+                    o.rewrite_target = Some(t.to_string());
+                    say(name, Verdict::Exact);
+                } else {
+                    say(
+                        name,
+                        Verdict::Invalid(format!(
+                            "{value:?} is not a path of [-._~a-zA-Z0-9/:$] or an http(s) URL: requests go unrewritten"
+                        )),
                     );
                 }
             }
@@ -794,10 +838,8 @@ mod tests {
             verdict(&v, "secure-backends"),
             Verdict::Ignored(_)
         ));
-        assert!(matches!(
-            verdict(&v, "rewrite-target"),
-            Verdict::Unsupported(_)
-        ));
+        assert_eq!(*verdict(&v, "rewrite-target"), Verdict::Exact);
+        assert_eq!(o.rewrite_target.as_deref(), Some("/$1"));
         assert!(matches!(
             verdict(&v, "no-such-annotation"),
             Verdict::Ignored(_)

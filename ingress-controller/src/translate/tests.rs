@@ -120,6 +120,7 @@ fn route(name: &str, host: Option<&str>, path: &str, path_type: PathMatch, port:
         max_body_bytes: Some(1 << 20),
         identity_headers: Vec::new(),
         source_ranges: Vec::new(),
+        rewrite: None,
     }
 }
 
@@ -903,4 +904,72 @@ fn ingress_nginx_takeover() {
     s.nginx_default_policy = DefaultPolicy::Deny;
     let t = translate_once(&snap, &s);
     assert!(t.routes.iter().all(|r| r.policy == Policy::Deny));
+}
+
+/// ingress-nginx's regex mode is host-wide: `use-regex` on one Ingress
+/// makes the Exact path of another on the same host a regex too; a
+/// `rewrite-target` rewrites with the path's groups.
+#[test]
+fn regex_mode_is_host_wide_and_rewrites_use_the_groups() {
+    let mut snap = base();
+    snap.classes
+        .push(class("nginx", "k8s.io/ingress-nginx", false));
+    let path = |p: &str, t: &str| {
+        json!({ "path": p, "pathType": t,
+                "backend": { "service": { "name": "app", "port": { "number": 80 } } } })
+    };
+    let spec = |paths: Value| {
+        json!({ "ingressClassName": "nginx", "rules": [{ "host": "shop.example.com",
+            "http": { "paths": paths } }] })
+    };
+    snap.ingresses = vec![
+        ingress(
+            "api",
+            "2026-01-01T00:00:00Z",
+            json!({
+                "nginx.ingress.kubernetes.io/use-regex": "true",
+                "nginx.ingress.kubernetes.io/rewrite-target": "/$2",
+            }),
+            spec(json!([path("/api(/|$)(.*)", "ImplementationSpecific")])),
+        ),
+        ingress(
+            "health",
+            "2026-01-02T00:00:00Z",
+            json!({}),
+            spec(json!([path("/healthz", "Exact")])),
+        ),
+        // Another host stays as written.
+        ingress("plain", "2026-01-03T00:00:00Z", json!({}), {
+            let mut s = spec(json!([path("/healthz", "Exact")]));
+            s["rules"][0]["host"] = json!("plain.example.com");
+            s
+        }),
+    ];
+    let mut s = settings();
+    s.classes.controllers.push("k8s.io/ingress-nginx".into());
+    let t = translate_once(&snap, &s);
+    let types: Vec<(&str, &str, PathMatch)> = t
+        .routes
+        .iter()
+        .map(|r| (r.host.as_deref().unwrap(), r.path.as_str(), r.path_type))
+        .collect();
+    assert_eq!(
+        types,
+        [
+            ("shop.example.com", "/api(/|$)(.*)", PathMatch::Regex),
+            ("shop.example.com", "/healthz", PathMatch::Regex),
+            ("plain.example.com", "/healthz", PathMatch::Exact),
+        ],
+        "{:?}",
+        t.problems
+    );
+    let rw = t.routes[0].rewrite.as_ref().expect("a rewrite");
+    assert_eq!(
+        rw.apply("/api/v1/users", Some("x=1")),
+        Some(heim_proxy::route::Rewritten::Path("/v1/users?x=1".into()))
+    );
+    assert!(
+        t.routes[1].rewrite.is_none(),
+        "only the Ingress that asks for it"
+    );
 }
