@@ -62,9 +62,18 @@ impl ClassFilter {
     /// that dialect, and `[ingress_nginx] default_policy` applies.
     pub fn is_nginx(&self, ingress: &Ingress, classes: &[std::sync::Arc<IngressClass>]) -> bool {
         let annotations = ingress.metadata.annotations.as_ref();
-        if annotations.is_some_and(|a| a.keys().any(|k| k.starts_with(NGINX_PREFIX))) {
-            return true;
-        }
+        annotations.is_some_and(|a| a.keys().any(|k| k.starts_with(NGINX_PREFIX)))
+            || self.is_nginx_class(ingress, classes)
+    }
+
+    /// Whether `ingress`'s class (by `ingressClassName` or the legacy
+    /// annotation) is `nginx` or one whose controller is ingress-nginx's.
+    pub fn is_nginx_class(
+        &self,
+        ingress: &Ingress,
+        classes: &[std::sync::Arc<IngressClass>],
+    ) -> bool {
+        let annotations = ingress.metadata.annotations.as_ref();
         let class = ingress
             .spec
             .as_ref()

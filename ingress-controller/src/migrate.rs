@@ -53,6 +53,10 @@ pub struct Migrate {
     /// auth-url is served by it only then.
     #[arg(long, value_name = "BOOL", default_value = "true", action = clap::ArgAction::Set)]
     pub with_sign_in: bool,
+    /// heim's `[ingress_nginx] default_policy`: `deny` (heim's default),
+    /// `public` (as ingress-nginx served them), `any-authenticated`.
+    #[arg(long, value_name = "POLICY", default_value = "deny", value_parser = ["deny", "public", "any-authenticated"])]
+    pub default_policy: String,
 }
 
 /// One annotation's line in the report.
@@ -67,6 +71,7 @@ fn line(annotation: &str, v: &Verdict) -> Line {
     let (verdict, message, as_before) = match v {
         Verdict::Exact => ("honoured", String::new(), true),
         Verdict::Differs(m) => ("difference", m.clone(), true),
+        Verdict::Review(m) => ("review", m.clone(), false),
         Verdict::Ignored(m) => ("ignored", m.clone(), true),
         Verdict::Refused(m) => ("refused", m.clone(), false),
         Verdict::Unsupported(m) => ("not-yet", m.clone(), false),
@@ -120,9 +125,13 @@ pub fn report(snap: &Snapshot, m: &Migrate, from_cluster: bool) -> Value {
             max_body_bytes: 1 << 20,
         },
         default_policy: DefaultPolicy::Deny,
-        nginx_default_policy: DefaultPolicy::Public,
+        nginx_default_policy: match m.default_policy.as_str() {
+            "public" => DefaultPolicy::Public,
+            "any-authenticated" => DefaultPolicy::AnyAuthenticated,
+            _ => DefaultPolicy::Deny,
+        },
         have_auth: m.with_sign_in,
-        allow_external_name: true,
+        allow_external_name: false,
     };
     let t = crate::translate::translate_once(snap, &settings);
     // Problems that come from the cluster's other objects mean nothing for
@@ -141,12 +150,18 @@ pub fn report(snap: &Snapshot, m: &Migrate, from_cluster: bool) -> Value {
         if !t.served.contains(&key) {
             continue;
         }
-        let mut o = crate::translate::IngressOptions::default();
+        // As the controller reads it: heim.dev/* first, then the nginx dialect.
+        let mut o = crate::translate::heim::read(ing, snap, &settings).unwrap_or_default();
         let lines: Vec<Line> = nginx::read(ing, m.with_sign_in, &mut o)
             .iter()
             .map(|(a, v)| line(a, v))
             .collect();
-        let problems: Vec<Value> = t
+        let denied = t
+            .routes
+            .iter()
+            .zip(&t.owners)
+            .any(|(r, owner)| *owner == key && r.policy == heim_proxy::route::Policy::Deny);
+        let mut problems: Vec<Value> = t
             .problems
             .iter()
             .filter(|p| p.ingress == key && p.reason != ADOPTED && relevant(&p.key))
@@ -156,12 +171,17 @@ pub fn report(snap: &Snapshot, m: &Migrate, from_cluster: bool) -> Value {
             })
             .map(|p| json!({ "reason": p.reason, "key": p.key, "message": p.message }))
             .collect();
-        let annotations = ing.metadata.annotations.clone().unwrap_or_default();
-        let regex = annotations
-            .get(&format!("{}use-regex", nginx::PREFIX))
-            .is_some_and(|v| v.trim() == "true")
-            || annotations.contains_key(&format!("{}rewrite-target", nginx::PREFIX));
-        if regex {
+        if denied {
+            problems.push(json!({
+                "reason": "Denied",
+                "key": "policy",
+                "message": format!(
+                    "answers 403: a verdict above closes it, or it names no policy and [ingress_nginx] default_policy is {:?}",
+                    m.default_policy
+                ),
+            }));
+        }
+        if nginx::regex_mode(ing) {
             for rule in ing.spec.iter().flat_map(|s| s.rules.iter().flatten()) {
                 let host = rule.host.clone().unwrap_or_else(|| "*".into());
                 regex_hosts.entry(host).or_default().push(key.to_string());
@@ -186,6 +206,7 @@ pub fn report(snap: &Snapshot, m: &Migrate, from_cluster: bool) -> Value {
         let others: Vec<String> = snap
             .ingresses
             .iter()
+            .filter(|i| t.served.contains(&ObjKey::of(i.as_ref())))
             .filter(|i| {
                 i.spec
                     .iter()
@@ -212,7 +233,7 @@ pub fn report(snap: &Snapshot, m: &Migrate, from_cluster: bool) -> Value {
                 effects.push(json!({
                     "ingress": format!("{}/{}", ing["namespace"].as_str().unwrap_or(""), ing["name"].as_str().unwrap_or("")),
                     "effect": "spoofable-allowlist",
-                    "message": "in ingress-nginx with use-forwarded-headers this allowlist believed any client's X-Forwarded-For; heim believes it only from [server] trusted_proxies",
+                    "message": "if ingress-nginx ran with use-forwarded-headers, this allowlist believed any client's X-Forwarded-For; heim believes it only from [server] trusted_proxies peers (behind a load balancer, list it there, or the balancer's own address is what the allowlist sees)",
                 }));
             }
         }
@@ -290,7 +311,7 @@ pub fn from_files(paths: &[PathBuf]) -> anyhow::Result<Snapshot> {
             std::fs::read_to_string(f).map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?;
         let values: Vec<Value> = serde_saphyr::from_multiple(&text)
             .map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?;
-        for v in values {
+        for v in values.into_iter().filter(Value::is_object) {
             match v["kind"].as_str() {
                 Some("List") => docs.extend(v["items"].as_array().cloned().unwrap_or_default()),
                 _ => docs.push(v),
@@ -300,14 +321,29 @@ pub fn from_files(paths: &[PathBuf]) -> anyhow::Result<Snapshot> {
     let mut snap = Snapshot::default();
     let mut services = Vec::new();
     let mut secrets = Vec::new();
-    for mut d in docs {
+    for mut d in docs.into_iter().filter(|d| d["metadata"].is_object()) {
         if d["metadata"]["namespace"].is_null() && d["kind"] != "IngressClass" {
             d["metadata"]["namespace"] = json!("default");
         }
+        let name = || {
+            format!(
+                "{}/{}",
+                d["metadata"]["namespace"].as_str().unwrap_or(""),
+                d["metadata"]["name"].as_str().unwrap_or("")
+            )
+        };
+        if d["kind"] == "Ingress" && d["apiVersion"] != "networking.k8s.io/v1" {
+            anyhow::bail!(
+                "Ingress {}: apiVersion {} is gone since Kubernetes 1.22; heim reads networking.k8s.io/v1",
+                name(),
+                d["apiVersion"]
+            );
+        }
         match d["kind"].as_str() {
-            Some("Ingress") => snap
-                .ingresses
-                .push(Arc::new(serde_json::from_value::<Ingress>(d)?)),
+            Some("Ingress") => snap.ingresses.push(Arc::new(
+                serde_json::from_value::<Ingress>(d.clone())
+                    .map_err(|e| anyhow::anyhow!("Ingress {}: {e}", name()))?,
+            )),
             Some("IngressClass") => snap
                 .classes
                 .push(Arc::new(serde_json::from_value::<IngressClass>(d)?)),

@@ -1660,6 +1660,7 @@ impl Cx<'_> {
             identity_headers,
             source_ranges,
             rewrite: None,
+            strip_headers: Vec::new(),
         })
     }
 }

@@ -194,6 +194,9 @@ pub struct RouteSpec {
     pub source_ranges: Vec<crate::trust::IpNet>,
     /// ingress-nginx's `rewrite-target`, applied before forwarding.
     pub rewrite: Option<Rewrite>,
+    /// Request headers removed before forwarding (those an auth service
+    /// was to set, for routes heim's sign-in serves instead).
+    pub strip_headers: Vec<http::HeaderName>,
 }
 
 /// A compiled route: the spec plus what is live next to it.
@@ -654,6 +657,7 @@ mod tests {
             identity_headers: Vec::new(),
             source_ranges: Vec::new(),
             rewrite: None,
+            strip_headers: Vec::new(),
         }
     }
 

@@ -712,8 +712,9 @@ pub fn rewrite<B>(
     )?;
     let h = req.headers_mut();
     headers::clean(h, true, upgrade);
-    // Identity headers any route names are heim's to set, like `X-Heim-*`.
-    for name in route.identity_names.iter() {
+    // Identity headers any route names are heim's to set, like `X-Heim-*`,
+    // and so are the headers this route's auth service was to set.
+    for name in route.identity_names.iter().chain(&route.spec.strip_headers) {
         h.remove(name);
     }
     conn.forwarded

@@ -108,6 +108,9 @@ pub struct IngressOptions {
     /// ingress-nginx's `rewrite-target` (checked: a path with `$1..$9`, or
     /// an absolute http(s) URL).
     pub rewrite_target: Option<String>,
+    /// Request headers removed before forwarding (those an auth service
+    /// was to set: a client's copy never reaches the backend).
+    pub strip_headers: Vec<http::HeaderName>,
     /// Annotations understood but not acted on in this build (annotation,
     /// why): an Event each, nothing else changes.
     pub unsupported: Vec<(String, String)>,
@@ -165,6 +168,7 @@ fn report_nginx(
         match v {
             Verdict::Exact => exact.push(short.to_string()),
             Verdict::Differs(why) => differs.push(format!("{short} ({why})")),
+            Verdict::Review(why) => problem("PolicyReview", k.clone(), why.clone()),
             Verdict::Ignored(why) => problem("AnnotationIgnored", k.clone(), why.clone()),
             Verdict::Refused(why) if short.ends_with("-snippet") => {
                 problem("SnippetRefused", k.clone(), why.clone())
@@ -174,7 +178,17 @@ fn report_nginx(
             Verdict::Invalid(why) => problem("InvalidAnnotation", k.clone(), why.clone()),
         }
     }
-    let mut message = String::from("served from its ingress-nginx form");
+    let closed = verdicts.iter().any(|(_, v)| match v {
+        Verdict::Unsupported(m) | Verdict::Invalid(m) | Verdict::Refused(m) => {
+            m.contains("answers 403")
+        }
+        _ => false,
+    });
+    let mut message = String::from(if closed {
+        "taken over from ingress-nginx, but it answers 403 (see its other Events)"
+    } else {
+        "served from its ingress-nginx form"
+    });
     if !exact.is_empty() {
         message.push_str(&format!(
             "; honoured as ingress-nginx does: {}",
@@ -239,6 +253,16 @@ impl Translator {
             .flat_map(|i| i.spec.iter().flat_map(|s| s.rules.iter().flatten()))
             .map(|r| r.host.as_ref().map(|h| h.to_ascii_lowercase()))
             .collect();
+        // Hosts an ingress-nginx Ingress guards in a way heim does not build
+        // yet (client certificates, an access-deciding server-snippet):
+        // every ingress-nginx route of those hosts answers 403.
+        let closed_hosts: HashSet<Option<String>> = ours
+            .iter()
+            .filter(|i| nginx::guards_host(i))
+            .filter(|i| settings.classes.is_nginx(i, &snap.classes))
+            .flat_map(|i| i.spec.iter().flat_map(|s| s.rules.iter().flatten()))
+            .map(|r| r.host.as_ref().map(|h| h.to_ascii_lowercase()))
+            .collect();
         let mut out = Translation::default();
         // (host, path, path type) -> the Ingress that claimed it first, and
         // whether that claim is a default backend.
@@ -276,7 +300,10 @@ impl Translator {
                         let verdicts = nginx::read(ingress, settings.have_auth, &mut o);
                         report_nginx(&verdicts, &mut problem);
                     }
-                    let default = match nginx {
+                    // The nginx default policy goes by class, never by
+                    // annotations alone (charts template nginx ones onto
+                    // Ingresses of any class).
+                    let default = match settings.classes.is_nginx_class(ingress, &snap.classes) {
                         true => settings.nginx_default_policy,
                         false => settings.default_policy,
                     };
@@ -312,7 +339,10 @@ impl Translator {
                 options: &options,
                 policy,
                 ingress: &key,
+                closed_hosts: if nginx { Some(&closed_hosts) } else { None },
             };
+            // A canary is not built yet: it claims nothing (its Event says so).
+            let canary = nginx && nginx::is_canary(ingress);
             let no_spec = IngressSpec::default();
             let spec = ingress.spec.as_ref().unwrap_or(&no_spec);
             // A backend that cannot be resolved still holds its claim, and
@@ -407,6 +437,12 @@ impl Translator {
             for (k, message) in invalid {
                 problem("InvalidPath", k, message);
             }
+            let default_backend = if canary {
+                explicit.clear();
+                None
+            } else {
+                default_backend
+            };
             if let Some(upstream) = default_backend {
                 // The default backend takes what no path claims: each
                 // host's `/`, and every host when no rule names one.
@@ -657,6 +693,8 @@ struct Ctx<'a> {
     options: &'a IngressOptions,
     policy: Policy,
     ingress: &'a ObjKey,
+    /// For an ingress-nginx Ingress: the hosts whose routes answer 403.
+    closed_hosts: Option<&'a HashSet<Option<String>>>,
 }
 
 impl Ctx<'_> {
@@ -679,6 +717,7 @@ impl Ctx<'_> {
             .strip_prefix("/.well-known/acme-challenge/")
             .is_some_and(|token| !token.is_empty() && !token.contains('/'))
             && self.parsed;
+        let closed = self.closed_hosts.is_some_and(|c| c.contains(&host));
         // A target equal to the path rewrites nothing (as in ingress-nginx).
         let rewrite = o
             .rewrite_target
@@ -708,6 +747,8 @@ impl Ctx<'_> {
             backend: Backend::Upstream(upstream),
             policy: if acme_solver {
                 Policy::Public
+            } else if closed {
+                Policy::Deny
             } else {
                 self.policy.clone()
             },
@@ -716,6 +757,7 @@ impl Ctx<'_> {
             identity_headers: o.identity_headers.clone(),
             source_ranges: o.source_ranges.clone(),
             rewrite,
+            strip_headers: o.strip_headers.clone(),
         }
     }
 

@@ -46,6 +46,8 @@ pub enum Verdict {
     Exact,
     /// Honoured, with this difference.
     Differs(String),
+    /// Honoured, but who may pass is decided differently: check it.
+    Review(String),
     /// No effect, as in ingress-nginx (why).
     Ignored(String),
     /// Never applied (a snippet, ModSecurity): why, and heim's replacement.
@@ -131,7 +133,9 @@ const FAIL_CLOSED: &[&str] = &[
     "auth-tls-secret",
     "auth-tls-verify-client",
     "auth-tls-match-cn",
-    "enable-global-auth",
+    "auth-tls-verify-depth",
+    "auth-tls-pass-certificate-to-upstream",
+    "auth-tls-error-page",
     "satisfy",
 ];
 
@@ -149,7 +153,7 @@ fn unsupported(name: &str) -> Option<&'static str> {
         }
         "canary" | "canary-by-header" | "canary-by-header-value" | "canary-by-header-pattern"
         | "canary-by-cookie" | "canary-weight" | "canary-weight-total" => {
-            "canaries are not in this build: the canary Ingress's paths conflict with the mainline's, which serves"
+            "canaries are not in this build: the canary Ingress claims no route, its mainline serves all the traffic"
         }
         "enable-cors" | "cors-allow-origin" | "cors-allow-methods" | "cors-allow-headers"
         | "cors-allow-credentials" | "cors-expose-headers" | "cors-max-age" => {
@@ -186,6 +190,10 @@ fn unsupported(name: &str) -> Option<&'static str> {
         | "proxy-ssl-ciphers" | "proxy-ssl-protocols" | "proxy-ssl-verify-depth" => {
             "TLS to backends is not in this build"
         }
+        "auth-realm" | "auth-keepalive" | "auth-keepalive-share-vars" | "auth-keepalive-requests"
+        | "auth-keepalive-timeout" => "goes with auth-type or auth-url",
+        "disable-proxy-intercept-errors" => "error pages are not in this build",
+        "session-cookie-partitioned" => "sticky sessions are not in this build",
         "mirror-target" | "mirror-host" | "mirror-request-body" => {
             "request mirroring is not in this build"
         }
@@ -230,18 +238,70 @@ const AUTH_COMPANIONS: &[&str] = &[
     "auth-signin-redirect-param",
 ];
 
-/// Where a recognised auth service's verdict endpoint is, by its path.
-fn sign_in_service(auth_url: &str) -> Option<&'static str> {
-    let path = auth_url.split_once("://").map_or(auth_url, |(_, rest)| {
-        rest.find('/').map_or("", |i| &rest[i..])
-    });
-    let path = path.split('?').next().unwrap_or("");
-    if path.ends_with("/oauth2/auth") {
-        Some("oauth2-proxy")
+/// An auth service heim's sign-in stands in for: oauth2-proxy
+/// (`…/oauth2/auth`) or Authelia (`…/api/verify`, `…/api/authz/…`), on the
+/// Ingress's own host (`$host` or a rule host) or a cluster Service name;
+/// oauth2-proxy's `allowed_groups`, `allowed_emails` and
+/// `allowed_email_domains` become heim's rules. Anything else (another
+/// host, another query) is not recognised: its Ingress fails closed.
+fn sign_in_service(auth_url: &str, rule_hosts: &[String]) -> Option<(&'static str, AccessRules)> {
+    let rest = auth_url
+        .strip_prefix("https://")
+        .or_else(|| auth_url.strip_prefix("http://"))?;
+    let (authority, path_query) = rest.split_at(rest.find('/')?);
+    let host = authority
+        .rsplit_once(':')
+        .map_or(authority, |(h, _)| h)
+        .to_ascii_lowercase();
+    let own = host == "$host"
+        || rule_hosts.contains(&host)
+        || host.ends_with(".svc")
+        || host.ends_with(".svc.cluster.local")
+        || (!host.is_empty() && !host.contains('.') && !host.contains('$'));
+    if !own {
+        return None;
+    }
+    let (path, query) = path_query.split_once('?').unwrap_or((path_query, ""));
+    let service = if path.ends_with("/oauth2/auth") {
+        "oauth2-proxy"
     } else if path.ends_with("/api/verify") || path.contains("/api/authz/") {
-        Some("Authelia")
+        "Authelia"
     } else {
-        None
+        return None;
+    };
+    let mut rules = AccessRules::default();
+    for kv in query.split('&').filter(|kv| !kv.is_empty()) {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        let list = || {
+            v.split([',', ' '])
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect::<Vec<_>>()
+        };
+        match (service, k) {
+            ("oauth2-proxy", "allowed_groups") => rules.groups.extend(list()),
+            ("oauth2-proxy", "allowed_emails") => rules
+                .emails
+                .extend(list().into_iter().map(|e| e.to_ascii_lowercase())),
+            ("oauth2-proxy", "allowed_email_domains") => rules
+                .domains
+                .extend(list().into_iter().map(|d| d.to_ascii_lowercase())),
+            (_, "rd") => {}
+            _ => return None,
+        }
+    }
+    if rules.groups.is_empty() && rules.emails.is_empty() && rules.domains.is_empty() {
+        rules.any_authenticated = true;
+    }
+    Some((service, rules))
+}
+
+/// `strconv.ParseBool`, as ingress-nginx reads booleans.
+fn parse_bool(v: &str) -> Option<bool> {
+    match v.trim() {
+        "1" | "t" | "T" | "true" | "TRUE" | "True" => Some(true),
+        "0" | "f" | "F" | "false" | "FALSE" | "False" => Some(false),
+        _ => None,
     }
 }
 
@@ -267,8 +327,56 @@ pub fn regex_mode(ingress: &Ingress) -> bool {
         return false;
     };
     a.get(&format!("{PREFIX}use-regex"))
-        .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"))
+        .is_some_and(|v| parse_bool(v) == Some(true))
         || a.contains_key(&format!("{PREFIX}rewrite-target"))
+}
+
+/// A canary Ingress (`canary: "true"`): not in this build, so it claims no
+/// route (the mainline keeps all the traffic, whichever is older).
+pub fn is_canary(ingress: &Ingress) -> bool {
+    ingress
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(&format!("{PREFIX}canary")))
+        .is_some_and(|v| parse_bool(v) == Some(true))
+}
+
+/// Whether `ingress` guards its whole host in ingress-nginx in a way heim
+/// does not build yet (client certificates, `auth-tls-*`; a
+/// `server-snippet` that allows, denies or authenticates): every
+/// ingress-nginx route of its hosts then answers 403.
+pub fn guards_host(ingress: &Ingress) -> bool {
+    let Some(a) = ingress.metadata.annotations.as_ref() else {
+        return false;
+    };
+    a.iter().any(|(k, v)| match k.strip_prefix(PREFIX) {
+        Some(name) if name.starts_with("auth-tls-") => true,
+        Some("server-snippet") => guards_access(v),
+        _ => false,
+    })
+}
+
+/// Whether a snippet holds a directive that decides who may pass.
+fn guards_access(snippet: &str) -> bool {
+    snippet
+        .split([';', '\n', '{', '}'])
+        .map(|stmt| {
+            let mut w = stmt.split_whitespace();
+            (w.next().unwrap_or(""), w.next().unwrap_or(""))
+        })
+        .any(|(d, arg)| {
+            matches!(
+                d,
+                "allow"
+                    | "deny"
+                    | "auth_basic"
+                    | "auth_basic_user_file"
+                    | "auth_request"
+                    | "satisfy"
+            ) || d.starts_with("access_by_lua")
+                || (d == "return" && arg.starts_with(['4', '5']))
+        })
 }
 
 /// A `rewrite-target` heim takes: a path of `[-._~a-zA-Z0-9/:$]` (with
@@ -295,9 +403,16 @@ pub fn read(ingress: &Ingress, have_auth: bool, o: &mut IngressOptions) -> Vec<(
         .iter()
         .filter_map(|(k, v)| Some((k.strip_prefix(PREFIX)?, v.as_str())))
         .collect();
+    let rule_hosts: Vec<String> = ingress
+        .spec
+        .iter()
+        .flat_map(|s| s.rules.iter().flatten())
+        .filter_map(|r| r.host.as_ref().map(|h| h.to_ascii_lowercase()))
+        .collect();
     let mut out: Vec<(String, Verdict)> = Vec::new();
     let mut say = |name: &str, v: Verdict| out.push((format!("{PREFIX}{name}"), v));
     let mut fail_closed = false;
+    let (mut ssl_redirect, mut force_redirect) = (None, None);
     let secs = |v: &str| -> Option<Duration> {
         v.trim()
             .parse::<u64>()
@@ -309,11 +424,22 @@ pub fn read(ingress: &Ingress, have_auth: bool, o: &mut IngressOptions) -> Vec<(
         if is_snippet(name) {
             let directives = directives(value);
             let replacement = replacement(&directives);
+            let guards = guards_access(value);
+            fail_closed |= guards;
             say(
                 name,
                 Verdict::Refused(format!(
-                    "snippets are never applied (directives: {}); the Ingress is served without it{replacement}",
-                    if directives.is_empty() { "none".to_string() } else { directives.join(", ") }
+                    "snippets are never applied (directives: {}); {}{replacement}",
+                    if directives.is_empty() {
+                        "none".to_string()
+                    } else {
+                        directives.join(", ")
+                    },
+                    if guards {
+                        "it guards access (allow, deny, auth_*, access_by_lua, return 4xx): the Ingress answers 403"
+                    } else {
+                        "the Ingress is served without it"
+                    }
                 )),
             );
             continue;
@@ -334,7 +460,9 @@ pub fn read(ingress: &Ingress, have_auth: bool, o: &mut IngressOptions) -> Vec<(
             continue;
         }
         if AUTH_COMPANIONS.contains(&name) {
-            let service = all.get("auth-url").and_then(|u| sign_in_service(u));
+            let service = all
+                .get("auth-url")
+                .and_then(|u| sign_in_service(u, &rule_hosts));
             say(
                 name,
                 match (all.contains_key("auth-url"), service, name) {
@@ -369,9 +497,19 @@ pub fn read(ingress: &Ingress, have_auth: bool, o: &mut IngressOptions) -> Vec<(
             continue;
         }
         match name {
+            "enable-modsecurity" | "enable-owasp-core-rules" if parse_bool(value) == Some(false) => {
+                say(name, Verdict::Ignored("off".into()));
+            }
             "enable-modsecurity" | "enable-owasp-core-rules" | "modsecurity-transaction-id" => {
                 say(name, Verdict::Refused("heim has no ModSecurity".into()));
             }
+            "enable-global-auth" => say(
+                name,
+                Verdict::Ignored(
+                    "heim does not read ingress-nginx's global-auth-url: give the Ingress a heim.dev/allow-* policy if it relied on it"
+                        .into(),
+                ),
+            ),
             "proxy-body-size" => match heim_proxy::config::parse_size(value) {
                 Some(n) if o.max_body_bytes.is_none() => {
                     o.max_body_bytes = Some(n);
@@ -418,32 +556,32 @@ pub fn read(ingress: &Ingress, have_auth: bool, o: &mut IngressOptions) -> Vec<(
                     Verdict::Invalid(format!("{value:?} is not whole seconds: the default stays")),
                 ),
             },
-            "ssl-redirect" | "force-ssl-redirect" => {
-                let v = value.trim().to_ascii_lowercase();
-                match v.as_str() {
-                    "true" | "false" => {
-                        let on = v == "true";
-                        if name == "force-ssl-redirect" && on {
-                            o.https_redirect = Some(true);
-                        } else if name == "ssl-redirect" && o.https_redirect.is_none() {
-                            o.https_redirect = Some(on);
-                        }
-                        say(
-                            name,
+            "ssl-redirect" | "force-ssl-redirect" => match parse_bool(value) {
+                Some(on) => {
+                    if name == "force-ssl-redirect" {
+                        force_redirect = Some(on);
+                    } else {
+                        ssl_redirect = Some(on);
+                    }
+                    say(
+                        name,
+                        if on {
                             Verdict::Differs(
                                 "308 to https for every host heim serves (heim always has a certificate), the request URI kept as it is"
                                     .into(),
-                            ),
-                        );
-                    }
-                    _ => say(
-                        name,
-                        Verdict::Invalid(format!(
-                            "{value:?} is not \"true\" or \"false\": the default (redirect) stays"
-                        )),
-                    ),
+                            )
+                        } else {
+                            Verdict::Exact
+                        },
+                    );
                 }
-            }
+                None => say(
+                    name,
+                    Verdict::Invalid(format!(
+                        "{value:?} is not a boolean: the default (redirect) stays"
+                    )),
+                ),
+            },
             "allowlist-source-range" | "whitelist-source-range" => {
                 // `allowlist-` wins; `whitelist-` is read only without it.
                 if name == "whitelist-source-range" && all.contains_key("allowlist-source-range") {
@@ -486,15 +624,15 @@ pub fn read(ingress: &Ingress, have_auth: bool, o: &mut IngressOptions) -> Vec<(
                     );
                 }
             }
-            "use-regex" => match value.trim().to_ascii_lowercase().as_str() {
-                "true" | "false" => say(
+            "use-regex" => match parse_bool(value) {
+                Some(_) => say(
                     name,
                     Verdict::Differs(
                         "host-wide, as in ingress-nginx: every path of this host's ingress-nginx Ingresses is a case-insensitive regular expression anchored at the start, longest first; heim's engine is linear-time (no look-around or back-references)"
                             .into(),
                     ),
                 ),
-                _ => say(name, Verdict::Invalid(format!("{value:?} is not \"true\" or \"false\""))),
+                None => say(name, Verdict::Invalid(format!("{value:?} is not a boolean"))),
             },
             "rewrite-target" => {
                 let t = value.trim();
@@ -534,12 +672,12 @@ pub fn read(ingress: &Ingress, have_auth: bool, o: &mut IngressOptions) -> Vec<(
                 ),
             },
             "auth-url" => {
-                let Some(service) = sign_in_service(value) else {
+                let Some((service, rules)) = sign_in_service(value, &rule_hosts) else {
                     fail_closed = true;
                     say(
                         name,
                         Verdict::Unsupported(
-                            "an auth sub-request to a service heim does not recognise is not in this build: the Ingress answers 403 (oauth2-proxy's /oauth2/auth and Authelia's /api/verify are served by heim's sign-in)"
+                            "an auth sub-request to a service heim does not stand in for is not in this build: the Ingress answers 403 (oauth2-proxy's /oauth2/auth and Authelia's /api/verify on the Ingress's own host or a cluster Service are served by heim's sign-in)"
                                 .into(),
                         ),
                     );
@@ -549,20 +687,21 @@ pub fn read(ingress: &Ingress, have_auth: bool, o: &mut IngressOptions) -> Vec<(
                     fail_closed = true;
                     say(
                         name,
-                        Verdict::Invalid(format!(
+                        Verdict::Unsupported(format!(
                             "{service} is replaced by heim's sign-in, which needs [auth] in heim's ConfigMap: the Ingress answers 403"
                         )),
                     );
                     continue;
                 }
-                if o.policy.is_none() {
-                    o.policy = Some(Policy::Allow(Arc::new(AccessRules {
-                        any_authenticated: true,
-                        ..AccessRules::default()
-                    })));
-                }
+                // Every name the auth service was to set is heim's: a
+                // client's copy never reaches the backend, filled or not.
                 if let Some(headers) = all.get("auth-response-headers") {
                     for h in headers.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+                        if let Ok(n) = http::HeaderName::from_bytes(h.as_bytes()) {
+                            if !o.strip_headers.contains(&n) {
+                                o.strip_headers.push(n);
+                            }
+                        }
                         let Some(field) = identity_of(h) else {
                             continue;
                         };
@@ -574,12 +713,32 @@ pub fn read(ingress: &Ingress, have_auth: bool, o: &mut IngressOptions) -> Vec<(
                         }
                     }
                 }
-                say(
-                    name,
-                    Verdict::Differs(format!(
-                        "{service} is replaced by heim's sign-in: anyone who signs in (or the heim.dev/allow-* rules); auth-response-headers are filled from the heim session, and a client-sent copy is removed"
-                    )),
-                );
+                if o.policy.is_some() {
+                    say(
+                        name,
+                        Verdict::Differs(format!(
+                            "{service} is replaced by heim's sign-in, with the heim.dev/allow-* rules; auth-response-headers are filled from the heim session"
+                        )),
+                    );
+                } else {
+                    let who = if rules.any_authenticated {
+                        "anyone who signs in with heim's providers".to_string()
+                    } else {
+                        format!(
+                            "users of groups [{}], emails [{}] or domains [{}] (from the auth-url's query)",
+                            rules.groups.join(", "),
+                            rules.emails.join(", "),
+                            rules.domains.join(", ")
+                        )
+                    };
+                    o.policy = Some(Policy::Allow(Arc::new(rules)));
+                    say(
+                        name,
+                        Verdict::Review(format!(
+                            "{service} is replaced by heim's sign-in: {who}; {service}'s own limits (its email domains, organisations, groups, second factor) are not known to heim: state them with heim.dev/allow-* annotations"
+                        )),
+                    );
+                }
             }
             _ => match unsupported(name) {
                 Some(why) => say(name, Verdict::Unsupported(why.into())),
@@ -589,6 +748,13 @@ pub fn read(ingress: &Ingress, have_auth: bool, o: &mut IngressOptions) -> Vec<(
                 ),
             },
         }
+    }
+    // heim.dev/ssl-redirect wins; force-ssl-redirect wins over ssl-redirect.
+    if o.https_redirect.is_none() {
+        o.https_redirect = match (force_redirect, ssl_redirect) {
+            (Some(true), _) => Some(true),
+            (_, s) => s,
+        };
     }
     if fail_closed {
         o.policy = Some(Policy::Deny);
@@ -788,7 +954,34 @@ mod tests {
         }
         let names: Vec<&str> = o.identity_headers.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(names, ["x-auth-request-user", "x-auth-request-email"]);
-        assert!(matches!(verdict(&v, "auth-url"), Verdict::Differs(_)));
+        assert!(matches!(verdict(&v, "auth-url"), Verdict::Review(_)));
+        let stripped: Vec<&str> = o.strip_headers.iter().map(|n| n.as_str()).collect();
+        assert_eq!(
+            stripped,
+            [
+                "x-auth-request-user",
+                "x-auth-request-email",
+                "authorization"
+            ],
+            "every name the auth service was to set, filled or not"
+        );
+        // oauth2-proxy's own query rules become heim's.
+        let mut o = IngressOptions::default();
+        read(
+            &ingress(&[(
+                "auth-url",
+                "http://oauth2-proxy.auth.svc.cluster.local/oauth2/auth?allowed_groups=admins,ops",
+            )]),
+            true,
+            &mut o,
+        );
+        match &o.policy {
+            Some(Policy::Allow(rules)) => {
+                assert!(!rules.any_authenticated);
+                assert_eq!(rules.groups, ["admins", "ops"]);
+            }
+            other => panic!("{other:?}"),
+        }
         // Without heim's sign-in, it fails closed.
         let mut o = IngressOptions::default();
         read(&ingress(&anns), false, &mut o);
@@ -797,6 +990,10 @@ mod tests {
         // and a denylist, which are not built yet.
         for anns in [
             &[("auth-url", "http://auth.example.svc/check")][..],
+            // Another host's /oauth2/auth, or a query heim cannot read.
+            &[("auth-url", "https://auth.attacker.example/oauth2/auth")][..],
+            &[("auth-url", "https://$host/oauth2/auth?allowed_roles=x")][..],
+            &[("auth-tls-verify-depth", "2")][..],
             &[("auth-type", "basic"), ("auth-secret", "htpasswd")][..],
             &[("denylist-source-range", "10.0.0.0/8")][..],
         ] {
@@ -844,6 +1041,29 @@ mod tests {
             verdict(&v, "no-such-annotation"),
             Verdict::Ignored(_)
         ));
+        assert_eq!(
+            o.policy,
+            Some(Policy::Deny),
+            "return 403 decides who may pass"
+        );
+        // A snippet that only sets headers: refused, and the Ingress serves.
+        let mut o = IngressOptions::default();
+        read(
+            &ingress(&[(
+                "configuration-snippet",
+                "more_set_headers \"X-Frame-Options: DENY\";",
+            )]),
+            false,
+            &mut o,
+        );
         assert_eq!(o.policy, None);
+        // One that allows and denies: closed.
+        let mut o = IngressOptions::default();
+        read(
+            &ingress(&[("configuration-snippet", "allow 10.0.0.0/8;\ndeny all;")]),
+            false,
+            &mut o,
+        );
+        assert_eq!(o.policy, Some(Policy::Deny));
     }
 }

@@ -121,6 +121,7 @@ fn route(name: &str, host: Option<&str>, path: &str, path_type: PathMatch, port:
         identity_headers: Vec::new(),
         source_ranges: Vec::new(),
         rewrite: None,
+        strip_headers: Vec::new(),
     }
 }
 
