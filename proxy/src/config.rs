@@ -1661,6 +1661,7 @@ impl Cx<'_> {
             source_ranges,
             rewrite: None,
             strip_headers: Vec::new(),
+            redirect: None,
         })
     }
 }

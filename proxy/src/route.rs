@@ -197,6 +197,72 @@ pub struct RouteSpec {
     /// Request headers removed before forwarding (those an auth service
     /// was to set, for routes heim's sign-in serves instead).
     pub strip_headers: Vec<http::HeaderName>,
+    /// ingress-nginx's `permanent-redirect`, `temporal-redirect` and
+    /// `app-root`: answered before sign-in and policy, as nginx's `return`.
+    pub redirect: Option<Redirect>,
+}
+
+/// A redirect a route answers with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Redirect {
+    /// 300 to 308.
+    pub code: u16,
+    /// An absolute http(s) URL or a path; may hold the variables of
+    /// [`REDIRECT_VARIABLES`].
+    pub to: String,
+    /// Only a request for `/` itself is redirected (`app-root`).
+    pub root_only: bool,
+}
+
+/// The nginx variables a redirect may use, expanded per request.
+pub const REDIRECT_VARIABLES: &[&str] = &[
+    "escaped_request_uri",
+    "request_uri",
+    "http_host",
+    "is_args",
+    "scheme",
+    "host",
+    "args",
+    "uri",
+];
+
+/// Whether every `$name` in `template` is one of [`REDIRECT_VARIABLES`]
+/// (longest name first, as nginx reads `$request_uri` before `$request`).
+pub fn redirect_variables_known(template: &str) -> Result<(), String> {
+    let mut rest = template;
+    while let Some(i) = rest.find('$') {
+        rest = &rest[i + 1..];
+        let rest_braced = rest.strip_prefix('{');
+        let name_of = |r: &str| -> usize {
+            r.bytes()
+                .take_while(|b| b.is_ascii_alphanumeric() || *b == b'_')
+                .count()
+        };
+        let (name, skip) = match rest_braced {
+            Some(r) => {
+                let n = name_of(r);
+                if !r[n..].starts_with('}') {
+                    return Err(format!("{template:?}: an unclosed ${{"));
+                }
+                (&r[..n], n + 2)
+            }
+            None => {
+                let n = name_of(rest);
+                (&rest[..n], n)
+            }
+        };
+        match REDIRECT_VARIABLES.iter().find(|v| name.starts_with(**v)) {
+            Some(v) if rest_braced.is_none() || *v == name => {}
+            _ => {
+                return Err(format!(
+                    "{template:?}: ${name} is not one of ${}",
+                    REDIRECT_VARIABLES.join(", $")
+                ))
+            }
+        }
+        rest = &rest[skip.min(rest.len())..];
+    }
+    Ok(())
 }
 
 /// A compiled route: the spec plus what is live next to it.
@@ -658,6 +724,7 @@ mod tests {
             source_ranges: Vec::new(),
             rewrite: None,
             strip_headers: Vec::new(),
+            redirect: None,
         }
     }
 

@@ -342,6 +342,20 @@ async fn serve(
         Routed::Redirect(location) => return Ok(redirect(location)),
     };
     out.route = Some(route.clone());
+    // === redirect === a route's own (ingress-nginx's `return`): before
+    // sign-in and policy, as in nginx's rewrite phase.
+    if let Some(r) = &route.spec.redirect {
+        let path = parsed.new_path.as_deref().unwrap_or(req.uri().path());
+        if !r.root_only || path == "/" {
+            let to = expand_redirect(&r.to, &req, &parsed);
+            let to = HeaderValue::from_str(&to)
+                .map_err(|_| ProxyError::BadRequest("invalid request target"))?;
+            let mut resp = redirect(to);
+            *resp.status_mut() =
+                StatusCode::from_u16(r.code).unwrap_or(StatusCode::MOVED_PERMANENTLY);
+            return Ok(resp);
+        }
+    }
     // === source === the route's address blocks (the client as a trusted
     // proxy gives it, else the peer).
     if !route.spec.source_ranges.is_empty()
@@ -948,6 +962,66 @@ fn https_url<B>(host: &str, req: &Request<B>, conn: &ConnCtx) -> Option<HeaderVa
 }
 
 /// A `308` to `location`.
+/// A route redirect's target for this request: its nginx variables
+/// expanded, a path made absolute on the request's scheme and host.
+fn expand_redirect<B>(template: &str, req: &Request<B>, parsed: &Parsed) -> String {
+    let scheme = if parsed.secure { "https" } else { "http" };
+    let http_host = parsed.host_value.to_str().unwrap_or(&parsed.host);
+    let request_uri = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let query = req.uri().query().unwrap_or("");
+    let escaped: String = request_uri
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    let value = |name: &str| -> &str {
+        match name {
+            "escaped_request_uri" => &escaped,
+            "request_uri" => request_uri,
+            "http_host" => http_host,
+            "is_args" => {
+                if query.is_empty() {
+                    ""
+                } else {
+                    "?"
+                }
+            }
+            "scheme" => scheme,
+            "host" => &parsed.host,
+            "args" => query,
+            "uri" => req.uri().path(),
+            _ => "",
+        }
+    };
+    let mut out = String::with_capacity(template.len() + request_uri.len());
+    let mut rest = template;
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        rest = &rest[i + 1..];
+        let braced = rest.starts_with('{');
+        let body = if braced { &rest[1..] } else { rest };
+        let name = crate::route::REDIRECT_VARIABLES
+            .iter()
+            .find(|v| body.starts_with(**v))
+            .copied()
+            .unwrap_or("");
+        out.push_str(value(name));
+        rest = &body[name.len()..];
+        if braced {
+            rest = rest.strip_prefix('}').unwrap_or(rest);
+        }
+    }
+    out.push_str(rest);
+    if out.starts_with('/') {
+        out = format!("{scheme}://{http_host}{out}");
+    }
+    out
+}
+
 fn redirect(location: HeaderValue) -> Response<ProxyBody> {
     let mut resp = Response::new(ProxyBody::local(""));
     *resp.status_mut() = StatusCode::PERMANENT_REDIRECT;

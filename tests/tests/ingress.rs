@@ -1011,6 +1011,33 @@ async fn ingress_nginx_ingresses_are_taken_over() {
     health["spec"]["rules"][0]["http"]["paths"][0]["path"] = json!("/healthz");
     health["spec"]["rules"][0]["http"]["paths"][0]["pathType"] = json!("Exact");
     apply(&w.cp, &health).await;
+    // Redirects, answered before sign-in: a moved site keeps the request
+    // URI ($request_uri), an app root sends / to its start page.
+    apply(
+        &w.cp,
+        &ingress(
+            "moved",
+            Some("nginx"),
+            "moved.apps.test",
+            "web",
+            json!({
+                n("permanent-redirect"): "https://new.apps.test$request_uri",
+                n("permanent-redirect-code"): "308",
+            }),
+        ),
+    )
+    .await;
+    apply(
+        &w.cp,
+        &ingress(
+            "approot",
+            Some("nginx"),
+            "approot.apps.test",
+            "web",
+            json!({ n("app-root"): "/login$is_args$args" }),
+        ),
+    )
+    .await;
     // The legacy annotation names the class too.
     apply(
         &w.cp,
@@ -1068,6 +1095,27 @@ async fn ingress_nginx_ingresses_are_taken_over() {
     )
     .await;
     until(&client, &heim, "regex.apps.test", "/nothing", (404, "")).await;
+    until(&client, &heim, "moved.apps.test", "/a/b?c=1", (308, "")).await;
+    let r = client
+        .get(heim.https, "moved.apps.test", "/a/b?c=1")
+        .await
+        .unwrap();
+    assert_eq!(r.headers["location"], "https://new.apps.test/a/b?c=1");
+    let r = client
+        .get(heim.https, "approot.apps.test", "/?x=1")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 302);
+    assert_eq!(r.headers["location"], "https://approot.apps.test/login?x=1");
+    let r = client
+        .get(heim.https, "approot.apps.test", "/other")
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.status, r.headers["x-upstream"].to_str().unwrap()),
+        (200, "web"),
+        "only / itself"
+    );
     // oauth2-proxy's pair is heim's sign-in: a script gets 401, a browser
     // goes to heim's sign-in page, never to the backend.
     until(&client, &heim, "sso.apps.test", "/", (401, "")).await;

@@ -111,6 +111,8 @@ pub struct IngressOptions {
     /// Request headers removed before forwarding (those an auth service
     /// was to set: a client's copy never reaches the backend).
     pub strip_headers: Vec<http::HeaderName>,
+    /// `permanent-redirect`, `temporal-redirect` or `app-root`.
+    pub redirect: Option<heim_proxy::route::Redirect>,
     /// Annotations understood but not acted on in this build (annotation,
     /// why): an Event each, nothing else changes.
     pub unsupported: Vec<(String, String)>,
@@ -758,6 +760,7 @@ impl Ctx<'_> {
             source_ranges: o.source_ranges.clone(),
             rewrite,
             strip_headers: o.strip_headers.clone(),
+            redirect: o.redirect.clone(),
         }
     }
 

@@ -147,9 +147,8 @@ fn is_snippet(name: &str) -> bool {
 /// Known annotations not honoured in this build, with what happens instead.
 fn unsupported(name: &str) -> Option<&'static str> {
     Some(match name {
-        "app-root" | "permanent-redirect" | "permanent-redirect-code" | "temporal-redirect"
-        | "temporal-redirect-code" | "from-to-www-redirect" => {
-            "redirects are not in this build: the request goes to the backend"
+        "from-to-www-redirect" => {
+            "the www redirect is not in this build: the other name is not served"
         }
         "canary" | "canary-by-header" | "canary-by-header-value" | "canary-by-header-pattern"
         | "canary-by-cookie" | "canary-weight" | "canary-weight-total" => {
@@ -624,6 +623,62 @@ pub fn read(ingress: &Ingress, have_auth: bool, o: &mut IngressOptions) -> Vec<(
                     );
                 }
             }
+            "permanent-redirect" | "temporal-redirect" | "app-root" => {
+                let to = value.trim();
+                let absolute = to.starts_with("http://") || to.starts_with("https://");
+                let shape_ok = !to.is_empty()
+                    && to.bytes().all(|b| b.is_ascii_graphic())
+                    && (absolute || to.starts_with('/'))
+                    && !(name == "app-root" && absolute);
+                let vars = heim_proxy::route::redirect_variables_known(to);
+                match (shape_ok, vars) {
+                    (true, Ok(())) => {
+                        let (code, fallback, max) = match name {
+                            "permanent-redirect" => ("permanent-redirect-code", 301, 308),
+                            "temporal-redirect" => ("temporal-redirect-code", 302, 307),
+                            _ => ("", 302, 302),
+                        };
+                        let code = all
+                            .get(code)
+                            .and_then(|c| c.trim().parse::<u16>().ok())
+                            .filter(|c| (300..=max).contains(c))
+                            .unwrap_or(fallback);
+                        let r = heim_proxy::route::Redirect {
+                            code,
+                            to: to.to_string(),
+                            root_only: name == "app-root",
+                        };
+                        // Annotations come in name order: temporal- (last)
+                        // wins over permanent-, and both over app-root.
+                        o.redirect = Some(r);
+                        say(
+                            name,
+                            Verdict::Differs(format!(
+                                "{code} to {to}, before sign-in, as nginx's return; a $request_uri or other variable is expanded (ingress-nginx >= 1.12 itself drops such Ingresses)"
+                            )),
+                        );
+                    }
+                    (false, _) => say(
+                        name,
+                        Verdict::Invalid(format!(
+                            "{value:?} is not {}: no redirect",
+                            if name == "app-root" { "a path" } else { "an http(s) URL or a path" }
+                        )),
+                    ),
+                    (true, Err(why)) => say(name, Verdict::Invalid(format!("{why}: no redirect"))),
+                }
+            }
+            "permanent-redirect-code" | "temporal-redirect-code" => {
+                let base = name.trim_end_matches("-code");
+                say(
+                    name,
+                    if all.contains_key(base) {
+                        Verdict::Exact
+                    } else {
+                        Verdict::Ignored(format!("no effect without {base}"))
+                    },
+                );
+            }
             "use-regex" => match parse_bool(value) {
                 Some(_) => say(
                     name,
@@ -1000,6 +1055,56 @@ mod tests {
             let mut o = IngressOptions::default();
             read(&ingress(anns), true, &mut o);
             assert_eq!(o.policy, Some(Policy::Deny), "{anns:?}");
+        }
+    }
+
+    #[test]
+    fn redirects_and_their_codes() {
+        let mut o = IngressOptions::default();
+        read(
+            &ingress(&[
+                ("permanent-redirect", "https://new.example.com$request_uri"),
+                ("permanent-redirect-code", "308"),
+            ]),
+            false,
+            &mut o,
+        );
+        let r = o.redirect.expect("a redirect");
+        assert_eq!(
+            (r.code, r.to.as_str(), r.root_only),
+            (308, "https://new.example.com$request_uri", false)
+        );
+        // temporal- wins; a code out of range falls back.
+        let mut o = IngressOptions::default();
+        read(
+            &ingress(&[
+                ("permanent-redirect", "https://a.example.com/"),
+                ("temporal-redirect", "/maintenance"),
+                ("temporal-redirect-code", "308"),
+            ]),
+            false,
+            &mut o,
+        );
+        let r = o.redirect.expect("a redirect");
+        assert_eq!((r.code, r.to.as_str()), (302, "/maintenance"));
+        // app-root: a path only, `/` only.
+        let mut o = IngressOptions::default();
+        read(
+            &ingress(&[("app-root", "/login$is_args$args")]),
+            false,
+            &mut o,
+        );
+        let r = o.redirect.expect("app-root");
+        assert!(r.root_only && r.code == 302);
+        for bad in [
+            ("app-root", "https://elsewhere.example.com/"),
+            ("permanent-redirect", "https://x.example.com/$remote_addr"),
+            ("permanent-redirect", "javascript:alert(1)"),
+        ] {
+            let mut o = IngressOptions::default();
+            let v = read(&ingress(&[bad]), false, &mut o);
+            assert!(o.redirect.is_none(), "{bad:?}");
+            assert!(matches!(verdict(&v, bad.0), Verdict::Invalid(_)), "{bad:?}");
         }
     }
 

@@ -122,6 +122,7 @@ fn route(name: &str, host: Option<&str>, path: &str, path_type: PathMatch, port:
         source_ranges: Vec::new(),
         rewrite: None,
         strip_headers: Vec::new(),
+        redirect: None,
     }
 }
 
