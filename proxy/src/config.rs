@@ -1662,6 +1662,7 @@ impl Cx<'_> {
             rewrite: None,
             strip_headers: Vec::new(),
             redirect: None,
+            upstream_host: None,
         })
     }
 }

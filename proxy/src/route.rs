@@ -72,11 +72,16 @@ pub fn compile_regex(path: &str, anchored: bool) -> Result<regex::Regex, String>
 pub struct Rewrite {
     pub pattern: regex::Regex,
     pub target: String,
+    /// ingress-nginx's `x-forwarded-prefix`: sent as `X-Forwarded-Prefix`
+    /// when the rewrite applies.
+    pub forwarded_prefix: Option<http::HeaderValue>,
 }
 
 impl PartialEq for Rewrite {
     fn eq(&self, other: &Rewrite) -> bool {
-        self.pattern.as_str() == other.pattern.as_str() && self.target == other.target
+        self.pattern.as_str() == other.pattern.as_str()
+            && self.target == other.target
+            && self.forwarded_prefix == other.forwarded_prefix
     }
 }
 
@@ -200,6 +205,9 @@ pub struct RouteSpec {
     /// ingress-nginx's `permanent-redirect`, `temporal-redirect` and
     /// `app-root`: answered before sign-in and policy, as nginx's `return`.
     pub redirect: Option<Redirect>,
+    /// ingress-nginx's `upstream-vhost`: the `Host` sent upstream instead
+    /// of the client's.
+    pub upstream_host: Option<http::HeaderValue>,
 }
 
 /// A redirect a route answers with.
@@ -725,6 +733,7 @@ mod tests {
             rewrite: None,
             strip_headers: Vec::new(),
             redirect: None,
+            upstream_host: None,
         }
     }
 
@@ -756,6 +765,7 @@ mod tests {
         let rw = |path: &str, target: &str| Rewrite {
             pattern: compile_regex(path, false).unwrap(),
             target: target.into(),
+            forwarded_prefix: None,
         };
         let r = rw("/api(/|$)(.*)", "/$2");
         assert_eq!(

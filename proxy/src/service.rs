@@ -721,7 +721,11 @@ pub fn rewrite<B>(
         req,
         parsed.new_path.as_deref(),
         parsed.rewritten.as_deref(),
-        &parsed.host_value,
+        route
+            .spec
+            .upstream_host
+            .as_ref()
+            .unwrap_or(&parsed.host_value),
         protocol,
     )?;
     let h = req.headers_mut();
@@ -734,13 +738,31 @@ pub fn rewrite<B>(
     conn.forwarded
         .apply(h, &parsed.host_value, parsed.forwarded.as_ref());
     h.insert(X_REQUEST_ID.clone(), request_id.clone());
+    let host = route
+        .spec
+        .upstream_host
+        .as_ref()
+        .unwrap_or(&parsed.host_value);
     match protocol {
         UpstreamProtocol::Http1 => {
-            h.insert(HOST, parsed.host_value.clone());
+            h.insert(HOST, host.clone());
         }
         UpstreamProtocol::H2c => {
             h.remove(HOST);
         }
+    }
+    if let (Some(_), Some(prefix)) = (
+        &parsed.rewritten,
+        route
+            .spec
+            .rewrite
+            .as_ref()
+            .and_then(|r| r.forwarded_prefix.as_ref()),
+    ) {
+        h.insert(
+            http::header::HeaderName::from_static("x-forwarded-prefix"),
+            prefix.clone(),
+        );
     }
     Ok(upgrade)
 }

@@ -1002,7 +1002,12 @@ async fn ingress_nginx_ingresses_are_taken_over() {
         Some("nginx"),
         "regex.apps.test",
         "api",
-        json!({ n("use-regex"): "true", n("rewrite-target"): "/$2" }),
+        json!({
+            n("use-regex"): "true",
+            n("rewrite-target"): "/$2",
+            n("x-forwarded-prefix"): "/api",
+            n("upstream-vhost"): "api.internal",
+        }),
     );
     api["spec"]["rules"][0]["http"]["paths"][0]["path"] = json!("/api(/|$)(.*)");
     api["spec"]["rules"][0]["http"]["paths"][0]["pathType"] = json!("ImplementationSpecific");
@@ -1085,6 +1090,12 @@ async fn ingress_nginx_ingresses_are_taken_over() {
         got.json()["uri"],
         "/v1/users?x=1",
         "rewritten with the groups"
+    );
+    assert_eq!(got.json()["headers"]["x-forwarded-prefix"][0], "/api");
+    assert_eq!(
+        got.json()["headers"]["host"][0],
+        "api.internal",
+        "upstream-vhost"
     );
     until(
         &client,

@@ -113,6 +113,10 @@ pub struct IngressOptions {
     pub strip_headers: Vec<http::HeaderName>,
     /// `permanent-redirect`, `temporal-redirect` or `app-root`.
     pub redirect: Option<heim_proxy::route::Redirect>,
+    /// `upstream-vhost`.
+    pub upstream_host: Option<http::HeaderValue>,
+    /// `x-forwarded-prefix` (sent when the rewrite applies).
+    pub forwarded_prefix: Option<http::HeaderValue>,
     /// Annotations understood but not acted on in this build (annotation,
     /// why): an Event each, nothing else changes.
     pub unsupported: Vec<(String, String)>,
@@ -729,6 +733,7 @@ impl Ctx<'_> {
                 Some(heim_proxy::route::Rewrite {
                     pattern: heim_proxy::route::compile_regex(&path, false).ok()?,
                     target: t.clone(),
+                    forwarded_prefix: o.forwarded_prefix.clone(),
                 })
             });
         RouteSpec {
@@ -761,6 +766,7 @@ impl Ctx<'_> {
             rewrite,
             strip_headers: o.strip_headers.clone(),
             redirect: o.redirect.clone(),
+            upstream_host: o.upstream_host.clone(),
         }
     }
 

@@ -171,7 +171,7 @@ fn unsupported(name: &str) -> Option<&'static str> {
         "custom-http-errors" | "default-backend" => {
             "error pages and default backends per Ingress are not in this build: the backend's own answer goes out"
         }
-        "upstream-vhost" | "x-forwarded-prefix" | "server-alias" | "custom-headers"
+        "server-alias" | "custom-headers"
         | "connection-proxy-header" | "proxy-cookie-domain" | "proxy-cookie-path"
         | "proxy-redirect-from" | "proxy-redirect-to" => {
             "header and name rewriting is not in this build: requests and responses pass as they are"
@@ -666,6 +666,42 @@ pub fn read(ingress: &Ingress, have_auth: bool, o: &mut IngressOptions) -> Vec<(
                         )),
                     ),
                     (true, Err(why)) => say(name, Verdict::Invalid(format!("{why}: no redirect"))),
+                }
+            }
+            "upstream-vhost" => {
+                let v = value.trim();
+                let ok = !v.is_empty()
+                    && !v.contains('$')
+                    && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b));
+                match http::HeaderValue::from_str(v) {
+                    Ok(h) if ok => {
+                        o.upstream_host = Some(h);
+                        say(name, Verdict::Exact);
+                    }
+                    _ => say(
+                        name,
+                        Verdict::Invalid(format!(
+                            "{value:?} is not a host name (nginx variables are not read here): the client's Host goes upstream"
+                        )),
+                    ),
+                }
+            }
+            "x-forwarded-prefix" => {
+                let v = value.trim();
+                let ok = v.starts_with('/') && v.bytes().all(|b| b.is_ascii_graphic());
+                match http::HeaderValue::from_str(v) {
+                    Ok(h) if ok => {
+                        o.forwarded_prefix = Some(h);
+                        say(
+                            name,
+                            if all.contains_key("rewrite-target") {
+                                Verdict::Exact
+                            } else {
+                                Verdict::Ignored("sent only with a rewrite-target (as in ingress-nginx)".into())
+                            },
+                        );
+                    }
+                    _ => say(name, Verdict::Invalid(format!("{value:?} is not a path: no header"))),
                 }
             }
             "permanent-redirect-code" | "temporal-redirect-code" => {

@@ -123,6 +123,7 @@ fn route(name: &str, host: Option<&str>, path: &str, path_type: PathMatch, port:
         rewrite: None,
         strip_headers: Vec::new(),
         redirect: None,
+        upstream_host: None,
     }
 }
 
