@@ -55,8 +55,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use clap::{Parser, ValueEnum};
-use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
@@ -126,6 +126,14 @@ struct Cli {
     #[arg(long, default_value = "0", value_parser = ["0", "1"])]
     agent_core: String,
 
+    /// heim-proxy's RUST_LOG (its log is in the scratch directory; see --keep-scratch).
+    #[arg(long, default_value = "warn", value_name = "FILTER")]
+    heim_log: String,
+
+    /// Keep the scratch directory (configs and every process's log) instead of removing it.
+    #[arg(long)]
+    keep_scratch: bool,
+
     /// Also append the markdown to this file.
     #[arg(long, value_name = "FILE")]
     out: Option<PathBuf>,
@@ -179,28 +187,32 @@ fn main() -> ExitCode {
 // ---------------------------------------------------------------------------------------------
 // Setup: binaries, scratch directory, pinning.
 
-/// A scratch directory removed on drop (after the processes using it: declare it first).
-/// Named `heim-bench-PID-tunnel-N`, so heim-bench's stale-directory sweep knows it too.
-struct TempDir(PathBuf);
+/// A scratch directory removed on drop (after the processes using it: declare it first)
+/// unless kept. Named `heim-bench-PID-tunnel-N`, so heim-bench's stale-directory sweep knows it
+/// too.
+struct TempDir(PathBuf, bool);
 
 impl TempDir {
-    fn new() -> Result<TempDir> {
+    fn new(keep: bool) -> Result<TempDir> {
         remove_stale_dirs();
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.subsec_nanos())
             .unwrap_or(0);
-        let p = std::env::temp_dir().join(format!(
-            "heim-bench-{}-tunnel-{nanos}",
-            std::process::id()
-        ));
+        let p =
+            std::env::temp_dir().join(format!("heim-bench-{}-tunnel-{nanos}", std::process::id()));
         fs::create_dir(&p).with_context(|| format!("create {}", p.display()))?;
-        Ok(TempDir(p))
+        Ok(TempDir(p, keep))
     }
 }
 
 impl Drop for TempDir {
     fn drop(&mut self) {
+        if self.1 {
+            let _ = fs::remove_file(self.0.join("scp-blob"));
+            eprintln!("heim-bench-tunnel: kept {}", self.0.display());
+            return;
+        }
         if let Err(e) = fs::remove_dir_all(&self.0) {
             eprintln!(
                 "heim-bench-tunnel: could not remove {}: {e}",
@@ -363,6 +375,14 @@ fn clock_ticks() -> u64 {
         .unwrap_or(100)
 }
 
+/// The 1-minute load average.
+fn load_average() -> String {
+    fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| "?".into())
+}
+
 /// lscpu's "Model name".
 fn cpu_model() -> String {
     command_text(&mut Command::new("lscpu"))
@@ -387,6 +407,55 @@ fn command_line() -> String {
         }
     }
     parts.join(" ")
+}
+
+/// A file under the workspace's `dirs` modified after `bin`, if any: a stale binary would
+/// benchmark old code. Bounded walk: at most 10 000 entries.
+fn newer_source(bin: &Path, dirs: &[&str]) -> Option<PathBuf> {
+    let built = fs::metadata(bin).ok()?.modified().ok()?;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut stack: Vec<PathBuf> = dirs.iter().map(|d| root.join(d)).collect();
+    let mut seen = 0;
+    while let Some(p) = stack.pop() {
+        seen += 1;
+        if seen > 10_000 {
+            break;
+        }
+        let Ok(meta) = fs::metadata(&p) else { continue };
+        if meta.is_dir() {
+            if let Ok(rd) = fs::read_dir(&p) {
+                stack.extend(rd.filter_map(|e| Some(e.ok()?.path())));
+            }
+        } else if meta.modified().is_ok_and(|m| m > built) {
+            return Some(p.canonicalize().unwrap_or(p));
+        }
+    }
+    None
+}
+
+/// The workspace's commit, and whether the tunnel's sources have uncommitted changes.
+fn tree_state() -> String {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let git = |args: &[&str]| command_text(Command::new("git").arg("-C").arg(&root).args(args));
+    match git(&["rev-parse", "--short", "HEAD"]) {
+        Ok(head) => {
+            let dirty = git(&[
+                "status",
+                "--porcelain",
+                "--",
+                "proxy",
+                "tunnel-agent",
+                "tunnel-wire",
+            ])
+            .is_ok_and(|s| !s.is_empty());
+            if dirty {
+                format!("tree at {head} with uncommitted changes in proxy/, tunnel-agent/ or tunnel-wire/")
+            } else {
+                format!("tree at {head}")
+            }
+        }
+        Err(_) => "tree: not a git checkout".into(),
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -567,7 +636,10 @@ async fn read_200<S: AsyncRead + Unpin>(s: &mut S) -> Result<()> {
     let mut buf = Vec::with_capacity(512);
     let mut chunk = [0u8; 512];
     loop {
-        let n = s.read(&mut chunk).await.context("read the CONNECT answer")?;
+        let n = s
+            .read(&mut chunk)
+            .await
+            .context("read the CONNECT answer")?;
         ensure!(
             n > 0,
             "heim closed the connection before answering the CONNECT (read {:?})",
@@ -587,7 +659,10 @@ async fn read_200<S: AsyncRead + Unpin>(s: &mut S) -> Result<()> {
             );
             return Ok(());
         }
-        ensure!(buf.len() < 16 * 1024, "no end of the answer's head in 16 KiB");
+        ensure!(
+            buf.len() < 16 * 1024,
+            "no end of the answer's head in 16 KiB"
+        );
     }
 }
 
@@ -676,14 +751,19 @@ async fn download(t: &Target, bytes: u64) -> Result<Duration> {
     Ok(start.elapsed())
 }
 
-/// One echo on a new stream: (from the connect to the echoed bytes, the opening's parts,
-/// the echo on the open stream).
-async fn echo_once(t: &Target, msg: &[u8]) -> Result<(Duration, Opened, Duration)> {
+/// Echoes on a new stream: (from the connect to the first echoed bytes, the opening's
+/// parts, the first echo on the open stream, a second echo on it).
+async fn echo_once(t: &Target, msg: &[u8]) -> Result<(Duration, Opened, Duration, Duration)> {
     let t0 = Instant::now();
     let (mut s, opened) = open(t).await?;
     let t1 = Instant::now();
     echo_first(&mut s, msg).await?;
-    Ok((t0.elapsed(), opened, t1.elapsed()))
+    let (total, first) = (t0.elapsed(), t1.elapsed());
+    let t2 = Instant::now();
+    s.write_all(msg).await?;
+    s.flush().await?;
+    read_back(&mut s, msg).await?;
+    Ok((total, opened, first, t2.elapsed()))
 }
 
 /// Sends the echo header and `msg` (the first bytes of a stream), reads `msg` back.
@@ -816,7 +896,7 @@ fn start_tunnel(env: &Env<'_>, label: &str, client: &TlsConnector) -> Result<Tun
         "heim-proxy",
         Some("1"),
         &argv,
-        &[("RUST_LOG", "warn")],
+        &[("RUST_LOG", env.cli.heim_log.as_str())],
         env.dir.join(format!("heim-{label}.log")),
     )?;
     let admin = local(ports[2]);
@@ -947,12 +1027,7 @@ fn rathole_identity(env: &Env<'_>) -> Result<PathBuf> {
     Ok(pfx)
 }
 
-fn start_rathole(
-    env: &Env<'_>,
-    bin: &Path,
-    transport: Transport,
-    label: &str,
-) -> Result<Rathole> {
+fn start_rathole(env: &Env<'_>, bin: &Path, transport: Transport, label: &str) -> Result<Rathole> {
     let ports = peers::free_ports(2)?;
     let (control, visitor) = (ports[0], ports[1]);
     let (server_transport, client_transport) = match transport {
@@ -997,7 +1072,11 @@ fn start_rathole(
     let server = Proc::spawn(
         &format!("rathole server ({})", transport.name()),
         Some("1"),
-        &[bin.clone(), "--server".into(), server_conf.display().to_string()],
+        &[
+            bin.clone(),
+            "--server".into(),
+            server_conf.display().to_string(),
+        ],
         &[("RUST_LOG", "warn")],
         env.dir.join(format!("rathole-server-{label}.log")),
     )?;
@@ -1095,7 +1174,10 @@ fn start_sshd(dir: &Path) -> Result<Sshd> {
         }
         sleep(Duration::from_millis(25));
     }
-    bail!("sshd did not listen on {addr} within 10 s: {}", proc.log_tail())
+    bail!(
+        "sshd did not listen on {addr} within 10 s: {}",
+        proc.log_tail()
+    )
 }
 
 /// The client's runtime: current-thread, on heim-bench's core 0.
@@ -1147,8 +1229,7 @@ impl Meter {
         let agent = peers::cpu_ticks(&self.agent).context("a tunnel process exited")?;
         let mut core = [None, None];
         for (i, c) in core.iter_mut().enumerate() {
-            if let (Some((b0, t0)), Some((b1, t1))) = (self.cores0[i], peers::read_core_ticks(i))
-            {
+            if let (Some((b0, t0)), Some((b1, t1))) = (self.cores0[i], peers::read_core_ticks(i)) {
                 if t1 > t0 {
                     *c = Some(b1.saturating_sub(b0) as f64 * 100.0 / (t1 - t0) as f64);
                 }
@@ -1366,6 +1447,9 @@ struct Latency {
     heim_tls: Vec<f64>,
     heim_connect: Vec<f64>,
     heim_echo: Vec<f64>,
+    /// A second echo on the open stream, heim and direct.
+    heim_again: Vec<f64>,
+    direct_again: Vec<f64>,
     rathole: Vec<(Transport, Vec<f64>)>,
     /// heim's own `heim_tunnel_connect_seconds` mean over the part (CONNECT → the agent's 200).
     heim_metric_us: Option<f64>,
@@ -1404,7 +1488,7 @@ fn latency(
             before = read_metric();
         }
         for p in paths {
-            let (total, opened, echoed) = rt
+            let (total, opened, echoed, again) = rt
                 .block_on(async {
                     tokio::time::timeout(limit, echo_once(&p.target, msg))
                         .await
@@ -1415,13 +1499,17 @@ fn latency(
                 continue;
             }
             match p.kind {
-                Kind::Direct => out.direct.push(us(total)),
+                Kind::Direct => {
+                    out.direct.push(us(total));
+                    out.direct_again.push(us(again));
+                }
                 Kind::Heim => {
                     out.heim_total.push(us(total));
                     out.heim_tcp.push(us(opened.tcp));
                     out.heim_tls.push(us(opened.tls));
                     out.heim_connect.push(us(opened.connect));
                     out.heim_echo.push(us(echoed));
+                    out.heim_again.push(us(again));
                 }
                 Kind::Rathole(t) => {
                     if let Some((_, v)) = out.rathole.iter_mut().find(|(x, _)| *x == t) {
@@ -1459,7 +1547,7 @@ fn latency(
 struct Streams {
     asked: u32,
     ok: u32,
-    /// The first few errors.
+    /// The first few distinct errors.
     errors: Vec<String>,
     failed: u32,
     all_open: Duration,
@@ -1522,14 +1610,16 @@ fn streams(
                 }
                 Ok(Err(e)) => {
                     r.failed += 1;
-                    if r.errors.len() < 3 {
-                        r.errors.push(format!("{e:#}"));
+                    let e = format!("{e:#}");
+                    if r.errors.len() < 3 && !r.errors.contains(&e) {
+                        r.errors.push(e);
                     }
                 }
                 Err(e) => {
                     r.failed += 1;
-                    if r.errors.len() < 3 {
-                        r.errors.push(format!("task: {e}"));
+                    let e = format!("task: {e}");
+                    if r.errors.len() < 3 && !r.errors.contains(&e) {
+                        r.errors.push(e);
                     }
                 }
             }
@@ -1648,12 +1738,16 @@ struct Scp {
     cipher: String,
 }
 
-fn scp(env: &Env<'_>, sshd: &Sshd, tunnel: &mut Tunnel, tck: u64) -> Result<Scp> {
+fn scp(env: &Env<'_>, sshd: &mut Sshd, tunnel: &mut Tunnel, tck: u64) -> Result<Scp> {
     let cli = env.cli;
     let file = env.dir.join("scp-blob");
     eprintln!("[scp] writing {} MiB of random bytes", cli.scp_mib);
     let ok = Command::new("head")
-        .args(["-c", &(u64::from(cli.scp_mib) << 20).to_string(), "/dev/urandom"])
+        .args([
+            "-c",
+            &(u64::from(cli.scp_mib) << 20).to_string(),
+            "/dev/urandom",
+        ])
         .stdout(fs::File::create(&file).context("create the scp file")?)
         .status()
         .context("run head")?
@@ -1708,6 +1802,7 @@ fn scp(env: &Env<'_>, sshd: &Sshd, tunnel: &mut Tunnel, tck: u64) -> Result<Scp>
                 }
             }
             tunnel.check_alive()?;
+            sshd.proc.check_alive()?;
         }
         Ok(())
     })();
@@ -1732,6 +1827,8 @@ struct Results {
 
 struct Header {
     date: String,
+    /// `/proc/loadavg`'s 1-minute figure before the run (other work on the machine shows here).
+    load_before: String,
     command: String,
     cpu: String,
     nproc: usize,
@@ -1762,7 +1859,14 @@ fn run(cli: &Cli) -> Result<bool> {
         nproc >= 2,
         "BENCH.md pins the proxy to core 1 and the client to core 0: this needs ≥ 2 cores, found {nproc}"
     );
-    let mut tools = vec!["taskset", "setpriv", "kill", "sha256sum", "lscpu", "getconf"];
+    let mut tools = vec![
+        "taskset",
+        "setpriv",
+        "kill",
+        "sha256sum",
+        "lscpu",
+        "getconf",
+    ];
     if parts.contains(&Part::Scp) {
         tools.extend(["ssh", "scp", "ssh-keygen", "head"]);
         ensure!(
@@ -1790,19 +1894,39 @@ fn run(cli: &Cli) -> Result<bool> {
         "`{} --version` printed {tunnel_v:?}: a stub or broken build?",
         tunnel_bin.display()
     );
-    let built = |p: &Path| {
-        command_text(
+    let built = |p: &Path, dirs: &[&str]| {
+        let at = command_text(
             Command::new("date")
                 .arg("-u")
                 .arg("-r")
                 .arg(p)
                 .arg("+%Y-%m-%d %H:%M UTC"),
         )
-        .unwrap_or_default()
+        .unwrap_or_default();
+        match newer_source(p, dirs) {
+            Some(src) => {
+                eprintln!(
+                    "heim-bench-tunnel: warning: {} is older than {}; rebuild with \
+                     `cargo build --release -p heim-proxy -p heim-tunnel`",
+                    p.display(),
+                    src.display()
+                );
+                format!("{at}, OLDER than {}", src.display())
+            }
+            None => at,
+        }
     };
     let rathole = find_rathole(cli).and_then(|p| {
+        // `rathole --version` prints "rathole" and then "Build Version: 0.5.0" among others.
         command_text(Command::new(&p).arg("--version"))
-            .map(|v| (p, v.lines().next().unwrap_or("").to_string()))
+            .map(|v| {
+                let version = v
+                    .lines()
+                    .find_map(|l| l.trim().strip_prefix("Build Version:"))
+                    .map(|n| format!("rathole {}", n.trim()))
+                    .unwrap_or_else(|| v.lines().next().unwrap_or("").trim().to_string());
+                (p, version)
+            })
             .map_err(|e| format!("does not run: {e:#}"))
     });
     let mut results = Results::default();
@@ -1816,14 +1940,22 @@ fn run(cli: &Cli) -> Result<bool> {
         date: command_text(Command::new("date").arg("-u").arg("+%Y-%m-%d %H:%M UTC"))
             .unwrap_or_default(),
         command: command_line(),
+        load_before: load_average(),
         cpu: cpu_model(),
         nproc,
         kernel: fs::read_to_string("/proc/sys/kernel/osrelease")
             .unwrap_or_default()
             .trim()
             .to_string(),
-        heim: format!("{heim_v} (built {})", built(&heim_bin)),
-        tunnel: format!("{tunnel_v} (built {})", built(&tunnel_bin)),
+        heim: format!(
+            "{heim_v} (built {}; {})",
+            built(&heim_bin, &["proxy/src", "tunnel-wire/src"]),
+            tree_state()
+        ),
+        tunnel: format!(
+            "{tunnel_v} (built {})",
+            built(&tunnel_bin, &["tunnel-agent/src", "tunnel-wire/src"])
+        ),
         rathole: match &rathole {
             Ok((p, v)) => format!("{v} ({})", p.display()),
             Err(why) => format!("rathole {why}"),
@@ -1835,12 +1967,12 @@ fn run(cli: &Cli) -> Result<bool> {
     raise_nofile(u64::from(cli.streams) * 4 + 1024)?;
     let tck = clock_ticks();
     // Declared first so it is dropped last, after every process that uses it.
-    let tmp = TempDir::new()?;
+    let tmp = TempDir::new(cli.keep_scratch)?;
     let dir = tmp.0.as_path();
     let cert = peers::write_cert(dir, "ecdsa", false)?;
     let client = client_tls(&cert.cert)?;
     let service = start_service()?;
-    let sshd = if parts.contains(&Part::Scp) {
+    let mut sshd = if parts.contains(&Part::Scp) {
         Some(start_sshd(dir)?)
     } else {
         None
@@ -1860,8 +1992,7 @@ fn run(cli: &Cli) -> Result<bool> {
     );
 
     let rt = client_rt()?;
-    if parts.contains(&Part::Bulk) || parts.contains(&Part::Latency) || parts.contains(&Part::Scp)
-    {
+    if parts.contains(&Part::Bulk) || parts.contains(&Part::Latency) || parts.contains(&Part::Scp) {
         let mut tunnel = start_tunnel(&env, "main", &client)?;
         let mut ratholes = Vec::new();
         if let Ok((bin, _)) = &rathole {
@@ -1904,6 +2035,7 @@ fn run(cli: &Cli) -> Result<bool> {
                 kind: Kind::Rathole(r.transport),
             });
         }
+        let admin = tunnel.admin;
         let mut alive = || -> Result<()> {
             tunnel.check_alive()?;
             for r in ratholes.iter_mut() {
@@ -1921,7 +2053,7 @@ fn run(cli: &Cli) -> Result<bool> {
             alive()?;
         }
         if parts.contains(&Part::Latency) {
-            let r = latency(cli, &rt, &paths, tunnel.admin);
+            let r = latency(cli, &rt, &paths, admin);
             if let Err(e) = &r {
                 eprintln!("[latency] failed: {e:#}");
             }
@@ -1929,7 +2061,7 @@ fn run(cli: &Cli) -> Result<bool> {
             alive()?;
         }
         drop(ratholes);
-        if let Some(sshd) = &sshd {
+        if let Some(sshd) = sshd.as_mut() {
             let r = scp(&env, sshd, &mut tunnel, tck);
             if let Err(e) = &r {
                 eprintln!("[scp] failed: {e:#}\nheim: {}", tunnel.heim.log_tail());
@@ -1949,9 +2081,10 @@ fn run(cli: &Cli) -> Result<bool> {
             Ok(r)
         })();
         report_streams("heim", &r);
-        results
-            .streams
-            .push(("heim (1 agent connection)".into(), r.map_err(|e| format!("{e:#}"))));
+        results.streams.push((
+            "heim (1 agent connection)".into(),
+            r.map_err(|e| format!("{e:#}")),
+        ));
         if let Ok((bin, _)) = &rathole {
             for t in &transports {
                 if *t != Transport::Tls {
@@ -2049,6 +2182,12 @@ fn render(cli: &Cli, h: &Header, r: &Results) -> String {
         h.cpu, h.nproc, h.kernel, h.heim, h.tunnel, h.rathole
     );
     let _ = writeln!(md, "Command: `{}`\n", h.command);
+    let _ = writeln!(
+        md,
+        "Load average (1 min) before the run {}, after it {}.\n",
+        h.load_before,
+        load_average()
+    );
     let agent_core = &cli.agent_core;
     let _ = writeln!(
         md,
@@ -2178,8 +2317,18 @@ fn render(cli: &Cli, h: &Header, r: &Results) -> String {
                 &l.heim_total,
                 true,
             );
-            row(&mut md, "… of which TCP connect to heim", &l.heim_tcp, false);
-            row(&mut md, "… of which the TLS 1.3 handshake", &l.heim_tls, false);
+            row(
+                &mut md,
+                "… of which TCP connect to heim",
+                &l.heim_tcp,
+                false,
+            );
+            row(
+                &mut md,
+                "… of which the TLS 1.3 handshake",
+                &l.heim_tls,
+                false,
+            );
             row(
                 &mut md,
                 "… of which CONNECT sent → 200 received (heim's part: route, h2 stream to the agent, the agent dials the service)",
@@ -2190,6 +2339,18 @@ fn render(cli: &Cli, h: &Header, r: &Results) -> String {
                 &mut md,
                 "… of which the first echo on the open stream",
                 &l.heim_echo,
+                false,
+            );
+            row(
+                &mut md,
+                "heim: a second echo on the same open stream",
+                &l.heim_again,
+                false,
+            );
+            row(
+                &mut md,
+                "direct: a second echo on the same open connection",
+                &l.direct_again,
                 false,
             );
             for (t, v) in &l.rathole {
@@ -2242,17 +2403,18 @@ fn render(cli: &Cli, h: &Header, r: &Results) -> String {
         row(&mut md, "time until all echoed", &|s| {
             format!("{:.2} s", s.all_open.as_secs_f64())
         });
-        row(
-            &mut md,
-            "per stream, open + echo: p50 / max",
-            &|s| format!("{} / {}", ms(s.each_p50), ms(s.each_max)),
-        );
+        row(&mut md, "per stream, open + echo: p50 / max", &|s| {
+            format!("{} / {}", ms(s.each_p50), ms(s.each_max))
+        });
         let per = |(a, b): (u64, u64), n: u32| {
+            if n == 0 {
+                return format!("{} → {} (no stream open)", mib(a), mib(b));
+            }
             format!(
-                "{} → {} ({:.1} KiB per stream)",
+                "{} → {} ({:.1} KiB per open stream)",
                 mib(a),
                 mib(b),
-                b.saturating_sub(a) as f64 / f64::from(n.max(1))
+                b.saturating_sub(a) as f64 / f64::from(n)
             )
         };
         row(
@@ -2270,7 +2432,7 @@ fn render(cli: &Cli, h: &Header, r: &Results) -> String {
         row(&mut md, "still echoing after the reading", &|s| {
             s.still_ok.to_string()
         });
-        row(&mut md, "errors (first few)", &|s| {
+        row(&mut md, "errors (first few distinct)", &|s| {
             if s.errors.is_empty() {
                 "none".into()
             } else {
@@ -2318,7 +2480,9 @@ fn render(cli: &Cli, h: &Header, r: &Results) -> String {
                 let cpu = |f: &dyn Fn(&Cpu) -> f64| {
                     if tunnelled {
                         range(
-                            &v.iter().map(|r| f(&r.cpu) * 1e6 / r.mib).collect::<Vec<_>>(),
+                            &v.iter()
+                                .map(|r| f(&r.cpu) * 1e6 / r.mib)
+                                .collect::<Vec<_>>(),
                             0,
                         )
                     } else {
@@ -2345,7 +2509,10 @@ fn render(cli: &Cli, h: &Header, r: &Results) -> String {
     }
 
     // Targets.
-    let _ = writeln!(md, "Against the issue's targets (figures from the tables above):");
+    let _ = writeln!(
+        md,
+        "Against the issue's targets (figures from the tables above):"
+    );
     if let Some(Ok(series)) = &r.bulk {
         for dir in [Dir::Up, Dir::Down] {
             let of = |k: Kind| {

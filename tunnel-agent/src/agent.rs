@@ -396,7 +396,8 @@ async fn session(
     let service = hyper::service::service_fn(move |req| stream(agent2.clone(), req));
     let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
-        .adaptive_window(true)
+        .initial_stream_window_size(wire::STREAM_WINDOW)
+        .initial_connection_window_size(wire::CONNECTION_WINDOW)
         .keep_alive_interval(KEEPALIVE)
         .keep_alive_timeout(KEEPALIVE_TIMEOUT)
         .max_concurrent_streams(MAX_STREAMS)
@@ -538,7 +539,13 @@ async fn stream(
         if let Ok(up) = on_upgrade.await {
             let mut up = TokioIo::new(up);
             let mut tcp = tcp;
-            let _ = tokio::io::copy_bidirectional(&mut up, &mut tcp).await;
+            let _ = tokio::io::copy_bidirectional_with_sizes(
+                &mut up,
+                &mut tcp,
+                wire::COPY_BUFFER,
+                wire::COPY_BUFFER,
+            )
+            .await;
         }
         agent.streams.fetch_sub(1, Relaxed);
     });

@@ -31,6 +31,17 @@ pub const USER: &str = "heim-user";
 /// On a refused stream or connection: why, in a few words.
 pub const REASON: &str = "heim-reason";
 
+/// HTTP/2 flow control on agent links, the same on both sides: fixed
+/// windows large enough for bulk (a 2 MiB stream window moves ~1 GB/s at
+/// 2 ms of round trip) and for many streams at once (16 MiB per link).
+/// Adaptive windows start small, and h2 then treats a burst of small DATA
+/// frames from many streams (150 ssh sessions each sending a keystroke) as
+/// a flood and ends the link with GOAWAY ENHANCE_YOUR_CALM.
+pub const STREAM_WINDOW: u32 = 2 << 20;
+pub const CONNECTION_WINDOW: u32 = 16 << 20;
+/// Bytes copied per read between a stream and its TCP side.
+pub const COPY_BUFFER: usize = 64 << 10;
+
 /// What [`valid_name`] admits, for error messages.
 pub const NAME_RULE: &str = "1 to 63 of a-z, 0-9, - and _, starting with a letter or digit";
 

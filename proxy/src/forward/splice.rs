@@ -60,7 +60,12 @@ where
         last: last.clone(),
         read: down.clone(),
     };
-    let copy = tokio::io::copy_bidirectional(&mut client, &mut upstream);
+    let copy = tokio::io::copy_bidirectional_with_sizes(
+        &mut client,
+        &mut upstream,
+        heim_tunnel_wire::COPY_BUFFER,
+        heim_tunnel_wire::COPY_BUFFER,
+    );
     tokio::pin!(copy);
     // Counted as read, so a side that ends with an error counts too.
     let done = |ended| Spliced {
@@ -70,8 +75,10 @@ where
     };
     // A timer that never fires stands in for an idle timeout that is off.
     let far = Duration::from_secs(100 * 365 * 24 * 3600);
+    // The first check a full second from now: awaiting an interval's
+    // immediate first tick would hold the first bytes for a timer tick.
     let mut recheck = tokio::time::interval(REAUTH_EVERY);
-    recheck.tick().await;
+    recheck.reset();
     loop {
         let idle_at = last.get() + idle.unwrap_or(far);
         tokio::select! {

@@ -463,7 +463,8 @@ pub fn accept(
         });
         let handshake = http2::Builder::new(LocalExec)
             .timer(TokioTimer::new())
-            .adaptive_window(true)
+            .initial_stream_window_size(wire::STREAM_WINDOW)
+            .initial_connection_window_size(wire::CONNECTION_WINDOW)
             .keep_alive_interval(KEEPALIVE)
             .keep_alive_timeout(KEEPALIVE_TIMEOUT)
             .keep_alive_while_idle(true)
