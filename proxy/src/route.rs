@@ -107,7 +107,12 @@ impl Rewrite {
             match (c, chars.peek().and_then(|d| d.to_digit(10))) {
                 ('$', Some(n)) => {
                     chars.next();
-                    out.push_str(caps.get(n as usize).map_or("", |m| m.as_str()));
+                    // Captures come from the decoded path: escaped again,
+                    // as nginx does before proxying, so that a `%252e` or a
+                    // `%3F` stays data and never becomes `..` or a query.
+                    if let Some(m) = caps.get(n as usize) {
+                        escape_path_into(m.as_str(), &mut out);
+                    }
                 }
                 _ => out.push(c),
             }
@@ -116,9 +121,12 @@ impl Rewrite {
             out.push(if out.contains('?') { '&' } else { '?' });
             out.push_str(q);
         }
-        let absolute = ["http://", "https://"]
+        // A redirect by what the target says, never by what a capture
+        // (the client's path) brought.
+        let t = self.target.as_bytes();
+        let absolute = [&b"http://"[..], b"https://"]
             .iter()
-            .any(|s| out.len() >= s.len() && out[..s.len()].eq_ignore_ascii_case(s));
+            .any(|s| t.get(..s.len()).is_some_and(|p| p.eq_ignore_ascii_case(s)));
         Some(if absolute {
             Rewritten::Redirect(out)
         } else {
@@ -127,6 +135,19 @@ impl Rewrite {
             }
             Rewritten::Path(out)
         })
+    }
+}
+
+/// Appends `s` percent-encoded for a path: unreserved characters, the
+/// sub-delimiters, `:`, `@` and `/` stay; everything else (`%`, `?`, `#`,
+/// spaces, non-ASCII bytes) is escaped.
+fn escape_path_into(s: &str, out: &mut String) {
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
     }
 }
 
@@ -234,8 +255,9 @@ pub const REDIRECT_VARIABLES: &[&str] = &[
     "uri",
 ];
 
-/// Whether every `$name` in `template` is one of [`REDIRECT_VARIABLES`]
-/// (longest name first, as nginx reads `$request_uri` before `$request`).
+/// Whether every `$name` (or `${name}`) in `template` is one of
+/// [`REDIRECT_VARIABLES`]; a name runs over every letter, digit and `_`,
+/// as nginx reads it (`$hostname` is not `$host`).
 pub fn redirect_variables_known(template: &str) -> Result<(), String> {
     let mut rest = template;
     while let Some(i) = rest.find('$') {
@@ -259,14 +281,11 @@ pub fn redirect_variables_known(template: &str) -> Result<(), String> {
                 (&rest[..n], n)
             }
         };
-        match REDIRECT_VARIABLES.iter().find(|v| name.starts_with(**v)) {
-            Some(v) if rest_braced.is_none() || *v == name => {}
-            _ => {
-                return Err(format!(
-                    "{template:?}: ${name} is not one of ${}",
-                    REDIRECT_VARIABLES.join(", $")
-                ))
-            }
+        if !REDIRECT_VARIABLES.contains(&name) {
+            return Err(format!(
+                "{template:?}: ${name} is not one of ${}",
+                REDIRECT_VARIABLES.join(", $")
+            ));
         }
         rest = &rest[skip.min(rest.len())..];
     }

@@ -991,18 +991,20 @@ fn expand_redirect<B>(template: &str, req: &Request<B>, parsed: &Parsed) -> Stri
     let http_host = parsed.host_value.to_str().unwrap_or(&parsed.host);
     let request_uri = req.uri().path_and_query().map_or("/", |p| p.as_str());
     let query = req.uri().query().unwrap_or("");
-    let escaped: String = request_uri
-        .bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect();
-    let value = |name: &str| -> &str {
-        match name {
-            "escaped_request_uri" => &escaped,
+    let escaped = || -> String {
+        request_uri
+            .bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                    (b as char).to_string()
+                }
+                _ => format!("%{b:02X}"),
+            })
+            .collect()
+    };
+    let value = |name: &str| -> std::borrow::Cow<'_, str> {
+        std::borrow::Cow::Borrowed(match name {
+            "escaped_request_uri" => return std::borrow::Cow::Owned(escaped()),
             "request_uri" => request_uri,
             "http_host" => http_host,
             "is_args" => {
@@ -1017,7 +1019,7 @@ fn expand_redirect<B>(template: &str, req: &Request<B>, parsed: &Parsed) -> Stri
             "args" => query,
             "uri" => req.uri().path(),
             _ => "",
-        }
+        })
     };
     let mut out = String::with_capacity(template.len() + request_uri.len());
     let mut rest = template;
@@ -1026,13 +1028,13 @@ fn expand_redirect<B>(template: &str, req: &Request<B>, parsed: &Parsed) -> Stri
         rest = &rest[i + 1..];
         let braced = rest.starts_with('{');
         let body = if braced { &rest[1..] } else { rest };
-        let name = crate::route::REDIRECT_VARIABLES
-            .iter()
-            .find(|v| body.starts_with(**v))
-            .copied()
-            .unwrap_or("");
-        out.push_str(value(name));
-        rest = &body[name.len()..];
+        // The whole name, as nginx reads it (checked when the route was made).
+        let n = body
+            .bytes()
+            .take_while(|b| b.is_ascii_alphanumeric() || *b == b'_')
+            .count();
+        out.push_str(&value(&body[..n]));
+        rest = &body[n..];
         if braced {
             rest = rest.strip_prefix('}').unwrap_or(rest);
         }

@@ -325,9 +325,23 @@ pub fn regex_mode(ingress: &Ingress) -> bool {
     let Some(a) = ingress.metadata.annotations.as_ref() else {
         return false;
     };
+    // As ingress-nginx's needsRewrite: a valid target that differs from a
+    // path of the Ingress.
+    let rewrites = a
+        .get(&format!("{PREFIX}rewrite-target"))
+        .map(|t| t.trim())
+        .filter(|t| valid_rewrite_target(t))
+        .is_some_and(|t| {
+            ingress
+                .spec
+                .iter()
+                .flat_map(|s| s.rules.iter().flatten())
+                .flat_map(|r| r.http.iter().flat_map(|h| h.paths.iter()))
+                .any(|p| p.path.as_deref().unwrap_or("/") != t)
+        });
     a.get(&format!("{PREFIX}use-regex"))
         .is_some_and(|v| parse_bool(v) == Some(true))
-        || a.contains_key(&format!("{PREFIX}rewrite-target"))
+        || rewrites
 }
 
 /// A canary Ingress (`canary: "true"`): not in this build, so it claims no
@@ -382,12 +396,19 @@ fn guards_access(snippet: &str) -> bool {
 /// `$1..$9`), as ingress-nginx validates it, or an absolute http(s) URL
 /// (a 302) without spaces or controls.
 fn valid_rewrite_target(t: &str) -> bool {
+    // `$` only as `$1..$9`: no other variable is expanded here.
+    let b = t.as_bytes();
+    let dollars_ok = b
+        .iter()
+        .enumerate()
+        .all(|(i, c)| *c != b'$' || b.get(i + 1).is_some_and(u8::is_ascii_digit));
     let absolute = t.starts_with("http://") || t.starts_with("https://");
     if absolute {
-        return t.len() > 8 && t.bytes().all(|b| b.is_ascii_graphic());
+        return t.len() > 8 && dollars_ok && b.iter().all(|c| c.is_ascii_graphic());
     }
-    t.bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b"-._~/:$".contains(&b))
+    dollars_ok
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || b"-._~/:$".contains(c))
 }
 
 /// Reads `ingress`'s nginx annotations into `o` (where heim's own did not
@@ -670,9 +691,7 @@ pub fn read(ingress: &Ingress, have_auth: bool, o: &mut IngressOptions) -> Vec<(
             }
             "upstream-vhost" => {
                 let v = value.trim();
-                let ok = !v.is_empty()
-                    && !v.contains('$')
-                    && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b));
+                let ok = !v.contains('$') && v.parse::<http::uri::Authority>().is_ok_and(|a| a.as_str() == v && !v.contains('@'));
                 match http::HeaderValue::from_str(v) {
                     Ok(h) if ok => {
                         o.upstream_host = Some(h);

@@ -357,7 +357,7 @@ pub async fn forward_upgrade(
             match tokio::try_join!(client_upgrade, upstream_upgrade) {
                 Ok((client, upstream)) => {
                     let (client, upstream) = (TokioIo::new(client), TokioIo::new(upstream));
-                    splice::splice(client, upstream, idle, reauth).await;
+                    splice::splice(client, upstream, idle, reauth, splice::WEBSOCKET_BUFFER).await;
                 }
                 Err(e) => tracing::debug!(error = %e, "upgrade failed"),
             }

@@ -32,6 +32,10 @@ pub enum Ended {
     Unauthorized(&'static str),
 }
 
+/// Per-direction copy buffer of a WebSocket: tokio's default, small, as
+/// there may be many.
+pub const WEBSOCKET_BUFFER: usize = 8 << 10;
+
 /// A spliced pair's end, and the bytes it carried client -> upstream and back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Spliced {
@@ -40,10 +44,16 @@ pub struct Spliced {
     pub down: u64,
 }
 
-/// Copies both ways until one side ends, the pair idles for `idle`, or
-/// the user behind it may no longer use the route (`reauth`, checked every
-/// second).
-pub async fn splice<C, U>(client: C, upstream: U, idle: Option<Duration>, reauth: Reauth) -> Spliced
+/// Copies both ways (`buffer` bytes per read each way) until one side
+/// ends, the pair idles for `idle`, or the user behind it may no longer use
+/// the route (`reauth`, checked every second).
+pub async fn splice<C, U>(
+    client: C,
+    upstream: U,
+    idle: Option<Duration>,
+    reauth: Reauth,
+    buffer: usize,
+) -> Spliced
 where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
@@ -60,12 +70,7 @@ where
         last: last.clone(),
         read: down.clone(),
     };
-    let copy = tokio::io::copy_bidirectional_with_sizes(
-        &mut client,
-        &mut upstream,
-        heim_tunnel_wire::COPY_BUFFER,
-        heim_tunnel_wire::COPY_BUFFER,
-    );
+    let copy = tokio::io::copy_bidirectional_with_sizes(&mut client, &mut upstream, buffer, buffer);
     tokio::pin!(copy);
     // Counted as read, so a side that ends with an error counts too.
     let done = |ended| Spliced {

@@ -166,7 +166,17 @@ where
         m.tunnel_streams_open.fetch_add(1, Relaxed);
         m.tunnel_streams_total.fetch_add(1, Relaxed);
         let user = reauth.session.as_ref().map(|s| s.user.clone());
-        let Spliced { ended, up, down } = splice(TokioIo::new(client), target, idle, reauth).await;
+        // Borrowed, so that both sides stay open until the reason of a cut
+        // is kept: heim-tunnel asks for it as soon as its side closes.
+        let (mut client, mut target) = (TokioIo::new(client), target);
+        let Spliced { ended, up, down } = splice(
+            &mut client,
+            &mut target,
+            idle,
+            reauth,
+            heim_tunnel_wire::COPY_BUFFER,
+        )
+        .await;
         m.tunnel_streams_open.fetch_sub(1, Relaxed);
         m.tunnel_bytes_to_target.fetch_add(up, Relaxed);
         m.tunnel_bytes_to_client.fetch_add(down, Relaxed);
@@ -176,6 +186,7 @@ where
             Ended::Idle => shared.tunnel_cuts.record(stream_id, "idle timeout"),
             Ended::Unauthorized(why) => shared.tunnel_cuts.record(stream_id, why),
         }
+        drop((client, target));
     });
     let mut resp = Response::new(ProxyBody::local(bytes::Bytes::new()));
     if let Ok(v) = HeaderValue::from_str(&id) {
