@@ -11,7 +11,9 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() -> ExitCode {
     // `heim-ingress migrate ...`: the report, then exit.
     if std::env::args_os().nth(1).is_some_and(|a| a == "migrate") {
-        let m = heim_ingress::migrate::Migrate::parse_from(std::env::args_os().skip(1));
+        let args = std::iter::once(std::ffi::OsString::from("heim-ingress migrate"))
+            .chain(std::env::args_os().skip(2));
+        let m = heim_ingress::migrate::Migrate::parse_from(args);
         let rt = match tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

@@ -28,15 +28,16 @@ use crate::translate::{Settings, ADOPTED};
 
 /// Report how heim would serve the Ingresses written for ingress-nginx:
 /// per Ingress and annotation, honoured exactly, honoured with a stated
-/// difference, ignored (no effect in ingress-nginx either), refused
-/// (snippets), not yet built, or invalid; exits 1 when something would
-/// not be served as before.
+/// difference, to review (who may pass is decided differently), ignored
+/// (no effect in ingress-nginx either), refused (snippets), not yet built,
+/// or invalid; exits 1 when something would not be served as before, 2 on
+/// bad input. See docs/migrate-from-ingress-nginx.md.
 #[derive(Parser, Debug)]
 #[command(name = "heim-ingress migrate")]
 pub struct Migrate {
-    /// YAML files or directories of them (every *.yaml / *.yml, multi-
-    /// document, `kind: List` too); repeatable. Without -f, the live
-    /// cluster of --kubeconfig is read.
+    /// YAML files or directories of them (every *.yaml / *.yml; several
+    /// documents per file and `kind: List` too); repeatable. Without -f,
+    /// the live cluster of --kubeconfig is read.
     #[arg(short = 'f', long = "filename", value_name = "PATH")]
     pub files: Vec<PathBuf>,
     /// A kubeconfig file (default: $KUBECONFIG, ~/.kube/config, or the
