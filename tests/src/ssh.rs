@@ -126,3 +126,55 @@ pub fn sha256_of(path: &Path) -> String {
 pub fn user() -> String {
     std::env::var("USER").unwrap_or_else(|_| "root".into())
 }
+
+/// `program` (ssh, scp, sftp) for tests: no user config, no host-key
+/// prompts, `key`, tokens under `dir/xdg`, and heim as the ProxyCommand
+/// (`heim-tunnel proxy --proxy PROXY --ca-file dir/ca.pem %h:%p`).
+pub fn ssh_through(program: &str, proxy: &str, dir: &Path, key: &Path) -> Command {
+    let mut c = Command::new(tool(program, "openssh-client"));
+    c.args(["-F", "none", "-o", "BatchMode=yes"])
+        .args(["-o", "StrictHostKeyChecking=no"])
+        .args(["-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR"])
+        .arg("-o")
+        .arg(format!(
+            "ProxyCommand={} proxy --proxy {proxy} --ca-file {} %h:%p",
+            crate::tunnel_binary().display(),
+            dir.join("ca.pem").display()
+        ))
+        .arg("-i")
+        .arg(key)
+        .env("XDG_CONFIG_HOME", dir.join("xdg"))
+        .env_remove("HEIM_TOKEN");
+    c
+}
+
+/// `heim-tunnel proxy --proxy PROXY TARGET` with `input` on stdin and
+/// `HEIM_TOKEN=token`: its exit code, stdout and stderr.
+pub fn tunnel_proxy(
+    proxy: &str,
+    dir: &Path,
+    target: &str,
+    token: &str,
+    input: &[u8],
+) -> std::process::Output {
+    use std::io::Write;
+    let mut child = Command::new(crate::tunnel_binary())
+        .args(["proxy", "--proxy", proxy, "--ca-file"])
+        .arg(dir.join("ca.pem"))
+        .arg(target)
+        .env("HEIM_TOKEN", token)
+        .env("XDG_CONFIG_HOME", dir.join("xdg"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let data = input.to_vec();
+    let writer = std::thread::spawn(move || {
+        let _ = stdin.write_all(&data);
+    });
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    out
+}

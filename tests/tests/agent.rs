@@ -241,50 +241,12 @@ impl Rig {
     }
 
     fn ssh(&self, program: &str, proxy_url: &str) -> Command {
-        let mut c = Command::new(tool(program, "openssh-client"));
-        c.args(["-F", "none", "-o", "BatchMode=yes"])
-            .args([
-                "-o",
-                "StrictHostKeyChecking=no",
-                "-o",
-                "UserKnownHostsFile=/dev/null",
-                "-o",
-                "LogLevel=ERROR",
-            ])
-            .arg("-o")
-            .arg(format!(
-                "ProxyCommand={} proxy --proxy {proxy_url} --ca-file {} %h:%p",
-                tunnel_binary().display(),
-                self.dir.join("ca.pem").display()
-            ))
-            .arg("-i")
-            .arg(&self.key)
-            .env("XDG_CONFIG_HOME", self.dir.join("xdg"))
-            .env_remove("HEIM_TOKEN");
-        c
+        heim_e2e::ssh::ssh_through(program, proxy_url, &self.dir, &self.key)
     }
 
     /// `heim-tunnel proxy TARGET` with `input` on stdin and `token`.
     fn tunnel(&self, target: &str, token: &str, input: &[u8]) -> Output {
-        let mut child = Command::new(tunnel_binary())
-            .args(["proxy", "--proxy", &self.url(), "--ca-file"])
-            .arg(self.dir.join("ca.pem"))
-            .arg(target)
-            .env("HEIM_TOKEN", token)
-            .env("XDG_CONFIG_HOME", self.dir.join("xdg"))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut stdin = child.stdin.take().unwrap();
-        let data = input.to_vec();
-        let writer = std::thread::spawn(move || {
-            let _ = stdin.write_all(&data);
-        });
-        let out = child.wait_with_output().unwrap();
-        writer.join().unwrap();
-        out
+        heim_e2e::ssh::tunnel_proxy(&self.url(), &self.dir, target, token, input)
     }
 }
 

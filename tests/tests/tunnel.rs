@@ -9,7 +9,7 @@
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 
-use heim_e2e::ssh::{echo, free_port, sha256_of, sshd, tool, user, Killed};
+use heim_e2e::ssh::{echo, free_port, sha256_of, sshd, user, Killed};
 use heim_e2e::{env, tunnel_binary, Heim};
 
 struct Rig {
@@ -26,55 +26,13 @@ impl Rig {
         format!("https://127.0.0.1:{}", self.heim.https.port())
     }
 
-    fn proxy_command(&self) -> String {
-        format!(
-            "{} proxy --proxy {} --ca-file {} %h:%p",
-            tunnel_binary().display(),
-            self.proxy_url(),
-            self.dir.join("ca.pem").display()
-        )
-    }
-
     fn ssh(&self, program: &str) -> Command {
-        let mut c = Command::new(tool(program, "openssh-client"));
-        c.args(["-F", "none", "-o", "BatchMode=yes"])
-            .args([
-                "-o",
-                "StrictHostKeyChecking=no",
-                "-o",
-                "UserKnownHostsFile=/dev/null",
-            ])
-            .args(["-o", "LogLevel=ERROR"])
-            .arg("-o")
-            .arg(format!("ProxyCommand={}", self.proxy_command()))
-            .arg("-i")
-            .arg(&self.key)
-            .env("XDG_CONFIG_HOME", self.dir.join("xdg"));
-        c
+        heim_e2e::ssh::ssh_through(program, &self.proxy_url(), &self.dir, &self.key)
     }
 
     /// `heim-tunnel proxy TARGET` with `input` on stdin.
     fn tunnel(&self, target: &str, input: &[u8]) -> Output {
-        use std::io::Write;
-        let mut child = Command::new(tunnel_binary())
-            .args(["proxy", "--proxy", &self.proxy_url(), "--ca-file"])
-            .arg(self.dir.join("ca.pem"))
-            .arg(target)
-            .env("HEIM_TOKEN", "not-a-token")
-            .env("XDG_CONFIG_HOME", self.dir.join("xdg"))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut stdin = child.stdin.take().unwrap();
-        let data = input.to_vec();
-        let writer = std::thread::spawn(move || {
-            let _ = stdin.write_all(&data);
-        });
-        let out = child.wait_with_output().unwrap();
-        writer.join().unwrap();
-        out
+        heim_e2e::ssh::tunnel_proxy(&self.proxy_url(), &self.dir, target, "not-a-token", input)
     }
 }
 
