@@ -153,7 +153,7 @@ pub fn report(snap: &Snapshot, m: &Migrate, from_cluster: bool) -> Value {
         }
         // As the controller reads it: heim.dev/* first, then the nginx dialect.
         let mut o = crate::translate::heim::read(ing, snap, &settings).unwrap_or_default();
-        let lines: Vec<Line> = nginx::read(ing, m.with_sign_in, &mut o)
+        let lines: Vec<Line> = nginx::read(ing, m.with_sign_in, snap, &mut o)
             .iter()
             .map(|(a, v)| line(a, v))
             .collect();

@@ -1663,6 +1663,12 @@ impl Cx<'_> {
             strip_headers: Vec::new(),
             redirect: None,
             upstream_host: None,
+            denied_ranges: Vec::new(),
+            canary: None,
+            cors: None,
+            basic_auth: None,
+            external_auth: None,
+            rate_limit: None,
         })
     }
 }

@@ -63,6 +63,17 @@ pub enum ProxyError {
     UpstreamTimeout,
     #[error("the upstream broke the exchange")]
     UpstreamProtocol,
+    /// Over a route's `limit-rps`, `limit-rpm` or `limit-connections`
+    /// (503, as ingress-nginx's `limit-req-status-code`).
+    #[error("rate limited: {0}")]
+    Limited(&'static str),
+    /// An auth step's own answer (basic auth's 401 challenge, an auth
+    /// service's 401/403/500 or sign-in 302): the status with these headers.
+    #[error("auth answered {status}")]
+    AuthAnswer {
+        status: StatusCode,
+        headers: Vec<(http::HeaderName, HeaderValue)>,
+    },
     /// A tunnel's agent is not connected, does not serve the service, or
     /// its local address refused (502, the reason in the body).
     #[error("tunnel: {0}")]
@@ -84,7 +95,10 @@ impl ProxyError {
             ProxyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::ClientTimeout => StatusCode::REQUEST_TIMEOUT,
-            ProxyError::NoUpstream | ProxyError::UpstreamBusy => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::NoUpstream | ProxyError::UpstreamBusy | ProxyError::Limited(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ProxyError::AuthAnswer { status, .. } => *status,
             ProxyError::UpstreamConnect | ProxyError::UpstreamProtocol | ProxyError::Agent(_) => {
                 StatusCode::BAD_GATEWAY
             }
@@ -149,6 +163,11 @@ impl ProxyError {
                     header::WWW_AUTHENTICATE,
                     HeaderValue::from_static("Bearer realm=\"heim\""),
                 );
+            }
+            ProxyError::AuthAnswer { headers, .. } => {
+                for (name, value) in headers {
+                    h.append(name.clone(), value.clone());
+                }
             }
             _ => {}
         }

@@ -40,7 +40,7 @@ pub enum PathMatch {
 }
 
 /// The longest compiled form of one route's regular expression.
-const REGEX_SIZE_LIMIT: usize = 1 << 20;
+pub(crate) const REGEX_SIZE_LIMIT: usize = 1 << 20;
 
 /// Compiles a route path of [`PathMatch::Regex`] (`anchored`) or a
 /// rewrite's pattern (unanchored), case-insensitively, with a linear-time
@@ -165,6 +165,10 @@ pub enum Backend {
     /// `CONNECT` on the route's host becomes a stream on one of that
     /// agent's connections; nothing else is served.
     Agent { agent: String, service: String },
+    /// heim answers 404 itself, after the route's redirects, address
+    /// blocks and sign-in: ingress-nginx's implicit `location /`, which
+    /// carries the annotations of its host's oldest Ingress.
+    NotFound,
 }
 
 impl Backend {
@@ -229,6 +233,32 @@ pub struct RouteSpec {
     /// ingress-nginx's `upstream-vhost`: the `Host` sent upstream instead
     /// of the client's.
     pub upstream_host: Option<http::HeaderValue>,
+    /// ingress-nginx's `denylist-source-range`: clients in these blocks get
+    /// 403, before and over `source_ranges`.
+    pub denied_ranges: Vec<crate::trust::IpNet>,
+    /// ingress-nginx's canary Ingress for this host and path: a second
+    /// backend some requests go to.
+    pub canary: Option<Arc<crate::canary::Canary>>,
+    /// ingress-nginx's `enable-cors`: preflights from allowed origins are
+    /// answered, and every answer gets the CORS headers.
+    pub cors: Option<Arc<crate::forward::cors::Cors>>,
+    /// ingress-nginx's `auth-type: basic`.
+    pub basic_auth: Option<Arc<BasicAuth>>,
+    /// ingress-nginx's `auth-url` to an auth service heim's sign-in does
+    /// not stand in for: asked before every request.
+    pub external_auth: Option<Arc<crate::auth::external::ExternalAuth>>,
+    /// ingress-nginx's `limit-rps`, `limit-rpm` and `limit-connections`.
+    pub rate_limit: Option<crate::limit::RateLimit>,
+}
+
+/// A route's HTTP basic authentication (ingress-nginx's `auth-type: basic`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BasicAuth {
+    /// `None`: the Secret is missing or unreadable, and requests get 503
+    /// (as in ingress-nginx).
+    pub users: Option<crate::auth::htpasswd::Htpasswd>,
+    /// `auth-realm`.
+    pub realm: String,
 }
 
 /// A redirect a route answers with.
@@ -306,6 +336,11 @@ pub struct Route {
     pub identity_names: Arc<[http::HeaderName]>,
     /// A [`PathMatch::Regex`] route's compiled path.
     pub regex: Option<regex::Regex>,
+    /// The compiled canary backend of `spec.canary`.
+    pub canary: Option<Arc<UpstreamGroup>>,
+    /// The counters of `spec.rate_limit`, kept across swaps for an
+    /// unchanged route.
+    pub limiter: Option<Arc<crate::limit::Limiter>>,
 }
 
 /// Two routes that claim the same host, path and path type.
@@ -430,7 +465,16 @@ impl RouteTable {
                 health.extend(group.health());
                 groups.insert(spec.clone(), group.clone());
             }
+            if let (Some(c), Some(group)) = (&route.spec.canary, &route.canary) {
+                health.extend(group.health());
+                groups.insert(c.backend.clone(), group.clone());
+            }
         }
+        let limiters: HashMap<&str, &Arc<crate::limit::Limiter>> = previous
+            .into_iter()
+            .flat_map(|t| t.routes())
+            .filter_map(|r| Some((r.spec.name.as_str(), r.limiter.as_ref()?)))
+            .collect();
         let mut table = RouteTable::default();
         let mut dups = Vec::new();
         let mut names: Vec<http::HeaderName> = specs
@@ -442,15 +486,25 @@ impl RouteTable {
         let identity_names: Arc<[http::HeaderName]> = names.into();
         for (index, spec) in specs.into_iter().enumerate() {
             let metrics = metrics_for(&spec.name);
-            let upstream = match &spec.backend {
-                Backend::Upstream(u) => Some(
-                    groups
-                        .entry(u.clone())
-                        .or_insert_with(|| Arc::new(UpstreamGroup::compile(u, &mut health)))
-                        .clone(),
-                ),
-                Backend::Echo | Backend::Tcp(_) | Backend::Agent { .. } => None,
+            let mut group = |u: &UpstreamSpec| {
+                groups
+                    .entry(u.clone())
+                    .or_insert_with(|| Arc::new(UpstreamGroup::compile(u, &mut health)))
+                    .clone()
             };
+            let upstream = match &spec.backend {
+                Backend::Upstream(u) => Some(group(u)),
+                Backend::Echo | Backend::NotFound | Backend::Tcp(_) | Backend::Agent { .. } => None,
+            };
+            let canary = spec.canary.as_ref().map(|c| group(&c.backend));
+            let limiter = spec
+                .rate_limit
+                .as_ref()
+                .filter(|l| !l.limits_nothing())
+                .map(|l| match limiters.get(spec.name.as_str()) {
+                    Some(old) if old.spec() == l => Arc::clone(old),
+                    _ => Arc::new(crate::limit::Limiter::new(l)),
+                });
             // Sources check their regular expressions before they get here;
             // one that does not compile never matches.
             let regex = match spec.path_type {
@@ -465,6 +519,8 @@ impl RouteTable {
                 metrics,
                 identity_names: identity_names.clone(),
                 regex,
+                canary,
+                limiter,
             });
             let slot = match route.spec.host.as_deref() {
                 None => table.any_host.get_or_insert_with(HostRoutes::default),
@@ -753,6 +809,12 @@ mod tests {
             strip_headers: Vec::new(),
             redirect: None,
             upstream_host: None,
+            denied_ranges: Vec::new(),
+            canary: None,
+            cors: None,
+            basic_auth: None,
+            external_auth: None,
+            rate_limit: None,
         }
     }
 

@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use http::header::{CONTENT_LENGTH, COOKIE, HOST, LOCATION, UPGRADE};
 use http::uri::PathAndQuery;
-use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 
 use crate::auth::policy::Session;
@@ -39,7 +39,8 @@ use crate::error::ProxyError;
 use crate::forward::headers::{self, X_REQUEST_ID};
 use crate::metrics::ClientErrorKind;
 use crate::route::{
-    host_and_port, normalize_host, normalize_path, routing_path, IdentityField, Policy, Route,
+    host_and_port, normalize_host, normalize_path, routing_path, Backend, IdentityField, Policy,
+    Route,
 };
 use crate::state::Shared;
 use crate::trust::{Forwarded, TrustedProxies};
@@ -204,6 +205,9 @@ struct Outcome {
     request_id: HeaderValue,
     /// Why heim answered itself, if it did.
     error: Option<ProxyError>,
+    /// The client's slot under the route's `limit-connections`, held until
+    /// the response head is out.
+    slot: Option<crate::limit::ConnGuard>,
 }
 
 /// hyper's entry point: one request, one response, never an error.
@@ -240,7 +244,10 @@ pub async fn handle(
         upstream: None,
         request_id,
         error: None,
+        slot: None,
     };
+    // For CORS, which answers every response of its routes (heim's own too).
+    let origin = req.headers().get(http::header::ORIGIN).cloned();
     let mut resp = match serve(req, &conn, body_timeout, &mut outcome).await {
         Ok(resp) => resp,
         Err(e) => {
@@ -254,6 +261,15 @@ pub async fn handle(
     };
 
     in_flight.answered = true;
+    outcome.slot = None;
+    if let (Some(origin), Some(cors)) = (
+        origin,
+        outcome.route.as_ref().and_then(|r| r.spec.cors.as_ref()),
+    ) {
+        let mut request = HeaderMap::new();
+        request.insert(http::header::ORIGIN, origin);
+        cors.apply(&request, resp.headers_mut());
+    }
     // Not on a 101: its `Connection: upgrade` must stay (RFC 6455 §4.1),
     // and the connection is the WebSocket's from then on.
     if last && !conn.http2() && resp.status() != StatusCode::SWITCHING_PROTOCOLS {
@@ -356,8 +372,31 @@ async fn serve(
             return Ok(resp);
         }
     }
+    // === CORS === a preflight from an allowed origin is answered here, as
+    // nginx answers it in its rewrite phase, before any access check.
+    if let Some(cors) = &route.spec.cors {
+        if let Some(answer) = cors.preflight(req.method(), req.headers()) {
+            return Ok(answer.map(|()| ProxyBody::local("")));
+        }
+    }
+    // === limit === the route's request rates and requests in flight per
+    // client (nginx's preaccess phase: before address blocks and auth).
+    if let Some(limiter) = &route.limiter {
+        match limiter.admit(out.client, Instant::now()) {
+            Ok(slot) => out.slot = slot,
+            Err(over) => return Err(ProxyError::Limited(over.label())),
+        }
+    }
     // === source === the route's address blocks (the client as a trusted
-    // proxy gives it, else the peer).
+    // proxy gives it, else the peer); a denied block wins.
+    if route
+        .spec
+        .denied_ranges
+        .iter()
+        .any(|n| n.contains(out.client))
+    {
+        return Err(ProxyError::Forbidden);
+    }
     if !route.spec.source_ranges.is_empty()
         && !route
             .spec
@@ -367,6 +406,15 @@ async fn serve(
     {
         return Err(ProxyError::Forbidden);
     }
+    // === basic auth === and === auth service === ingress-nginx's
+    // `auth-type: basic` and `auth-url`, after the address blocks.
+    if let Some(basic) = &route.spec.basic_auth {
+        check_basic(req.headers(), basic).await?;
+    }
+    let external = match &route.spec.external_auth {
+        Some(ext) => Some(ask_auth_service(ext, &req, &parsed, &route, out).await?),
+        None => None,
+    };
     let session = authenticate(&req, &parsed.host, &route, auth.as_deref(), conn);
     authorize(
         &req,
@@ -418,13 +466,25 @@ async fn serve(
         ..parsed
     };
     let upgrade = rewrite(&mut req, &parsed, &route, conn, &out.request_id)?;
+    if route.spec.basic_auth.is_some() {
+        req.headers_mut().remove(http::header::AUTHORIZATION);
+    }
+    let mut auth_cookies = Vec::new();
+    if let Some(crate::auth::external::AuthVerdict::Allow {
+        set_headers,
+        set_cookies,
+    }) = external
+    {
+        crate::auth::external::apply_upstream_headers(&set_headers, req.headers_mut());
+        auth_cookies = set_cookies;
+    }
     if let Some(auth) = &auth {
         auth.strip_credentials(req.headers_mut());
         if let Some(s) = &session {
             identify(&mut req, &parsed, &route, s, auth, conn);
         }
     }
-    backend(
+    let mut resp = backend(
         req,
         &parsed,
         &route,
@@ -434,7 +494,107 @@ async fn serve(
         session.as_ref(),
         out,
     )
-    .await
+    .await?;
+    // The auth service's cookies, on the statuses nginx adds them to.
+    if let Some(ext) = &route.spec.external_auth {
+        if ext.passes_cookies(resp.status()) {
+            for c in auth_cookies {
+                resp.headers_mut().append(http::header::SET_COOKIE, c);
+            }
+        }
+    }
+    Ok(resp)
+}
+
+/// ingress-nginx's basic auth: a user of the Secret with the right
+/// password passes, and its `Authorization` goes no further; anyone else
+/// gets 401 with the realm's challenge; a missing Secret, 503. A hash
+/// (bcrypt, SHA-crypt) costs milliseconds: it is checked on the blocking
+/// pool, never on the connection's thread.
+async fn check_basic(
+    headers: &HeaderMap,
+    basic: &Arc<crate::route::BasicAuth>,
+) -> Result<(), ProxyError> {
+    if basic.users.is_none() {
+        return Err(ProxyError::AuthAnswer {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            headers: Vec::new(),
+        });
+    }
+    let credentials = headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(crate::auth::htpasswd::basic_credentials);
+    let admitted = match credentials {
+        None => false,
+        Some((user, password)) => {
+            let basic = Arc::clone(basic);
+            tokio::task::spawn_blocking(move || {
+                basic
+                    .users
+                    .as_ref()
+                    .is_some_and(|u| u.verify(&user, &password))
+            })
+            .await
+            .unwrap_or(false)
+        }
+    };
+    if admitted {
+        return Ok(());
+    }
+    Err(ProxyError::AuthAnswer {
+        status: StatusCode::UNAUTHORIZED,
+        headers: vec![(
+            http::header::WWW_AUTHENTICATE,
+            crate::auth::htpasswd::challenge(&basic.realm),
+        )],
+    })
+}
+
+/// ingress-nginx's `auth-url`: the auth service's verdict on this request.
+/// `Allow` goes on (its headers and cookies applied later); every other
+/// verdict is the answer, with the service's cookies.
+async fn ask_auth_service(
+    ext: &crate::auth::external::ExternalAuth,
+    req: &Request<Incoming>,
+    parsed: &Parsed,
+    route: &Route,
+    out: &Outcome,
+) -> Result<crate::auth::external::AuthVerdict, ProxyError> {
+    use crate::auth::external::{AuthContext, AuthVerdict};
+    let expand = |t: &str| expand_redirect(t, req, parsed);
+    let ctx = AuthContext {
+        route: &route.spec.name,
+        client: out.client,
+        https: parsed.secure,
+        request_id: &out.request_id,
+        expand: &expand,
+    };
+    let verdict = ext.check(req, &ctx).await;
+    let status = verdict.status();
+    let mut headers: Vec<(http::HeaderName, HeaderValue)> = Vec::new();
+    match &verdict {
+        AuthVerdict::Allow { .. } => return Ok(verdict),
+        AuthVerdict::SignIn { location, .. } => {
+            headers.push((LOCATION, location.clone()));
+        }
+        AuthVerdict::Unauthorized {
+            www_authenticate, ..
+        } => {
+            headers.extend(
+                www_authenticate
+                    .iter()
+                    .map(|v| (http::header::WWW_AUTHENTICATE, v.clone())),
+            );
+        }
+        AuthVerdict::Forbidden { .. } | AuthVerdict::Error { .. } => {}
+    }
+    headers.extend(
+        verdict
+            .set_cookies()
+            .iter()
+            .map(|c| (http::header::SET_COOKIE, c.clone())),
+    );
+    Err(ProxyError::AuthAnswer { status, headers })
 }
 
 /// Where ACME HTTP-01 tokens are fetched (RFC 8555 §8.3).
@@ -787,6 +947,9 @@ async fn backend(
     session: Option<&Session>,
     out: &mut Outcome,
 ) -> Result<Response<ProxyBody>, ProxyError> {
+    if route.spec.backend == Backend::NotFound {
+        return Err(ProxyError::NoRoute);
+    }
     let on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (parts, body) = req.into_parts();
     // A webhook is read whole and its signature checked before the
@@ -800,7 +963,11 @@ async fn backend(
         }
         _ => ClientBody::Stream(body),
     };
-    let group = match &route.upstream {
+    let canary = match (&route.spec.canary, &route.canary) {
+        (Some(c), Some(group)) if c.chooses(&parts.headers) => Some(group),
+        _ => None,
+    };
+    let group = match canary.or(route.upstream.as_ref()) {
         None => {
             return Ok(crate::echo::respond(
                 &Request::from_parts(parts, ()),

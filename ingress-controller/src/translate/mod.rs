@@ -29,6 +29,7 @@
 
 pub mod heim;
 pub mod nginx;
+pub mod snippet;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -115,6 +116,18 @@ pub struct IngressOptions {
     pub redirect: Option<heim_proxy::route::Redirect>,
     /// `upstream-vhost`.
     pub upstream_host: Option<http::HeaderValue>,
+    /// `denylist-source-range`.
+    pub denied_ranges: Vec<IpNet>,
+    /// A canary Ingress's rule (`canary: "true"`), its backend still empty.
+    pub canary: Option<heim_proxy::canary::CanaryRule>,
+    /// `enable-cors` and `cors-*`.
+    pub cors: Option<Arc<heim_proxy::forward::cors::Cors>>,
+    /// `auth-type: basic` with its Secret's users.
+    pub basic_auth: Option<Arc<heim_proxy::route::BasicAuth>>,
+    /// `auth-url` to an auth service heim asks per request.
+    pub external_auth: Option<Arc<heim_proxy::auth::external::ExternalAuth>>,
+    /// `limit-*`.
+    pub rate_limit: Option<heim_proxy::limit::RateLimit>,
     /// `x-forwarded-prefix` (sent when the rewrite applies).
     pub forwarded_prefix: Option<http::HeaderValue>,
     /// Annotations understood but not acted on in this build (annotation,
@@ -276,6 +289,9 @@ impl Translator {
         // host -> the oldest Ingress that names it.
         let mut host_owner: HashMap<String, ObjKey> = HashMap::new();
         let mut fallbacks: Vec<(RouteSpec, ObjKey)> = Vec::new();
+        let mut implicit_roots: Vec<(RouteSpec, ObjKey)> = Vec::new();
+        // (host, path, path type) of a canary Ingress's path, its canary.
+        let mut canaries: Vec<(RouteId, Arc<heim_proxy::canary::Canary>, ObjKey)> = Vec::new();
         // TLS Secret -> its certificate and the hosts it is to serve.
         let mut certs: Vec<(ObjKey, CertEntry, Vec<String>)> = Vec::new();
         // host -> the Secret that serves it.
@@ -303,7 +319,7 @@ impl Translator {
             let (options, policy) = match parsed_options {
                 Ok(mut o) => {
                     if nginx {
-                        let verdicts = nginx::read(ingress, settings.have_auth, &mut o);
+                        let verdicts = nginx::read(ingress, settings.have_auth, snap, &mut o);
                         report_nginx(&verdicts, &mut problem);
                     }
                     // The nginx default policy goes by class, never by
@@ -347,7 +363,7 @@ impl Translator {
                 ingress: &key,
                 closed_hosts: if nginx { Some(&closed_hosts) } else { None },
             };
-            // A canary is not built yet: it claims nothing (its Event says so).
+            // A canary claims nothing: its paths join the mainline's routes.
             let canary = nginx && nginx::is_canary(ingress);
             let no_spec = IngressSpec::default();
             let spec = ingress.spec.as_ref().unwrap_or(&no_spec);
@@ -443,8 +459,19 @@ impl Translator {
             for (k, message) in invalid {
                 problem("InvalidPath", k, message);
             }
+            // A canary's paths are backends of the mainline's routes.
             let default_backend = if canary {
-                explicit.clear();
+                for r in explicit.drain(..) {
+                    let (Some(rule), Backend::Upstream(u)) = (&options.canary, &r.backend) else {
+                        continue;
+                    };
+                    let c = heim_proxy::canary::Canary {
+                        backend: u.clone(),
+                        rule: rule.clone(),
+                    };
+                    let id = (r.host.clone(), normal_path(&r), r.path_type);
+                    canaries.push((id, Arc::new(c), key.clone()));
+                }
                 None
             } else {
                 default_backend
@@ -476,6 +503,19 @@ impl Translator {
                 .flatten()
                 .flat_map(|t| t.hosts.iter().flatten())
                 .map(|h| h.to_ascii_lowercase());
+            // ingress-nginx's implicit `location /`: a host no Ingress gives
+            // a `/` still has one (to its default backend, 404), and it
+            // carries the annotations of the oldest Ingress naming the host.
+            // So that Ingress's redirects, absolute rewrite target, sign-in
+            // and address blocks also answer its host's unmatched paths
+            // (for ingress-nginx's class; heim's own answers 404).
+            if !canary && settings.classes.is_nginx_class(ingress, &snap.classes) {
+                for h in hosts.iter().flatten() {
+                    if !host_owner.contains_key(h) {
+                        implicit_roots.push((ctx.implicit_root(h), key.clone()));
+                    }
+                }
+            }
             let mut won: HashMap<String, ObjKey> = HashMap::new();
             for h in hosts.iter().flatten().cloned().chain(tls_hosts) {
                 let owner = host_owner.entry(h.clone()).or_insert_with(|| key.clone());
@@ -607,6 +647,48 @@ impl Translator {
                     out.routes.push(r);
                     out.owners.push(owner);
                 }
+            }
+        }
+        // Each canary joins the mainline route of its host, path and path
+        // type (one canary per route, the oldest: as ingress-nginx, which
+        // uses only the first alternative backend).
+        for (id, c, owner) in canaries {
+            let (host, path, _) = &id;
+            let mainline = out
+                .routes
+                .iter_mut()
+                .zip(&out.owners)
+                .find(|(r, _)| (r.host.clone(), normal_path(r), r.path_type) == id);
+            let message = match mainline {
+                Some((r, _)) if r.canary.is_none() && matches!(r.backend, Backend::Upstream(_)) => {
+                    r.canary = Some(c);
+                    continue;
+                }
+                Some((_, first)) => format!(
+                    "the route for host {} path {path} has a canary already, or is not a Service's (mainline {first}): this canary gets no traffic",
+                    host.as_deref().unwrap_or("*")
+                ),
+                None => format!(
+                    "no mainline Ingress serves host {} path {path}: this canary gets no traffic (ingress-nginx answers 404 there too)",
+                    host.as_deref().unwrap_or("*")
+                ),
+            };
+            out.problems.push(Problem {
+                ingress: owner,
+                reason: "CanaryWithoutMainline",
+                key: format!("host {} path {path}", host.as_deref().unwrap_or("*")),
+                message,
+            });
+        }
+        // Implicit roots last: any Ingress's own `/` (a path or a default
+        // backend) is the host's root location instead.
+        for (r, owner) in implicit_roots {
+            let prefix = (r.host.clone(), String::new(), PathMatch::Prefix);
+            let regex = (r.host.clone(), "/".to_string(), PathMatch::Regex);
+            if !claimed.contains_key(&prefix) && !claimed.contains_key(&regex) {
+                claimed.insert(prefix, (owner.clone(), true));
+                out.routes.push(r);
+                out.owners.push(owner);
             }
         }
         for (sk, mut entry, mut names) in certs {
@@ -767,7 +849,34 @@ impl Ctx<'_> {
             strip_headers: o.strip_headers.clone(),
             redirect: o.redirect.clone(),
             upstream_host: o.upstream_host.clone(),
+            denied_ranges: o.denied_ranges.clone(),
+            canary: None,
+            cors: o.cors.clone(),
+            basic_auth: o.basic_auth.clone(),
+            external_auth: o.external_auth.clone(),
+            rate_limit: o.rate_limit.clone(),
         }
+    }
+
+    /// ingress-nginx's implicit `location /` for `host`, with this
+    /// Ingress's annotations: heim answers 404 after them. It is public
+    /// unless the annotations name who may pass (it serves no backend),
+    /// and denied when they do not parse or its host is closed.
+    fn implicit_root(&self, host: &str) -> RouteSpec {
+        let mut r = self.route(
+            Some(host.to_string()),
+            "/".into(),
+            PathMatch::Prefix,
+            self.no_endpoints(),
+        );
+        r.name = format!("{}:{host}/ (implicit root)", self.ingress);
+        r.backend = Backend::NotFound;
+        let closed = self.closed_hosts.is_some_and(|c| c.contains(&r.host));
+        r.policy = match (self.parsed && !closed, &self.options.policy) {
+            (false, _) => Policy::Deny,
+            (true, named) => named.clone().unwrap_or(Policy::Public),
+        };
+        r
     }
 
     /// The Service behind a backend: its ready endpoints on the port named.

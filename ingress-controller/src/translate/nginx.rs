@@ -13,12 +13,12 @@
 //! | `proxy-connect-timeout`, `proxy-read-timeout` | seconds: the upstream connect timeout, the wait for the response head and between body reads |
 //! | `ssl-redirect`, `force-ssl-redirect` | `"false"` serves plain HTTP too; otherwise plain HTTP gets a 308 to https |
 //! | `allowlist-source-range`, `whitelist-source-range` | CIDRs; others get 403 (the `allowlist-` name wins) |
+//! | `denylist-source-range` | CIDRs that get 403, over the allowlist |
 //! | `backend-protocol` | `HTTP`, `GRPC` (HTTP/2 cleartext to the pod) |
 //! | `auth-url` + `auth-signin` at oauth2-proxy (`…/oauth2/auth`) or Authelia (`…/api/verify`, `…/api/authz/…`) | heim's own sign-in: anyone who signs in (or the `heim.dev/allow-*` rules); `auth-response-headers` names the identity headers |
 //!
 //! Annotations that are security boundaries and are not built yet
-//! (`auth-type`, another `auth-url`, `denylist-source-range`,
-//! `auth-tls-*`) make the Ingress answer 403: it is never served with less
+//! (`auth-type`, another `auth-url`, `auth-tls-*`) make the Ingress answer 403: it is never served with less
 //! protection than written. Snippets are never injected: the Ingress is
 //! served without them. Names that had no effect even in ingress-nginx
 //! (ConfigMap keys written as annotations, removed names) are reported as
@@ -126,10 +126,6 @@ const IGNORED: &[(&str, &str)] = &[
 /// Annotations whose absence would leave a route less protected than
 /// written: not built yet, so the Ingress answers 403.
 const FAIL_CLOSED: &[&str] = &[
-    "auth-type",
-    "auth-secret",
-    "auth-secret-type",
-    "denylist-source-range",
     "auth-tls-secret",
     "auth-tls-verify-client",
     "auth-tls-match-cn",
@@ -150,23 +146,14 @@ fn unsupported(name: &str) -> Option<&'static str> {
         "from-to-www-redirect" => {
             "the www redirect is not in this build: the other name is not served"
         }
-        "canary" | "canary-by-header" | "canary-by-header-value" | "canary-by-header-pattern"
-        | "canary-by-cookie" | "canary-weight" | "canary-weight-total" => {
-            "canaries are not in this build: the canary Ingress claims no route, its mainline serves all the traffic"
-        }
-        "enable-cors" | "cors-allow-origin" | "cors-allow-methods" | "cors-allow-headers"
-        | "cors-allow-credentials" | "cors-expose-headers" | "cors-max-age" => {
-            "CORS is not in this build: preflights reach the backend and no CORS headers are added"
-        }
         "affinity" | "affinity-mode" | "affinity-canary-behavior" | "session-cookie-name"
         | "session-cookie-max-age" | "session-cookie-expires" | "session-cookie-path"
         | "session-cookie-domain" | "session-cookie-samesite" | "session-cookie-secure"
         | "session-cookie-conditional-samesite-none" | "session-cookie-change-on-failure"
         | "upstream-hash-by" | "upstream-hash-by-subset" | "upstream-hash-by-subset-size"
         | "load-balance" => "sticky sessions are not in this build: requests are spread round-robin",
-        "limit-rps" | "limit-rpm" | "limit-connections" | "limit-burst-multiplier"
-        | "limit-whitelist" | "limit-allowlist" | "limit-rate" | "limit-rate-after" => {
-            "rate limits are not in this build: requests are not limited"
+        "limit-rate" | "limit-rate-after" => {
+            "bandwidth limits are not in this build: responses are sent at full speed"
         }
         "custom-http-errors" | "default-backend" => {
             "error pages and default backends per Ingress are not in this build: the backend's own answer goes out"
@@ -189,8 +176,6 @@ fn unsupported(name: &str) -> Option<&'static str> {
         | "proxy-ssl-ciphers" | "proxy-ssl-protocols" | "proxy-ssl-verify-depth" => {
             "TLS to backends is not in this build"
         }
-        "auth-realm" | "auth-keepalive" | "auth-keepalive-share-vars" | "auth-keepalive-requests"
-        | "auth-keepalive-timeout" => "goes with auth-type or auth-url",
         "disable-proxy-intercept-errors" => "error pages are not in this build",
         "session-cookie-partitioned" => "sticky sessions are not in this build",
         "mirror-target" | "mirror-host" | "mirror-request-body" => {
@@ -206,6 +191,8 @@ fn unsupported(name: &str) -> Option<&'static str> {
 /// Annotations heim honours in its own way, and how.
 fn differs(name: &str) -> Option<&'static str> {
     Some(match name {
+        "auth-keepalive" | "auth-keepalive-share-vars" | "auth-keepalive-requests"
+        | "auth-keepalive-timeout" => "heim keeps its connections to auth services alive itself",
         "proxy-buffer-size" => {
             "heim has no per-route header buffer: response headers pass up to [server] max_header_bytes"
         }
@@ -296,6 +283,104 @@ fn sign_in_service(auth_url: &str, rule_hosts: &[String]) -> Option<(&'static st
 }
 
 /// `strconv.ParseBool`, as ingress-nginx reads booleans.
+/// Why an Ingress's basic auth has no users.
+enum BasicFailure {
+    /// Nothing to check against, as written: the Ingress answers 403.
+    Closed,
+    /// The Secret does not exist: 503 (ingress-nginx's e2e tests).
+    Missing,
+    /// The Secret holds no readable htpasswd: everyone gets 401.
+    Unreadable,
+}
+
+/// The users of an Ingress's `auth-secret` (`name` or `namespace/name`;
+/// another namespace is refused, as ingress-nginx's default
+/// `allow-cross-namespace-resources: false`), as its `auth-secret-type`
+/// says (`auth-file`: an htpasswd file in key `auth`; `auth-map`: a key
+/// per user).
+fn basic_auth_users(
+    ingress: &Ingress,
+    all: &BTreeMap<&str, &str>,
+    snap: &crate::model::Snapshot,
+) -> Result<heim_proxy::auth::htpasswd::Htpasswd, (BasicFailure, String)> {
+    use heim_proxy::auth::htpasswd::Htpasswd;
+    let ns = ingress.metadata.namespace.as_deref().unwrap_or("default");
+    let Some(name) = all
+        .get("auth-secret")
+        .map(|s| s.trim())
+        .filter(|s| !s.is_empty())
+    else {
+        return Err((
+            BasicFailure::Closed,
+            "auth-secret is missing: the Ingress answers 403".into(),
+        ));
+    };
+    let name = match name.split_once('/') {
+        Some((other, n)) if other == ns => n,
+        Some(_) => {
+            return Err((
+                BasicFailure::Closed,
+                format!("{name:?} is in another namespace, which ingress-nginx refuses too: the Ingress answers 403"),
+            ))
+        }
+        None => name,
+    };
+    let key = crate::model::ObjKey::new(ns, name);
+    let Some(secret) = snap.secrets.get(&key) else {
+        return Err((
+            BasicFailure::Missing,
+            format!("Secret {key} does not exist: requests get 503 (as in ingress-nginx)"),
+        ));
+    };
+    let data = secret.data.clone().unwrap_or_default();
+    let text = |b: &k8s_openapi::ByteString| String::from_utf8(b.0.clone()).ok();
+    let parsed = match all
+        .get("auth-secret-type")
+        .map(|t| t.trim())
+        .unwrap_or("auth-file")
+    {
+        "auth-file" => match data.get("auth").and_then(text) {
+            Some(file) => Htpasswd::parse_file(&file),
+            None => Err("no key `auth` holding an htpasswd file".into()),
+        },
+        "auth-map" => {
+            let entries: Option<Vec<(String, String)>> = data
+                .iter()
+                .map(|(user, hash)| Some((user.clone(), text(hash)?)))
+                .collect();
+            match entries {
+                Some(e) => Htpasswd::from_map(e.iter().map(|(u, h)| (u.as_str(), h.as_str()))),
+                None => Err("a value that is not text".into()),
+            }
+        }
+        other => return Err((
+            BasicFailure::Closed,
+            format!(
+                "auth-secret-type {other:?} is not auth-file or auth-map: the Ingress answers 403"
+            ),
+        )),
+    };
+    parsed.map_err(|e| {
+        (
+            BasicFailure::Unreadable,
+            format!("Secret {key}: {e}: every request gets 401 (as in ingress-nginx)"),
+        )
+    })
+}
+
+/// A comma-separated list of CIDR blocks or addresses (at least one), or
+/// the first item that is not one.
+fn ip_list(value: &str) -> Result<Vec<IpNet>, &str> {
+    let mut nets = Vec::new();
+    for item in value.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        nets.push(item.parse::<IpNet>().map_err(|_| item)?);
+    }
+    if nets.is_empty() {
+        return Err(value);
+    }
+    Ok(nets)
+}
+
 fn parse_bool(v: &str) -> Option<bool> {
     match v.trim() {
         "1" | "t" | "T" | "true" | "TRUE" | "True" => Some(true),
@@ -344,8 +429,8 @@ pub fn regex_mode(ingress: &Ingress) -> bool {
         || rewrites
 }
 
-/// A canary Ingress (`canary: "true"`): not in this build, so it claims no
-/// route (the mainline keeps all the traffic, whichever is older).
+/// A canary Ingress (`canary: "true"`): its paths become the canary
+/// backend of the mainline routes with the same host and path.
 pub fn is_canary(ingress: &Ingress) -> bool {
     ingress
         .metadata
@@ -353,6 +438,64 @@ pub fn is_canary(ingress: &Ingress) -> bool {
         .as_ref()
         .and_then(|a| a.get(&format!("{PREFIX}canary")))
         .is_some_and(|v| parse_bool(v) == Some(true))
+}
+
+/// A canary Ingress's rule (its backend is filled in per path). Its other
+/// annotations have no effect in ingress-nginx: the mainline's apply.
+fn canary(
+    all: &BTreeMap<&str, &str>,
+    say: &mut impl FnMut(&str, Verdict),
+) -> heim_proxy::canary::CanaryRule {
+    let mut c = heim_proxy::canary::CanaryRule::default();
+    let weight = |v: &str| v.trim().parse::<u32>().ok().filter(|n| *n <= 1_000_000);
+    for (&name, &value) in all {
+        let verdict = match name {
+            "canary" => Verdict::Exact,
+            "canary-by-header" => match http::HeaderName::from_bytes(value.trim().as_bytes()) {
+                Ok(h) => {
+                    c.by_header = Some(h);
+                    Verdict::Exact
+                }
+                Err(_) => Verdict::Invalid(format!("{value:?} is not a header name: no header decides")),
+            },
+            "canary-by-header-value" => {
+                c.header_value = Some(value.to_string()).filter(|v| !v.is_empty());
+                Verdict::Exact
+            }
+            "canary-by-header-pattern" => match heim_proxy::canary::compile_pattern(value) {
+                Ok(r) => {
+                    c.header_pattern = Some(r);
+                    Verdict::Differs(
+                        "matched by a linear-time engine (no backreferences or look-around)".into(),
+                    )
+                }
+                Err(e) => Verdict::Invalid(format!("{e}: the pattern decides nothing")),
+            },
+            "canary-by-cookie" => {
+                c.by_cookie = Some(value.trim().to_string()).filter(|v| !v.is_empty());
+                Verdict::Exact
+            }
+            "canary-weight" => match weight(value) {
+                Some(n) => {
+                    c.weight = n;
+                    Verdict::Exact
+                }
+                None => Verdict::Invalid(format!("{value:?} is not a weight: 0 (no request by weight)")),
+            },
+            "canary-weight-total" => match weight(value) {
+                Some(n) => {
+                    c.weight_total = n;
+                    Verdict::Exact
+                }
+                None => Verdict::Invalid(format!("{value:?} is not a weight: out of 100")),
+            },
+            _ => Verdict::Ignored(
+                "on a canary Ingress, as in ingress-nginx: the mainline Ingress's annotations apply".into(),
+            ),
+        };
+        say(name, verdict);
+    }
+    c
 }
 
 /// Whether `ingress` guards its whole host in ingress-nginx in a way heim
@@ -413,7 +556,12 @@ fn valid_rewrite_target(t: &str) -> bool {
 
 /// Reads `ingress`'s nginx annotations into `o` (where heim's own did not
 /// say), and returns each annotation's verdict.
-pub fn read(ingress: &Ingress, have_auth: bool, o: &mut IngressOptions) -> Vec<(String, Verdict)> {
+pub fn read(
+    ingress: &Ingress,
+    have_auth: bool,
+    snap: &crate::model::Snapshot,
+    o: &mut IngressOptions,
+) -> Vec<(String, Verdict)> {
     let empty = BTreeMap::new();
     let all: BTreeMap<&str, &str> = ingress
         .metadata
@@ -431,8 +579,14 @@ pub fn read(ingress: &Ingress, have_auth: bool, o: &mut IngressOptions) -> Vec<(
         .collect();
     let mut out: Vec<(String, Verdict)> = Vec::new();
     let mut say = |name: &str, v: Verdict| out.push((format!("{PREFIX}{name}"), v));
+    if is_canary(ingress) {
+        o.canary = Some(canary(&all, &mut say));
+        return out;
+    }
     let mut fail_closed = false;
     let (mut ssl_redirect, mut force_redirect) = (None, None);
+    let mut cors_names: Vec<&str> = Vec::new();
+    let mut cors_fallbacks: Vec<(&str, String)> = Vec::new();
     let secs = |v: &str| -> Option<Duration> {
         v.trim()
             .parse::<u64>()
@@ -487,7 +641,10 @@ pub fn read(ingress: &Ingress, have_auth: bool, o: &mut IngressOptions) -> Vec<(
                 name,
                 match (all.contains_key("auth-url"), service, name) {
                     (false, _, _) => Verdict::Ignored("no effect without auth-url (as in ingress-nginx)".into()),
-                    (true, None, _) => Verdict::Unsupported("goes with an auth-url heim does not serve yet".into()),
+                    (true, None, "auth-proxy-set-headers") => Verdict::Unsupported(
+                        "heim does not read the ConfigMap it names: the sub-request goes without those headers".into(),
+                    ),
+                    (true, None, _) => Verdict::Exact,
                     (true, Some(_), "auth-signin") => Verdict::Differs(
                         "a browser without a session goes to heim's sign-in, then back to the URL it asked for (rd)".into(),
                     ),
@@ -611,24 +768,20 @@ pub fn read(ingress: &Ingress, have_auth: bool, o: &mut IngressOptions) -> Vec<(
                     );
                     continue;
                 }
-                let mut nets = Vec::new();
-                let mut bad = Vec::new();
-                for item in value.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-                    match item.parse::<IpNet>() {
-                        Ok(n) => nets.push(n),
-                        Err(_) => bad.push(item),
+                let nets = match ip_list(value) {
+                    Ok(nets) => nets,
+                    Err(bad) => {
+                        fail_closed = true;
+                        say(
+                            name,
+                            Verdict::Invalid(format!(
+                                "{bad:?} is not a list of CIDR blocks: the Ingress answers 403 until it is fixed"
+                            )),
+                        );
+                        continue;
                     }
-                }
-                if !bad.is_empty() || nets.is_empty() {
-                    fail_closed = true;
-                    say(
-                        name,
-                        Verdict::Invalid(format!(
-                            "{:?} is not a list of CIDR blocks: the Ingress answers 403 until it is fixed",
-                            if bad.is_empty() { value } else { bad[0] }
-                        )),
-                    );
-                } else if o.source_ranges.is_empty() {
+                };
+                if o.source_ranges.is_empty() {
                     o.source_ranges = nets;
                     say(
                         name,
@@ -642,6 +795,141 @@ pub fn read(ingress: &Ingress, have_auth: bool, o: &mut IngressOptions) -> Vec<(
                         name,
                         Verdict::Ignored("heim.dev/allow-source-range wins".into()),
                     );
+                }
+            }
+            "denylist-source-range" => match ip_list(value) {
+                Ok(nets) => {
+                    o.denied_ranges = nets;
+                    say(
+                        name,
+                        Verdict::Differs(
+                            "the client is the TCP peer, or what a [server] trusted_proxies peer says: a client cannot leave the list by sending X-Forwarded-For"
+                                .into(),
+                        ),
+                    );
+                }
+                Err(bad) => {
+                    fail_closed = true;
+                    say(
+                        name,
+                        Verdict::Invalid(format!(
+                            "{bad:?} is not a list of CIDR blocks: the Ingress answers 403 until it is fixed"
+                        )),
+                    );
+                }
+            },
+            "auth-type" => match value.trim() {
+                "basic" => {
+                    let realm = all
+                        .get("auth-realm")
+                        .map(|r| r.to_string())
+                        .unwrap_or_else(|| heim_proxy::auth::htpasswd::DEFAULT_REALM.into());
+                    match basic_auth_users(ingress, &all, snap) {
+                        Ok(users) => {
+                            o.basic_auth = Some(Arc::new(heim_proxy::route::BasicAuth {
+                                users: Some(users),
+                                realm,
+                            }));
+                            say(name, Verdict::Exact);
+                        }
+                        Err((failure, why)) => {
+                            // As in ingress-nginx: a missing Secret gets 503,
+                            // an unreadable one refuses everyone (401).
+                            let users = match failure {
+                                BasicFailure::Closed => None,
+                                BasicFailure::Missing => Some(None),
+                                BasicFailure::Unreadable => {
+                                    Some(heim_proxy::auth::htpasswd::Htpasswd::parse_file("").ok())
+                                }
+                            };
+                            match users {
+                                None => fail_closed = true,
+                                Some(users) => {
+                                    o.basic_auth =
+                                        Some(Arc::new(heim_proxy::route::BasicAuth { users, realm }))
+                                }
+                            }
+                            say(name, Verdict::Invalid(why));
+                        }
+                    }
+                }
+                other => {
+                    fail_closed = true;
+                    say(
+                        name,
+                        Verdict::Unsupported(format!(
+                            "{other:?} authentication is not in this build (basic is): the Ingress answers 403"
+                        )),
+                    );
+                }
+            },
+            "auth-secret" | "auth-secret-type" | "auth-realm" => say(
+                name,
+                match all.get("auth-type").map(|t| t.trim()) {
+                    Some("basic") => Verdict::Exact,
+                    Some(_) => Verdict::Ignored("goes with auth-type basic".into()),
+                    None => Verdict::Ignored("no effect without auth-type (as in ingress-nginx)".into()),
+                },
+            ),
+            "enable-cors" => match parse_bool(value) {
+                Some(true) => {
+                    let get = |k: &str| all.get(k).copied();
+                    let (cors, fallbacks) =
+                        heim_proxy::forward::cors::Cors::from_nginx(&heim_proxy::forward::cors::CorsAnnotations {
+                            allow_origin: get("cors-allow-origin"),
+                            allow_methods: get("cors-allow-methods"),
+                            allow_headers: get("cors-allow-headers"),
+                            allow_credentials: get("cors-allow-credentials"),
+                            expose_headers: get("cors-expose-headers"),
+                            max_age: get("cors-max-age"),
+                        });
+                    o.cors = Some(Arc::new(cors));
+                    say(name, Verdict::Exact);
+                    cors_fallbacks = fallbacks;
+                }
+                Some(false) => say(name, Verdict::Ignored("off".into())),
+                None => say(
+                    name,
+                    Verdict::Invalid(format!("{value:?} is not a boolean: no CORS (as ingress-nginx)")),
+                ),
+            },
+            "cors-allow-origin" | "cors-allow-methods" | "cors-allow-headers"
+            | "cors-allow-credentials" | "cors-expose-headers" | "cors-max-age" => {
+                // Verdicts once enable-cors is read (it sorts first).
+                cors_names.push(name);
+            }
+            "limit-rps" | "limit-rpm" | "limit-connections" | "limit-burst-multiplier" => {
+                match value.trim().parse::<u32>() {
+                    Ok(n) => {
+                        let l = o.rate_limit.get_or_insert_with(Default::default);
+                        match name {
+                            "limit-rps" => l.per_second = Some(n),
+                            "limit-rpm" => l.per_minute = Some(n),
+                            "limit-connections" => l.connections = Some(n),
+                            _ => l.burst_multiplier = n,
+                        }
+                        say(name, Verdict::Exact);
+                    }
+                    Err(_) => say(
+                        name,
+                        Verdict::Invalid(format!("{value:?} is not a number: no limit (as ingress-nginx)")),
+                    ),
+                }
+            }
+            "limit-allowlist" | "limit-whitelist" => {
+                if name == "limit-whitelist" && all.contains_key("limit-allowlist") {
+                    say(name, Verdict::Ignored("limit-allowlist is set and wins".into()));
+                    continue;
+                }
+                match ip_list(value) {
+                    Ok(nets) => {
+                        o.rate_limit.get_or_insert_with(Default::default).allowlist = nets;
+                        say(name, Verdict::Exact);
+                    }
+                    Err(bad) => say(
+                        name,
+                        Verdict::Invalid(format!("{bad:?} is not a CIDR block: nobody is exempt")),
+                    ),
                 }
             }
             "permanent-redirect" | "temporal-redirect" | "app-root" => {
@@ -783,14 +1071,36 @@ pub fn read(ingress: &Ingress, have_auth: bool, o: &mut IngressOptions) -> Vec<(
             },
             "auth-url" => {
                 let Some((service, rules)) = sign_in_service(value, &rule_hosts) else {
-                    fail_closed = true;
-                    say(
-                        name,
-                        Verdict::Unsupported(
-                            "an auth sub-request to a service heim does not stand in for is not in this build: the Ingress answers 403 (oauth2-proxy's /oauth2/auth and Authelia's /api/verify on the Ingress's own host or a cluster Service are served by heim's sign-in)"
-                                .into(),
-                        ),
-                    );
+                    // Another auth service: asked per request, as nginx's
+                    // auth_request does.
+                    let get = |k: &str| all.get(k).copied();
+                    let a = heim_proxy::auth::external::NginxAuthAnnotations {
+                        url: value,
+                        method: get("auth-method"),
+                        signin: get("auth-signin"),
+                        signin_redirect_param: get("auth-signin-redirect-param"),
+                        response_headers: get("auth-response-headers"),
+                        request_redirect: get("auth-request-redirect"),
+                        cache_key: get("auth-cache-key"),
+                        cache_duration: get("auth-cache-duration"),
+                        always_set_cookie: get("auth-always-set-cookie"),
+                        proxy_set_headers: &[],
+                    };
+                    match heim_proxy::auth::external::ExternalAuth::from_nginx(&a) {
+                        Ok(ext) => {
+                            o.external_auth = Some(Arc::new(ext));
+                            say(name, Verdict::Exact);
+                        }
+                        Err(e) => {
+                            fail_closed = true;
+                            say(
+                                name,
+                                Verdict::Invalid(format!(
+                                    "{e}: the Ingress answers 403 until it is fixed (ingress-nginx: 503)"
+                                )),
+                            );
+                        }
+                    }
                     continue;
                 };
                 if !have_auth {
@@ -858,6 +1168,21 @@ pub fn read(ingress: &Ingress, have_auth: bool, o: &mut IngressOptions) -> Vec<(
                 ),
             },
         }
+    }
+    for name in cors_names {
+        let verdict = match (&o.cors, cors_fallbacks.iter().find(|(n, _)| *n == name)) {
+            (None, _) => {
+                Verdict::Ignored("no effect without enable-cors (as in ingress-nginx)".into())
+            }
+            (Some(_), Some((_, why))) => Verdict::Invalid(why.clone()),
+            (Some(_), None) => Verdict::Exact,
+        };
+        say(name, verdict);
+    }
+    // Basic auth or an auth service decides who passes; heim's own rules,
+    // if the Ingress states them, apply on top.
+    if (o.basic_auth.is_some() || o.external_auth.is_some()) && o.policy.is_none() {
+        o.policy = Some(Policy::Public);
     }
     // heim.dev/ssl-redirect wins; force-ssl-redirect wins over ssl-redirect.
     if o.https_redirect.is_none() {
@@ -944,6 +1269,10 @@ fn replacement(directives: &[String]) -> String {
 mod tests {
     use super::*;
 
+    fn snap() -> crate::model::Snapshot {
+        crate::model::Snapshot::default()
+    }
+
     fn ingress(annotations: &[(&str, &str)]) -> Ingress {
         let mut i = Ingress::default();
         i.metadata.annotations = Some(
@@ -975,6 +1304,7 @@ mod tests {
                 ("backend-protocol", "grpc"),
             ]),
             false,
+            &snap(),
             &mut o,
         );
         assert_eq!(o.max_body_bytes, Some(8 << 20));
@@ -994,6 +1324,7 @@ mod tests {
                 ("force-ssl-redirect", "true"),
             ]),
             false,
+            &snap(),
             &mut o,
         );
         assert_eq!(o.max_body_bytes, Some(0));
@@ -1006,6 +1337,7 @@ mod tests {
         let v = read(
             &ingress(&[("proxy-body-size", "15r"), ("proxy-read-timeout", "20k")]),
             false,
+            &snap(),
             &mut o,
         );
         assert!(matches!(
@@ -1020,6 +1352,7 @@ mod tests {
         read(
             &ingress(&[("whitelist-source-range", "10.0.0.0/33")]),
             false,
+            &snap(),
             &mut o,
         );
         assert_eq!(o.policy, Some(Policy::Deny));
@@ -1031,6 +1364,7 @@ mod tests {
                 ("allowlist-source-range", "192.0.2.0/24"),
             ]),
             false,
+            &snap(),
             &mut o,
         );
         assert_eq!(
@@ -1057,7 +1391,7 @@ mod tests {
             ),
         ];
         let mut o = IngressOptions::default();
-        let v = read(&ingress(&anns), true, &mut o);
+        let v = read(&ingress(&anns), true, &snap(), &mut o);
         match &o.policy {
             Some(Policy::Allow(rules)) => assert!(rules.any_authenticated),
             other => panic!("{other:?}"),
@@ -1083,6 +1417,7 @@ mod tests {
                 "http://oauth2-proxy.auth.svc.cluster.local/oauth2/auth?allowed_groups=admins,ops",
             )]),
             true,
+            &snap(),
             &mut o,
         );
         match &o.policy {
@@ -1094,23 +1429,58 @@ mod tests {
         }
         // Without heim's sign-in, it fails closed.
         let mut o = IngressOptions::default();
-        read(&ingress(&anns), false, &mut o);
+        read(&ingress(&anns), false, &snap(), &mut o);
         assert_eq!(o.policy, Some(Policy::Deny));
-        // An auth service heim does not know: closed too, as are basic auth
-        // and a denylist, which are not built yet.
-        for anns in [
-            &[("auth-url", "http://auth.example.svc/check")][..],
-            // Another host's /oauth2/auth, or a query heim cannot read.
-            &[("auth-url", "https://auth.attacker.example/oauth2/auth")][..],
-            &[("auth-url", "https://$host/oauth2/auth?allowed_roles=x")][..],
-            &[("auth-tls-verify-depth", "2")][..],
-            &[("auth-type", "basic"), ("auth-secret", "htpasswd")][..],
-            &[("denylist-source-range", "10.0.0.0/8")][..],
+        // An auth service heim does not stand in for (another host's
+        // /oauth2/auth, a query heim cannot read): asked per request, as
+        // nginx's auth_request; it decides who passes.
+        for url in [
+            "http://auth.example.svc/check",
+            "https://auth.attacker.example/oauth2/auth",
+            "https://$host/oauth2/auth?allowed_roles=x",
+            "http://198.51.100.7:8080/verify",
         ] {
             let mut o = IngressOptions::default();
-            read(&ingress(anns), true, &mut o);
+            read(&ingress(&[("auth-url", url)]), true, &snap(), &mut o);
+            assert_eq!(o.policy, Some(Policy::Public), "{url}");
+            assert_eq!(o.external_auth.as_ref().map(|e| e.url.as_str()), Some(url));
+        }
+        // What cannot be checked as written is closed.
+        for anns in [
+            &[("auth-url", "https://invalid..auth.url")][..],
+            &[("auth-tls-verify-depth", "2")][..],
+            &[("auth-type", "digest"), ("auth-secret", "htpasswd")][..],
+            &[("auth-type", "basic"), ("auth-secret", "other-ns/htpasswd")][..],
+            &[("auth-type", "basic")][..],
+            &[("denylist-source-range", "10.0.0.0/8, bogus")][..],
+        ] {
+            let mut o = IngressOptions::default();
+            read(&ingress(anns), true, &snap(), &mut o);
             assert_eq!(o.policy, Some(Policy::Deny), "{anns:?}");
         }
+        // Basic auth whose Secret is missing: 503 (as ingress-nginx), not closed.
+        let mut o = IngressOptions::default();
+        read(
+            &ingress(&[("auth-type", "basic"), ("auth-secret", "htpasswd")]),
+            true,
+            &snap(),
+            &mut o,
+        );
+        assert_eq!(o.policy, Some(Policy::Public));
+        assert!(o.basic_auth.as_ref().is_some_and(|b| b.users.is_none()));
+        // A denylist is built: its blocks, and nothing closed.
+        let mut o = IngressOptions::default();
+        read(
+            &ingress(&[("denylist-source-range", "10.0.0.0/8, 192.0.2.7")]),
+            true,
+            &snap(),
+            &mut o,
+        );
+        assert_eq!(o.policy, None);
+        assert_eq!(
+            o.denied_ranges,
+            ["10.0.0.0/8".parse().unwrap(), "192.0.2.7".parse().unwrap()]
+        );
     }
 
     #[test]
@@ -1122,6 +1492,7 @@ mod tests {
                 ("permanent-redirect-code", "308"),
             ]),
             false,
+            &snap(),
             &mut o,
         );
         let r = o.redirect.expect("a redirect");
@@ -1138,6 +1509,7 @@ mod tests {
                 ("temporal-redirect-code", "308"),
             ]),
             false,
+            &snap(),
             &mut o,
         );
         let r = o.redirect.expect("a redirect");
@@ -1147,6 +1519,7 @@ mod tests {
         read(
             &ingress(&[("app-root", "/login$is_args$args")]),
             false,
+            &snap(),
             &mut o,
         );
         let r = o.redirect.expect("app-root");
@@ -1157,7 +1530,7 @@ mod tests {
             ("permanent-redirect", "javascript:alert(1)"),
         ] {
             let mut o = IngressOptions::default();
-            let v = read(&ingress(&[bad]), false, &mut o);
+            let v = read(&ingress(&[bad]), false, &snap(), &mut o);
             assert!(o.redirect.is_none(), "{bad:?}");
             assert!(matches!(verdict(&v, bad.0), Verdict::Invalid(_)), "{bad:?}");
         }
@@ -1175,6 +1548,7 @@ mod tests {
                 ("no-such-annotation", "x"),
             ]),
             false,
+            &snap(),
             &mut o,
         );
         match verdict(&v, "configuration-snippet") {
@@ -1214,6 +1588,7 @@ mod tests {
                 "more_set_headers \"X-Frame-Options: DENY\";",
             )]),
             false,
+            &snap(),
             &mut o,
         );
         assert_eq!(o.policy, None);
@@ -1222,8 +1597,140 @@ mod tests {
         read(
             &ingress(&[("configuration-snippet", "allow 10.0.0.0/8;\ndeny all;")]),
             false,
+            &snap(),
             &mut o,
         );
         assert_eq!(o.policy, Some(Policy::Deny));
+    }
+
+    /// Basic auth from an htpasswd Secret (both Secret types), CORS and
+    /// rate limits become typed values; their companions get verdicts.
+    #[test]
+    fn basic_auth_cors_and_limits() {
+        use k8s_openapi::api::core::v1::Secret;
+        let mut snap = snap();
+        let secret = |name: &str, data: serde_json::Value| -> Arc<Secret> {
+            Arc::new(
+                serde_json::from_value(serde_json::json!({
+                    "metadata": { "name": name, "namespace": "default" },
+                    "type": "Opaque",
+                    "stringData": {},
+                    "data": data,
+                }))
+                .unwrap(),
+            )
+        };
+        let b64 = |s: &str| {
+            use base64::Engine;
+            base64::engine::general_purpose::STANDARD.encode(s)
+        };
+        let hash = "$apr1$heimsalt$gTGGNXAD5dFP8pGZRq4Bx0";
+        snap.secrets.insert(
+            crate::model::ObjKey::new("default", "file"),
+            secret(
+                "file",
+                serde_json::json!({ "auth": b64(&format!("# users\nfoo:{hash}\n")) }),
+            ),
+        );
+        snap.secrets.insert(
+            crate::model::ObjKey::new("default", "map"),
+            secret("map", serde_json::json!({ "bar": b64(hash) })),
+        );
+        snap.secrets.insert(
+            crate::model::ObjKey::new("default", "broken"),
+            secret("broken", serde_json::json!({ "auth": b64("foo:") })),
+        );
+        let with_ns = |mut i: Ingress| {
+            i.metadata.namespace = Some("default".into());
+            i
+        };
+        let mut o = IngressOptions::default();
+        let v = read(
+            &with_ns(ingress(&[
+                ("auth-type", "basic"),
+                ("auth-secret", "default/file"),
+                ("auth-realm", "Staff only"),
+            ])),
+            true,
+            &snap,
+            &mut o,
+        );
+        let b = o.basic_auth.as_ref().expect("basic auth");
+        assert_eq!(b.realm, "Staff only");
+        let users = b.users.as_ref().expect("users");
+        assert!(users.verify("foo", b"s3cret") && !users.verify("foo", b"S3cret"));
+        assert_eq!(o.policy, Some(Policy::Public), "the password decides");
+        assert_eq!(*verdict(&v, "auth-realm"), Verdict::Exact);
+        let mut o = IngressOptions::default();
+        read(
+            &with_ns(ingress(&[
+                ("auth-type", "basic"),
+                ("auth-secret", "map"),
+                ("auth-secret-type", "auth-map"),
+            ])),
+            true,
+            &snap,
+            &mut o,
+        );
+        let users = o
+            .basic_auth
+            .as_ref()
+            .and_then(|b| b.users.as_ref())
+            .expect("users");
+        assert!(users.verify("bar", b"s3cret") && !users.verify("foo", b"s3cret"));
+        // An unreadable htpasswd refuses everyone (401), as ingress-nginx.
+        let mut o = IngressOptions::default();
+        let v = read(
+            &with_ns(ingress(&[
+                ("auth-type", "basic"),
+                ("auth-secret", "broken"),
+            ])),
+            true,
+            &snap,
+            &mut o,
+        );
+        let users = o
+            .basic_auth
+            .as_ref()
+            .and_then(|b| b.users.as_ref())
+            .expect("users");
+        assert!(users.is_empty());
+        assert!(matches!(verdict(&v, "auth-type"), Verdict::Invalid(_)));
+
+        let mut o = IngressOptions::default();
+        let v = read(
+            &ingress(&[
+                ("enable-cors", "true"),
+                ("cors-allow-origin", "https://*.example.com"),
+                ("cors-max-age", "ten"),
+                ("limit-rps", "5"),
+                ("limit-connections", "2"),
+                ("limit-allowlist", "10.0.0.0/8"),
+            ]),
+            true,
+            &snap,
+            &mut o,
+        );
+        assert!(o.cors.is_some());
+        assert_eq!(*verdict(&v, "cors-allow-origin"), Verdict::Exact);
+        assert!(matches!(verdict(&v, "cors-max-age"), Verdict::Invalid(_)));
+        let l = o.rate_limit.expect("limits");
+        assert_eq!(
+            (l.per_second, l.per_minute, l.connections),
+            (Some(5), None, Some(2))
+        );
+        assert_eq!(
+            l.burst_multiplier,
+            heim_proxy::limit::DEFAULT_BURST_MULTIPLIER
+        );
+        assert_eq!(l.allowlist, ["10.0.0.0/8".parse().unwrap()]);
+        // Without enable-cors, cors-* do nothing (as in ingress-nginx).
+        let mut o = IngressOptions::default();
+        let v = read(&ingress(&[("cors-allow-origin", "*")]), true, &snap, &mut o);
+        assert!(o.cors.is_none());
+        assert!(matches!(
+            verdict(&v, "cors-allow-origin"),
+            Verdict::Ignored(_)
+        ));
     }
 }

@@ -124,6 +124,12 @@ fn route(name: &str, host: Option<&str>, path: &str, path_type: PathMatch, port:
         strip_headers: Vec::new(),
         redirect: None,
         upstream_host: None,
+        denied_ranges: Vec::new(),
+        canary: None,
+        cors: None,
+        basic_auth: None,
+        external_auth: None,
+        rate_limit: None,
     }
 }
 
@@ -962,6 +968,9 @@ fn regex_mode_is_host_wide_and_rewrites_use_the_groups() {
             ("shop.example.com", "/api(/|$)(.*)", PathMatch::Regex),
             ("shop.example.com", "/healthz", PathMatch::Regex),
             ("plain.example.com", "/healthz", PathMatch::Exact),
+            // Each host's implicit root, last.
+            ("shop.example.com", "/", PathMatch::Prefix),
+            ("plain.example.com", "/", PathMatch::Prefix),
         ],
         "{:?}",
         t.problems
@@ -975,4 +984,176 @@ fn regex_mode_is_host_wide_and_rewrites_use_the_groups() {
         t.routes[1].rewrite.is_none(),
         "only the Ingress that asks for it"
     );
+}
+
+/// ingress-nginx gives a host without a `/` path an implicit `location /`
+/// (its default backend, 404) with the annotations of the host's oldest
+/// Ingress: its absolute rewrite target and its redirects answer the
+/// unmatched paths too; a host with its own `/` has none; neither has a
+/// host whose oldest Ingress is heim's own.
+#[test]
+fn the_implicit_root_carries_the_oldest_ingress_annotations() {
+    let mut snap = base();
+    snap.classes
+        .push(class("nginx", "k8s.io/ingress-nginx", false));
+    let spec = |host: &str, class: &str, p: &str| {
+        json!({ "ingressClassName": class, "rules": [{ "host": host,
+            "http": { "paths": [{ "path": p, "pathType": "ImplementationSpecific",
+                "backend": { "service": { "name": "app", "port": { "number": 80 } } } }] } }] })
+    };
+    let nginx = "nginx.ingress.kubernetes.io/";
+    snap.ingresses = vec![
+        ingress(
+            "moved",
+            "2026-01-01T00:00:00Z",
+            json!({ format!("{nginx}rewrite-target"): "https://bar.example.org/$1",
+                    format!("{nginx}use-regex"): "true" }),
+            spec("foo.example.com", "nginx", "/original/(.*)"),
+        ),
+        // Younger: its annotations do not reach foo's root.
+        ingress(
+            "younger",
+            "2026-01-02T00:00:00Z",
+            json!({ format!("{nginx}permanent-redirect"): "https://elsewhere.example.org/" }),
+            spec("foo.example.com", "nginx", "/other"),
+        ),
+        ingress(
+            "gone",
+            "2026-01-03T00:00:00Z",
+            json!({ format!("{nginx}permanent-redirect"): "https://new.example.org/" }),
+            spec("old.example.com", "nginx", "/something"),
+        ),
+        ingress(
+            "rooted",
+            "2026-01-04T00:00:00Z",
+            json!({ format!("{nginx}permanent-redirect"): "https://new.example.org/" }),
+            spec("rooted.example.com", "nginx", "/"),
+        ),
+        ingress(
+            "own",
+            "2026-01-05T00:00:00Z",
+            json!({ format!("{nginx}permanent-redirect"): "https://new.example.org/" }),
+            spec("own.example.com", "heim", "/x"),
+        ),
+    ];
+    let mut s = settings();
+    s.classes.controllers.push("k8s.io/ingress-nginx".into());
+    let t = translate_once(&snap, &s);
+    let roots: Vec<(&RouteSpec, &str)> = t
+        .routes
+        .iter()
+        .zip(&t.owners)
+        .filter(|(r, _)| r.backend == Backend::NotFound)
+        .map(|(r, o)| (r, o.name.as_str()))
+        .collect();
+    let hosts: Vec<(&str, &str)> = roots
+        .iter()
+        .map(|(r, o)| (r.host.as_deref().unwrap(), *o))
+        .collect();
+    assert_eq!(
+        hosts,
+        [("foo.example.com", "moved"), ("old.example.com", "gone")],
+        "{:?}",
+        t.problems
+    );
+    let (foo, old) = (roots[0].0, roots[1].0);
+    assert_eq!((foo.path.as_str(), foo.path_type), ("/", PathMatch::Prefix));
+    // `/original` does not match `/original/(.*)`: nginx's root location
+    // rewrites it with `(?i)/` to the target, `$1` empty: a 302 there.
+    assert_eq!(
+        foo.rewrite
+            .as_ref()
+            .expect("the rewrite")
+            .apply("/original", None),
+        Some(heim_proxy::route::Rewritten::Redirect(
+            "https://bar.example.org/".into()
+        ))
+    );
+    assert!(foo.redirect.is_none(), "not the younger Ingress's");
+    assert_eq!(
+        old.redirect.as_ref().map(|r| r.to.as_str()),
+        Some("https://new.example.org/")
+    );
+    // It serves nothing, so heim's deny default does not turn a 404 into a 403.
+    assert!(roots.iter().all(|(r, _)| r.policy == Policy::Public));
+}
+
+/// A canary Ingress (ingress-nginx's `canary: "true"`) claims nothing: its
+/// path becomes the canary backend of the mainline route with the same
+/// host and path; without a mainline it is told so.
+#[test]
+fn a_canary_joins_its_mainline_route() {
+    let mut snap = base();
+    snap.classes
+        .push(class("nginx", "k8s.io/ingress-nginx", false));
+    service(&mut snap, "app-v2");
+    let spec = |host: &str, svc: &str| {
+        json!({ "ingressClassName": "nginx", "rules": [{ "host": host,
+            "http": { "paths": [{ "path": "/", "pathType": "Prefix",
+                "backend": { "service": { "name": svc, "port": { "number": 80 } } } }] } }] })
+    };
+    let nginx = "nginx.ingress.kubernetes.io/";
+    let canary = json!({
+        format!("{nginx}canary"): "true",
+        format!("{nginx}canary-by-header"): "X-Canary",
+        format!("{nginx}canary-weight"): "20",
+        // Ignored on a canary, as in ingress-nginx.
+        format!("{nginx}proxy-body-size"): "1k",
+    });
+    snap.ingresses = vec![
+        // Older than its mainline: order does not matter.
+        ingress(
+            "app-canary",
+            "2026-01-01T00:00:00Z",
+            canary.clone(),
+            spec("app.example.com", "app-v2"),
+        ),
+        ingress(
+            "app",
+            "2026-01-02T00:00:00Z",
+            json!({}),
+            spec("app.example.com", "app"),
+        ),
+        ingress(
+            "lonely-canary",
+            "2026-01-03T00:00:00Z",
+            canary,
+            spec("lonely.example.com", "app-v2"),
+        ),
+    ];
+    let mut s = settings();
+    s.classes.controllers.push("k8s.io/ingress-nginx".into());
+    let t = translate_once(&snap, &s);
+    let hosts: Vec<&str> = t
+        .routes
+        .iter()
+        .map(|r| r.host.as_deref().unwrap())
+        .collect();
+    assert_eq!(hosts, ["app.example.com"], "{:?}", t.problems);
+    let r = &t.routes[0];
+    assert_eq!(t.owners[0].name, "app");
+    assert_ne!(
+        r.max_body_bytes,
+        Some(1024),
+        "the canary's annotations do not apply"
+    );
+    let c = r.canary.as_ref().expect("the canary");
+    assert_eq!(
+        c.rule.by_header.as_ref().map(|h| h.as_str()),
+        Some("x-canary")
+    );
+    assert_eq!((c.rule.weight, c.rule.weight_total), (20, 100));
+    assert!(!c.backend.endpoints.is_empty(), "app-v2's endpoints");
+    let lonely: Vec<&Problem> = t
+        .problems
+        .iter()
+        .filter(|p| p.ingress.name == "lonely-canary" && p.reason == "CanaryWithoutMainline")
+        .collect();
+    assert_eq!(lonely.len(), 1, "{:?}", t.problems);
+    let ignored = t.problems.iter().any(|p| {
+        p.ingress.name == "app-canary"
+            && p.reason == "AnnotationIgnored"
+            && p.key.ends_with("proxy-body-size")
+    });
+    assert!(ignored, "{:?}", t.problems);
 }

@@ -12,7 +12,9 @@
 //! policy check; everything else happens at sign-in.
 
 pub mod endpoints;
+pub mod external;
 pub mod github;
+pub mod htpasswd;
 pub mod jwt;
 pub mod local;
 pub mod oidc;

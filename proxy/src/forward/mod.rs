@@ -12,6 +12,7 @@
 //! a slow upload is the client's business (bounded by its own read timeout),
 //! not a sign of a failing upstream.
 
+pub mod cors;
 pub mod headers;
 pub mod pool;
 pub mod splice;
