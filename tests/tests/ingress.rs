@@ -909,7 +909,7 @@ async fn deploy_applies_and_its_rbac_is_enough() {
 /// the nginx dialect: `[ingress_nginx] default_policy` (public here, as
 /// they were), `proxy-body-size` (413), `whitelist-source-range` (403),
 /// a snippet refused with an Event while the rest serves, an auth service
-/// heim does not know closed (403), and `Normal Adopted` Events; heim's
+/// that cannot be reached (500), and `Normal Adopted` Events; heim's
 /// own class keeps heim's deny-by-default.
 #[tokio::test]
 async fn ingress_nginx_ingresses_are_taken_over() {
@@ -1072,7 +1072,8 @@ async fn ingress_nginx_ingresses_are_taken_over() {
     until(&client, &heim, "shop.apps.test", "/", (200, "web")).await;
     until(&client, &heim, "old.apps.test", "/", (200, "api")).await;
     until(&client, &heim, "office.apps.test", "/", (403, "")).await;
-    until(&client, &heim, "guarded.apps.test", "/", (403, "")).await;
+    // An auth service that cannot be reached: 500, as nginx's auth_request.
+    until(&client, &heim, "guarded.apps.test", "/", (500, "")).await;
     until(&client, &heim, "mine.apps.test", "/", (403, "")).await;
     until(
         &client,
@@ -1172,7 +1173,7 @@ async fn ingress_nginx_ingresses_are_taken_over() {
         events(&w.cp, "guarded")
             .await
             .iter()
-            .any(|(r, note)| r == "UnsupportedAnnotation" && note.contains("auth-url"))
+            .any(|(r, note)| r == "Adopted" && note.contains("auth-url"))
     })
     .await;
     assert!(ok, "guarded's Events: {:?}", events(&w.cp, "guarded").await);
@@ -1234,4 +1235,316 @@ async fn ingress_nginx_ingresses_are_taken_over() {
         "{}",
         second.log_text()
     );
+}
+
+/// ingress-nginx's access annotations against the real API server, each as
+/// ingress-nginx's e2e tests (test/e2e/annotations/) assert it: basic auth
+/// from an htpasswd Secret (401 with the realm, the password passes and
+/// `Authorization` goes no further), `auth-url` to an auth service (its
+/// verdict, `auth-response-headers` over a client's forged copy, the
+/// sign-in redirect with `rd`), CORS (preflight 204, the Origin echoed, a
+/// foreign Origin gets nothing), a canary by header, `limit-rps` (503),
+/// `denylist-source-range` (403), and the implicit root location carrying
+/// the oldest Ingress's redirect.
+#[tokio::test]
+async fn ingress_nginx_access_annotations() {
+    let w = world("ingress-nginx-access").await;
+    expect(
+        "IngressClass nginx",
+        w.cp.create(
+            "/apis/networking.k8s.io/v1/ingressclasses",
+            &json!({ "apiVersion": "networking.k8s.io/v1", "kind": "IngressClass",
+                     "metadata": { "name": "nginx" }, "spec": { "controller": "k8s.io/ingress-nginx" } }),
+        )
+        .await
+        .unwrap(),
+        &[201],
+    );
+    settings(&w.cp, "[ingress_nginx]\ndefault_policy = \"public\"\n").await;
+    // An auth service: 202 with the user for the right token, else 401; it
+    // echoes what nginx's sub-request carries.
+    let (auth, _auth_task) =
+        heim_e2e::serve_http1(|req: http::Request<hyper::body::Incoming>| async move {
+            let ok = req
+                .headers()
+                .get("authorization")
+                .is_some_and(|v| v == "Bearer good");
+            let original = req
+                .headers()
+                .get("x-original-url")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string();
+            http::Response::builder()
+                .status(if ok { 202 } else { 401 })
+                .header("x-auth-request-user", if ok { "bob" } else { "" })
+                .header("x-seen-original-url", original)
+                .body(heim_e2e::Body::default())
+                .unwrap()
+        })
+        .await;
+    // htpasswd -bm: user foo, password s3cret (Apache MD5).
+    let htpasswd = "foo:$apr1$heimsalt$gTGGNXAD5dFP8pGZRq4Bx0\n";
+    expect(
+        "Secret",
+        w.cp.create(
+            &format!("/api/v1/namespaces/{NS}/secrets"),
+            &json!({ "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+                     "metadata": { "name": "basic-auth", "namespace": NS },
+                     "stringData": { "auth": htpasswd } }),
+        )
+        .await
+        .unwrap(),
+        &[201],
+    );
+    let n = |k: &str| format!("nginx.ingress.kubernetes.io/{k}");
+    for (name, host, svc, annotations) in [
+        (
+            "basic",
+            "basic.apps.test",
+            "web",
+            json!({ n("auth-type"): "basic", n("auth-secret"): "basic-auth", n("auth-realm"): "Staff only" }),
+        ),
+        (
+            "external",
+            "ext.apps.test",
+            "web",
+            json!({ n("auth-url"): format!("http://{auth}/check"),
+                    n("auth-signin"): "https://login.apps.test/start",
+                    n("auth-response-headers"): "X-Auth-Request-User" }),
+        ),
+        (
+            "cors",
+            "cors.apps.test",
+            "web",
+            json!({ n("enable-cors"): "true", n("cors-allow-origin"): "https://*.apps.test" }),
+        ),
+        ("main", "canary.apps.test", "web", json!({})),
+        (
+            "main-canary",
+            "canary.apps.test",
+            "api",
+            json!({ n("canary"): "true", n("canary-by-header"): "X-Canary" }),
+        ),
+        (
+            "limited",
+            "limited.apps.test",
+            "web",
+            json!({ n("limit-rps"): "1", n("limit-burst-multiplier"): "1" }),
+        ),
+        (
+            "denied",
+            "denied.apps.test",
+            "web",
+            json!({ n("denylist-source-range"): "127.0.0.0/8" }),
+        ),
+    ] {
+        apply(&w.cp, &ingress(name, Some("nginx"), host, svc, annotations)).await;
+    }
+    // Only /something is written; the host's other paths reach the
+    // implicit root location, which carries this Ingress's redirect too.
+    let mut gone = ingress(
+        "gone",
+        Some("nginx"),
+        "gone.apps.test",
+        "web",
+        json!({ n("permanent-redirect"): "https://new.apps.test/" }),
+    );
+    gone["spec"]["rules"][0]["http"]["paths"][0]["path"] = json!("/something");
+    apply(&w.cp, &gone).await;
+    let heim = controller(
+        &w,
+        &[
+            "--controller-class=k8s.io/ingress-nginx",
+            "--ingress-class=nginx",
+        ],
+    );
+    let client = Client::new(&w.pki.ca_der);
+    let send = |host: &str, path: &str, headers: &[(&str, &str)], method: &str| {
+        let mut b = http::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", host);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b.body(heim_e2e::Body::default()).unwrap()
+    };
+
+    // Basic auth.
+    until(&client, &heim, "basic.apps.test", "/", (401, "")).await;
+    let r = client
+        .get(heim.https, "basic.apps.test", "/")
+        .await
+        .unwrap();
+    assert_eq!(r.headers["www-authenticate"], "Basic realm=\"Staff only\"");
+    let basic = |user_password: &str| {
+        use base64::Engine;
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(user_password)
+        )
+    };
+    for wrong in ["foo:S3cret", "bar:s3cret", "foo:"] {
+        let a = basic(wrong);
+        let r = client
+            .request(
+                heim.https,
+                send("basic.apps.test", "/", &[("authorization", &a)], "GET"),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status, 401, "{wrong}");
+    }
+    let a = basic("foo:s3cret");
+    let r = client
+        .request(
+            heim.https,
+            send("basic.apps.test", "/", &[("authorization", &a)], "GET"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    assert!(
+        r.json()["headers"].get("authorization").is_none(),
+        "the password goes no further: {}",
+        r.json()
+    );
+
+    // An auth service: its verdict, its headers over a forged copy.
+    until(&client, &heim, "ext.apps.test", "/", (302, "")).await;
+    let r = client
+        .request(heim.https, send("ext.apps.test", "/app?a=b", &[], "GET"))
+        .await
+        .unwrap();
+    assert_eq!(
+        r.headers["location"],
+        "https://login.apps.test/start?rd=https://ext.apps.test%2Fapp%3Fa%3Db"
+    );
+    let r = client
+        .request(
+            heim.https,
+            send(
+                "ext.apps.test",
+                "/app",
+                &[
+                    ("authorization", "Bearer good"),
+                    ("x-auth-request-user", "mallory"),
+                ],
+                "POST",
+            ),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.json()["headers"]["x-auth-request-user"][0],
+        "bob",
+        "{}",
+        r.json()
+    );
+    assert_eq!(
+        r.json()["headers"]["x-auth-request-user"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+
+    // CORS.
+    until(&client, &heim, "cors.apps.test", "/", (200, "web")).await;
+    let r = client
+        .request(
+            heim.https,
+            send(
+                "cors.apps.test",
+                "/",
+                &[
+                    ("origin", "https://app.apps.test"),
+                    ("access-control-request-method", "PUT"),
+                ],
+                "OPTIONS",
+            ),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 204, "answered by heim");
+    assert_eq!(
+        r.headers["access-control-allow-origin"],
+        "https://app.apps.test"
+    );
+    assert!(
+        r.headers.get("x-upstream").is_none(),
+        "never reaches the backend"
+    );
+    let r = client
+        .request(
+            heim.https,
+            send(
+                "cors.apps.test",
+                "/",
+                &[("origin", "https://APP.apps.test")],
+                "GET",
+            ),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.headers["access-control-allow-origin"],
+        "https://APP.apps.test"
+    );
+    for foreign in [
+        "https://evil.test",
+        "https://a.b.apps.test",
+        "http://app.apps.test",
+    ] {
+        let r = client
+            .request(
+                heim.https,
+                send("cors.apps.test", "/", &[("origin", foreign)], "GET"),
+            )
+            .await
+            .unwrap();
+        assert!(
+            r.headers.get("access-control-allow-origin").is_none(),
+            "{foreign}"
+        );
+    }
+
+    // A canary by header: `always` goes to it, `never` and none to the mainline.
+    until(&client, &heim, "canary.apps.test", "/", (200, "web")).await;
+    for (value, want) in [("always", "api"), ("never", "web"), ("other", "web")] {
+        let r = client
+            .request(
+                heim.https,
+                send("canary.apps.test", "/", &[("x-canary", value)], "GET"),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.headers["x-upstream"], want, "X-Canary: {value}");
+    }
+
+    // limit-rps 1 with a burst of 1: of five requests at once, some get 503.
+    until(&client, &heim, "limited.apps.test", "/", (200, "web")).await;
+    let mut statuses = Vec::new();
+    for _ in 0..5 {
+        statuses.push(get(&client, &heim, "limited.apps.test", "/").await.0);
+    }
+    assert!(statuses.contains(&503), "{statuses:?}");
+    assert!(
+        statuses.iter().all(|s| [200, 503].contains(s)),
+        "{statuses:?}"
+    );
+
+    // The test client is on 127.0.0.1: denied.
+    until(&client, &heim, "denied.apps.test", "/", (403, "")).await;
+
+    // The implicit root: paths no Ingress names are redirected as well.
+    until(&client, &heim, "gone.apps.test", "/other", (301, "")).await;
+    let r = client
+        .get(heim.https, "gone.apps.test", "/other/x")
+        .await
+        .unwrap();
+    assert_eq!(r.headers["location"], "https://new.apps.test/");
 }

@@ -111,10 +111,11 @@ fn the_report_gives_every_annotation_its_verdict() {
     let m = snippet["message"].as_str().unwrap();
     assert!(m.contains("more_set_headers, proxy_set_header)"), "{m}");
 
-    // The canary: not yet; it claims nothing, the mainline serves.
+    // The canary: honoured, its weight too; it joins the mainline's route.
     let canary = ingress(&r, "default", "legacy-app-canary");
-    assert_eq!(verdict(canary, "canary"), "not-yet");
-    assert_eq!(canary["served_as_before"], false);
+    assert_eq!(verdict(canary, "canary"), "honoured");
+    assert_eq!(verdict(canary, "canary-weight"), "honoured");
+    assert_eq!(canary["served_as_before"], true, "{canary:#}");
 
     // The allowlist: honoured, and the spoofable XFF of old reported.
     let admin = ingress(&r, "internal", "admin");
