@@ -83,6 +83,7 @@ fn settings_of(config: &Config, opts: &Options) -> Settings {
         defaults: config.route_defaults,
         default_policy: config.ingress.default_policy,
         nginx_default_policy: config.ingress.nginx_default_policy,
+        interpret_snippets: config.ingress.nginx_interpret_snippets,
         have_auth: config.auth.is_some(),
         allow_external_name: config.ingress.allow_external_name,
     }

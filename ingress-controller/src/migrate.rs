@@ -131,6 +131,7 @@ pub fn report(snap: &Snapshot, m: &Migrate, from_cluster: bool) -> Value {
             "any-authenticated" => DefaultPolicy::AnyAuthenticated,
             _ => DefaultPolicy::Deny,
         },
+        interpret_snippets: false,
         have_auth: m.with_sign_in,
         allow_external_name: false,
     };

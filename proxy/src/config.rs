@@ -101,6 +101,7 @@ struct RawConfig {
 #[serde(deny_unknown_fields)]
 struct RawIngressNginx {
     default_policy: Option<Spanned<String>>,
+    interpret_snippets: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -360,6 +361,11 @@ pub struct IngressSettings {
     /// ingress-nginx (its class, or its annotations), which were public
     /// there unless they said otherwise.
     pub nginx_default_policy: DefaultPolicy,
+    /// `[ingress_nginx] interpret_snippets`: snippets made only of
+    /// `more_set_headers`, `more_clear_headers`, `add_header`,
+    /// `proxy_set_header` and `return 30x` are applied as data (off: every
+    /// snippet is refused).
+    pub nginx_interpret_snippets: bool,
     /// Ingresses may route to `ExternalName` Services: any DNS name their
     /// authors choose, heim's own admin port or a cloud metadata address
     /// among them. Off unless the operator trusts every Ingress author.
@@ -1069,9 +1075,15 @@ impl Cx<'_> {
             .map_or(DefaultPolicy::Deny, |p| {
                 self.default_policy(p, "ingress_nginx.default_policy", raw.auth.is_some())
             });
+        let nginx_interpret_snippets = raw
+            .ingress_nginx
+            .as_ref()
+            .and_then(|i| i.get_ref().interpret_snippets)
+            .unwrap_or(false);
         IngressSettings {
             default_policy,
             nginx_default_policy,
+            nginx_interpret_snippets,
             allow_external_name,
         }
     }
@@ -1669,6 +1681,8 @@ impl Cx<'_> {
             basic_auth: None,
             external_auth: None,
             rate_limit: None,
+            request_headers: Vec::new(),
+            response_headers: Vec::new(),
         })
     }
 }

@@ -249,6 +249,12 @@ pub struct RouteSpec {
     pub external_auth: Option<Arc<crate::auth::external::ExternalAuth>>,
     /// ingress-nginx's `limit-rps`, `limit-rpm` and `limit-connections`.
     pub rate_limit: Option<crate::limit::RateLimit>,
+    /// Request headers set upstream over the client's (`None`: removed),
+    /// after heim's own (a snippet's `proxy_set_header`).
+    pub request_headers: Vec<(http::HeaderName, Option<http::HeaderValue>)>,
+    /// Edits of every answer of the route (a snippet's
+    /// `more_set_headers`, `more_clear_headers`, `add_header`).
+    pub response_headers: Vec<crate::forward::edits::ResponseEdit>,
 }
 
 /// A route's HTTP basic authentication (ingress-nginx's `auth-type: basic`).
@@ -815,6 +821,8 @@ mod tests {
             basic_auth: None,
             external_auth: None,
             rate_limit: None,
+            request_headers: Vec::new(),
+            response_headers: Vec::new(),
         }
     }
 

@@ -208,6 +208,8 @@ struct Outcome {
     /// The client's slot under the route's `limit-connections`, held until
     /// the response head is out.
     slot: Option<crate::limit::ConnGuard>,
+    /// The request went to the route's canary backend.
+    canary: bool,
 }
 
 /// hyper's entry point: one request, one response, never an error.
@@ -245,9 +247,13 @@ pub async fn handle(
         request_id,
         error: None,
         slot: None,
+        canary: false,
     };
     // For CORS, which answers every response of its routes (heim's own too).
-    let origin = req.headers().get(http::header::ORIGIN).cloned();
+    let mut origins = HeaderMap::new();
+    for o in req.headers().get_all(http::header::ORIGIN) {
+        origins.append(http::header::ORIGIN, o.clone());
+    }
     let mut resp = match serve(req, &conn, body_timeout, &mut outcome).await {
         Ok(resp) => resp,
         Err(e) => {
@@ -262,13 +268,15 @@ pub async fn handle(
 
     in_flight.answered = true;
     outcome.slot = None;
-    if let (Some(origin), Some(cors)) = (
-        origin,
-        outcome.route.as_ref().and_then(|r| r.spec.cors.as_ref()),
-    ) {
-        let mut request = HeaderMap::new();
-        request.insert(http::header::ORIGIN, origin);
-        cors.apply(&request, resp.headers_mut());
+    if let Some(route) = &outcome.route {
+        if let Some(cors) = &route.spec.cors {
+            cors.apply(&origins, resp.headers_mut());
+        }
+        crate::forward::edits::apply(
+            &route.spec.response_headers,
+            resp.status(),
+            resp.headers_mut(),
+        );
     }
     // Not on a 101: its `Connection: upgrade` must stay (RFC 6455 §4.1),
     // and the connection is the WebSocket's from then on.
@@ -287,11 +295,14 @@ pub async fn handle(
     metrics.record(status, elapsed);
     if let Some((method, path, version)) = logged {
         let upstream = match (&outcome.route, outcome.upstream) {
-            (Some(r), Some(i)) => r
-                .upstream
-                .as_ref()
-                .and_then(|g| g.endpoints.get(i))
-                .map(|e| e.display.as_str()),
+            (Some(r), Some(i)) => if outcome.canary {
+                &r.canary
+            } else {
+                &r.upstream
+            }
+            .as_ref()
+            .and_then(|g| g.endpoints.get(i))
+            .map(|e| e.display.as_str()),
             _ => None,
         };
         tracing::info!(
@@ -358,6 +369,14 @@ async fn serve(
         Routed::Redirect(location) => return Ok(redirect(location)),
     };
     out.route = Some(route.clone());
+    // === CORS === a preflight from an allowed origin is answered here, as
+    // nginx answers it in its rewrite phase (before the location's own
+    // `return`), before any access check.
+    if let Some(cors) = &route.spec.cors {
+        if let Some(answer) = cors.preflight(req.method(), req.headers()) {
+            return Ok(answer.map(|()| ProxyBody::local("")));
+        }
+    }
     // === redirect === a route's own (ingress-nginx's `return`): before
     // sign-in and policy, as in nginx's rewrite phase.
     if let Some(r) = &route.spec.redirect {
@@ -370,13 +389,6 @@ async fn serve(
             *resp.status_mut() =
                 StatusCode::from_u16(r.code).unwrap_or(StatusCode::MOVED_PERMANENTLY);
             return Ok(resp);
-        }
-    }
-    // === CORS === a preflight from an allowed origin is answered here, as
-    // nginx answers it in its rewrite phase, before any access check.
-    if let Some(cors) = &route.spec.cors {
-        if let Some(answer) = cors.preflight(req.method(), req.headers()) {
-            return Ok(answer.map(|()| ProxyBody::local("")));
         }
     }
     // === limit === the route's request rates and requests in flight per
@@ -412,7 +424,9 @@ async fn serve(
         check_basic(req.headers(), basic).await?;
     }
     let external = match &route.spec.external_auth {
-        Some(ext) => Some(ask_auth_service(ext, &req, &parsed, &route, out).await?),
+        Some(ext) => {
+            Some(ask_auth_service(ext, &req, &parsed, &route, auth.as_deref(), out).await?)
+        }
         None => None,
     };
     let session = authenticate(&req, &parsed.host, &route, auth.as_deref(), conn);
@@ -465,9 +479,22 @@ async fn serve(
         rewritten,
         ..parsed
     };
+    // The canary is chosen by what the client sent (nginx's `$http_*`),
+    // before heim's rewrite or an auth service's headers.
+    out.canary = route
+        .spec
+        .canary
+        .as_ref()
+        .is_some_and(|c| c.chooses(req.headers()));
     let upgrade = rewrite(&mut req, &parsed, &route, conn, &out.request_id)?;
     if route.spec.basic_auth.is_some() {
         req.headers_mut().remove(http::header::AUTHORIZATION);
+    }
+    for (name, value) in &route.spec.request_headers {
+        match value {
+            Some(v) => req.headers_mut().insert(name.clone(), v.clone()),
+            None => req.headers_mut().remove(name),
+        };
     }
     let mut auth_cookies = Vec::new();
     if let Some(crate::auth::external::AuthVerdict::Allow {
@@ -527,6 +554,10 @@ async fn check_basic(
     let admitted = match credentials {
         None => false,
         Some((user, password)) => {
+            // A few hashes at a time: a flood of guesses waits here instead
+            // of filling the blocking pool that DNS lookups also need.
+            static HASHING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+            let _turn = HASHING.acquire().await;
             let basic = Arc::clone(basic);
             tokio::task::spawn_blocking(move || {
                 basic
@@ -558,10 +589,22 @@ async fn ask_auth_service(
     req: &Request<Incoming>,
     parsed: &Parsed,
     route: &Route,
+    auth: Option<&crate::auth::Auth>,
     out: &Outcome,
 ) -> Result<crate::auth::external::AuthVerdict, ProxyError> {
     use crate::auth::external::{AuthContext, AuthVerdict};
     let expand = |t: &str| expand_redirect(t, req, parsed);
+    // The client's headers go to the auth service, but never heim's own
+    // session cookie or CLI token: those are for heim alone.
+    let mut probe = Request::new(());
+    *probe.method_mut() = req.method().clone();
+    *probe.uri_mut() = req.uri().clone();
+    *probe.version_mut() = req.version();
+    *probe.headers_mut() = req.headers().clone();
+    if let Some(auth) = auth {
+        auth.strip_credentials(probe.headers_mut());
+    }
+    let req = &probe;
     let ctx = AuthContext {
         route: &route.spec.name,
         client: out.client,
@@ -963,10 +1006,7 @@ async fn backend(
         }
         _ => ClientBody::Stream(body),
     };
-    let canary = match (&route.spec.canary, &route.canary) {
-        (Some(c), Some(group)) if c.chooses(&parts.headers) => Some(group),
-        _ => None,
-    };
+    let canary = route.canary.as_ref().filter(|_| out.canary);
     let group = match canary.or(route.upstream.as_ref()) {
         None => {
             return Ok(crate::echo::respond(

@@ -57,6 +57,8 @@ pub struct Settings {
     /// `[ingress_nginx] default_policy`: the same for Ingresses written for
     /// ingress-nginx ([`crate::class::ClassFilter::is_nginx`]).
     pub nginx_default_policy: DefaultPolicy,
+    /// `[ingress_nginx] interpret_snippets`.
+    pub interpret_snippets: bool,
     /// `[auth]` is configured (allow rules can admit someone).
     pub have_auth: bool,
     /// `[ingress] allow_external_name`.
@@ -128,6 +130,10 @@ pub struct IngressOptions {
     pub external_auth: Option<Arc<heim_proxy::auth::external::ExternalAuth>>,
     /// `limit-*`.
     pub rate_limit: Option<heim_proxy::limit::RateLimit>,
+    /// An interpreted snippet's `proxy_set_header`s.
+    pub request_headers: Vec<(http::HeaderName, Option<http::HeaderValue>)>,
+    /// An interpreted snippet's response header edits.
+    pub response_headers: Vec<heim_proxy::forward::edits::ResponseEdit>,
     /// `x-forwarded-prefix` (sent when the rewrite applies).
     pub forwarded_prefix: Option<http::HeaderValue>,
     /// Annotations understood but not acted on in this build (annotation,
@@ -290,6 +296,9 @@ impl Translator {
         let mut host_owner: HashMap<String, ObjKey> = HashMap::new();
         let mut fallbacks: Vec<(RouteSpec, ObjKey)> = Vec::new();
         let mut implicit_roots: Vec<(RouteSpec, ObjKey)> = Vec::new();
+        // Hosts some (non-canary) Ingress names in a rule, as ingress-nginx
+        // makes its servers: the first to name one gives its implicit root.
+        let mut rule_hosts: HashSet<String> = HashSet::new();
         // (host, path, path type) of a canary Ingress's path, its canary.
         let mut canaries: Vec<(RouteId, Arc<heim_proxy::canary::Canary>, ObjKey)> = Vec::new();
         // TLS Secret -> its certificate and the hosts it is to serve.
@@ -319,7 +328,10 @@ impl Translator {
             let (options, policy) = match parsed_options {
                 Ok(mut o) => {
                     if nginx {
-                        let verdicts = nginx::read(ingress, settings.have_auth, snap, &mut o);
+                        let mut verdicts = nginx::read(ingress, settings.have_auth, snap, &mut o);
+                        if settings.interpret_snippets {
+                            snippet::apply(ingress, &mut o, &mut verdicts);
+                        }
                         report_nginx(&verdicts, &mut problem);
                     }
                     // The nginx default policy goes by class, never by
@@ -509,9 +521,10 @@ impl Translator {
             // So that Ingress's redirects, absolute rewrite target, sign-in
             // and address blocks also answer its host's unmatched paths
             // (for ingress-nginx's class; heim's own answers 404).
-            if !canary && settings.classes.is_nginx_class(ingress, &snap.classes) {
+            if !canary {
+                let nginx_class = settings.classes.is_nginx_class(ingress, &snap.classes);
                 for h in hosts.iter().flatten() {
-                    if !host_owner.contains_key(h) {
+                    if rule_hosts.insert(h.clone()) && nginx_class {
                         implicit_roots.push((ctx.implicit_root(h), key.clone()));
                     }
                 }
@@ -660,10 +673,18 @@ impl Translator {
                 .zip(&out.owners)
                 .find(|(r, _)| (r.host.clone(), normal_path(r), r.path_type) == id);
             let message = match mainline {
-                Some((r, _)) if r.canary.is_none() && matches!(r.backend, Backend::Upstream(_)) => {
+                Some((r, first))
+                    if r.canary.is_none()
+                        && matches!(r.backend, Backend::Upstream(_))
+                        && first.namespace == owner.namespace =>
+                {
                     r.canary = Some(c);
                     continue;
                 }
+                Some((_, first)) if first.namespace != owner.namespace => format!(
+                    "the mainline for host {} path {path} is {first}, in another namespace: a canary never takes another namespace's traffic",
+                    host.as_deref().unwrap_or("*")
+                ),
                 Some((_, first)) => format!(
                     "the route for host {} path {path} has a canary already, or is not a Service's (mainline {first}): this canary gets no traffic",
                     host.as_deref().unwrap_or("*")
@@ -855,6 +876,8 @@ impl Ctx<'_> {
             basic_auth: o.basic_auth.clone(),
             external_auth: o.external_auth.clone(),
             rate_limit: o.rate_limit.clone(),
+            request_headers: o.request_headers.clone(),
+            response_headers: o.response_headers.clone(),
         }
     }
 

@@ -353,12 +353,14 @@ fn basic_auth_users(
                 None => Err("a value that is not text".into()),
             }
         }
-        other => return Err((
-            BasicFailure::Closed,
-            format!(
+        other => {
+            return Err((
+                BasicFailure::Closed,
+                format!(
                 "auth-secret-type {other:?} is not auth-file or auth-map: the Ingress answers 403"
             ),
-        )),
+            ))
+        }
     };
     parsed.map_err(|e| {
         (
@@ -598,7 +600,10 @@ pub fn read(
         if is_snippet(name) {
             let directives = directives(value);
             let replacement = replacement(&directives);
-            let guards = guards_access(value);
+            // An auth-snippet shapes the auth sub-request: without it, the
+            // auth service may admit more than written.
+            let guards =
+                guards_access(value) || (name == "auth-snippet" && all.contains_key("auth-url"));
             fail_closed |= guards;
             say(
                 name,
@@ -641,9 +646,13 @@ pub fn read(
                 name,
                 match (all.contains_key("auth-url"), service, name) {
                     (false, _, _) => Verdict::Ignored("no effect without auth-url (as in ingress-nginx)".into()),
-                    (true, None, "auth-proxy-set-headers") => Verdict::Unsupported(
-                        "heim does not read the ConfigMap it names: the sub-request goes without those headers".into(),
-                    ),
+                    (true, None, "auth-proxy-set-headers") => {
+                        // The auth service may decide by those headers.
+                        fail_closed = true;
+                        Verdict::Unsupported(
+                            "heim does not read the ConfigMap it names, and the auth service may decide by those headers: the Ingress answers 403".into(),
+                        )
+                    }
                     (true, None, _) => Verdict::Exact,
                     (true, Some(_), "auth-signin") => Verdict::Differs(
                         "a browser without a session goes to heim's sign-in, then back to the URL it asked for (rd)".into(),
@@ -1086,6 +1095,26 @@ pub fn read(
                         always_set_cookie: get("auth-always-set-cookie"),
                         proxy_set_headers: &[],
                     };
+                    // `$host` in the auth service's address is the
+                    // client's choice unless every rule names one host.
+                    let authority = value
+                        .split_once("://")
+                        .map_or("", |(_, rest)| rest.split('/').next().unwrap_or(""));
+                    let open_host = ingress
+                        .spec
+                        .iter()
+                        .flat_map(|s| s.rules.iter().flatten())
+                        .any(|r| r.host.as_deref().is_none_or(|h| h.starts_with("*.")));
+                    if authority.contains('$') && open_host {
+                        fail_closed = true;
+                        say(
+                            name,
+                            Verdict::Invalid(
+                                "a variable names the auth service's host, and a rule without a host (or a wildcard) would let the client choose it: the Ingress answers 403".into(),
+                            ),
+                        );
+                        continue;
+                    }
                     match heim_proxy::auth::external::ExternalAuth::from_nginx(&a) {
                         Ok(ext) => {
                             o.external_auth = Some(Arc::new(ext));

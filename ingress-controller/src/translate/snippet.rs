@@ -656,6 +656,82 @@ fn request_refused(name: &HeaderName) -> Option<&'static str> {
     })
 }
 
+/// With `[ingress_nginx] interpret_snippets`: an Ingress's
+/// `configuration-snippet` that [`interpret`] reads whole is applied to
+/// `o` as data, and its verdict says so; one it refuses stays refused,
+/// with the reason. `server-snippet` and the others are never interpreted
+/// (their directives act on the whole host, or on nginx itself).
+pub fn apply(
+    ingress: &k8s_openapi::api::networking::v1::Ingress,
+    o: &mut super::IngressOptions,
+    verdicts: &mut [(String, super::nginx::Verdict)],
+) {
+    use super::nginx::Verdict;
+    use heim_proxy::forward::edits::{NamePattern, ResponseEdit};
+    let key = format!("{}configuration-snippet", super::nginx::PREFIX);
+    let Some(text) = ingress
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(&key))
+    else {
+        return;
+    };
+    let Some((_, verdict)) = verdicts.iter_mut().find(|(k, _)| *k == key) else {
+        return;
+    };
+    let actions = match interpret(text) {
+        Ok(actions) => actions,
+        Err(why) => {
+            if let Verdict::Refused(message) = verdict {
+                *message = format!("{message}; not interpreted: {why}");
+            }
+            return;
+        }
+    };
+    let mut redirect = None;
+    for action in actions {
+        match action {
+            SnippetAction::SetResponseHeader {
+                name,
+                value,
+                always,
+                replace,
+            } => o.response_headers.push(ResponseEdit::Set {
+                name,
+                value,
+                always,
+                replace,
+            }),
+            SnippetAction::ClearResponseHeader(p) => {
+                o.response_headers.push(ResponseEdit::Clear(match p {
+                    HeaderPattern::Name(n) => NamePattern::Name(n),
+                    HeaderPattern::Prefix(p) => NamePattern::Prefix(p),
+                }))
+            }
+            SnippetAction::SetRequestHeader { name, value } => {
+                let value = Some(value).filter(|v| !v.is_empty());
+                o.request_headers.retain(|(n, _)| *n != name);
+                o.request_headers.push((name, value));
+            }
+            SnippetAction::Return { code, to } => redirect = Some((code, to)),
+        }
+    }
+    // A redirect annotation's `return` comes first in the location, as
+    // ingress-nginx renders it: the snippet's is then never reached.
+    if let (Some((code, to)), None) = (redirect, &o.redirect) {
+        o.redirect = Some(heim_proxy::route::Redirect {
+            code,
+            to,
+            root_only: false,
+        });
+    }
+    *verdict = Verdict::Differs(
+        "interpreted as data ([ingress_nginx] interpret_snippets): its headers and return apply, nothing else could be written"
+            .into(),
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

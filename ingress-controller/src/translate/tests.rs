@@ -39,6 +39,7 @@ fn settings() -> Settings {
         },
         default_policy: DefaultPolicy::Deny,
         nginx_default_policy: DefaultPolicy::Deny,
+        interpret_snippets: false,
         have_auth: true,
         allow_external_name: false,
     }
@@ -130,6 +131,8 @@ fn route(name: &str, host: Option<&str>, path: &str, path_type: PathMatch, port:
         basic_auth: None,
         external_auth: None,
         rate_limit: None,
+        request_headers: Vec::new(),
+        response_headers: Vec::new(),
     }
 }
 
@@ -1117,9 +1120,21 @@ fn a_canary_joins_its_mainline_route() {
         ingress(
             "lonely-canary",
             "2026-01-03T00:00:00Z",
-            canary,
+            canary.clone(),
             spec("lonely.example.com", "app-v2"),
         ),
+        // Another namespace's canary never takes this one's traffic.
+        {
+            let mut i = (*ingress(
+                "intruder",
+                "2026-01-04T00:00:00Z",
+                canary,
+                spec("app.example.com", "app-v2"),
+            ))
+            .clone();
+            i.metadata.namespace = Some("elsewhere".into());
+            Arc::new(i)
+        },
     ];
     let mut s = settings();
     s.classes.controllers.push("k8s.io/ingress-nginx".into());
@@ -1150,10 +1165,84 @@ fn a_canary_joins_its_mainline_route() {
         .filter(|p| p.ingress.name == "lonely-canary" && p.reason == "CanaryWithoutMainline")
         .collect();
     assert_eq!(lonely.len(), 1, "{:?}", t.problems);
+    let intruder = t
+        .problems
+        .iter()
+        .find(|p| p.ingress.name == "intruder" && p.reason == "CanaryWithoutMainline")
+        .expect("the intruder is told");
+    assert!(
+        intruder.message.contains("another namespace"),
+        "{intruder:?}"
+    );
+    assert_eq!(
+        r.canary.as_ref().unwrap().backend,
+        c.backend,
+        "still the first canary"
+    );
     let ignored = t.problems.iter().any(|p| {
         p.ingress.name == "app-canary"
             && p.reason == "AnnotationIgnored"
             && p.key.ends_with("proxy-body-size")
     });
     assert!(ignored, "{:?}", t.problems);
+}
+
+/// `[ingress_nginx] interpret_snippets`: a configuration-snippet of the
+/// allow-list becomes the route's header edits; one with anything else
+/// stays refused, and the Ingress is served without it.
+#[test]
+fn snippets_are_interpreted_only_when_asked_and_only_whole() {
+    let mut snap = base();
+    snap.classes
+        .push(class("nginx", "k8s.io/ingress-nginx", false));
+    let spec = |host: &str| {
+        json!({ "ingressClassName": "nginx", "rules": [{ "host": host,
+            "http": { "paths": [{ "path": "/", "pathType": "Prefix",
+                "backend": { "service": { "name": "app", "port": { "number": 80 } } } }] } }] })
+    };
+    let key = "nginx.ingress.kubernetes.io/configuration-snippet";
+    snap.ingresses = vec![
+        ingress(
+            "headers",
+            "2026-01-01T00:00:00Z",
+            json!({ key: "more_set_headers \"X-Frame-Options: DENY\";\nproxy_set_header X-Tenant blue;" }),
+            spec("a.example.com"),
+        ),
+        ingress(
+            "lua",
+            "2026-01-02T00:00:00Z",
+            json!({ key: "more_set_headers \"X-A: b\";\naccess_by_lua_block { ngx.exit(200) }" }),
+            spec("b.example.com"),
+        ),
+    ];
+    let mut s = settings();
+    s.classes.controllers.push("k8s.io/ingress-nginx".into());
+    let t = translate_once(&snap, &s);
+    assert!(
+        t.routes.iter().all(|r| r.response_headers.is_empty()),
+        "off by default"
+    );
+    s.interpret_snippets = true;
+    let t = translate_once(&snap, &s);
+    let a = &t.routes[0];
+    assert_eq!(a.response_headers.len(), 1, "{:?}", t.problems);
+    assert_eq!(
+        a.request_headers,
+        [(
+            http::HeaderName::from_static("x-tenant"),
+            Some(http::HeaderValue::from_static("blue"))
+        )]
+    );
+    let b = &t.routes[1];
+    assert!(b.response_headers.is_empty(), "never half a snippet");
+    let refused = t
+        .problems
+        .iter()
+        .find(|p| p.ingress.name == "lua" && p.reason == "SnippetRefused")
+        .expect("refused");
+    assert!(refused.message.contains("not interpreted"), "{refused:?}");
+    assert!(!t
+        .problems
+        .iter()
+        .any(|p| p.ingress.name == "headers" && p.reason == "SnippetRefused"));
 }

@@ -13,6 +13,7 @@
 //! not a sign of a failing upstream.
 
 pub mod cors;
+pub mod edits;
 pub mod headers;
 pub mod pool;
 pub mod splice;
