@@ -130,6 +130,10 @@ pub struct IngressOptions {
     pub external_auth: Option<Arc<heim_proxy::auth::external::ExternalAuth>>,
     /// `limit-*`.
     pub rate_limit: Option<heim_proxy::limit::RateLimit>,
+    /// `server-alias`: more names for the Ingress's hosts.
+    pub server_aliases: Vec<String>,
+    /// `from-to-www-redirect`.
+    pub from_to_www: bool,
     /// An interpreted snippet's `proxy_set_header`s.
     pub request_headers: Vec<(http::HeaderName, Option<http::HeaderValue>)>,
     /// An interpreted snippet's response header edits.
@@ -299,6 +303,10 @@ impl Translator {
         // Hosts some (non-canary) Ingress names in a rule, as ingress-nginx
         // makes its servers: the first to name one gives its implicit root.
         let mut rule_hosts: HashSet<String> = HashSet::new();
+        // (alias, host, Ingress) of `server-alias`; (other name, host,
+        // Ingress) of `from-to-www-redirect`.
+        let mut aliases: Vec<(String, String, ObjKey)> = Vec::new();
+        let mut www: Vec<(String, String, ObjKey)> = Vec::new();
         // (host, path, path type) of a canary Ingress's path, its canary.
         let mut canaries: Vec<(RouteId, Arc<heim_proxy::canary::Canary>, ObjKey)> = Vec::new();
         // TLS Secret -> its certificate and the hosts it is to serve.
@@ -521,6 +529,20 @@ impl Translator {
             // So that Ingress's redirects, absolute rewrite target, sign-in
             // and address blocks also answer its host's unmatched paths
             // (for ingress-nginx's class; heim's own answers 404).
+            if !canary && nginx {
+                for h in hosts.iter().flatten().filter(|h| !h.starts_with("*.")) {
+                    for a in &options.server_aliases {
+                        aliases.push((a.clone(), h.clone(), key.clone()));
+                    }
+                    if options.from_to_www {
+                        let other = match h.strip_prefix("www.") {
+                            Some(bare) => bare.to_string(),
+                            None => format!("www.{h}"),
+                        };
+                        www.push((other, h.clone(), key.clone()));
+                    }
+                }
+            }
             if !canary {
                 let nginx_class = settings.classes.is_nginx_class(ingress, &snap.classes);
                 for h in hosts.iter().flatten() {
@@ -712,6 +734,44 @@ impl Translator {
                 out.owners.push(owner);
             }
         }
+        // ingress-nginx's server aliases and www redirects: names no rule
+        // owns answer for a host (every path of it) or redirect to it.
+        let mut taken: HashSet<String> = rule_hosts.clone();
+        for (alias, host, owner) in aliases {
+            if !taken.insert(alias.clone()) {
+                continue;
+            }
+            let copies: Vec<RouteSpec> = out
+                .routes
+                .iter()
+                .filter(|r| r.host.as_deref() == Some(host.as_str()))
+                .map(|r| RouteSpec {
+                    name: format!("{} (alias {alias})", r.name),
+                    host: Some(alias.clone()),
+                    ..r.clone()
+                })
+                .collect();
+            for r in copies {
+                out.routes.push(r);
+                out.owners.push(owner.clone());
+            }
+        }
+        for (from, to, owner) in www {
+            if !taken.insert(from.clone()) {
+                continue;
+            }
+            out.routes.push(redirect_route(
+                format!("{owner}:{from} (www redirect)"),
+                from,
+                heim_proxy::route::Redirect {
+                    code: 308,
+                    to: format!("$scheme://{to}$request_uri"),
+                    root_only: false,
+                },
+                settings,
+            ));
+            out.owners.push(owner);
+        }
         for (sk, mut entry, mut names) in certs {
             names.sort();
             names.dedup();
@@ -768,6 +828,40 @@ fn parse_tls_secret(
         return Err(format!("Secret {key} lacks tls.crt or tls.key"));
     };
     CertEntry::from_pem(cert, k, &[]).map_err(|e| format!("Secret {key}: {e}"))
+}
+
+/// A route that only redirects (ingress-nginx's `from-to-www-redirect`
+/// server: nothing of the Ingress's other annotations).
+fn redirect_route(
+    name: String,
+    host: String,
+    redirect: heim_proxy::route::Redirect,
+    settings: &Settings,
+) -> RouteSpec {
+    RouteSpec {
+        name,
+        host: Some(host),
+        path: "/".into(),
+        path_type: PathMatch::Prefix,
+        backend: Backend::NotFound,
+        policy: Policy::Public,
+        https_redirect: false,
+        max_body_bytes: Some(settings.defaults.max_body_bytes).filter(|n| *n > 0),
+        identity_headers: Vec::new(),
+        source_ranges: Vec::new(),
+        rewrite: None,
+        strip_headers: Vec::new(),
+        redirect: Some(redirect),
+        upstream_host: None,
+        denied_ranges: Vec::new(),
+        canary: None,
+        cors: None,
+        basic_auth: None,
+        external_auth: None,
+        rate_limit: None,
+        request_headers: Vec::new(),
+        response_headers: Vec::new(),
+    }
 }
 
 /// A route's path as the table compares it.

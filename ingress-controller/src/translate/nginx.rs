@@ -143,9 +143,6 @@ fn is_snippet(name: &str) -> bool {
 /// Known annotations not honoured in this build, with what happens instead.
 fn unsupported(name: &str) -> Option<&'static str> {
     Some(match name {
-        "from-to-www-redirect" => {
-            "the www redirect is not in this build: the other name is not served"
-        }
         "affinity" | "affinity-mode" | "affinity-canary-behavior" | "session-cookie-name"
         | "session-cookie-max-age" | "session-cookie-expires" | "session-cookie-path"
         | "session-cookie-domain" | "session-cookie-samesite" | "session-cookie-secure"
@@ -158,7 +155,7 @@ fn unsupported(name: &str) -> Option<&'static str> {
         "custom-http-errors" | "default-backend" => {
             "error pages and default backends per Ingress are not in this build: the backend's own answer goes out"
         }
-        "server-alias" | "custom-headers"
+        "custom-headers"
         | "connection-proxy-header" | "proxy-cookie-domain" | "proxy-cookie-path"
         | "proxy-redirect-from" | "proxy-redirect-to" => {
             "header and name rewriting is not in this build: requests and responses pass as they are"
@@ -806,6 +803,53 @@ pub fn read(
                     );
                 }
             }
+            "server-alias" => {
+                let mut bad = None;
+                for a in value.split(',').map(|a| a.trim().to_ascii_lowercase()) {
+                    if a.is_empty() {
+                        continue;
+                    }
+                    let name_ok = a.len() <= 253
+                        && a.split('.').all(|l| {
+                            !l.is_empty()
+                                && l.len() <= 63
+                                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                        });
+                    if name_ok {
+                        o.server_aliases.push(a);
+                    } else {
+                        bad.get_or_insert(a);
+                    }
+                }
+                say(
+                    name,
+                    match bad {
+                        None => Verdict::Differs(
+                            "every path of the host answers under the alias too; TLS for it needs a certificate that covers it (heim has no fake default certificate)".into(),
+                        ),
+                        Some(b) => Verdict::Invalid(format!("{b:?} is not a host name: the other aliases are served")),
+                    },
+                );
+            }
+            "from-to-www-redirect" => match parse_bool(value) {
+                Some(on) => {
+                    o.from_to_www = on;
+                    say(
+                        name,
+                        if on {
+                            Verdict::Differs(
+                                "the other name answers 308 to $scheme://host$request_uri, without ingress-nginx's explicit :port and trailing-slash trim".into(),
+                            )
+                        } else {
+                            Verdict::Ignored("off".into())
+                        },
+                    );
+                }
+                None => say(
+                    name,
+                    Verdict::Invalid(format!("{value:?} is not a boolean: no redirect")),
+                ),
+            },
             "denylist-source-range" => match ip_list(value) {
                 Ok(nets) => {
                     o.denied_ranges = nets;

@@ -1246,3 +1246,60 @@ fn snippets_are_interpreted_only_when_asked_and_only_whole() {
         .iter()
         .any(|p| p.ingress.name == "headers" && p.reason == "SnippetRefused"));
 }
+
+/// `server-alias` serves every path of the host under the alias too (not
+/// a name a rule owns); `from-to-www-redirect` makes the other name
+/// redirect (308) to the rule's host, unless a rule owns it.
+#[test]
+fn server_aliases_and_the_www_redirect() {
+    let mut snap = base();
+    snap.classes
+        .push(class("nginx", "k8s.io/ingress-nginx", false));
+    let spec = |host: &str, path: &str| {
+        json!({ "ingressClassName": "nginx", "rules": [{ "host": host,
+            "http": { "paths": [{ "path": path, "pathType": "Prefix",
+                "backend": { "service": { "name": "app", "port": { "number": 80 } } } }] } }] })
+    };
+    let n = |k: &str| format!("nginx.ingress.kubernetes.io/{k}");
+    snap.ingresses = vec![
+        ingress(
+            "shop",
+            "2026-01-01T00:00:00Z",
+            json!({ n("server-alias"): "shop.example.org, owned.example.com",
+                    n("from-to-www-redirect"): "true" }),
+            spec("shop.example.com", "/"),
+        ),
+        ingress(
+            "shop-api",
+            "2026-01-02T00:00:00Z",
+            json!({}),
+            spec("shop.example.com", "/api"),
+        ),
+        ingress(
+            "owned",
+            "2026-01-03T00:00:00Z",
+            json!({}),
+            spec("owned.example.com", "/"),
+        ),
+    ];
+    let mut s = settings();
+    s.classes.controllers.push("k8s.io/ingress-nginx".into());
+    let t = translate_once(&snap, &s);
+    let on = |host: &str| -> Vec<&RouteSpec> {
+        t.routes
+            .iter()
+            .filter(|r| r.host.as_deref() == Some(host))
+            .collect()
+    };
+    let alias: Vec<&str> = on("shop.example.org").iter().map(|r| r.path.as_str()).collect();
+    assert_eq!(alias, ["/", "/api"], "every path of the host: {:?}", t.problems);
+    assert_eq!(on("owned.example.com").len(), 1, "a rule owns it");
+    let www = on("www.shop.example.com");
+    assert_eq!(www.len(), 1);
+    let r = www[0].redirect.as_ref().expect("a redirect");
+    assert_eq!(
+        (r.code, r.to.as_str()),
+        (308, "$scheme://shop.example.com$request_uri")
+    );
+    assert_eq!(www[0].policy, Policy::Public);
+}
