@@ -132,6 +132,7 @@ struct Stores {
     tls_secrets: Store<Secret>,
     opaque_secrets: Store<Secret>,
     config_map: Option<Store<ConfigMap>>,
+    nginx_configmap: Option<(ObjKey, Store<ConfigMap>)>,
 }
 
 /// EndpointSlices where the API server serves `discovery.k8s.io/v1`, else
@@ -153,6 +154,9 @@ impl Stores {
         let _ = self.tls_secrets.wait_until_ready().await;
         let _ = self.opaque_secrets.wait_until_ready().await;
         if let Some(c) = &self.config_map {
+            let _ = c.wait_until_ready().await;
+        }
+        if let Some((_, c)) = &self.nginx_configmap {
             let _ = c.wait_until_ready().await;
         }
     }
@@ -180,6 +184,14 @@ impl Stores {
                 .into_iter()
                 .chain(self.opaque_secrets.state()),
         );
+        if let Some((key, store)) = &self.nginx_configmap {
+            let found = store
+                .state()
+                .into_iter()
+                .find(|c| c.metadata.name.as_deref() == Some(key.name.as_str()));
+            // A ConfigMap named but gone: its defaults, all of them.
+            snap.nginx_configmap = Some(found.and_then(|c| c.data.clone()).unwrap_or_default());
+        }
         metrics.set_objects("Ingress", snap.ingresses.len());
         metrics.set_objects("IngressClass", snap.classes.len());
         metrics.set_objects("Service", snap.services.len());
@@ -285,6 +297,18 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                 "ConfigMap",
                 changed.clone(),
                 km.clone(),
+            )
+        }),
+        nginx_configmap: opts.nginx_configmap.as_ref().map(|k| {
+            (
+                k.clone(),
+                reflect(
+                    Api::namespaced(client.clone(), &k.namespace),
+                    wc().fields(&format!("metadata.name={}", k.name)),
+                    "ConfigMap",
+                    changed.clone(),
+                    km.clone(),
+                ),
             )
         }),
     };

@@ -58,6 +58,9 @@ pub struct Snapshot {
     pub endpoints: HashMap<ObjKey, Vec<Ready>>,
     /// Secrets of type `kubernetes.io/tls` and `Opaque`.
     pub secrets: HashMap<ObjKey, Arc<Secret>>,
+    /// The data of ingress-nginx's ConfigMap (`--nginx-configmap`), when
+    /// given: the cluster-wide defaults its Ingresses were written against.
+    pub nginx_configmap: Option<std::collections::BTreeMap<String, String>>,
 }
 
 impl Snapshot {

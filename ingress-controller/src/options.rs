@@ -67,6 +67,13 @@ pub struct Options {
     #[arg(long, value_name = "NAMESPACE/NAME", value_parser = parse_key)]
     pub config_map: Option<ObjKey>,
 
+    /// ingress-nginx's ConfigMap: the cluster-wide keys its Ingresses rely
+    /// on (`proxy-body-size`, `ssl-redirect`, `hsts*`,
+    /// `allow-snippet-annotations`, `annotations-risk-level`,
+    /// `global-auth-url`, …) are read from it, and reloaded when it changes.
+    #[arg(long, value_name = "NAMESPACE/NAME", value_parser = parse_key)]
+    pub nginx_configmap: Option<ObjKey>,
+
     /// Write this Service's load-balancer addresses into the status of the
     /// Ingresses heim serves.
     #[arg(long, value_name = "NAMESPACE/NAME", value_parser = parse_key, conflicts_with = "publish_status_address")]

@@ -280,6 +280,88 @@ fn sign_in_service(auth_url: &str, rule_hosts: &[String]) -> Option<(&'static st
 }
 
 /// `strconv.ParseBool`, as ingress-nginx reads booleans.
+/// The ConfigMap keys of ingress-nginx an Ingress inherits where its
+/// annotations say nothing: `proxy-body-size`, `ssl-redirect`, HSTS
+/// (`hsts`, `hsts-max-age`, `hsts-include-subdomains`, `hsts-preload`),
+/// and `global-auth-*` (unless `enable-global-auth: "false"` or its own
+/// `auth-url`; a global auth heim cannot ask as written closes the
+/// Ingress).
+fn configmap_defaults(
+    ingress: &Ingress,
+    cm: &BTreeMap<String, String>,
+    all: &BTreeMap<&str, &str>,
+    o: &mut IngressOptions,
+    fail_closed: &mut bool,
+) {
+    let get = |k: &str| cm.get(k).map(|v| v.trim()).filter(|v| !v.is_empty());
+    if o.max_body_bytes.is_none() {
+        o.max_body_bytes = get("proxy-body-size").and_then(heim_proxy::config::parse_size);
+    }
+    if o.https_redirect.is_none() {
+        o.https_redirect = get("ssl-redirect").and_then(parse_bool);
+    }
+    if get("hsts").and_then(parse_bool) != Some(false) {
+        let max_age = get("hsts-max-age")
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(31_536_000);
+        let mut value = format!("max-age={max_age}");
+        if get("hsts-include-subdomains").and_then(parse_bool) != Some(false) {
+            value.push_str("; includeSubDomains");
+        }
+        if get("hsts-preload").and_then(parse_bool) == Some(true) {
+            value.push_str("; preload");
+        }
+        if let Ok(value) = http::HeaderValue::from_str(&value) {
+            o.response_headers
+                .push(heim_proxy::forward::edits::ResponseEdit::Set {
+                    name: http::header::STRICT_TRANSPORT_SECURITY,
+                    value,
+                    always: true,
+                    replace: true,
+                });
+        }
+    }
+    let global = get("global-auth-url");
+    let opted_out = all.get("enable-global-auth").and_then(|v| parse_bool(v)) == Some(false);
+    if let (Some(url), false, false) = (global, opted_out, all.contains_key("auth-url")) {
+        let a = heim_proxy::auth::external::NginxAuthAnnotations {
+            url,
+            method: get("global-auth-method"),
+            signin: get("global-auth-signin"),
+            signin_redirect_param: get("global-auth-signin-redirect-param"),
+            response_headers: get("global-auth-response-headers"),
+            request_redirect: get("global-auth-request-redirect"),
+            cache_key: get("global-auth-cache-key"),
+            cache_duration: get("global-auth-cache-duration"),
+            always_set_cookie: get("global-auth-always-set-cookie"),
+            proxy_set_headers: &[],
+        };
+        match heim_proxy::auth::external::ExternalAuth::from_nginx(&a) {
+            Ok(ext)
+                if get("global-auth-snippet").is_none() && !client_chooses_host(url, ingress) =>
+            {
+                o.external_auth = Some(Arc::new(ext));
+            }
+            _ => *fail_closed = true,
+        }
+    }
+}
+
+/// Whether a variable (`$host`) names an auth service's host while a rule
+/// of `ingress` has no host or a wildcard one: the client's `Host` would
+/// then choose the service that admits it.
+fn client_chooses_host(url: &str, ingress: &Ingress) -> bool {
+    let authority = url
+        .split_once("://")
+        .map_or("", |(_, rest)| rest.split('/').next().unwrap_or(""));
+    authority.contains('$')
+        && ingress
+            .spec
+            .iter()
+            .flat_map(|s| s.rules.iter().flatten())
+            .any(|r| r.host.as_deref().is_none_or(|h| h.starts_with("*.")))
+}
+
 /// Why an Ingress's basic auth has no users.
 enum BasicFailure {
     /// Nothing to check against, as written: the Ingress answers 403.
@@ -584,6 +666,14 @@ pub fn read(
     }
     let mut fail_closed = false;
     let (mut ssl_redirect, mut force_redirect) = (None, None);
+    // ingress-nginx's ConfigMap, when given: snippets had no effect there
+    // unless it allowed them (`allow-snippet-annotations: "true"` and
+    // `annotations-risk-level: Critical`; both off by default since 1.12).
+    let cm = snap.nginx_configmap.as_ref();
+    let cm_get = |k: &str| cm.and_then(|c| c.get(k)).map(|v| v.trim());
+    let snippets_had_no_effect = cm.is_some()
+        && !(cm_get("allow-snippet-annotations") == Some("true")
+            && cm_get("annotations-risk-level") == Some("Critical"));
     let mut cors_names: Vec<&str> = Vec::new();
     let mut cors_fallbacks: Vec<(&str, String)> = Vec::new();
     let secs = |v: &str| -> Option<Duration> {
@@ -594,6 +684,15 @@ pub fn read(
             .map(Duration::from_secs)
     };
     for (&name, &value) in &all {
+        if is_snippet(name) && snippets_had_no_effect {
+            say(
+                name,
+                Verdict::Ignored(
+                    "ingress-nginx's ConfigMap does not allow snippets (allow-snippet-annotations, annotations-risk-level): it had no effect there either".into(),
+                ),
+            );
+            continue;
+        }
         if is_snippet(name) {
             let directives = directives(value);
             let replacement = replacement(&directives);
@@ -688,10 +787,13 @@ pub fn read(
             }
             "enable-global-auth" => say(
                 name,
-                Verdict::Ignored(
-                    "heim does not read ingress-nginx's global-auth-url: give the Ingress a heim.dev/allow-* policy if it relied on it"
-                        .into(),
-                ),
+                match (parse_bool(value), cm_get("global-auth-url").is_some_and(|u| !u.is_empty())) {
+                    (Some(_), true) => Verdict::Exact,
+                    (Some(_), false) => Verdict::Ignored(
+                        "no global-auth-url in ingress-nginx's ConfigMap (--nginx-configmap)".into(),
+                    ),
+                    (None, _) => Verdict::Invalid(format!("{value:?} is not a boolean: global auth applies")),
+                },
             ),
             "proxy-body-size" => match heim_proxy::config::parse_size(value) {
                 Some(n) if o.max_body_bytes.is_none() => {
@@ -1141,15 +1243,7 @@ pub fn read(
                     };
                     // `$host` in the auth service's address is the
                     // client's choice unless every rule names one host.
-                    let authority = value
-                        .split_once("://")
-                        .map_or("", |(_, rest)| rest.split('/').next().unwrap_or(""));
-                    let open_host = ingress
-                        .spec
-                        .iter()
-                        .flat_map(|s| s.rules.iter().flatten())
-                        .any(|r| r.host.as_deref().is_none_or(|h| h.starts_with("*.")));
-                    if authority.contains('$') && open_host {
+                    if client_chooses_host(value, ingress) {
                         fail_closed = true;
                         say(
                             name,
@@ -1241,6 +1335,9 @@ pub fn read(
                 ),
             },
         }
+    }
+    if let Some(cm) = cm {
+        configmap_defaults(ingress, cm, &all, o, &mut fail_closed);
     }
     for name in cors_names {
         let verdict = match (&o.cors, cors_fallbacks.iter().find(|(n, _)| *n == name)) {
@@ -1805,5 +1902,58 @@ mod tests {
             verdict(&v, "cors-allow-origin"),
             Verdict::Ignored(_)
         ));
+    }
+
+    /// `--nginx-configmap`: its keys are the defaults the annotations
+    /// override; snippets it did not allow had no effect there either;
+    /// its global auth guards every Ingress that does not opt out.
+    #[test]
+    fn the_nginx_configmap_gives_the_defaults() {
+        let mut snap = snap();
+        snap.nginx_configmap = Some(
+            [
+                ("proxy-body-size", "8m"),
+                ("ssl-redirect", "false"),
+                ("hsts-max-age", "60"),
+                ("hsts-include-subdomains", "false"),
+                ("global-auth-url", "http://auth.example.svc/verify"),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        );
+        let mut o = IngressOptions::default();
+        let v = read(
+            &ingress(&[("configuration-snippet", "deny all;")]),
+            true,
+            &snap,
+            &mut o,
+        );
+        assert_eq!(o.max_body_bytes, Some(8 << 20));
+        assert_eq!(o.https_redirect, Some(false));
+        assert!(matches!(
+            &o.response_headers[..],
+            [heim_proxy::forward::edits::ResponseEdit::Set { value, .. }] if value == "max-age=60"
+        ));
+        assert_eq!(
+            o.external_auth.as_ref().map(|e| e.url.as_str()),
+            Some("http://auth.example.svc/verify")
+        );
+        // The snippet had no effect in ingress-nginx: not closed here.
+        assert!(matches!(
+            verdict(&v, "configuration-snippet"),
+            Verdict::Ignored(_)
+        ));
+        assert_eq!(o.policy, Some(Policy::Public), "the auth service decides");
+        // The annotations win; enable-global-auth "false" opts out.
+        let mut o = IngressOptions::default();
+        read(
+            &ingress(&[("proxy-body-size", "1k"), ("enable-global-auth", "false")]),
+            true,
+            &snap,
+            &mut o,
+        );
+        assert_eq!(o.max_body_bytes, Some(1024));
+        assert!(o.external_auth.is_none());
     }
 }

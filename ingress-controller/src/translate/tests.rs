@@ -1291,8 +1291,16 @@ fn server_aliases_and_the_www_redirect() {
             .filter(|r| r.host.as_deref() == Some(host))
             .collect()
     };
-    let alias: Vec<&str> = on("shop.example.org").iter().map(|r| r.path.as_str()).collect();
-    assert_eq!(alias, ["/", "/api"], "every path of the host: {:?}", t.problems);
+    let alias: Vec<&str> = on("shop.example.org")
+        .iter()
+        .map(|r| r.path.as_str())
+        .collect();
+    assert_eq!(
+        alias,
+        ["/", "/api"],
+        "every path of the host: {:?}",
+        t.problems
+    );
     assert_eq!(on("owned.example.com").len(), 1, "a rule owns it");
     let www = on("www.shop.example.com");
     assert_eq!(www.len(), 1);
