@@ -364,8 +364,9 @@ pub struct DuplicateRoute {
 struct HostRoutes {
     exact: HashMap<String, Arc<Route>>,
     /// Regular-expression routes, longest path first (ties: reverse
-    /// lexicographic, as ingress-nginx sorts its locations).
-    regexes: Vec<Arc<Route>>,
+    /// lexicographic, as ingress-nginx sorts its locations), each with the
+    /// lowercase literal every path it matches starts with.
+    regexes: Vec<(String, Arc<Route>)>,
     /// Normalised prefixes (no trailing `/`, except the root `""`), longest first.
     prefixes: Vec<(String, Arc<Route>)>,
 }
@@ -389,11 +390,15 @@ impl HostRoutes {
                 self.prefixes.sort_by_key(|p| std::cmp::Reverse(p.0.len()));
             }
             PathMatch::Regex => {
-                if let Some(old) = self.regexes.iter().find(|r| r.spec.path == route.spec.path) {
+                if let Some((_, old)) = self
+                    .regexes
+                    .iter()
+                    .find(|(_, r)| r.spec.path == route.spec.path)
+                {
                     return Err(old.clone());
                 }
-                self.regexes.push(route);
-                self.regexes.sort_by(|a, b| {
+                self.regexes.push((literal_prefix(&route.spec.path), route));
+                self.regexes.sort_by(|(_, a), (_, b)| {
                     (b.spec.path.len(), &b.spec.path).cmp(&(a.spec.path.len(), &a.spec.path))
                 });
             }
@@ -405,11 +410,12 @@ impl HostRoutes {
         if let Some(r) = self.exact.get(path) {
             return Some(r);
         }
-        if let Some(r) = self
-            .regexes
-            .iter()
-            .find(|r| r.regex.as_ref().is_some_and(|re| re.is_match(path)))
-        {
+        // The literal check first: a host of 200 rules runs one or two
+        // regular expressions per request, not 200.
+        if let Some((_, r)) = self.regexes.iter().find(|(literal, r)| {
+            starts_with_ignore_case(path, literal)
+                && r.regex.as_ref().is_some_and(|re| re.is_match(path))
+        }) {
             return Some(r);
         }
         self.prefixes
@@ -417,6 +423,50 @@ impl HostRoutes {
             .find(|(prefix, _)| prefix_matches(prefix, path))
             .map(|(_, r)| r)
     }
+}
+
+/// The lowercase ASCII literal that every path a route pattern matches
+/// begins with (patterns are anchored at the start and case-insensitive;
+/// request paths are ASCII, so ASCII case folding is exact): the leading
+/// plain characters, less one before a `*`, `?` or `{` (which may repeat
+/// it zero times), and nothing when the pattern has an alternative at
+/// its top level.
+fn literal_prefix(pattern: &str) -> String {
+    let mut depth = 0usize;
+    let mut escaped = false;
+    for c in pattern.chars() {
+        match (escaped, c) {
+            (true, _) => escaped = false,
+            (false, '\\') => escaped = true,
+            (false, '(') => depth += 1,
+            (false, ')') => depth = depth.saturating_sub(1),
+            (false, '|') if depth == 0 => return String::new(),
+            _ => {}
+        }
+    }
+    let mut literal = String::new();
+    for c in pattern.chars() {
+        match c {
+            '*' | '?' | '{' => {
+                literal.pop();
+                break;
+            }
+            c if c.is_ascii_alphanumeric() || "/-_~%:@!&',;=".contains(c) => {
+                literal.push(c.to_ascii_lowercase())
+            }
+            _ => break,
+        }
+    }
+    literal
+}
+
+/// `path` starts with `lower` (lowercase ASCII), ignoring ASCII case.
+fn starts_with_ignore_case(path: &str, lower: &str) -> bool {
+    path.len() >= lower.len()
+        && path.as_bytes()[..lower.len()]
+            .iter()
+            .zip(lower.as_bytes())
+            .all(|(a, b)| a.to_ascii_lowercase() == *b)
 }
 
 /// `prefix` is normalised: no trailing `/` (the root prefix is `""`).
@@ -582,7 +632,12 @@ impl RouteTable {
             .values()
             .chain(self.wildcard_hosts.values())
             .chain(self.any_host.iter())
-            .flat_map(|h| h.exact.values().chain(h.prefixes.iter().map(|(_, r)| r)))
+            .flat_map(|h| {
+                h.exact
+                    .values()
+                    .chain(h.regexes.iter().map(|(_, r)| r))
+                    .chain(h.prefixes.iter().map(|(_, r)| r))
+            })
     }
 }
 
@@ -1140,5 +1195,53 @@ mod tests {
         for (raw, want) in cases {
             assert_eq!(normalize_path(raw).as_deref(), want, "{raw:?}");
         }
+    }
+
+    /// The literal a regex route's paths must start with: exact for the
+    /// shapes users write, empty where a pattern could match otherwise.
+    #[test]
+    fn regex_literals_are_what_every_match_starts_with() {
+        for (pattern, literal) in [
+            ("/svc12(/|$)(.*)", "/svc12"),
+            ("/API/v1/.*", "/api/v1/"),
+            ("/ab*c", "/a"),
+            ("/ab?", "/a"),
+            ("/a{2}", "/"),
+            ("/ab+", "/ab"),
+            ("/one|/two", ""),
+            ("(/one|/two)/x", ""),
+            ("/x(a|b)", "/x"),
+            ("/\\d+", "/"),
+            ("/caf\u{e9}", "/caf"),
+            ("/", "/"),
+            ("", ""),
+        ] {
+            assert_eq!(literal_prefix(pattern), literal, "{pattern}");
+            // Whatever the pattern matches starts with the literal.
+            let re = compile_regex(pattern, true).unwrap();
+            for path in [
+                "/svc12/x",
+                "/SVC12",
+                "/api/V1/x",
+                "/ac",
+                "/abbbc",
+                "/aa",
+                "/ab",
+                "/one",
+                "/two/x",
+                "/xa",
+                "/12",
+                "/",
+            ] {
+                if re.is_match(path) {
+                    assert!(
+                        starts_with_ignore_case(path, &literal_prefix(pattern)),
+                        "{pattern} {path}"
+                    );
+                }
+            }
+        }
+        assert!(starts_with_ignore_case("/SVC12/x", "/svc12"));
+        assert!(!starts_with_ignore_case("/svc1", "/svc12"));
     }
 }
