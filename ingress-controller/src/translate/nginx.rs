@@ -5,7 +5,8 @@
 //! `Warning SnippetRefused`, `Warning UnsupportedAnnotation`,
 //! `Warning InvalidAnnotation`).
 //!
-//! What this build honours, as ingress-nginx does:
+//! What this build honours, as ingress-nginx does (the full table, and
+//! each deliberate difference, is in docs/migrate-from-ingress-nginx.md):
 //!
 //! | annotation | heim |
 //! | --- | --- |
@@ -15,14 +16,26 @@
 //! | `allowlist-source-range`, `whitelist-source-range` | CIDRs; others get 403 (the `allowlist-` name wins) |
 //! | `denylist-source-range` | CIDRs that get 403, over the allowlist |
 //! | `backend-protocol` | `HTTP`, `GRPC` (HTTP/2 cleartext to the pod) |
+//! | `use-regex`, `rewrite-target`, `x-forwarded-prefix` | host-wide regex mode, capture groups, an absolute target is a 302 |
+//! | `permanent-redirect(-code)`, `temporal-redirect(-code)`, `app-root`, `from-to-www-redirect` | answered before sign-in |
+//! | `upstream-vhost`, `server-alias` | the `Host` upstream; more names for the host |
 //! | `auth-url` + `auth-signin` at oauth2-proxy (`…/oauth2/auth`) or Authelia (`…/api/verify`, `…/api/authz/…`) | heim's own sign-in: anyone who signs in (or the `heim.dev/allow-*` rules); `auth-response-headers` names the identity headers |
+//! | another `auth-url` (+ `auth-signin`, `auth-response-headers`, `auth-method`, `auth-cache-*`, …) | nginx's `auth_request` sub-request, made as ingress-nginx makes it ([`heim_proxy::auth::external`]) |
+//! | `auth-type: basic`, `auth-secret(-type)`, `auth-realm` | htpasswd from the Secret ([`heim_proxy::auth::htpasswd`]) |
+//! | `enable-cors`, `cors-*` | [`heim_proxy::forward::cors`] |
+//! | `canary`, `canary-by-*`, `canary-weight(-total)` | the mainline route's second backend ([`heim_proxy::canary`]) |
+//! | `limit-rps`, `limit-rpm`, `limit-connections`, `limit-burst-multiplier`, `limit-allowlist` | 503 over the limit ([`heim_proxy::limit`]) |
 //!
-//! Annotations that are security boundaries and are not built yet
-//! (`auth-type`, another `auth-url`, `auth-tls-*`) make the Ingress answer 403: it is never served with less
-//! protection than written. Snippets are never injected: the Ingress is
-//! served without them. Names that had no effect even in ingress-nginx
-//! (ConfigMap keys written as annotations, removed names) are reported as
-//! ignored.
+//! Annotations that are security boundaries and are not built
+//! (`auth-type: digest`, `auth-tls-*`, `satisfy`, `auth-proxy-set-headers`
+//! and `auth-snippet` with an `auth-url`) make the Ingress answer 403: it
+//! is never served with less protection than written. Snippets are never
+//! injected: the Ingress is served without them (or, with `[ingress_nginx]
+//! interpret_snippets`, a `configuration-snippet` of the allow-list of
+//! [`super::snippet`] is applied as data). Names that had no effect even
+//! in ingress-nginx (ConfigMap keys written as annotations, removed names)
+//! are reported as ignored. With `--nginx-configmap`, ingress-nginx's
+//! ConfigMap gives the defaults ([`configmap_defaults`]).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -226,7 +239,8 @@ const AUTH_COMPANIONS: &[&str] = &[
 /// Ingress's own host (`$host` or a rule host) or a cluster Service name;
 /// oauth2-proxy's `allowed_groups`, `allowed_emails` and
 /// `allowed_email_domains` become heim's rules. Anything else (another
-/// host, another query) is not recognised: its Ingress fails closed.
+/// host, another query) is not recognised: it is asked per request, as
+/// nginx's `auth_request` asks it.
 fn sign_in_service(auth_url: &str, rule_hosts: &[String]) -> Option<(&'static str, AccessRules)> {
     let rest = auth_url
         .strip_prefix("https://")
@@ -279,7 +293,6 @@ fn sign_in_service(auth_url: &str, rule_hosts: &[String]) -> Option<(&'static st
     Some((service, rules))
 }
 
-/// `strconv.ParseBool`, as ingress-nginx reads booleans.
 /// The ConfigMap keys of ingress-nginx an Ingress inherits where its
 /// annotations say nothing: `proxy-body-size`, `ssl-redirect`, HSTS
 /// (`hsts`, `hsts-max-age`, `hsts-include-subdomains`, `hsts-preload`),
@@ -354,12 +367,15 @@ fn client_chooses_host(url: &str, ingress: &Ingress) -> bool {
     let authority = url
         .split_once("://")
         .map_or("", |(_, rest)| rest.split('/').next().unwrap_or(""));
+    let mut rules = ingress.spec.iter().flat_map(|s| s.rules.iter().flatten());
+    let default_backend = ingress
+        .spec
+        .as_ref()
+        .is_some_and(|s| s.default_backend.is_some());
     authority.contains('$')
-        && ingress
-            .spec
-            .iter()
-            .flat_map(|s| s.rules.iter().flatten())
-            .any(|r| r.host.as_deref().is_none_or(|h| h.starts_with("*.")))
+        && (default_backend
+            || rules.clone().next().is_none()
+            || rules.any(|r| r.host.as_deref().is_none_or(|h| h.starts_with("*."))))
 }
 
 /// Why an Ingress's basic auth has no users.
@@ -462,6 +478,7 @@ fn ip_list(value: &str) -> Result<Vec<IpNet>, &str> {
     Ok(nets)
 }
 
+/// `strconv.ParseBool`, as ingress-nginx reads booleans.
 fn parse_bool(v: &str) -> Option<bool> {
     match v.trim() {
         "1" | "t" | "T" | "true" | "TRUE" | "True" => Some(true),
@@ -737,7 +754,8 @@ pub fn read(
         if AUTH_COMPANIONS.contains(&name) {
             let service = all
                 .get("auth-url")
-                .and_then(|u| sign_in_service(u, &rule_hosts));
+                .and_then(|u| sign_in_service(u, &rule_hosts))
+                .filter(|_| have_auth);
             say(
                 name,
                 match (all.contains_key("auth-url"), service, name) {
@@ -1225,7 +1243,11 @@ pub fn read(
                 ),
             },
             "auth-url" => {
-                let Some((service, rules)) = sign_in_service(value, &rule_hosts) else {
+                // Without heim's sign-in ([auth]), even oauth2-proxy is
+                // asked as ingress-nginx asked it (it answers if it still runs).
+                let Some((service, rules)) =
+                    sign_in_service(value, &rule_hosts).filter(|_| have_auth)
+                else {
                     // Another auth service: asked per request, as nginx's
                     // auth_request does.
                     let get = |k: &str| all.get(k).copied();
@@ -1270,16 +1292,6 @@ pub fn read(
                     }
                     continue;
                 };
-                if !have_auth {
-                    fail_closed = true;
-                    say(
-                        name,
-                        Verdict::Unsupported(format!(
-                            "{service} is replaced by heim's sign-in, which needs [auth] in heim's ConfigMap: the Ingress answers 403"
-                        )),
-                    );
-                    continue;
-                }
                 // Every name the auth service was to set is heim's: a
                 // client's copy never reaches the backend, filled or not.
                 if let Some(headers) = all.get("auth-response-headers") {
@@ -1454,6 +1466,16 @@ mod tests {
         i
     }
 
+    /// An Ingress with one rule for one exact host.
+    fn hosted(annotations: &[(&str, &str)]) -> Ingress {
+        let mut i = ingress(annotations);
+        i.spec = Some(
+            serde_json::from_value(serde_json::json!({ "rules": [{ "host": "app.example.com" }] }))
+                .unwrap(),
+        );
+        i
+    }
+
     fn verdict<'a>(v: &'a [(String, Verdict)], name: &str) -> &'a Verdict {
         &v.iter()
             .find(|(n, _)| n == &format!("{PREFIX}{name}"))
@@ -1597,10 +1619,16 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        // Without heim's sign-in, it fails closed.
+        // Without heim's sign-in, oauth2-proxy is asked as ingress-nginx
+        // asked it; here the Ingress has no host, so `$host` would be the
+        // client's choice: closed.
         let mut o = IngressOptions::default();
         read(&ingress(&anns), false, &snap(), &mut o);
         assert_eq!(o.policy, Some(Policy::Deny));
+        let mut o = IngressOptions::default();
+        read(&hosted(&anns), false, &snap(), &mut o);
+        assert_eq!(o.policy, Some(Policy::Public));
+        assert!(o.external_auth.is_some());
         // An auth service heim does not stand in for (another host's
         // /oauth2/auth, a query heim cannot read): asked per request, as
         // nginx's auth_request; it decides who passes.
@@ -1611,7 +1639,7 @@ mod tests {
             "http://198.51.100.7:8080/verify",
         ] {
             let mut o = IngressOptions::default();
-            read(&ingress(&[("auth-url", url)]), true, &snap(), &mut o);
+            read(&hosted(&[("auth-url", url)]), true, &snap(), &mut o);
             assert_eq!(o.policy, Some(Policy::Public), "{url}");
             assert_eq!(o.external_auth.as_ref().map(|e| e.url.as_str()), Some(url));
         }

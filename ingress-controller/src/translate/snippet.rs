@@ -1,6 +1,7 @@
-//! ingress-nginx's snippet annotations (`configuration-snippet`,
-//! `server-snippet`) read as data, behind `[ingress_nginx]
-//! interpret_snippets = true`: heim never pastes nginx text anywhere.
+//! ingress-nginx's `configuration-snippet` read as data, behind
+//! `[ingress_nginx] interpret_snippets = true` (a `server-snippet` acts on
+//! the whole host, and is never interpreted): heim never pastes nginx text
+//! anywhere.
 //!
 //! A snippet is tokenized as nginx's own configuration reader does
 //! (`ngx_conf_read_token`: single and double quotes, the backslash escapes
