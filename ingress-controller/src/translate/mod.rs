@@ -130,6 +130,8 @@ pub struct IngressOptions {
     pub external_auth: Option<Arc<heim_proxy::auth::external::ExternalAuth>>,
     /// `limit-*`.
     pub rate_limit: Option<heim_proxy::limit::RateLimit>,
+    /// `service-upstream`: to the Service's cluster IP, not its endpoints.
+    pub service_upstream: bool,
     /// `server-alias`: more names for the Ingress's hosts.
     pub server_aliases: Vec<String>,
     /// `from-to-www-redirect`.
@@ -1074,6 +1076,23 @@ impl Ctx<'_> {
                 format!("Service {key} has no port {wanted}"),
             ));
         };
+        // ingress-nginx's `service-upstream`: the Service's cluster IP and
+        // port (kube-proxy picks the pod), not its endpoints.
+        let cluster_ip = spec
+            .cluster_ip
+            .as_deref()
+            .and_then(|ip| ip.parse::<std::net::IpAddr>().ok());
+        if let (true, Some(ip), Ok(p)) = (
+            self.options.service_upstream,
+            cluster_ip,
+            u16::try_from(port.port),
+        ) {
+            return Ok(UpstreamSpec {
+                endpoints: vec![UpstreamAddr::Socket((ip, p).into())],
+                protocol,
+                limits,
+            });
+        }
         let port_name = port.name.clone().unwrap_or_default();
         let endpoints = self
             .snap

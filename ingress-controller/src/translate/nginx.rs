@@ -176,9 +176,6 @@ fn unsupported(name: &str) -> Option<&'static str> {
         "ssl-passthrough" => {
             "TLS passthrough is not in this build: heim terminates TLS for the host and proxies HTTP"
         }
-        "service-upstream" => {
-            "heim proxies to the Service's ready endpoints, not its ClusterIP"
-        }
         "proxy-next-upstream" | "proxy-next-upstream-tries" | "proxy-next-upstream-timeout" => {
             "heim retries only requests that never reached an endpoint, on the next one, up to 3"
         }
@@ -923,6 +920,16 @@ pub fn read(
                     );
                 }
             }
+            "service-upstream" => match parse_bool(value) {
+                Some(on) => {
+                    o.service_upstream = on;
+                    say(name, Verdict::Exact);
+                }
+                None => say(
+                    name,
+                    Verdict::Invalid(format!("{value:?} is not a boolean: the endpoints")),
+                ),
+            },
             "server-alias" => {
                 let mut bad = None;
                 for a in value.split(',').map(|a| a.trim().to_ascii_lowercase()) {

@@ -1311,3 +1311,35 @@ fn server_aliases_and_the_www_redirect() {
     );
     assert_eq!(www[0].policy, Policy::Public);
 }
+
+/// `service-upstream`: the Service's cluster IP and port, not its pods.
+#[test]
+fn service_upstream_goes_to_the_cluster_ip() {
+    let mut snap = base();
+    snap.classes
+        .push(class("nginx", "k8s.io/ingress-nginx", false));
+    let key = ObjKey::new("default", "app");
+    let mut svc = (**snap.services.get(&key).expect("app")).clone();
+    svc.spec.as_mut().unwrap().cluster_ip = Some("10.96.0.12".into());
+    snap.services.insert(key, Arc::new(svc));
+    snap.ingresses = vec![ingress(
+        "app",
+        "2026-01-01T00:00:00Z",
+        json!({ "nginx.ingress.kubernetes.io/service-upstream": "true" }),
+        json!({ "ingressClassName": "nginx", "rules": [{ "host": "app.example.com",
+            "http": { "paths": [{ "path": "/", "pathType": "Prefix",
+                "backend": { "service": { "name": "app", "port": { "number": 80 } } } }] } }] }),
+    )];
+    let mut s = settings();
+    s.classes.controllers.push("k8s.io/ingress-nginx".into());
+    let t = translate_once(&snap, &s);
+    let Backend::Upstream(u) = &t.routes[0].backend else {
+        panic!("{:?}", t.routes[0].backend)
+    };
+    assert_eq!(
+        u.endpoints,
+        [UpstreamAddr::Socket(([10, 96, 0, 12], 80).into())],
+        "{:?}",
+        t.problems
+    );
+}
