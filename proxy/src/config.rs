@@ -1584,6 +1584,7 @@ impl Cx<'_> {
                     endpoints,
                     protocol,
                     limits,
+                    tls: None,
                 }))
             }
             _ => {
@@ -1683,6 +1684,7 @@ impl Cx<'_> {
             rate_limit: None,
             request_headers: Vec::new(),
             response_headers: Vec::new(),
+            error_backend: None,
         })
     }
 }

@@ -255,6 +255,25 @@ pub struct RouteSpec {
     /// Edits of every answer of the route (a snippet's
     /// `more_set_headers`, `more_clear_headers`, `add_header`).
     pub response_headers: Vec<crate::forward::edits::ResponseEdit>,
+    /// ingress-nginx's `default-backend` and `custom-http-errors`.
+    pub error_backend: Option<Arc<ErrorBackend>>,
+}
+
+/// ingress-nginx's `default-backend` (it serves the route's requests while
+/// the route's own Service has no endpoint) and `custom-http-errors` (the
+/// upstream answers with these statuses are replaced by its answer to a
+/// GET of the same URI carrying `X-Code`, `X-Format`, `X-Original-URI`,
+/// `X-Namespace`, `X-Ingress-Name`, `X-Service-Name`, `X-Service-Port` and
+/// `X-Request-ID`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ErrorBackend {
+    pub backend: UpstreamSpec,
+    pub codes: Vec<u16>,
+    pub namespace: String,
+    pub ingress: String,
+    /// The route's own Service and port, as ingress-nginx names them.
+    pub service: String,
+    pub port: String,
 }
 
 /// A route's HTTP basic authentication (ingress-nginx's `auth-type: basic`).
@@ -347,6 +366,8 @@ pub struct Route {
     /// The counters of `spec.rate_limit`, kept across swaps for an
     /// unchanged route.
     pub limiter: Option<Arc<crate::limit::Limiter>>,
+    /// The compiled backend of `spec.error_backend`.
+    pub error_group: Option<Arc<UpstreamGroup>>,
 }
 
 /// Two routes that claim the same host, path and path type.
@@ -525,6 +546,10 @@ impl RouteTable {
                 health.extend(group.health());
                 groups.insert(c.backend.clone(), group.clone());
             }
+            if let (Some(e), Some(group)) = (&route.spec.error_backend, &route.error_group) {
+                health.extend(group.health());
+                groups.insert(e.backend.clone(), group.clone());
+            }
         }
         let limiters: HashMap<&str, &Arc<crate::limit::Limiter>> = previous
             .into_iter()
@@ -553,6 +578,7 @@ impl RouteTable {
                 Backend::Echo | Backend::NotFound | Backend::Tcp(_) | Backend::Agent { .. } => None,
             };
             let canary = spec.canary.as_ref().map(|c| group(&c.backend));
+            let error_group = spec.error_backend.as_ref().map(|e| group(&e.backend));
             let limiter = spec
                 .rate_limit
                 .as_ref()
@@ -577,6 +603,7 @@ impl RouteTable {
                 regex,
                 canary,
                 limiter,
+                error_group,
             });
             let slot = match route.spec.host.as_deref() {
                 None => table.any_host.get_or_insert_with(HostRoutes::default),
@@ -878,6 +905,7 @@ mod tests {
             rate_limit: None,
             request_headers: Vec::new(),
             response_headers: Vec::new(),
+            error_backend: None,
         }
     }
 
@@ -959,6 +987,7 @@ mod tests {
                 max_connections: 8,
                 queue_size: 8,
             },
+            tls: None,
         })
     }
 

@@ -533,6 +533,53 @@ async fn serve(
     Ok(resp)
 }
 
+/// ingress-nginx's `custom-http-errors`: the error backend's answer to a
+/// GET (a HEAD stays one) of the request's URI, told what happened in the
+/// headers ingress-nginx's default backends read.
+async fn custom_error(
+    eb: &crate::route::ErrorBackend,
+    errors: &crate::upstream::UpstreamGroup,
+    (head, uri, host, accept): (bool, Uri, Option<HeaderValue>, Option<HeaderValue>),
+    status: StatusCode,
+    request_id: &HeaderValue,
+    conn: &ConnCtx,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let mut req = Request::new(());
+    *req.method_mut() = if head { Method::HEAD } else { Method::GET };
+    let original = uri
+        .path_and_query()
+        .and_then(|p| HeaderValue::from_str(p.as_str()).ok());
+    *req.uri_mut() = uri;
+    let h = req.headers_mut();
+    if let Some(host) = host {
+        h.insert(HOST, host);
+    }
+    let text = |v: &str| HeaderValue::from_str(v).ok();
+    let pairs = [
+        ("x-code", text(status.as_str())),
+        ("x-format", accept.or_else(|| text("text/html"))),
+        ("x-original-uri", original),
+        ("x-namespace", text(&eb.namespace)),
+        ("x-ingress-name", text(&eb.ingress)),
+        ("x-service-name", text(&eb.service)),
+        ("x-service-port", text(&eb.port)),
+        ("x-request-id", Some(request_id.clone())),
+    ];
+    for (name, value) in pairs {
+        if let Some(v) = value {
+            h.insert(http::HeaderName::from_static(name), v);
+        }
+    }
+    let (body, sent) = UpstreamBody::buffered(bytes::Bytes::new());
+    let (parts, ()) = req.into_parts();
+    let out = crate::forward::Outgoing {
+        request: Request::from_parts(parts, body),
+        sent,
+    };
+    let (resp, _) = crate::forward::forward(out, errors, &conn.shared.metrics).await?;
+    Ok(resp)
+}
+
 /// ingress-nginx's basic auth: a user of the Secret with the right
 /// password passes, and its `Authorization` goes no further; anyone else
 /// gets 401 with the realm's challenge; a missing Secret, 503. A hash
@@ -1007,7 +1054,27 @@ async fn backend(
         _ => ClientBody::Stream(body),
     };
     let canary = route.canary.as_ref().filter(|_| out.canary);
-    let group = match canary.or(route.upstream.as_ref()) {
+    // ingress-nginx's default-backend serves while the Service has no endpoint.
+    let idle = route
+        .upstream
+        .as_ref()
+        .filter(|g| g.endpoints.is_empty())
+        .and(route.error_group.as_ref());
+    // What a custom error page's request needs of this one.
+    let error_page = route
+        .spec
+        .error_backend
+        .as_ref()
+        .filter(|e| !e.codes.is_empty() && on_upgrade.is_none())
+        .map(|_| {
+            (
+                parts.method == Method::HEAD,
+                parts.uri.clone(),
+                parts.headers.get(http::header::HOST).cloned(),
+                parts.headers.get(http::header::ACCEPT).cloned(),
+            )
+        });
+    let group = match canary.or(idle).or(route.upstream.as_ref()) {
         None => {
             return Ok(crate::echo::respond(
                 &Request::from_parts(parts, ()),
@@ -1047,6 +1114,13 @@ async fn backend(
         }
     };
     out.upstream = Some(endpoint);
+    if let (Some(eb), Some(errors), Some(page)) =
+        (&route.spec.error_backend, &route.error_group, error_page)
+    {
+        if eb.codes.contains(&resp.status().as_u16()) {
+            resp = custom_error(eb, errors, page, resp.status(), &out.request_id, conn).await?;
+        }
+    }
     let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
     if switching && !upgrade {
         // A 101 nobody asked for would leave the client in limbo.

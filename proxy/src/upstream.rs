@@ -3,6 +3,8 @@
 //!
 //! Health is shared by every worker (atomics); connection pools are not (see
 //! `forward::pool`), so that checking a connection out never takes a lock.
+//! A group may speak TLS to its endpoints ([`UpstreamTls`], compiled once
+//! per group by `forward::upstream_tls`).
 
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -12,7 +14,12 @@ use std::sync::Arc;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-/// How heim speaks to an upstream.
+pub use crate::forward::upstream_tls::{
+    ClientCert, UpstreamTls, UpstreamTlsClient, UpstreamTlsError,
+};
+
+/// How heim speaks to an upstream; over TLS when the group has an
+/// [`UpstreamTls`] (`H2c` then being HTTP/2 over TLS with ALPN `h2`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum UpstreamProtocol {
     /// HTTP/1.1 with keep-alive, pooled.
@@ -52,7 +59,8 @@ pub struct Health {
 #[derive(Debug)]
 pub struct Endpoint {
     /// Identifies the endpoint's connection pool in every worker and its
-    /// health; the same address and protocol keep the same id across swaps.
+    /// health; the same address, protocol and TLS settings keep the same id
+    /// across swaps (and plain and TLS to one address never share a pool).
     pub id: u64,
     pub addr: UpstreamAddr,
     /// `host:port`, for logs.
@@ -61,8 +69,9 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
+    /// A plain (no TLS) endpoint.
     pub fn new(addr: UpstreamAddr, protocol: UpstreamProtocol) -> Self {
-        Self::with_health(addr, protocol, &mut HashMap::new())
+        Self::with_health(addr, protocol, None, &mut HashMap::new())
     }
 
     /// An endpoint that shares the health `known` has for its id (a new
@@ -70,10 +79,11 @@ impl Endpoint {
     fn with_health(
         addr: UpstreamAddr,
         protocol: UpstreamProtocol,
+        tls: Option<&UpstreamTls>,
         known: &mut HashMap<u64, Arc<Health>>,
     ) -> Self {
         let mut h = DefaultHasher::new();
-        (&addr, protocol).hash(&mut h);
+        (&addr, protocol, tls).hash(&mut h);
         let id = h.finish();
         Self {
             id,
@@ -94,6 +104,8 @@ pub struct UpstreamSpec {
     pub endpoints: Vec<UpstreamAddr>,
     pub protocol: UpstreamProtocol,
     pub limits: UpstreamLimits,
+    /// TLS to the endpoints (`backend-protocol: HTTPS`/`GRPCS`); `None`: plain.
+    pub tls: Option<UpstreamTls>,
 }
 
 /// Timeouts and bounds of a route's upstream connections.
@@ -118,6 +130,8 @@ pub struct UpstreamGroup {
     pub endpoints: Vec<Endpoint>,
     pub protocol: UpstreamProtocol,
     pub limits: UpstreamLimits,
+    /// TLS to the endpoints, compiled once for the group; `None`: plain.
+    pub tls: Option<UpstreamTlsClient>,
     next: AtomicUsize,
 }
 
@@ -127,6 +141,7 @@ const EJECT_AFTER_FAILURES: u32 = 1;
 const EJECT_FOR: Duration = Duration::from_secs(10);
 
 impl UpstreamGroup {
+    /// A plain (no TLS) group.
     pub fn new(
         endpoints: Vec<Endpoint>,
         protocol: UpstreamProtocol,
@@ -136,6 +151,7 @@ impl UpstreamGroup {
             endpoints,
             protocol,
             limits,
+            tls: None,
             next: AtomicUsize::new(0),
         }
     }
@@ -146,9 +162,12 @@ impl UpstreamGroup {
         let endpoints = spec
             .endpoints
             .iter()
-            .map(|a| Endpoint::with_health(a.clone(), spec.protocol, known))
+            .map(|a| Endpoint::with_health(a.clone(), spec.protocol, spec.tls.as_ref(), known))
             .collect();
-        Self::new(endpoints, spec.protocol, spec.limits)
+        Self {
+            tls: spec.tls.as_ref().map(UpstreamTlsClient::new),
+            ..Self::new(endpoints, spec.protocol, spec.limits)
+        }
     }
 
     /// Each endpoint's id and health, for the next table to keep.
@@ -272,5 +291,54 @@ mod tests {
         );
         assert_eq!(a.id, b.id);
         assert_ne!(a.id, c.id);
+    }
+
+    fn spec(tls: Option<UpstreamTls>) -> UpstreamSpec {
+        let d = Duration::from_secs(1);
+        UpstreamSpec {
+            endpoints: vec![UpstreamAddr::Socket(([127, 0, 0, 1], 443).into())],
+            protocol: UpstreamProtocol::Http1,
+            limits: UpstreamLimits {
+                connect_timeout: d,
+                response_timeout: d,
+                idle_timeout: d,
+                max_connections: 8,
+                queue_size: 8,
+            },
+            tls,
+        }
+    }
+
+    #[test]
+    fn tls_and_plain_to_one_address_never_share_a_pool() {
+        let id = |tls: Option<UpstreamTls>| {
+            let g = UpstreamGroup::compile(&spec(tls), &mut HashMap::new());
+            g.endpoints[0].id
+        };
+        let plain = id(None);
+        let unverified = id(Some(UpstreamTls::unverified()));
+        let named = id(Some(UpstreamTls {
+            server_name: Some("app.test".into()),
+            ..UpstreamTls::default()
+        }));
+        assert_ne!(plain, unverified);
+        assert_ne!(unverified, named);
+        assert_eq!(
+            unverified,
+            id(Some(UpstreamTls::unverified())),
+            "stable across swaps"
+        );
+        assert_eq!(
+            plain,
+            Endpoint::new(spec(None).endpoints[0].clone(), UpstreamProtocol::Http1).id
+        );
+    }
+
+    #[test]
+    fn a_group_compiles_its_tls_once() {
+        let g = UpstreamGroup::compile(&spec(Some(UpstreamTls::unverified())), &mut HashMap::new());
+        assert!(g.tls.as_ref().is_some_and(|t| t.error().is_none()));
+        let g = UpstreamGroup::compile(&spec(None), &mut HashMap::new());
+        assert!(g.tls.is_none());
     }
 }

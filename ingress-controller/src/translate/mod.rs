@@ -130,6 +130,12 @@ pub struct IngressOptions {
     pub external_auth: Option<Arc<heim_proxy::auth::external::ExternalAuth>>,
     /// `limit-*`.
     pub rate_limit: Option<heim_proxy::limit::RateLimit>,
+    /// `backend-protocol: HTTPS`/`GRPCS` and `proxy-ssl-*`.
+    pub upstream_tls: Option<heim_proxy::upstream::UpstreamTls>,
+    /// `default-backend` (a Service of the Ingress's namespace) and
+    /// `custom-http-errors`.
+    pub default_backend: Option<String>,
+    pub custom_http_errors: Vec<u16>,
     /// `service-upstream`: to the Service's cluster IP, not its endpoints.
     pub service_upstream: bool,
     /// `server-alias`: more names for the Ingress's hosts.
@@ -480,6 +486,43 @@ impl Translator {
             }
             for (k, message) in invalid {
                 problem("InvalidPath", k, message);
+            }
+            // ingress-nginx's default-backend annotation: a Service of the
+            // Ingress's namespace, on its first port.
+            if let Some(name) = &options.default_backend {
+                let first_port = snap
+                    .services
+                    .get(&ObjKey::new(&key.namespace, name))
+                    .and_then(|s| s.spec.as_ref()?.ports.as_ref()?.first().map(|p| p.port));
+                let b = IngressBackend {
+                    service: Some(k8s_openapi::api::networking::v1::IngressServiceBackend {
+                        name: name.clone(),
+                        port: first_port.map(|n| {
+                            k8s_openapi::api::networking::v1::ServiceBackendPort {
+                                number: Some(n),
+                                name: None,
+                            }
+                        }),
+                    }),
+                    resource: None,
+                };
+                let field = || format!("metadata.annotations[{}default-backend]", nginx::PREFIX);
+                match ctx.backend(&b, &field) {
+                    Ok(backend) => {
+                        let eb = Arc::new(heim_proxy::route::ErrorBackend {
+                            backend,
+                            codes: options.custom_http_errors.clone(),
+                            namespace: key.namespace.clone(),
+                            ingress: key.name.clone(),
+                            service: String::new(),
+                            port: String::new(),
+                        });
+                        for r in &mut explicit {
+                            r.error_backend = Some(eb.clone());
+                        }
+                    }
+                    Err(p) => problem(p.0, p.1, p.2),
+                }
             }
             // A canary's paths are backends of the mainline's routes.
             let default_backend = if canary {
@@ -863,6 +906,7 @@ fn redirect_route(
         rate_limit: None,
         request_headers: Vec::new(),
         response_headers: Vec::new(),
+        error_backend: None,
     }
 }
 
@@ -885,6 +929,7 @@ impl Ctx<'_> {
             endpoints: Vec::new(),
             protocol: self.options.protocol.unwrap_or(UpstreamProtocol::Http1),
             limits: self.settings.defaults.upstream,
+            tls: None,
         }
     }
 }
@@ -974,6 +1019,7 @@ impl Ctx<'_> {
             rate_limit: o.rate_limit.clone(),
             request_headers: o.request_headers.clone(),
             response_headers: o.response_headers.clone(),
+            error_backend: None,
         }
     }
 
@@ -1056,6 +1102,7 @@ impl Ctx<'_> {
                 endpoints: vec![UpstreamAddr::Name { host, port }],
                 protocol,
                 limits,
+                tls: self.options.upstream_tls.clone(),
             });
         }
         let ports = spec.ports.as_deref().unwrap_or_default();
@@ -1091,6 +1138,7 @@ impl Ctx<'_> {
                 endpoints: vec![UpstreamAddr::Socket((ip, p).into())],
                 protocol,
                 limits,
+                tls: self.options.upstream_tls.clone(),
             });
         }
         let port_name = port.name.clone().unwrap_or_default();
@@ -1107,6 +1155,7 @@ impl Ctx<'_> {
             endpoints,
             protocol,
             limits,
+            tls: self.options.upstream_tls.clone(),
         })
     }
 }

@@ -165,9 +165,6 @@ fn unsupported(name: &str) -> Option<&'static str> {
         "limit-rate" | "limit-rate-after" => {
             "bandwidth limits are not in this build: responses are sent at full speed"
         }
-        "custom-http-errors" | "default-backend" => {
-            "error pages and default backends per Ingress are not in this build: the backend's own answer goes out"
-        }
         "custom-headers"
         | "connection-proxy-header" | "proxy-cookie-domain" | "proxy-cookie-path"
         | "proxy-redirect-from" | "proxy-redirect-to" => {
@@ -179,9 +176,8 @@ fn unsupported(name: &str) -> Option<&'static str> {
         "proxy-next-upstream" | "proxy-next-upstream-tries" | "proxy-next-upstream-timeout" => {
             "heim retries only requests that never reached an endpoint, on the next one, up to 3"
         }
-        "proxy-ssl-secret" | "proxy-ssl-verify" | "proxy-ssl-name" | "proxy-ssl-server-name"
-        | "proxy-ssl-ciphers" | "proxy-ssl-protocols" | "proxy-ssl-verify-depth" => {
-            "TLS to backends is not in this build"
+        "proxy-ssl-ciphers" | "proxy-ssl-protocols" | "proxy-ssl-verify-depth" => {
+            "heim's TLS to backends has fixed suites (TLS 1.2 and 1.3 AEAD, rustls) and no depth limit"
         }
         "disable-proxy-intercept-errors" => "error pages are not in this build",
         "session-cookie-partitioned" => "sticky sessions are not in this build",
@@ -373,6 +369,83 @@ fn client_chooses_host(url: &str, ingress: &Ingress) -> bool {
         && (default_backend
             || rules.clone().next().is_none()
             || rules.any(|r| r.host.as_deref().is_none_or(|h| h.starts_with("*."))))
+}
+
+/// The `proxy-ssl-*` annotations, for an HTTPS or GRPCS backend: the
+/// `proxy-ssl-secret` (`ca.crt` to verify with when `proxy-ssl-verify:
+/// on`, `tls.crt`/`tls.key` for mutual TLS), `proxy-ssl-name` (the name
+/// checked), `proxy-ssl-server-name: on` (sent as SNI). Verification asked
+/// for and impossible closes the Ingress: it never talks to a pod with
+/// less checking than written.
+fn proxy_ssl(
+    ingress: &Ingress,
+    all: &BTreeMap<&str, &str>,
+    snap: &crate::model::Snapshot,
+    o: &mut IngressOptions,
+    fail_closed: &mut bool,
+) -> Verdict {
+    let Some(tls) = o.upstream_tls.clone() else {
+        return Verdict::Ignored(
+            "no effect without backend-protocol HTTPS or GRPCS (as in ingress-nginx)".into(),
+        );
+    };
+    let on = |k: &str| all.get(k).map(|v| v.trim()) == Some("on");
+    let verify = on("proxy-ssl-verify");
+    let mut tls = heim_proxy::upstream::UpstreamTls {
+        server_name: all
+            .get("proxy-ssl-name")
+            .map(|n| n.trim().to_string())
+            .filter(|n| !n.is_empty()),
+        sni: on("proxy-ssl-server-name"),
+        ..tls
+    };
+    let ns = ingress.metadata.namespace.as_deref().unwrap_or("default");
+    let secret = all
+        .get("proxy-ssl-secret")
+        .map(|s| s.trim())
+        .filter(|s| !s.is_empty());
+    let data = match secret {
+        None => None,
+        Some(name) => {
+            let (sns, sname) = name.split_once('/').unwrap_or((ns, name));
+            if sns != ns {
+                *fail_closed = true;
+                return Verdict::Invalid(format!(
+                    "{name:?} is in another namespace, which ingress-nginx refuses too: the Ingress answers 403"
+                ));
+            }
+            let key = crate::model::ObjKey::new(ns, sname);
+            match snap.secrets.get(&key) {
+                Some(s) => Some(s.data.clone().unwrap_or_default()),
+                None if verify => {
+                    *fail_closed = true;
+                    return Verdict::Invalid(format!(
+                        "Secret {key} does not exist, and proxy-ssl-verify is on: the Ingress answers 403"
+                    ));
+                }
+                None => None,
+            }
+        }
+    };
+    let get = |k: &str| data.as_ref().and_then(|d| d.get(k)).map(|b| b.0.as_slice());
+    if verify && data.is_none() {
+        *fail_closed = true;
+        return Verdict::Invalid("proxy-ssl-verify is on without a proxy-ssl-secret holding ca.crt: the Ingress answers 403".into());
+    }
+    match tls
+        .clone()
+        .with_pem(get("ca.crt"), get("tls.crt"), get("tls.key"), verify)
+    {
+        Ok(t) => {
+            tls = t;
+            o.upstream_tls = Some(tls);
+            Verdict::Exact
+        }
+        Err(why) => {
+            *fail_closed = true;
+            Verdict::Invalid(format!("{why}: the Ingress answers 403"))
+        }
+    }
 }
 
 /// Why an Ingress's basic auth has no users.
@@ -689,6 +762,7 @@ pub fn read(
         && !(cm_get("allow-snippet-annotations") == Some("true")
             && cm_get("annotations-risk-level") == Some("Critical"));
     let mut cors_names: Vec<&str> = Vec::new();
+    let mut ssl_names: Vec<&str> = Vec::new();
     let mut cors_fallbacks: Vec<(&str, String)> = Vec::new();
     let secs = |v: &str| -> Option<Duration> {
         v.trim()
@@ -918,6 +992,41 @@ pub fn read(
                         name,
                         Verdict::Ignored("heim.dev/allow-source-range wins".into()),
                     );
+                }
+            }
+            "proxy-ssl-secret" | "proxy-ssl-verify" | "proxy-ssl-name" | "proxy-ssl-server-name" => {
+                // Read once backend-protocol is known (after the loop).
+                ssl_names.push(name);
+            }
+            "default-backend" => {
+                o.default_backend = Some(value.trim().to_string()).filter(|v| !v.is_empty());
+                say(name, Verdict::Exact);
+            }
+            "custom-http-errors" => {
+                let codes: Result<Vec<u16>, _> = value
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|c| !c.is_empty())
+                    .map(|c| c.parse::<u16>().ok().filter(|n| (400..=599).contains(n)).ok_or(c))
+                    .collect();
+                match codes {
+                    Ok(codes) => {
+                        o.custom_http_errors = codes;
+                        say(
+                            name,
+                            if all.contains_key("default-backend") {
+                                Verdict::Exact
+                            } else {
+                                Verdict::Unsupported(
+                                    "without default-backend: heim has no controller-wide default backend, so the backend's own answer goes out".into(),
+                                )
+                            },
+                        );
+                    }
+                    Err(bad) => say(
+                        name,
+                        Verdict::Invalid(format!("{bad:?} is not an HTTP error status: no error pages")),
+                    ),
                 }
             }
             "service-upstream" => match parse_bool(value) {
@@ -1236,7 +1345,23 @@ pub fn read(
                     name,
                     Verdict::Ignored("heim.dev/backend-protocol wins".into()),
                 ),
-                "HTTPS" | "GRPCS" | "AUTO_HTTP" | "FCGI" => say(
+                "HTTPS" | "GRPCS" if o.protocol.is_none() => {
+                    if value.trim().eq_ignore_ascii_case("GRPCS") {
+                        o.protocol = Some(UpstreamProtocol::H2c);
+                    }
+                    o.upstream_tls = Some(heim_proxy::upstream::UpstreamTls::unverified());
+                    say(
+                        name,
+                        Verdict::Differs(
+                            "TLS to the pod without verification or SNI, as nginx's defaults (proxy-ssl-* to verify); GRPCS offers ALPN h2".into(),
+                        ),
+                    );
+                }
+                "HTTPS" | "GRPCS" => say(
+                    name,
+                    Verdict::Ignored("heim.dev/backend-protocol wins".into()),
+                ),
+                "AUTO_HTTP" | "FCGI" => say(
                     name,
                     Verdict::Unsupported(format!(
                         "{value} to the pod is not in this build: heim speaks plain HTTP/1.1 to it"
@@ -1357,6 +1482,12 @@ pub fn read(
     }
     if let Some(cm) = cm {
         configmap_defaults(ingress, cm, &all, o, &mut fail_closed);
+    }
+    if !ssl_names.is_empty() {
+        let verdict = proxy_ssl(ingress, &all, snap, o, &mut fail_closed);
+        for name in ssl_names {
+            say(name, verdict.clone());
+        }
     }
     for name in cors_names {
         let verdict = match (&o.cors, cors_fallbacks.iter().find(|(n, _)| *n == name)) {

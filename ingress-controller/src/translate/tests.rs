@@ -106,6 +106,7 @@ fn upstream(port: u16) -> Backend {
             .collect(),
         protocol: UpstreamProtocol::Http1,
         limits: limits(),
+        tls: None,
     })
 }
 
@@ -133,6 +134,7 @@ fn route(name: &str, host: Option<&str>, path: &str, path_type: PathMatch, port:
         rate_limit: None,
         request_headers: Vec::new(),
         response_headers: Vec::new(),
+        error_backend: None,
     }
 }
 
@@ -1341,5 +1343,72 @@ fn service_upstream_goes_to_the_cluster_ip() {
         [UpstreamAddr::Socket(([10, 96, 0, 12], 80).into())],
         "{:?}",
         t.problems
+    );
+}
+
+/// `backend-protocol: HTTPS` is TLS without verification (nginx's
+/// defaults); `proxy-ssl-verify: on` without a CA closes the Ingress;
+/// `default-backend` + `custom-http-errors` give every path the error
+/// backend.
+#[test]
+fn https_backends_and_error_pages() {
+    let mut snap = base();
+    snap.classes
+        .push(class("nginx", "k8s.io/ingress-nginx", false));
+    service(&mut snap, "errors");
+    let spec = |host: &str| {
+        json!({ "ingressClassName": "nginx", "rules": [{ "host": host,
+            "http": { "paths": [{ "path": "/", "pathType": "Prefix",
+                "backend": { "service": { "name": "app", "port": { "number": 80 } } } }] } }] })
+    };
+    let n = |k: &str| format!("nginx.ingress.kubernetes.io/{k}");
+    snap.ingresses = vec![
+        ingress(
+            "tls",
+            "2026-01-01T00:00:00Z",
+            json!({ n("backend-protocol"): "HTTPS" }),
+            spec("tls.example.com"),
+        ),
+        ingress(
+            "strict",
+            "2026-01-02T00:00:00Z",
+            json!({ n("backend-protocol"): "HTTPS", n("proxy-ssl-verify"): "on" }),
+            spec("strict.example.com"),
+        ),
+        ingress(
+            "pages",
+            "2026-01-03T00:00:00Z",
+            json!({ n("default-backend"): "errors", n("custom-http-errors"): "404, 503" }),
+            spec("pages.example.com"),
+        ),
+    ];
+    let mut s = settings();
+    s.classes.controllers.push("k8s.io/ingress-nginx".into());
+    s.nginx_default_policy = DefaultPolicy::Public;
+    let t = translate_once(&snap, &s);
+    let by = |host: &str| {
+        t.routes
+            .iter()
+            .find(|r| r.host.as_deref() == Some(host))
+            .unwrap_or_else(|| panic!("{host}: {:?}", t.problems))
+    };
+    let Backend::Upstream(u) = &by("tls.example.com").backend else {
+        panic!()
+    };
+    let tls = u.tls.as_ref().expect("TLS to the pod");
+    assert!(tls.verify.is_none() && !tls.sni, "nginx's defaults");
+    assert_eq!(
+        by("strict.example.com").policy,
+        Policy::Deny,
+        "no CA to verify with"
+    );
+    let eb = by("pages.example.com")
+        .error_backend
+        .as_ref()
+        .expect("error pages");
+    assert_eq!(eb.codes, [404, 503]);
+    assert!(
+        !eb.backend.endpoints.is_empty(),
+        "the errors Service's endpoints"
     );
 }

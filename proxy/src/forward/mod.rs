@@ -8,6 +8,13 @@
 //! sent is never replayed. Upgrades (WebSocket) get a fresh, unpooled
 //! connection and are spliced byte for byte after the 101.
 //!
+//! A group with TLS (`upstream_tls`) runs the handshake on each new
+//! connection, bounded by the connect timeout once more after the TCP
+//! connect (nginx's `proxy_connect_timeout` bounds its SSL handshake too);
+//! a failed handshake counts as a failed connect.
+//! The connections are then pooled like plain ones, WebSocket upgrades
+//! included (they run over the TLS stream).
+//!
 //! The response timeout starts once the request body has been sent whole:
 //! a slow upload is the client's business (bounded by its own read timeout),
 //! not a sign of a failing upstream.
@@ -17,12 +24,14 @@ pub mod edits;
 pub mod headers;
 pub mod pool;
 pub mod splice;
+pub mod upstream_tls;
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{Request, Response, StatusCode};
+use http::uri::Scheme;
+use http::{Request, Response, StatusCode, Uri};
 use hyper::client::conn::{http1, http2};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -33,7 +42,7 @@ use crate::error::ProxyError;
 use crate::metrics::{Metrics, UpstreamErrorKind};
 use crate::rt::LocalExec;
 use crate::state::{OpenConnection, Shared};
-use crate::upstream::{Endpoint, UpstreamAddr, UpstreamGroup, UpstreamProtocol};
+use crate::upstream::{Endpoint, UpstreamAddr, UpstreamGroup, UpstreamProtocol, UpstreamTlsClient};
 use pool::PooledSender;
 
 /// Endpoints tried per request, at most.
@@ -78,6 +87,9 @@ pub async fn forward(
     metrics: &Metrics,
 ) -> Result<(Response<ProxyBody>, usize), ProxyError> {
     let Outgoing { mut request, sent } = out;
+    if group.tls.is_some() && group.protocol == UpstreamProtocol::H2c {
+        https_scheme(&mut request);
+    }
     let mut tried = [usize::MAX; MAX_ENDPOINTS_TRIED];
     let mut n_tried = 0;
     let mut last = ProxyError::NoUpstream;
@@ -275,8 +287,22 @@ async fn response_within<F: Future>(
     }
 }
 
-/// Opens an HTTP/1.1 connection to `ep`; `upgrades` keeps it open for an
-/// upgrade (WebSocket) after the response.
+/// An HTTP/2 request to a TLS upstream says so in `:scheme` (the request
+/// was made for h2c, `http`).
+fn https_scheme(req: &mut Request<UpstreamBody>) {
+    if req.uri().scheme() != Some(&Scheme::HTTP) {
+        return;
+    }
+    let mut parts = req.uri().clone().into_parts();
+    parts.scheme = Some(Scheme::HTTPS);
+    if let Ok(uri) = Uri::from_parts(parts) {
+        *req.uri_mut() = uri;
+    }
+}
+
+/// Opens an HTTP/1.1 connection to `ep` (over TLS when the group speaks
+/// it); `upgrades` keeps it open for an upgrade (WebSocket) after the
+/// response.
 async fn open_http1(
     ep: &Endpoint,
     group: &UpstreamGroup,
@@ -284,13 +310,27 @@ async fn open_http1(
     upgrades: bool,
 ) -> Result<http1::SendRequest<UpstreamBody>, ProxyError> {
     let tcp = connect(ep, group.limits.connect_timeout, metrics).await?;
-    let (sender, conn) = http1::Builder::new()
-        .handshake(TokioIo::new(tcp))
-        .await
-        .map_err(|_| {
-            metrics.upstream_error(UpstreamErrorKind::Connect);
-            ProxyError::UpstreamConnect
-        })?;
+    match &group.tls {
+        None => handshake_http1(TokioIo::new(tcp), metrics, upgrades).await,
+        Some(tls) => {
+            let tls = tls_handshake(tls, tcp, ep, group, UpstreamProtocol::Http1, metrics).await?;
+            handshake_http1(TokioIo::new(tls), metrics, upgrades).await
+        }
+    }
+}
+
+async fn handshake_http1<I>(
+    io: I,
+    metrics: &Metrics,
+    upgrades: bool,
+) -> Result<http1::SendRequest<UpstreamBody>, ProxyError>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (sender, conn) = http1::Builder::new().handshake(io).await.map_err(|_| {
+        metrics.upstream_error(UpstreamErrorKind::Connect);
+        ProxyError::UpstreamConnect
+    })?;
     tokio::task::spawn_local(async move {
         let ended = if upgrades {
             conn.with_upgrades().await
@@ -304,18 +344,37 @@ async fn open_http1(
     Ok(sender)
 }
 
-/// Opens an h2c connection to `ep` and keeps it for the worker's next requests.
+/// Opens an HTTP/2 connection to `ep` (h2c, or h2 over TLS when the group
+/// speaks it) and keeps it for the worker's next requests.
 async fn open_http2(
     ep: &Endpoint,
     group: &UpstreamGroup,
     metrics: &Metrics,
 ) -> Result<http2::SendRequest<UpstreamBody>, ProxyError> {
     let tcp = connect(ep, group.limits.connect_timeout, metrics).await?;
+    let sender = match &group.tls {
+        None => handshake_http2(TokioIo::new(tcp), metrics).await?,
+        Some(tls) => {
+            let tls = tls_handshake(tls, tcp, ep, group, UpstreamProtocol::H2c, metrics).await?;
+            handshake_http2(TokioIo::new(tls), metrics).await?
+        }
+    };
+    pool::put_http2(ep.id, sender.clone());
+    Ok(sender)
+}
+
+async fn handshake_http2<I>(
+    io: I,
+    metrics: &Metrics,
+) -> Result<http2::SendRequest<UpstreamBody>, ProxyError>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + 'static,
+{
     let handshake = http2::Builder::new(LocalExec)
         .timer(TokioTimer::new())
         .adaptive_window(true)
         .keep_alive_interval(Duration::from_secs(30))
-        .handshake(TokioIo::new(tcp));
+        .handshake(io);
     let (sender, conn) = handshake.await.map_err(|_| {
         metrics.upstream_error(UpstreamErrorKind::Connect);
         ProxyError::UpstreamConnect
@@ -325,8 +384,32 @@ async fn open_http2(
             tracing::debug!(error = %e, "upstream h2 connection ended");
         }
     });
-    pool::put_http2(ep.id, sender.clone());
     Ok(sender)
+}
+
+/// Runs the TLS handshake on a fresh connection, within the connect timeout.
+async fn tls_handshake(
+    tls: &UpstreamTlsClient,
+    tcp: TcpStream,
+    ep: &Endpoint,
+    group: &UpstreamGroup,
+    protocol: UpstreamProtocol,
+    metrics: &Metrics,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, ProxyError> {
+    let handshake = tls.connect(tcp, &ep.addr, protocol);
+    match tokio::time::timeout(group.limits.connect_timeout, handshake).await {
+        Ok(Ok(stream)) => Ok(stream),
+        Ok(Err(e)) => {
+            tracing::warn!(upstream = %ep.display, error = %e, "upstream TLS handshake failed");
+            metrics.upstream_error(UpstreamErrorKind::Connect);
+            Err(ProxyError::UpstreamConnect)
+        }
+        Err(_) => {
+            tracing::warn!(upstream = %ep.display, "upstream TLS handshake timed out");
+            metrics.upstream_error(UpstreamErrorKind::ConnectTimeout);
+            Err(ProxyError::UpstreamConnectTimeout)
+        }
+    }
 }
 
 /// Relays a WebSocket upgrade on a fresh connection; once the upstream

@@ -4,8 +4,11 @@
 //! own pools in thread-locals: checking a connection out or in is a
 //! `RefCell` borrow, never a lock or an atomic. HTTP/1 connections are kept
 //! idle in a LIFO (the warmest first) and dropped once older than the
-//! route's idle timeout; an HTTP/2 (h2c) connection is shared by every
-//! request of the worker to that endpoint.
+//! route's idle timeout; an HTTP/2 (h2c, or h2 over TLS) connection is
+//! shared by every request of the worker to that endpoint. A TLS connection
+//! is pooled like a plain one: the pools hold only senders, whatever stream
+//! their connection task drives, and TLS and plain connections to one
+//! address are kept apart by their endpoint ids (`upstream::Endpoint`).
 //!
 //! HTTP/1 connections are also counted, busy or idle, per endpoint and
 //! worker ([`admit`]): past `upstream_max_connections`, a request waits in
@@ -68,8 +71,11 @@ pub struct Slot {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        SLOTS.with_borrow_mut(|slots| {
-            if let Some(s) = slots.get_mut(&self.endpoint) {
+        // `try_with`: a connection idle in the pool when the worker thread
+        // ends is dropped while the thread-locals are torn down, perhaps
+        // after `SLOTS`, which then has no count left to keep.
+        let _ = SLOTS.try_with(|slots| {
+            if let Some(s) = slots.borrow_mut().get_mut(&self.endpoint) {
                 s.open = s.open.saturating_sub(1);
                 s.freed.notify_one();
             }
@@ -85,8 +91,9 @@ pub struct Waiting {
 
 impl Drop for Waiting {
     fn drop(&mut self) {
-        SLOTS.with_borrow_mut(|slots| {
-            if let Some(s) = slots.get_mut(&self.endpoint) {
+        // `try_with`, as for `Slot`.
+        let _ = SLOTS.try_with(|slots| {
+            if let Some(s) = slots.borrow_mut().get_mut(&self.endpoint) {
                 s.waiting = s.waiting.saturating_sub(1);
             }
         });
