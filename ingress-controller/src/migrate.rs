@@ -58,6 +58,14 @@ pub struct Migrate {
     /// `public` (as ingress-nginx served them), `any-authenticated`.
     #[arg(long, value_name = "POLICY", default_value = "deny", value_parser = ["deny", "public", "any-authenticated"])]
     pub default_policy: String,
+    /// heim's `[ingress_nginx] interpret_snippets`: configuration-snippets
+    /// of the allow-list are applied as data.
+    #[arg(long, value_name = "BOOL", default_value = "false", action = clap::ArgAction::Set)]
+    pub interpret_snippets: bool,
+    /// ingress-nginx's ConfigMap, as the controller's --nginx-configmap:
+    /// read from the cluster, or from the files (-f) when one of them holds it.
+    #[arg(long, value_name = "NAMESPACE/NAME", value_parser = crate::options::parse_key)]
+    pub nginx_configmap: Option<ObjKey>,
 }
 
 /// One annotation's line in the report.
@@ -91,7 +99,11 @@ pub async fn run(m: Migrate) -> anyhow::Result<u8> {
     let (snap, from_cluster) = if m.files.is_empty() {
         (live(&m).await?, true)
     } else {
-        (from_files(&m.files)?, false)
+        let mut snap = from_files(&m.files)?;
+        if let Some(key) = &m.nginx_configmap {
+            snap.nginx_configmap = Some(configmap_in_files(&m.files, key)?);
+        }
+        (snap, false)
     };
     let report = report(&snap, &m, from_cluster);
     if m.output == "json" {
@@ -131,7 +143,7 @@ pub fn report(snap: &Snapshot, m: &Migrate, from_cluster: bool) -> Value {
             "any-authenticated" => DefaultPolicy::AnyAuthenticated,
             _ => DefaultPolicy::Deny,
         },
-        interpret_snippets: false,
+        interpret_snippets: m.interpret_snippets,
         have_auth: m.with_sign_in,
         allow_external_name: false,
     };
@@ -154,10 +166,11 @@ pub fn report(snap: &Snapshot, m: &Migrate, from_cluster: bool) -> Value {
         }
         // As the controller reads it: heim.dev/* first, then the nginx dialect.
         let mut o = crate::translate::heim::read(ing, snap, &settings).unwrap_or_default();
-        let lines: Vec<Line> = nginx::read(ing, m.with_sign_in, snap, &mut o)
-            .iter()
-            .map(|(a, v)| line(a, v))
-            .collect();
+        let mut verdicts = nginx::read(ing, m.with_sign_in, snap, &mut o);
+        if m.interpret_snippets {
+            crate::translate::snippet::apply(ing, &mut o, &mut verdicts);
+        }
+        let lines: Vec<Line> = verdicts.iter().map(|(a, v)| line(a, v)).collect();
         let denied = t
             .routes
             .iter()
@@ -350,7 +363,17 @@ pub fn from_files(paths: &[PathBuf]) -> anyhow::Result<Snapshot> {
                 .classes
                 .push(Arc::new(serde_json::from_value::<IngressClass>(d)?)),
             Some("Service") => services.push(Arc::new(serde_json::from_value::<Service>(d)?)),
-            Some("Secret") => secrets.push(Arc::new(serde_json::from_value::<Secret>(d)?)),
+            Some("Secret") => {
+                let mut secret = serde_json::from_value::<Secret>(d)?;
+                // The API server folds `stringData` into `data`; files hold it as written.
+                if let Some(plain) = secret.string_data.take() {
+                    let data = secret.data.get_or_insert_with(Default::default);
+                    for (k, v) in plain {
+                        data.insert(k, k8s_openapi::ByteString(v.into_bytes()));
+                    }
+                }
+                secrets.push(Arc::new(secret))
+            }
             _ => {}
         }
     }
@@ -377,7 +400,9 @@ fn collect(p: &Path, out: &mut Vec<PathBuf>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The live cluster's Ingresses, IngressClasses and Services.
+/// The live cluster's Ingresses, IngressClasses, Services, `Opaque`
+/// Secrets (basic auth's htpasswd, proxy-ssl's CA) and, when named,
+/// ingress-nginx's ConfigMap.
 async fn live(m: &Migrate) -> anyhow::Result<Snapshot> {
     let client = crate::controller::client_for(m.kubeconfig.as_deref()).await?;
     let lp = kube::api::ListParams::default();
@@ -385,12 +410,47 @@ async fn live(m: &Migrate) -> anyhow::Result<Snapshot> {
     let classes = kube::Api::<IngressClass>::all(client.clone())
         .list(&lp)
         .await?;
-    let services = kube::Api::<Service>::all(client).list(&lp).await?;
+    let services = kube::Api::<Service>::all(client.clone()).list(&lp).await?;
+    let secrets = kube::Api::<Secret>::all(client.clone())
+        .list(&kube::api::ListParams::default().fields("type=Opaque"))
+        .await?;
     let mut snap = Snapshot {
         ingresses: ingresses.items.into_iter().map(Arc::new).collect(),
         classes: classes.items.into_iter().map(Arc::new).collect(),
         ..Snapshot::default()
     };
     snap.set_services(services.items.into_iter().map(Arc::new));
+    snap.set_secrets(secrets.items.into_iter().map(Arc::new));
+    if let Some(key) = &m.nginx_configmap {
+        let api =
+            kube::Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(client, &key.namespace);
+        let cm = api.get_opt(&key.name).await?;
+        snap.nginx_configmap = Some(cm.and_then(|c| c.data).unwrap_or_default());
+    }
     Ok(snap)
+}
+
+/// The data of ConfigMap `key` in the files (empty when none holds it:
+/// ingress-nginx's defaults).
+fn configmap_in_files(paths: &[PathBuf], key: &ObjKey) -> anyhow::Result<BTreeMap<String, String>> {
+    let mut files = Vec::new();
+    for p in paths {
+        collect(p, &mut files)?;
+    }
+    for f in &files {
+        let text =
+            std::fs::read_to_string(f).map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?;
+        let values: Vec<Value> = serde_saphyr::from_multiple(&text)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?;
+        for v in values {
+            let m = &v["metadata"];
+            if v["kind"] == "ConfigMap"
+                && m["name"] == key.name.as_str()
+                && m["namespace"].as_str().unwrap_or("default") == key.namespace
+            {
+                return Ok(serde_json::from_value(v["data"].clone()).unwrap_or_default());
+            }
+        }
+    }
+    Ok(BTreeMap::new())
 }

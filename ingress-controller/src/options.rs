@@ -105,7 +105,7 @@ pub struct Options {
     pub pod_namespace: Option<String>,
 }
 
-fn parse_key(s: &str) -> Result<ObjKey, String> {
+pub(crate) fn parse_key(s: &str) -> Result<ObjKey, String> {
     match s.split_once('/') {
         Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
             Ok(ObjKey::new(ns, name))

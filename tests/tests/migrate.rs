@@ -64,7 +64,7 @@ fn the_report_gives_every_annotation_its_verdict() {
     assert_eq!(code, Some(1), "some Ingresses are not served as before");
     // Only ingress-nginx's Ingresses (by class name or the legacy
     // annotation), not traefik's.
-    assert_eq!(r["summary"]["ingresses"], 7, "{r:#}");
+    assert_eq!(r["summary"]["ingresses"], 9, "{r:#}");
     assert!(r["ingresses"]
         .as_array()
         .unwrap()
@@ -116,6 +116,25 @@ fn the_report_gives_every_annotation_its_verdict() {
     assert_eq!(verdict(canary, "canary"), "honoured");
     assert_eq!(verdict(canary, "canary-weight"), "honoured");
     assert_eq!(canary["served_as_before"], true, "{canary:#}");
+
+    // Basic auth from the Secret in the files, CORS, limits and an auth
+    // service other than oauth2-proxy: honoured, served as before.
+    let wiki = ingress(&r, "tools", "wiki");
+    assert_eq!(verdict(wiki, "auth-type"), "honoured", "{wiki:#}");
+    assert_eq!(verdict(wiki, "auth-realm"), "honoured");
+    assert_eq!(wiki["served_as_before"], true, "{wiki:#}");
+    let api = ingress(&r, "tools", "public-api");
+    for a in [
+        "enable-cors",
+        "cors-allow-origin",
+        "limit-rps",
+        "limit-connections",
+        "auth-url",
+        "auth-response-headers",
+    ] {
+        assert_eq!(verdict(api, a), "honoured", "{a}: {api:#}");
+    }
+    assert_eq!(api["served_as_before"], true, "{api:#}");
 
     // The allowlist: honoured, and the spoofable XFF of old reported.
     let admin = ingress(&r, "internal", "admin");
