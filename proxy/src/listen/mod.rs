@@ -13,6 +13,7 @@
 //! connection parks without hyper's buffers (see `park`).
 
 pub mod goaway;
+pub mod passthrough;
 pub mod proxy_protocol;
 
 use std::convert::Infallible;
