@@ -400,8 +400,9 @@ fn collect(p: &Path, out: &mut Vec<PathBuf>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The live cluster's Ingresses, IngressClasses, Services, `Opaque`
-/// Secrets (basic auth's htpasswd, proxy-ssl's CA) and, when named,
+/// The live cluster's Ingresses, IngressClasses, Services, `Opaque` and
+/// TLS Secrets (basic auth's htpasswd, proxy-ssl's CA and client
+/// certificate) and, when named,
 /// ingress-nginx's ConfigMap.
 async fn live(m: &Migrate) -> anyhow::Result<Snapshot> {
     let client = crate::controller::client_for(m.kubeconfig.as_deref()).await?;
@@ -411,16 +412,22 @@ async fn live(m: &Migrate) -> anyhow::Result<Snapshot> {
         .list(&lp)
         .await?;
     let services = kube::Api::<Service>::all(client.clone()).list(&lp).await?;
-    let secrets = kube::Api::<Secret>::all(client.clone())
-        .list(&kube::api::ListParams::default().fields("type=Opaque"))
-        .await?;
+    let mut secrets = Vec::new();
+    for kind in ["type=Opaque", "type=kubernetes.io/tls"] {
+        let api = kube::Api::<Secret>::all(client.clone());
+        secrets.extend(
+            api.list(&kube::api::ListParams::default().fields(kind))
+                .await?
+                .items,
+        );
+    }
     let mut snap = Snapshot {
         ingresses: ingresses.items.into_iter().map(Arc::new).collect(),
         classes: classes.items.into_iter().map(Arc::new).collect(),
         ..Snapshot::default()
     };
     snap.set_services(services.items.into_iter().map(Arc::new));
-    snap.set_secrets(secrets.items.into_iter().map(Arc::new));
+    snap.set_secrets(secrets.into_iter().map(Arc::new));
     if let Some(key) = &m.nginx_configmap {
         let api =
             kube::Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(client, &key.namespace);
@@ -448,7 +455,15 @@ fn configmap_in_files(paths: &[PathBuf], key: &ObjKey) -> anyhow::Result<BTreeMa
                 && m["name"] == key.name.as_str()
                 && m["namespace"].as_str().unwrap_or("default") == key.namespace
             {
-                return Ok(serde_json::from_value(v["data"].clone()).unwrap_or_default());
+                if v["data"].is_null() {
+                    return Ok(BTreeMap::new());
+                }
+                return serde_json::from_value(v["data"].clone()).map_err(|e| {
+                    anyhow::anyhow!(
+                        "{}: ConfigMap {key}: data: {e} (quote every value)",
+                        f.display()
+                    )
+                });
             }
         }
     }
