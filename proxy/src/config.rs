@@ -1685,6 +1685,7 @@ impl Cx<'_> {
             request_headers: Vec::new(),
             response_headers: Vec::new(),
             error_backend: None,
+            affinity: None,
         })
     }
 }

@@ -8,6 +8,7 @@
 
 pub mod acme;
 pub mod admin;
+pub mod affinity;
 pub mod auth;
 pub mod body;
 pub mod canary;

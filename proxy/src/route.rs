@@ -257,6 +257,8 @@ pub struct RouteSpec {
     pub response_headers: Vec<crate::forward::edits::ResponseEdit>,
     /// ingress-nginx's `default-backend` and `custom-http-errors`.
     pub error_backend: Option<Arc<ErrorBackend>>,
+    /// ingress-nginx's `affinity: cookie`: sticky sessions by cookie.
+    pub affinity: Option<Arc<crate::affinity::Affinity>>,
 }
 
 /// ingress-nginx's `default-backend` (it serves the route's requests while
@@ -433,8 +435,9 @@ impl HostRoutes {
         }
         // The literal check first: a host of 200 rules runs one or two
         // regular expressions per request, not 200.
+        let ascii = path.is_ascii();
         if let Some((_, r)) = self.regexes.iter().find(|(literal, r)| {
-            starts_with_ignore_case(path, literal)
+            (!ascii || starts_with_ignore_case(path, literal))
                 && r.regex.as_ref().is_some_and(|re| re.is_match(path))
         }) {
             return Some(r);
@@ -446,22 +449,29 @@ impl HostRoutes {
     }
 }
 
-/// The lowercase ASCII literal that every path a route pattern matches
-/// begins with (patterns are anchored at the start and case-insensitive;
-/// request paths are ASCII, so ASCII case folding is exact): the leading
-/// plain characters, less one before a `*`, `?` or `{` (which may repeat
-/// it zero times), and nothing when the pattern has an alternative at
-/// its top level.
+/// The lowercase ASCII literal that every ASCII path a route pattern
+/// matches begins with (patterns are anchored at the start and
+/// case-insensitive): the leading plain characters, less one before a
+/// `*`, `?` or `{` (which may repeat it zero times); nothing when the
+/// pattern has flags (`(?x)` changes what the rest means) or an
+/// alternative at its top level (outside groups and classes). ASCII
+/// folding is exact for ASCII paths only (`k` also matches U+212A, `s`
+/// U+017F): non-ASCII paths skip the check (see `HostRoutes::lookup`).
 fn literal_prefix(pattern: &str) -> String {
-    let mut depth = 0usize;
-    let mut escaped = false;
+    if pattern.contains("(?") {
+        return String::new();
+    }
+    let (mut depth, mut escaped, mut class) = (0usize, false, false);
     for c in pattern.chars() {
-        match (escaped, c) {
-            (true, _) => escaped = false,
-            (false, '\\') => escaped = true,
-            (false, '(') => depth += 1,
-            (false, ')') => depth = depth.saturating_sub(1),
-            (false, '|') if depth == 0 => return String::new(),
+        match (escaped, class, c) {
+            (true, _, _) => escaped = false,
+            (false, _, '\\') => escaped = true,
+            (false, true, ']') => class = false,
+            (false, true, _) => {}
+            (false, false, '[') => class = true,
+            (false, false, '(') => depth += 1,
+            (false, false, ')') => depth = depth.saturating_sub(1),
+            (false, false, '|') if depth == 0 => return String::new(),
             _ => {}
         }
     }
@@ -906,6 +916,7 @@ mod tests {
             request_headers: Vec::new(),
             response_headers: Vec::new(),
             error_backend: None,
+            affinity: None,
         }
     }
 
@@ -1233,6 +1244,9 @@ mod tests {
         for (pattern, literal) in [
             ("/svc12(/|$)(.*)", "/svc12"),
             ("/API/v1/.*", "/api/v1/"),
+            ("/a[(]|/b", ""),
+            ("/a(?x)#(\n|/b", ""),
+            ("/keys.*", "/keys"),
             ("/ab*c", "/a"),
             ("/ab?", "/a"),
             ("/a{2}", "/"),
@@ -1271,6 +1285,9 @@ mod tests {
             }
         }
         assert!(starts_with_ignore_case("/SVC12/x", "/svc12"));
+        // A Kelvin sign folds to `k`: such a path is never judged by ASCII.
+        let re = compile_regex("/keys.*", true).unwrap();
+        assert!(re.is_match("/\u{212a}eys") && !"/\u{212a}eys".is_ascii());
         assert!(!starts_with_ignore_case("/svc1", "/svc12"));
     }
 }

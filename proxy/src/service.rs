@@ -1053,13 +1053,33 @@ async fn backend(
         }
         _ => ClientBody::Stream(body),
     };
-    let canary = route.canary.as_ref().filter(|_| out.canary);
     // ingress-nginx's default-backend serves while the Service has no endpoint.
     let idle = route
         .upstream
         .as_ref()
         .filter(|g| g.endpoints.is_empty())
         .and(route.error_group.as_ref());
+    // Sticky sessions: a client pinned to a mainline endpoint stays on the
+    // mainline, one pinned to a canary endpoint on the canary (ingress-nginx's
+    // `affinity-canary-behavior: sticky`), whatever the canary rule drew.
+    let affinity = route.spec.affinity.as_deref().filter(|_| idle.is_none());
+    let token = affinity.and_then(|a| a.token(&parts.headers));
+    if let Some(t) = token {
+        if route
+            .upstream
+            .as_ref()
+            .is_some_and(|g| g.affinity_tokens().index(t).is_some())
+        {
+            out.canary = false;
+        } else if route
+            .canary
+            .as_ref()
+            .is_some_and(|g| g.affinity_tokens().index(t).is_some())
+        {
+            out.canary = true;
+        }
+    }
+    let canary = route.canary.as_ref().filter(|_| out.canary);
     // What a custom error page's request needs of this one.
     let error_page = route
         .spec
@@ -1094,6 +1114,10 @@ async fn backend(
             UpstreamBody::new(body, route.spec.max_body_bytes, body_timeout)
         }
     };
+    let wanted = token.and_then(|t| group.affinity_tokens().index(t));
+    let user_agent = affinity
+        .filter(|a| a.conditional_same_site_none)
+        .and_then(|_| parts.headers.get(http::header::USER_AGENT).cloned());
     let request = Request::from_parts(parts, body);
     let (mut resp, endpoint) = match on_upgrade {
         Some(on_upgrade) => {
@@ -1105,12 +1129,19 @@ async fn backend(
                     .map(|p| p.into_owned())
                     .unwrap_or_default(),
             };
-            crate::forward::forward_upgrade(request, on_upgrade, group, &conn.shared, reauth)
-                .await?
+            crate::forward::forward_upgrade(
+                request,
+                on_upgrade,
+                group,
+                wanted,
+                &conn.shared,
+                reauth,
+            )
+            .await?
         }
         None => {
             let out = crate::forward::Outgoing { request, sent };
-            crate::forward::forward(out, group, &conn.shared.metrics).await?
+            crate::forward::forward_to(out, group, wanted, &conn.shared.metrics).await?
         }
     };
     out.upstream = Some(endpoint);
@@ -1128,6 +1159,16 @@ async fn backend(
     }
     headers::clean(resp.headers_mut(), false, switching);
     crate::auth::strip_heim_set_cookies(resp.headers_mut());
+    if let Some(a) = affinity.filter(|a| a.sets_cookie(wanted, endpoint)) {
+        let ua = user_agent.as_ref().and_then(|v| v.to_str().ok());
+        if let Some(c) = group
+            .affinity_tokens()
+            .token(endpoint)
+            .and_then(|t| a.set_cookie(t, parsed.secure, ua, std::time::SystemTime::now()))
+        {
+            resp.headers_mut().append(http::header::SET_COOKIE, c);
+        }
+    }
     Ok(resp)
 }
 

@@ -4,7 +4,9 @@
 //! Health is shared by every worker (atomics); connection pools are not (see
 //! `forward::pool`), so that checking a connection out never takes a lock.
 //! A group may speak TLS to its endpoints ([`UpstreamTls`], compiled once
-//! per group by `forward::upstream_tls`).
+//! per group by `forward::upstream_tls`). A sticky route's request may
+//! prefer one endpoint ([`UpstreamGroup::pick_preferred`]); the group keeps
+//! its endpoints' affinity tokens, made on the first sticky request.
 
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -133,6 +135,8 @@ pub struct UpstreamGroup {
     /// TLS to the endpoints, compiled once for the group; `None`: plain.
     pub tls: Option<UpstreamTlsClient>,
     next: AtomicUsize,
+    /// Affinity cookie tokens, made only when a sticky route first asks.
+    sticky: OnceLock<crate::affinity::EndpointTokens>,
 }
 
 /// After this many consecutive connect failures an endpoint is ejected.
@@ -153,6 +157,7 @@ impl UpstreamGroup {
             limits,
             tls: None,
             next: AtomicUsize::new(0),
+            sticky: OnceLock::new(),
         }
     }
 
@@ -202,6 +207,26 @@ impl UpstreamGroup {
             }
         }
         fallback.map(|(_, i)| i)
+    }
+
+    /// The endpoint `preferred` (a sticky session's) unless it is out of
+    /// range, in `tried` or ejected; otherwise [`Self::pick`]'s choice.
+    pub fn pick_preferred(&self, preferred: Option<usize>, tried: &[usize]) -> Option<usize> {
+        if let Some(p) = preferred {
+            if p < self.endpoints.len()
+                && !tried.contains(&p)
+                && !self.endpoints[p].ejected(now_ms())
+            {
+                return Some(p);
+            }
+        }
+        self.pick(tried)
+    }
+
+    /// The endpoints' affinity cookie tokens (made on first use).
+    pub fn affinity_tokens(&self) -> &crate::affinity::EndpointTokens {
+        self.sticky
+            .get_or_init(|| crate::affinity::EndpointTokens::new(&self.endpoints))
     }
 
     /// Records a failed connection attempt to endpoint `i`.
@@ -273,6 +298,41 @@ mod tests {
         g.report_success(1);
         let picks: Vec<_> = (0..3).map(|_| g.pick(&[]).unwrap()).collect();
         assert!(picks.contains(&1));
+    }
+
+    #[test]
+    fn the_preferred_endpoint_wins_unless_ejected_or_tried() {
+        let g = group(3);
+        for _ in 0..4 {
+            assert_eq!(g.pick_preferred(Some(2), &[]), Some(2));
+        }
+        assert_eq!(g.pick_preferred(None, &[]), Some(0), "round-robin without");
+        assert_eq!(
+            g.pick_preferred(Some(9), &[]),
+            Some(1),
+            "out of range: round-robin"
+        );
+        let p = g.pick_preferred(Some(2), &[2]);
+        assert!(p.is_some() && p != Some(2), "tried: another, {p:?}");
+        g.report_failure(2);
+        let picks: Vec<_> = (0..4)
+            .map(|_| g.pick_preferred(Some(2), &[]).unwrap())
+            .collect();
+        assert!(!picks.contains(&2), "ejected: elsewhere {picks:?}");
+        g.report_success(2);
+        assert_eq!(
+            g.pick_preferred(Some(2), &[]),
+            Some(2),
+            "back once it recovers"
+        );
+    }
+
+    #[test]
+    fn tokens_follow_the_endpoints() {
+        let g = group(3);
+        let t = g.affinity_tokens();
+        assert_eq!(t.index(t.token(1).unwrap()), Some(1));
+        assert!(std::ptr::eq(t, g.affinity_tokens()), "made once");
     }
 
     #[test]

@@ -148,6 +148,9 @@ pub struct IngressOptions {
     pub response_headers: Vec<heim_proxy::forward::edits::ResponseEdit>,
     /// `x-forwarded-prefix` (sent when the rewrite applies).
     pub forwarded_prefix: Option<http::HeaderValue>,
+    /// `affinity: cookie` and `session-cookie-*`; an empty `path` (no
+    /// `session-cookie-path`) is each route's Ingress path.
+    pub affinity: Option<heim_proxy::affinity::Affinity>,
     /// Annotations understood but not acted on in this build (annotation,
     /// why): an Event each, nothing else changes.
     pub unsupported: Vec<(String, String)>,
@@ -907,6 +910,7 @@ fn redirect_route(
         request_headers: Vec::new(),
         response_headers: Vec::new(),
         error_backend: None,
+        affinity: None,
     }
 }
 
@@ -980,6 +984,16 @@ impl Ctx<'_> {
                     forwarded_prefix: o.forwarded_prefix.clone(),
                 })
             });
+        // The cookie's path: `session-cookie-path`, else the path as
+        // written (a pattern's literal prefix).
+        let affinity = o.affinity.as_ref().map(|a| {
+            let path = match (a.path.is_empty(), path_type) {
+                (false, _) => a.path.clone(),
+                (true, PathMatch::Regex) => heim_proxy::affinity::regex_cookie_path(&path),
+                (true, _) => path.clone(),
+            };
+            Arc::new(heim_proxy::affinity::Affinity { path, ..a.clone() })
+        });
         RouteSpec {
             name: format!(
                 "{}:{}{}{}",
@@ -1020,6 +1034,7 @@ impl Ctx<'_> {
             request_headers: o.request_headers.clone(),
             response_headers: o.response_headers.clone(),
             error_backend: None,
+            affinity,
         }
     }
 

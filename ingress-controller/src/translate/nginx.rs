@@ -156,12 +156,8 @@ fn is_snippet(name: &str) -> bool {
 /// Known annotations not honoured in this build, with what happens instead.
 fn unsupported(name: &str) -> Option<&'static str> {
     Some(match name {
-        "affinity" | "affinity-mode" | "affinity-canary-behavior" | "session-cookie-name"
-        | "session-cookie-max-age" | "session-cookie-expires" | "session-cookie-path"
-        | "session-cookie-domain" | "session-cookie-samesite" | "session-cookie-secure"
-        | "session-cookie-conditional-samesite-none" | "session-cookie-change-on-failure"
-        | "upstream-hash-by" | "upstream-hash-by-subset" | "upstream-hash-by-subset-size"
-        | "load-balance" => "sticky sessions are not in this build: requests are spread round-robin",
+        "upstream-hash-by" | "upstream-hash-by-subset" | "upstream-hash-by-subset-size"
+        | "load-balance" => "hash balancing is not in this build: requests are spread round-robin (affinity: cookie is built)",
         "limit-rate" | "limit-rate-after" => {
             "bandwidth limits are not in this build: responses are sent at full speed"
         }
@@ -180,7 +176,7 @@ fn unsupported(name: &str) -> Option<&'static str> {
             "heim's TLS to backends has fixed suites (TLS 1.2 and 1.3 AEAD, rustls) and no depth limit"
         }
         "disable-proxy-intercept-errors" => "error pages are not in this build",
-        "session-cookie-partitioned" => "sticky sessions are not in this build",
+        "session-cookie-partitioned" => "the Partitioned attribute is not in this build: the affinity cookie is not partitioned",
         "mirror-target" | "mirror-host" | "mirror-request-body" => {
             "request mirroring is not in this build"
         }
@@ -762,6 +758,7 @@ pub fn read(
         && !(cm_get("allow-snippet-annotations") == Some("true")
             && cm_get("annotations-risk-level") == Some("Critical"));
     let mut cors_names: Vec<&str> = Vec::new();
+    let mut affinity_names: Vec<&str> = Vec::new();
     let mut ssl_names: Vec<&str> = Vec::new();
     let mut cors_fallbacks: Vec<(&str, String)> = Vec::new();
     let secs = |v: &str| -> Option<Duration> {
@@ -1471,6 +1468,13 @@ pub fn read(
                     );
                 }
             }
+            "affinity" | "affinity-mode" | "affinity-canary-behavior" | "session-cookie-name"
+            | "session-cookie-max-age" | "session-cookie-expires" | "session-cookie-path"
+            | "session-cookie-domain" | "session-cookie-samesite" | "session-cookie-secure"
+            | "session-cookie-conditional-samesite-none" | "session-cookie-change-on-failure" => {
+                // Read together once the loop is done (they qualify each other).
+                affinity_names.push(name);
+            }
             _ => match unsupported(name) {
                 Some(why) => say(name, Verdict::Unsupported(why.into())),
                 None => say(
@@ -1488,6 +1492,9 @@ pub fn read(
         for name in ssl_names {
             say(name, verdict.clone());
         }
+    }
+    if !affinity_names.is_empty() {
+        o.affinity = affinity(&all, &affinity_names, regex_mode(ingress), &mut say);
     }
     for name in cors_names {
         let verdict = match (&o.cors, cors_fallbacks.iter().find(|(n, _)| *n == name)) {
@@ -1515,6 +1522,116 @@ pub fn read(
         o.policy = Some(Policy::Deny);
     }
     out
+}
+
+/// `affinity: cookie` and its `session-cookie-*`/`affinity-*` names
+/// (`names`, those present), as ingress-nginx's `sessionaffinity` parser
+/// reads them; each gets its verdict.
+fn affinity(
+    all: &BTreeMap<&str, &str>,
+    names: &[&str],
+    regex: bool,
+    say: &mut impl FnMut(&str, Verdict),
+) -> Option<heim_proxy::affinity::Affinity> {
+    use heim_proxy::affinity::{self as aff, Affinity, AffinityMode, SameSite};
+    let on = all.get("affinity").map(|v| v.trim()) == Some("cookie");
+    let mut a = Affinity::new("");
+    let seconds = |v: &str| {
+        v.trim()
+            .parse::<i64>()
+            .ok()
+            .filter(|n| n.unsigned_abs() <= 10 * 365 * 86_400)
+    };
+    for &name in names {
+        let value = all.get(name).copied().unwrap_or("");
+        let v = value.trim();
+        let bad = |what: &str| Verdict::Invalid(format!("{value:?} is not {what}"));
+        let verdict = match name {
+            "affinity" if on => Verdict::Differs(format!(
+                "the cookie's value is heim's own (16 hex digits, a keyed hash of the endpoint), not <hash>|<backend>; both affinity-modes keep a client on its endpoint while it is up; with several heim replicas each pins clients anew{}",
+                if regex && !all.contains_key("session-cookie-path") {
+                    " (use-regex without session-cookie-path: the cookie's path is each pattern's literal prefix, where ingress-nginx warns and uses the pattern)"
+                } else {
+                    ""
+                }
+            )),
+            "affinity" => bad("cookie (the only affinity type): requests are spread round-robin"),
+            _ if !on => Verdict::Ignored("no effect without affinity: cookie (as in ingress-nginx)".into()),
+            "session-cookie-name" if aff::valid_cookie_name(v) => {
+                a.cookie_name = v.to_string();
+                Verdict::Exact
+            }
+            "session-cookie-name" => bad("a cookie name: INGRESSCOOKIE is used"),
+            "session-cookie-path" if aff::valid_path(v) => {
+                a.path = v.to_string();
+                Verdict::Exact
+            }
+            "session-cookie-path" => bad("a URL path: the Ingress path is used"),
+            "session-cookie-domain" if aff::valid_domain(v) => {
+                a.domain = Some(v.to_string());
+                Verdict::Exact
+            }
+            "session-cookie-domain" => bad("a domain: the cookie has no Domain"),
+            "session-cookie-samesite" => match SameSite::parse(v) {
+                Some(s) => {
+                    a.same_site = Some(s);
+                    Verdict::Exact
+                }
+                None => bad("None, Lax or Strict: the cookie has no SameSite"),
+            },
+            "session-cookie-expires" | "session-cookie-max-age" => match seconds(v) {
+                Some(n) => {
+                    if name == "session-cookie-expires" {
+                        a.expires = Some(n);
+                    } else {
+                        a.max_age = Some(n);
+                    }
+                    Verdict::Exact
+                }
+                None => bad("whole seconds (up to ten years): it is left out"),
+            },
+            "session-cookie-secure"
+            | "session-cookie-conditional-samesite-none"
+            | "session-cookie-change-on-failure" => match parse_bool(v) {
+                Some(b) => match name {
+                    "session-cookie-secure" => {
+                        a.secure = b;
+                        Verdict::Exact
+                    }
+                    "session-cookie-conditional-samesite-none" => {
+                        a.conditional_same_site_none = b;
+                        Verdict::Exact
+                    }
+                    _ => {
+                        a.change_on_failure = b;
+                        Verdict::Differs(
+                            "heim never resends a request an endpoint received: when the cookie's endpoint fails to connect or is ejected, another serves the request, and the cookie follows it only with true".into(),
+                        )
+                    }
+                },
+                None => bad("a boolean: false"),
+            },
+            "affinity-mode" => match v {
+                "balanced" | "persistent" => {
+                    a.mode = if v == "balanced" {
+                        AffinityMode::Balanced
+                    } else {
+                        AffinityMode::Persistent
+                    };
+                    Verdict::Differs(
+                        "both keep a client on its endpoint while it is up (persistent): on scale-up, only new clients reach the new endpoints".into(),
+                    )
+                }
+                _ => bad("balanced or persistent: balanced"),
+            },
+            // "affinity-canary-behavior", read from the canary Ingress.
+            _ => Verdict::Ignored(
+                "ingress-nginx reads it from the canary Ingress; heim's canaries behave as sticky (a client pinned to either backend stays there)".into(),
+            ),
+        };
+        say(name, verdict);
+    }
+    on.then_some(a)
 }
 
 fn field_name(f: IdentityField) -> &'static str {
@@ -1619,6 +1736,127 @@ mod tests {
             .find(|(n, _)| n == &format!("{PREFIX}{name}"))
             .unwrap_or_else(|| panic!("no verdict for {name}: {v:?}"))
             .1
+    }
+
+    fn sticky(annotations: &[(&str, &str)]) -> (IngressOptions, Vec<(String, Verdict)>) {
+        let mut o = IngressOptions::default();
+        let v = read(&ingress(annotations), false, &snap(), &mut o);
+        (o, v)
+    }
+
+    #[test]
+    fn should_set_sticky_cookie_serverid() {
+        let (o, v) = sticky(&[("affinity", "cookie"), ("session-cookie-name", "SERVERID")]);
+        let a = o.affinity.expect("affinity: cookie is built");
+        assert_eq!(a.cookie_name, "SERVERID");
+        assert_eq!(a.path, "", "each route's path, filled in per route");
+        assert!(matches!(verdict(&v, "affinity"), Verdict::Differs(_)));
+        assert_eq!(*verdict(&v, "session-cookie-name"), Verdict::Exact);
+        let (o, _) = sticky(&[("affinity", "cookie")]);
+        assert_eq!(o.affinity.unwrap().cookie_name, "INGRESSCOOKIE");
+    }
+
+    #[test]
+    fn should_set_cookie_with_expires_domain_secure_samesite() {
+        let (o, v) = sticky(&[
+            ("affinity", "cookie"),
+            ("session-cookie-expires", "172800"),
+            ("session-cookie-max-age", "259200"),
+            ("session-cookie-domain", "foo.bar"),
+            ("session-cookie-secure", "true"),
+            ("session-cookie-samesite", "None"),
+            ("session-cookie-conditional-samesite-none", "true"),
+            ("session-cookie-change-on-failure", "true"),
+            ("session-cookie-path", "/foo/bar"),
+            ("affinity-mode", "persistent"),
+        ]);
+        let a = o.affinity.unwrap();
+        assert_eq!((a.expires, a.max_age), (Some(172_800), Some(259_200)));
+        assert_eq!(a.domain.as_deref(), Some("foo.bar"));
+        assert!(a.secure && a.conditional_same_site_none && a.change_on_failure);
+        assert_eq!(a.same_site, Some(heim_proxy::affinity::SameSite::None));
+        assert_eq!(a.path, "/foo/bar");
+        assert_eq!(a.mode, heim_proxy::affinity::AffinityMode::Persistent);
+        for name in [
+            "session-cookie-expires",
+            "session-cookie-domain",
+            "session-cookie-path",
+        ] {
+            assert_eq!(*verdict(&v, name), Verdict::Exact, "{name}");
+        }
+        assert!(
+            v.iter().all(|(_, v)| !matches!(v, Verdict::Unsupported(_))),
+            "{v:?}"
+        );
+    }
+
+    #[test]
+    fn should_not_set_cookie_without_domain_annotation() {
+        let (o, _) = sticky(&[("affinity", "cookie")]);
+        let a = o.affinity.unwrap();
+        assert_eq!(a.domain, None);
+        assert!(!a.secure && a.same_site.is_none() && a.expires.is_none() && a.max_age.is_none());
+    }
+
+    #[test]
+    fn sticky_values_that_do_not_parse_are_left_out() {
+        let (o, v) = sticky(&[
+            ("affinity", "cookie"),
+            ("session-cookie-name", "bad name"),
+            ("session-cookie-domain", "foo.bar; Secure"),
+            ("session-cookie-path", "/a; Domain=evil"),
+            ("session-cookie-samesite", "sometimes"),
+            ("session-cookie-max-age", "1h"),
+            ("affinity-mode", "random"),
+        ]);
+        let a = o.affinity.unwrap();
+        assert_eq!(a.cookie_name, "INGRESSCOOKIE");
+        assert_eq!(
+            (a.domain, a.path.as_str(), a.same_site, a.max_age),
+            (None, "", None, None)
+        );
+        for name in [
+            "session-cookie-name",
+            "session-cookie-domain",
+            "session-cookie-path",
+            "session-cookie-samesite",
+            "session-cookie-max-age",
+            "affinity-mode",
+        ] {
+            assert!(matches!(verdict(&v, name), Verdict::Invalid(_)), "{name}");
+        }
+    }
+
+    #[test]
+    fn session_cookie_names_without_affinity_cookie_do_nothing() {
+        let (o, v) = sticky(&[("session-cookie-name", "SERVERID")]);
+        assert_eq!(o.affinity, None);
+        assert!(matches!(
+            verdict(&v, "session-cookie-name"),
+            Verdict::Ignored(_)
+        ));
+        let (o, v) = sticky(&[("affinity", "ip"), ("session-cookie-name", "SERVERID")]);
+        assert_eq!(o.affinity, None);
+        assert!(matches!(verdict(&v, "affinity"), Verdict::Invalid(_)));
+    }
+
+    #[test]
+    fn should_warn_user_when_use_regex_is_true_and_session_cookie_path_is_not_set() {
+        let (o, v) = sticky(&[("affinity", "cookie"), ("use-regex", "true")]);
+        assert!(o.affinity.is_some());
+        match verdict(&v, "affinity") {
+            Verdict::Differs(why) => assert!(why.contains("session-cookie-path"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        let (_, v) = sticky(&[
+            ("affinity", "cookie"),
+            ("use-regex", "true"),
+            ("session-cookie-path", "/foo/bar"),
+        ]);
+        match verdict(&v, "affinity") {
+            Verdict::Differs(why) => assert!(!why.contains("use-regex"), "{why}"),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

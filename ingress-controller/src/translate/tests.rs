@@ -135,6 +135,7 @@ fn route(name: &str, host: Option<&str>, path: &str, path_type: PathMatch, port:
         request_headers: Vec::new(),
         response_headers: Vec::new(),
         error_backend: None,
+        affinity: None,
     }
 }
 

@@ -1,7 +1,8 @@
 //! Forwarding: send a prepared request to one of a route's upstream
 //! endpoints and hand back its response.
 //!
-//! Endpoints are chosen round-robin (`upstream`). A request that never left
+//! Endpoints are chosen round-robin (`upstream`), or a sticky session's
+//! endpoint first while it is not ejected ([`forward_to`]). A request that never left
 //! heim is tried again elsewhere: after a failed connect (the endpoint is
 //! reported, and ejected), or when a pooled keep-alive connection turns out
 //! to be closed (hyper gives the unsent request back). A request that was
@@ -86,6 +87,17 @@ pub async fn forward(
     group: &UpstreamGroup,
     metrics: &Metrics,
 ) -> Result<(Response<ProxyBody>, usize), ProxyError> {
+    forward_to(out, group, None, metrics).await
+}
+
+/// [`forward`], trying endpoint `preferred` first (a sticky session's):
+/// after it fails, or when it is ejected, the others round-robin.
+pub async fn forward_to(
+    out: Outgoing,
+    group: &UpstreamGroup,
+    preferred: Option<usize>,
+    metrics: &Metrics,
+) -> Result<(Response<ProxyBody>, usize), ProxyError> {
     let Outgoing { mut request, sent } = out;
     if group.tls.is_some() && group.protocol == UpstreamProtocol::H2c {
         https_scheme(&mut request);
@@ -94,7 +106,7 @@ pub async fn forward(
     let mut n_tried = 0;
     let mut last = ProxyError::NoUpstream;
     while n_tried < MAX_ENDPOINTS_TRIED {
-        let Some(i) = group.pick(&tried[..n_tried]) else {
+        let Some(i) = group.pick_preferred(preferred, &tried[..n_tried]) else {
             break;
         };
         let ep = &group.endpoints[i];
@@ -414,16 +426,20 @@ async fn tls_handshake(
 
 /// Relays a WebSocket upgrade on a fresh connection; once the upstream
 /// answers 101, the two connections are spliced. The spliced pair counts as
-/// an open connection until it closes.
+/// an open connection until it closes. `preferred`: a sticky session's
+/// endpoint, unless ejected.
 pub async fn forward_upgrade(
     req: Request<UpstreamBody>,
     client_upgrade: OnUpgrade,
     group: &UpstreamGroup,
+    preferred: Option<usize>,
     shared: &Arc<Shared>,
     reauth: crate::auth::Reauth,
 ) -> Result<(Response<ProxyBody>, usize), ProxyError> {
     let metrics = &shared.metrics;
-    let i = group.pick(&[]).ok_or(ProxyError::NoUpstream)?;
+    let i = group
+        .pick_preferred(preferred, &[])
+        .ok_or(ProxyError::NoUpstream)?;
     let ep = &group.endpoints[i];
     let mut sender = open_http1(ep, group, metrics, true)
         .await
