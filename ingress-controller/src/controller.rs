@@ -84,6 +84,7 @@ fn settings_of(config: &Config, opts: &Options) -> Settings {
         default_policy: config.ingress.default_policy,
         nginx_default_policy: config.ingress.nginx_default_policy,
         interpret_snippets: config.ingress.nginx_interpret_snippets,
+        ssl_passthrough: opts.enable_ssl_passthrough,
         have_auth: config.auth.is_some(),
         allow_external_name: config.ingress.allow_external_name,
     }

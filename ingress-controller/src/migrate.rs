@@ -144,6 +144,7 @@ pub fn report(snap: &Snapshot, m: &Migrate, from_cluster: bool) -> Value {
             _ => DefaultPolicy::Deny,
         },
         interpret_snippets: m.interpret_snippets,
+        ssl_passthrough: true,
         have_auth: m.with_sign_in,
         allow_external_name: false,
     };

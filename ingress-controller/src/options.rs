@@ -67,6 +67,12 @@ pub struct Options {
     #[arg(long, value_name = "NAMESPACE/NAME", value_parser = parse_key)]
     pub config_map: Option<ObjKey>,
 
+    /// Serve `ssl-passthrough` Ingresses by splicing their hosts' TLS to
+    /// the pod unopened (ingress-nginx's flag of the same name; without
+    /// it the annotation has no effect, as there).
+    #[arg(long)]
+    pub enable_ssl_passthrough: bool,
+
     /// ingress-nginx's ConfigMap: the cluster-wide keys its Ingresses rely
     /// on (`proxy-body-size`, `ssl-redirect`, `hsts*`,
     /// `allow-snippet-annotations`, `annotations-risk-level`,

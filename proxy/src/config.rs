@@ -1686,6 +1686,7 @@ impl Cx<'_> {
             response_headers: Vec::new(),
             error_backend: None,
             affinity: None,
+            tls_passthrough: false,
         })
     }
 }

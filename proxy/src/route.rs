@@ -259,6 +259,10 @@ pub struct RouteSpec {
     pub error_backend: Option<Arc<ErrorBackend>>,
     /// ingress-nginx's `affinity: cookie`: sticky sessions by cookie.
     pub affinity: Option<Arc<crate::affinity::Affinity>>,
+    /// ingress-nginx's `ssl-passthrough` (on the host's `/` route): TLS
+    /// for the host is spliced unopened to the upstream; only for a public
+    /// route (heim cannot check who is behind a connection it never opens).
+    pub tls_passthrough: bool,
 }
 
 /// ingress-nginx's `default-backend` (it serves the route's requests while
@@ -517,6 +521,8 @@ pub struct RouteTable {
     any_host: Option<HostRoutes>,
     /// Routes in the table.
     len: usize,
+    /// Some route is a TLS passthrough: `listen` reads ClientHellos first.
+    passthrough: bool,
 }
 
 impl RouteTable {
@@ -622,8 +628,12 @@ impl RouteTable {
                     None => table.exact_hosts.entry(h.to_string()).or_default(),
                 },
             };
+            let passthrough = route.spec.tls_passthrough;
             match slot.insert(route.clone()) {
-                Ok(()) => table.len += 1,
+                Ok(()) => {
+                    table.len += 1;
+                    table.passthrough |= passthrough;
+                }
                 Err(first) => dups.push(DuplicateRoute {
                     first: first.spec.name.clone(),
                     second: route.spec.name.clone(),
@@ -649,6 +659,19 @@ impl RouteTable {
             .get(host)
             .or_else(|| self.wildcard_hosts.get(wildcard_suffix(host)?))
             .or(self.any_host.as_ref())
+    }
+
+    /// True when some route is a TLS passthrough.
+    pub fn has_passthrough(&self) -> bool {
+        self.passthrough
+    }
+
+    /// The TLS passthrough route of `host` (a ClientHello's server name):
+    /// its `/` route, when that is a public passthrough to upstreams.
+    pub fn passthrough(&self, host: &str) -> Option<&Arc<Route>> {
+        self.lookup(host, "/").filter(|r| {
+            r.spec.tls_passthrough && r.spec.policy == Policy::Public && r.upstream.is_some()
+        })
     }
 
     /// The route for a normalised host (lowercase, no port) and path.
@@ -917,6 +940,7 @@ mod tests {
             response_headers: Vec::new(),
             error_backend: None,
             affinity: None,
+            tls_passthrough: false,
         }
     }
 

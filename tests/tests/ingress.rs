@@ -1244,8 +1244,9 @@ async fn ingress_nginx_ingresses_are_taken_over() {
 /// verdict, `auth-response-headers` over a client's forged copy, the
 /// sign-in redirect with `rd`), CORS (preflight 204, the Origin echoed, a
 /// foreign Origin gets nothing), a canary by header, `limit-rps` (503),
-/// `denylist-source-range` (403), and the implicit root location carrying
-/// the oldest Ingress's redirect.
+/// `denylist-source-range` (403), `custom-http-errors` and
+/// `default-backend`, and the implicit root location carrying the oldest
+/// Ingress's redirect.
 #[tokio::test]
 async fn ingress_nginx_access_annotations() {
     let w = world("ingress-nginx-access").await;
@@ -1337,6 +1338,18 @@ async fn ingress_nginx_access_annotations() {
             "denied.apps.test",
             "web",
             json!({ n("denylist-source-range"): "127.0.0.0/8" }),
+        ),
+        (
+            "pages",
+            "pages.apps.test",
+            "api",
+            json!({ n("default-backend"): "web", n("custom-http-errors"): "404,503" }),
+        ),
+        (
+            "idle",
+            "idle.apps.test",
+            "missing",
+            json!({ n("default-backend"): "web" }),
         ),
     ] {
         apply(&w.cp, &ingress(name, Some("nginx"), host, svc, annotations)).await;
@@ -1540,6 +1553,41 @@ async fn ingress_nginx_access_annotations() {
     // The test client is on 127.0.0.1: denied.
     until(&client, &heim, "denied.apps.test", "/", (403, "")).await;
 
+    // custom-http-errors: api's 404 is replaced by the default backend's
+    // answer, told what happened; other statuses pass. A Service without
+    // endpoints is served by the default backend.
+    until(&client, &heim, "pages.apps.test", "/", (200, "api")).await;
+    let r = client
+        .request(
+            heim.https,
+            send(
+                "pages.apps.test",
+                "/status/404?x=1",
+                &[("accept", "application/json")],
+                "GET",
+            ),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.status, r.headers["x-upstream"].to_str().unwrap()),
+        (404, "web")
+    );
+    let seen = &r.json()["headers"];
+    assert_eq!(seen["x-code"][0], "404", "{seen}");
+    assert_eq!(seen["x-original-uri"][0], "/status/404?x=1");
+    assert_eq!(seen["x-format"][0], "application/json");
+    assert_eq!(seen["x-ingress-name"][0], "pages");
+    let r = client
+        .get(heim.https, "pages.apps.test", "/status/418")
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.status, r.headers["x-upstream"].to_str().unwrap()),
+        (418, "api")
+    );
+    until(&client, &heim, "idle.apps.test", "/", (200, "web")).await;
+
     // The implicit root: paths no Ingress names are redirected as well.
     until(&client, &heim, "gone.apps.test", "/other", (301, "")).await;
     let r = client
@@ -1547,4 +1595,130 @@ async fn ingress_nginx_access_annotations() {
         .await
         .unwrap();
     assert_eq!(r.headers["location"], "https://new.apps.test/");
+}
+
+/// A TLS backend in the test namespace: a certificate for `names` from the
+/// test CA, answering every request with `x-upstream: <name>`.
+fn tls_backend(
+    listener: std::net::TcpListener,
+    pki: &Pki,
+    name: &'static str,
+    names: &[&str],
+) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    use rustls::pki_types::pem::PemObject;
+    pki.leaf(name, names);
+    let certs: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_file_iter(pki.dir.join(format!("{name}.pem")))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+    let key =
+        rustls::pki_types::PrivateKeyDer::from_pem_file(pki.dir.join(format!("{name}-key.pem")))
+            .unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    listener.set_nonblocking(true).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+    let task = tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let svc = hyper::service::service_fn(move |_req| async move {
+                    Ok::<_, std::convert::Infallible>(
+                        http::Response::builder()
+                            .header("x-upstream", name)
+                            .body(heim_e2e::Body::from("end to end"))
+                            .unwrap(),
+                    )
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, task)
+}
+
+/// ingress-nginx's `ssl-passthrough` (with `--enable-ssl-passthrough`, as
+/// there): the client's TLS goes through heim unopened to the pod, whose
+/// own certificate answers; without the flag the annotation does nothing
+/// (ingress-nginx's behaviour), and other hosts are still heim's.
+#[tokio::test]
+async fn ingress_nginx_ssl_passthrough() {
+    let w = world("ingress-nginx-passthrough").await;
+    expect(
+        "IngressClass nginx",
+        w.cp.create(
+            "/apis/networking.k8s.io/v1/ingressclasses",
+            &json!({ "apiVersion": "networking.k8s.io/v1", "kind": "IngressClass",
+                     "metadata": { "name": "nginx" }, "spec": { "controller": "k8s.io/ingress-nginx" } }),
+        )
+        .await
+        .unwrap(),
+        &[201],
+    );
+    settings(&w.cp, "[ingress_nginx]\ndefault_policy = \"public\"\n").await;
+    let (pod, _pod_task) = tls_backend(
+        w._netns.listen(0).unwrap(),
+        &w.pki,
+        "pod-tls",
+        &["pt.apps.test"],
+    );
+    service(&w.cp, "pod-tls", pod).await;
+    let n = |k: &str| format!("nginx.ingress.kubernetes.io/{k}");
+    let mut pt = ingress(
+        "pt",
+        Some("nginx"),
+        "pt.apps.test",
+        "pod-tls",
+        json!({ n("ssl-passthrough"): "true" }),
+    );
+    // A passthrough Ingress needs no TLS section of its own.
+    pt["spec"].as_object_mut().unwrap().remove("tls");
+    apply(&w.cp, &pt).await;
+    apply(
+        &w.cp,
+        &ingress("plain", Some("nginx"), "plain.apps.test", "web", json!({})),
+    )
+    .await;
+    let heim = controller(
+        &w,
+        &[
+            "--controller-class=k8s.io/ingress-nginx",
+            "--ingress-class=nginx",
+            "--enable-ssl-passthrough",
+        ],
+    );
+    let client = Client::new(&w.pki.ca_der);
+    until(&client, &heim, "plain.apps.test", "/", (200, "web")).await;
+    until(&client, &heim, "pt.apps.test", "/", (200, "pod-tls")).await;
+    let r = client.get(heim.https, "pt.apps.test", "/x").await.unwrap();
+    assert_eq!(String::from_utf8_lossy(&r.body), "end to end");
+    drop(heim);
+
+    // Without --enable-ssl-passthrough: heim terminates TLS for the host,
+    // and speaks plain HTTP to a pod that wants TLS (ingress-nginx did the
+    // same): never the pod's answer.
+    let heim = controller(
+        &w,
+        &[
+            "--controller-class=k8s.io/ingress-nginx",
+            "--ingress-class=nginx",
+        ],
+    );
+    until(&client, &heim, "plain.apps.test", "/", (200, "web")).await;
+    let (status, who) = get(&client, &heim, "pt.apps.test", "/").await;
+    assert_ne!(who, "pod-tls", "{status}");
 }

@@ -59,6 +59,8 @@ pub struct Settings {
     pub nginx_default_policy: DefaultPolicy,
     /// `[ingress_nginx] interpret_snippets`.
     pub interpret_snippets: bool,
+    /// `--enable-ssl-passthrough`: `ssl-passthrough` Ingresses are spliced.
+    pub ssl_passthrough: bool,
     /// `[auth]` is configured (allow rules can admit someone).
     pub have_auth: bool,
     /// `[ingress] allow_external_name`.
@@ -151,6 +153,8 @@ pub struct IngressOptions {
     /// `affinity: cookie` and `session-cookie-*`; an empty `path` (no
     /// `session-cookie-path`) is each route's Ingress path.
     pub affinity: Option<heim_proxy::affinity::Affinity>,
+    /// `ssl-passthrough` (served with `--enable-ssl-passthrough` only).
+    pub tls_passthrough: bool,
     /// Annotations understood but not acted on in this build (annotation,
     /// why): an Event each, nothing else changes.
     pub unsupported: Vec<(String, String)>,
@@ -911,6 +915,7 @@ fn redirect_route(
         response_headers: Vec::new(),
         error_backend: None,
         affinity: None,
+        tls_passthrough: false,
     }
 }
 
@@ -1035,6 +1040,7 @@ impl Ctx<'_> {
             response_headers: o.response_headers.clone(),
             error_backend: None,
             affinity,
+            tls_passthrough: o.tls_passthrough && self.settings.ssl_passthrough,
         }
     }
 

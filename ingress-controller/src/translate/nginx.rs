@@ -166,9 +166,6 @@ fn unsupported(name: &str) -> Option<&'static str> {
         | "proxy-redirect-from" | "proxy-redirect-to" => {
             "header and name rewriting is not in this build: requests and responses pass as they are"
         }
-        "ssl-passthrough" => {
-            "TLS passthrough is not in this build: heim terminates TLS for the host and proxies HTTP"
-        }
         "proxy-next-upstream" | "proxy-next-upstream-tries" | "proxy-next-upstream-timeout" => {
             "heim retries only requests that never reached an endpoint, on the next one, up to 3"
         }
@@ -1026,6 +1023,25 @@ pub fn read(
                     ),
                 }
             }
+            "ssl-passthrough" => match parse_bool(value) {
+                Some(on) => {
+                    o.tls_passthrough = on;
+                    say(
+                        name,
+                        if on {
+                            Verdict::Differs(
+                                "with --enable-ssl-passthrough (as in ingress-nginx): the host's TLS goes to the pod unopened, for a public route only; HTTP on port 80 is still proxied".into(),
+                            )
+                        } else {
+                            Verdict::Ignored("off".into())
+                        },
+                    );
+                }
+                None => say(
+                    name,
+                    Verdict::Invalid(format!("{value:?} is not a boolean: heim terminates TLS")),
+                ),
+            },
             "service-upstream" => match parse_bool(value) {
                 Some(on) => {
                     o.service_upstream = on;

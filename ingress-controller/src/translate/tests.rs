@@ -40,6 +40,7 @@ fn settings() -> Settings {
         default_policy: DefaultPolicy::Deny,
         nginx_default_policy: DefaultPolicy::Deny,
         interpret_snippets: false,
+        ssl_passthrough: false,
         have_auth: true,
         allow_external_name: false,
     }
@@ -136,6 +137,7 @@ fn route(name: &str, host: Option<&str>, path: &str, path_type: PathMatch, port:
         response_headers: Vec::new(),
         error_backend: None,
         affinity: None,
+        tls_passthrough: false,
     }
 }
 

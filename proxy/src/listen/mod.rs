@@ -202,6 +202,18 @@ async fn serve_connection(
         let ctx = Rc::new(ConnCtx::new(shared.clone(), remote, local, None));
         return serve_http1(tcp, ctx, &settings, drain, true).await;
     };
+    // ingress-nginx's ssl-passthrough: a ClientHello for a passthrough host
+    // goes to its pod unopened (only read when some route asks for it).
+    let routes = shared.routes.load_full();
+    if routes.has_passthrough() {
+        let name = passthrough::peek_server_name(&tcp, settings.handshake_timeout).await;
+        if let Some(route) = name.as_deref().and_then(|n| routes.passthrough(n)) {
+            let route = route.clone();
+            drop(routes);
+            return passthrough::splice(tcp, &route, remote).await;
+        }
+    }
+    drop(routes);
     // Boxed, like everything large and short-lived here: this task lives as
     // long as the connection, idle or not, and is as large as its largest state.
     let handshake = Box::pin(tokio::time::timeout(
