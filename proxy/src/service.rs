@@ -210,6 +210,9 @@ struct Outcome {
     slot: Option<crate::limit::ConnGuard>,
     /// The request went to the route's canary backend.
     canary: bool,
+    /// The client's request target, kept for a route's error pages
+    /// (`X-Original-URI`) before `rewrite` changes it.
+    original_uri: Option<Uri>,
 }
 
 /// hyper's entry point: one request, one response, never an error.
@@ -248,6 +251,7 @@ pub async fn handle(
         error: None,
         slot: None,
         canary: false,
+        original_uri: None,
     };
     // For CORS, which answers every response of its routes (heim's own too).
     let mut origins = HeaderMap::new();
@@ -479,6 +483,9 @@ async fn serve(
         rewritten,
         ..parsed
     };
+    if route.spec.error_backend.is_some() {
+        out.original_uri = Some(req.uri().clone());
+    }
     // The canary is chosen by what the client sent (nginx's `$http_*`),
     // before heim's rewrite or an auth service's headers.
     out.canary = route
@@ -534,8 +541,9 @@ async fn serve(
 }
 
 /// ingress-nginx's `custom-http-errors`: the error backend's answer to a
-/// GET (a HEAD stays one) of the request's URI, told what happened in the
-/// headers ingress-nginx's default backends read.
+/// GET (a HEAD stays one) of `/`, told what happened in the headers
+/// ingress-nginx's default backends read (`X-Original-URI` is the
+/// client's request target).
 async fn custom_error(
     eb: &crate::route::ErrorBackend,
     errors: &crate::upstream::UpstreamGroup,
@@ -549,7 +557,8 @@ async fn custom_error(
     let original = uri
         .path_and_query()
         .and_then(|p| HeaderValue::from_str(p.as_str()).ok());
-    *req.uri_mut() = uri;
+    // As ingress-nginx's error location (`rewrite (.*) / break`).
+    *req.uri_mut() = Uri::from_static("/");
     let h = req.headers_mut();
     if let Some(host) = host {
         h.insert(HOST, host);
@@ -1089,7 +1098,9 @@ async fn backend(
         .map(|_| {
             (
                 parts.method == Method::HEAD,
-                parts.uri.clone(),
+                out.original_uri
+                    .clone()
+                    .unwrap_or_else(|| parts.uri.clone()),
                 parts.headers.get(http::header::HOST).cloned(),
                 parts.headers.get(http::header::ACCEPT).cloned(),
             )

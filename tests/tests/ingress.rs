@@ -1569,10 +1569,12 @@ async fn ingress_nginx_access_annotations() {
         )
         .await
         .unwrap();
+    // The error backend's own status (web answers 200 for `/`).
     assert_eq!(
         (r.status, r.headers["x-upstream"].to_str().unwrap()),
-        (404, "web")
+        (200, "web")
     );
+    assert_eq!(r.json()["uri"], "/", "as ingress-nginx's error location");
     let seen = &r.json()["headers"];
     assert_eq!(seen["x-code"][0], "404", "{seen}");
     assert_eq!(seen["x-original-uri"][0], "/status/404?x=1");

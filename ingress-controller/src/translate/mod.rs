@@ -515,7 +515,11 @@ impl Translator {
                 };
                 let field = || format!("metadata.annotations[{}default-backend]", nginx::PREFIX);
                 match ctx.backend(&b, &field) {
-                    Ok(backend) => {
+                    Ok(mut backend) => {
+                        // ingress-nginx's error locations proxy plain
+                        // HTTP/1.1, whatever the Ingress's backend-protocol.
+                        backend.protocol = UpstreamProtocol::Http1;
+                        backend.tls = None;
                         let eb = Arc::new(heim_proxy::route::ErrorBackend {
                             backend,
                             codes: options.custom_http_errors.clone(),
@@ -1033,8 +1037,10 @@ impl Ctx<'_> {
             denied_ranges: o.denied_ranges.clone(),
             canary: None,
             cors: o.cors.clone(),
-            basic_auth: o.basic_auth.clone(),
-            external_auth: o.external_auth.clone(),
+            // ingress-nginx's `no-auth-locations`: ACME's HTTP-01 path is
+            // never behind basic auth or an auth service.
+            basic_auth: o.basic_auth.clone().filter(|_| !acme_solver),
+            external_auth: o.external_auth.clone().filter(|_| !acme_solver),
             rate_limit: o.rate_limit.clone(),
             request_headers: o.request_headers.clone(),
             response_headers: o.response_headers.clone(),

@@ -172,7 +172,6 @@ fn unsupported(name: &str) -> Option<&'static str> {
         "proxy-ssl-ciphers" | "proxy-ssl-protocols" | "proxy-ssl-verify-depth" => {
             "heim's TLS to backends has fixed suites (TLS 1.2 and 1.3 AEAD, rustls) and no depth limit"
         }
-        "disable-proxy-intercept-errors" => "error pages are not in this build",
         "session-cookie-partitioned" => "the Partitioned attribute is not in this build: the affinity cookie is not partitioned",
         "mirror-target" | "mirror-host" | "mirror-request-body" => {
             "request mirroring is not in this build"
@@ -337,7 +336,9 @@ fn configmap_defaults(
         };
         match heim_proxy::auth::external::ExternalAuth::from_nginx(&a) {
             Ok(ext)
-                if get("global-auth-snippet").is_none() && !client_chooses_host(url, ingress) =>
+                if get("global-auth-snippet").is_none()
+                    && get("global-auth-proxy-set-headers").is_none()
+                    && !client_chooses_host(url, ingress) =>
             {
                 o.external_auth = Some(Arc::new(ext));
             }
@@ -421,6 +422,12 @@ fn proxy_ssl(
         }
     };
     let get = |k: &str| data.as_ref().and_then(|d| d.get(k)).map(|b| b.0.as_slice());
+    if verify && tls.server_name.is_none() {
+        *fail_closed = true;
+        return Verdict::Invalid(
+            "proxy-ssl-verify is on without proxy-ssl-name: ingress-nginx then checks an internal upstream name no certificate carries (every request fails); give the name to check: the Ingress answers 403".into(),
+        );
+    }
     if verify && data.is_none() {
         *fail_closed = true;
         return Verdict::Invalid("proxy-ssl-verify is on without a proxy-ssl-secret holding ca.crt: the Ingress answers 403".into());
@@ -751,12 +758,17 @@ pub fn read(
     // `annotations-risk-level: Critical`; both off by default since 1.12).
     let cm = snap.nginx_configmap.as_ref();
     let cm_get = |k: &str| cm.and_then(|c| c.get(k)).map(|v| v.trim());
-    let snippets_had_no_effect = cm.is_some()
-        && !(cm_get("allow-snippet-annotations") == Some("true")
-            && cm_get("annotations-risk-level") == Some("Critical"));
+    // Only the one case where ingress-nginx served the Ingress and dropped
+    // the snippet: risk level Critical, snippets not allowed. Below
+    // Critical it refused the whole Ingress, and an older ingress-nginx
+    // allowed snippets by default: those stay refused here (a snippet
+    // that guarded access closes the Ingress).
+    let snippets_had_no_effect = cm_get("annotations-risk-level") == Some("Critical")
+        && cm_get("allow-snippet-annotations").and_then(parse_bool) == Some(false);
     let mut cors_names: Vec<&str> = Vec::new();
     let mut affinity_names: Vec<&str> = Vec::new();
     let mut ssl_names: Vec<&str> = Vec::new();
+    let mut disable_intercept = false;
     let mut cors_fallbacks: Vec<(&str, String)> = Vec::new();
     let secs = |v: &str| -> Option<Duration> {
         v.trim()
@@ -996,6 +1008,16 @@ pub fn read(
                 o.default_backend = Some(value.trim().to_string()).filter(|v| !v.is_empty());
                 say(name, Verdict::Exact);
             }
+            "disable-proxy-intercept-errors" => match parse_bool(value) {
+                Some(off) => {
+                    disable_intercept = off;
+                    say(name, Verdict::Exact);
+                }
+                None => say(
+                    name,
+                    Verdict::Invalid(format!("{value:?} is not a boolean: errors are intercepted")),
+                ),
+            },
             "custom-http-errors" => {
                 let codes: Result<Vec<u16>, _> = value
                     .split(',')
@@ -1500,9 +1522,6 @@ pub fn read(
             },
         }
     }
-    if let Some(cm) = cm {
-        configmap_defaults(ingress, cm, &all, o, &mut fail_closed);
-    }
     if !ssl_names.is_empty() {
         let verdict = proxy_ssl(ingress, &all, snap, o, &mut fail_closed);
         for name in ssl_names {
@@ -1522,17 +1541,24 @@ pub fn read(
         };
         say(name, verdict);
     }
-    // Basic auth or an auth service decides who passes; heim's own rules,
-    // if the Ingress states them, apply on top.
-    if (o.basic_auth.is_some() || o.external_auth.is_some()) && o.policy.is_none() {
-        o.policy = Some(Policy::Public);
-    }
     // heim.dev/ssl-redirect wins; force-ssl-redirect wins over ssl-redirect.
     if o.https_redirect.is_none() {
         o.https_redirect = match (force_redirect, ssl_redirect) {
             (Some(true), _) => Some(true),
             (_, s) => s,
         };
+    }
+    if disable_intercept {
+        o.custom_http_errors.clear();
+    }
+    // The ConfigMap fills in what the annotations left unsaid.
+    if let Some(cm) = cm {
+        configmap_defaults(ingress, cm, &all, o, &mut fail_closed);
+    }
+    // Basic auth or an auth service decides who passes; heim's own rules,
+    // if the Ingress states them, apply on top.
+    if (o.basic_auth.is_some() || o.external_auth.is_some()) && o.policy.is_none() {
+        o.policy = Some(Policy::Public);
     }
     if fail_closed {
         o.policy = Some(Policy::Deny);
@@ -2337,6 +2363,8 @@ mod tests {
                 ("hsts-max-age", "60"),
                 ("hsts-include-subdomains", "false"),
                 ("global-auth-url", "http://auth.example.svc/verify"),
+                ("annotations-risk-level", "Critical"),
+                ("allow-snippet-annotations", "false"),
             ]
             .into_iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -2375,5 +2403,32 @@ mod tests {
         );
         assert_eq!(o.max_body_bytes, Some(1024));
         assert!(o.external_auth.is_none());
+        // The annotations' redirect wins over the ConfigMap's.
+        let mut o = IngressOptions::default();
+        read(
+            &ingress(&[("force-ssl-redirect", "true")]),
+            true,
+            &snap,
+            &mut o,
+        );
+        assert_eq!(o.https_redirect, Some(true));
+        // Below risk level Critical ingress-nginx refused the whole
+        // Ingress; an older one ran snippets: a guarding one closes it.
+        for key in ["annotations-risk-level", "allow-snippet-annotations"] {
+            let mut snap = snap.clone();
+            snap.nginx_configmap.as_mut().unwrap().remove(key);
+            let mut o = IngressOptions::default();
+            let v = read(
+                &ingress(&[("configuration-snippet", "deny all;")]),
+                true,
+                &snap,
+                &mut o,
+            );
+            assert!(
+                matches!(verdict(&v, "configuration-snippet"), Verdict::Refused(_)),
+                "{key}"
+            );
+            assert_eq!(o.policy, Some(Policy::Deny), "{key}");
+        }
     }
 }

@@ -681,6 +681,10 @@ pub fn apply(
     let Some((_, verdict)) = verdicts.iter_mut().find(|(k, _)| *k == key) else {
         return;
     };
+    // A snippet that had no effect in ingress-nginx gets none here.
+    if !matches!(verdict, Verdict::Refused(_)) {
+        return;
+    }
     let actions = match interpret(text) {
         Ok(actions) => actions,
         Err(why) => {
