@@ -14,8 +14,9 @@
 //!
 //! ingress-nginx matches the pattern with PCRE, unanchored; heim with the
 //! linear-time `regex` crate, unanchored: a pattern that does not compile
-//! there is refused by the source, so none fails at request time. Sticky
-//! sessions are not built, so affinity cookies decide nothing.
+//! there is refused by the source, so none fails at request time. A
+//! request whose affinity cookie names a mainline or canary endpoint goes
+//! there first (`affinity-canary-behavior: sticky`, in `service::backend`).
 
 use std::cell::Cell;
 

@@ -165,6 +165,21 @@ async fn apply(cp: &ControlPlane, object: &Value) {
     );
 }
 
+/// ingress-nginx's IngressClass, as its Helm chart makes it.
+async fn nginx_class(cp: &ControlPlane) {
+    expect(
+        "IngressClass nginx",
+        cp.create(
+            "/apis/networking.k8s.io/v1/ingressclasses",
+            &json!({ "apiVersion": "networking.k8s.io/v1", "kind": "IngressClass",
+                     "metadata": { "name": "nginx" }, "spec": { "controller": "k8s.io/ingress-nginx" } }),
+        )
+        .await
+        .unwrap(),
+        &[201],
+    );
+}
+
 /// heim's settings as the ConfigMap `heim/settings` holds them.
 async fn settings(cp: &ControlPlane, extra: &str) {
     let text = format!(
@@ -914,17 +929,7 @@ async fn deploy_applies_and_its_rbac_is_enough() {
 #[tokio::test]
 async fn ingress_nginx_ingresses_are_taken_over() {
     let w = world("ingress-nginx-takeover").await;
-    expect(
-        "IngressClass nginx",
-        w.cp.create(
-            "/apis/networking.k8s.io/v1/ingressclasses",
-            &json!({ "apiVersion": "networking.k8s.io/v1", "kind": "IngressClass",
-                     "metadata": { "name": "nginx" }, "spec": { "controller": "k8s.io/ingress-nginx" } }),
-        )
-        .await
-        .unwrap(),
-        &[201],
-    );
+    nginx_class(&w.cp).await;
     // Sign-in, for the oauth2-proxy pair heim serves itself.
     std::fs::write(w.dir.join("cookie.secret"), [7u8; 32]).unwrap();
     let hash = bcrypt::hash("correct horse", 4).unwrap();
@@ -1250,17 +1255,7 @@ async fn ingress_nginx_ingresses_are_taken_over() {
 #[tokio::test]
 async fn ingress_nginx_access_annotations() {
     let w = world("ingress-nginx-access").await;
-    expect(
-        "IngressClass nginx",
-        w.cp.create(
-            "/apis/networking.k8s.io/v1/ingressclasses",
-            &json!({ "apiVersion": "networking.k8s.io/v1", "kind": "IngressClass",
-                     "metadata": { "name": "nginx" }, "spec": { "controller": "k8s.io/ingress-nginx" } }),
-        )
-        .await
-        .unwrap(),
-        &[201],
-    );
+    nginx_class(&w.cp).await;
     settings(&w.cp, "[ingress_nginx]\ndefault_policy = \"public\"\n").await;
     // An auth service: 202 with the user for the right token, else 401; it
     // echoes what nginx's sub-request carries.
@@ -1660,17 +1655,7 @@ fn tls_backend(
 #[tokio::test]
 async fn ingress_nginx_ssl_passthrough() {
     let w = world("ingress-nginx-passthrough").await;
-    expect(
-        "IngressClass nginx",
-        w.cp.create(
-            "/apis/networking.k8s.io/v1/ingressclasses",
-            &json!({ "apiVersion": "networking.k8s.io/v1", "kind": "IngressClass",
-                     "metadata": { "name": "nginx" }, "spec": { "controller": "k8s.io/ingress-nginx" } }),
-        )
-        .await
-        .unwrap(),
-        &[201],
-    );
+    nginx_class(&w.cp).await;
     settings(&w.cp, "[ingress_nginx]\ndefault_policy = \"public\"\n").await;
     let (pod, _pod_task) = tls_backend(
         w._netns.listen(0).unwrap(),

@@ -535,6 +535,20 @@ fn basic_auth_users(
     })
 }
 
+/// A boolean annotation: whether it is on, and its verdict (`on` when
+/// true, ignored when false, invalid, with what happens instead, when it
+/// is no boolean).
+fn switch(value: &str, on: Verdict, otherwise: &str) -> (bool, Verdict) {
+    match parse_bool(value) {
+        Some(true) => (true, on),
+        Some(false) => (false, Verdict::Ignored("off".into())),
+        None => (
+            false,
+            Verdict::Invalid(format!("{value:?} is not a boolean: {otherwise}")),
+        ),
+    }
+}
+
 /// A comma-separated list of CIDR blocks or addresses (at least one), or
 /// the first item that is not one.
 fn ip_list(value: &str) -> Result<Vec<IpNet>, &str> {
@@ -1008,16 +1022,11 @@ pub fn read(
                 o.default_backend = Some(value.trim().to_string()).filter(|v| !v.is_empty());
                 say(name, Verdict::Exact);
             }
-            "disable-proxy-intercept-errors" => match parse_bool(value) {
-                Some(off) => {
-                    disable_intercept = off;
-                    say(name, Verdict::Exact);
-                }
-                None => say(
-                    name,
-                    Verdict::Invalid(format!("{value:?} is not a boolean: errors are intercepted")),
-                ),
-            },
+            "disable-proxy-intercept-errors" => {
+                let (off, v) = switch(value, Verdict::Exact, "errors are intercepted");
+                disable_intercept = off;
+                say(name, v);
+            }
             "custom-http-errors" => {
                 let codes: Result<Vec<u16>, _> = value
                     .split(',')
@@ -1045,35 +1054,22 @@ pub fn read(
                     ),
                 }
             }
-            "ssl-passthrough" => match parse_bool(value) {
-                Some(on) => {
-                    o.tls_passthrough = on;
-                    say(
-                        name,
-                        if on {
-                            Verdict::Differs(
-                                "with --enable-ssl-passthrough (as in ingress-nginx): the host's TLS goes to the pod unopened, for a public route only; HTTP on port 80 is still proxied".into(),
-                            )
-                        } else {
-                            Verdict::Ignored("off".into())
-                        },
-                    );
-                }
-                None => say(
-                    name,
-                    Verdict::Invalid(format!("{value:?} is not a boolean: heim terminates TLS")),
-                ),
-            },
-            "service-upstream" => match parse_bool(value) {
-                Some(on) => {
-                    o.service_upstream = on;
-                    say(name, Verdict::Exact);
-                }
-                None => say(
-                    name,
-                    Verdict::Invalid(format!("{value:?} is not a boolean: the endpoints")),
-                ),
-            },
+            "ssl-passthrough" => {
+                let (on, v) = switch(
+                    value,
+                    Verdict::Differs(
+                        "with --enable-ssl-passthrough (as in ingress-nginx): the host's TLS goes to the pod unopened, for a public route only; HTTP on port 80 is still proxied".into(),
+                    ),
+                    "heim terminates TLS",
+                );
+                o.tls_passthrough = on;
+                say(name, v);
+            }
+            "service-upstream" => {
+                let (on, v) = switch(value, Verdict::Exact, "the endpoints");
+                o.service_upstream = on;
+                say(name, v);
+            }
             "server-alias" => {
                 let mut bad = None;
                 for a in value.split(',').map(|a| a.trim().to_ascii_lowercase()) {
@@ -1102,25 +1098,17 @@ pub fn read(
                     },
                 );
             }
-            "from-to-www-redirect" => match parse_bool(value) {
-                Some(on) => {
-                    o.from_to_www = on;
-                    say(
-                        name,
-                        if on {
-                            Verdict::Differs(
-                                "the other name answers 308 to $scheme://host$request_uri, without ingress-nginx's explicit :port and trailing-slash trim".into(),
-                            )
-                        } else {
-                            Verdict::Ignored("off".into())
-                        },
-                    );
-                }
-                None => say(
-                    name,
-                    Verdict::Invalid(format!("{value:?} is not a boolean: no redirect")),
-                ),
-            },
+            "from-to-www-redirect" => {
+                let (on, v) = switch(
+                    value,
+                    Verdict::Differs(
+                        "the other name answers 308 to $scheme://host$request_uri, without ingress-nginx's explicit :port and trailing-slash trim".into(),
+                    ),
+                    "no redirect",
+                );
+                o.from_to_www = on;
+                say(name, v);
+            }
             "denylist-source-range" => match ip_list(value) {
                 Ok(nets) => {
                     o.denied_ranges = nets;
