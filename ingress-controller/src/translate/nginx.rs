@@ -25,6 +25,11 @@
 //! | `enable-cors`, `cors-*` | [`heim_proxy::forward::cors`] |
 //! | `canary`, `canary-by-*`, `canary-weight(-total)` | the mainline route's second backend ([`heim_proxy::canary`]) |
 //! | `limit-rps`, `limit-rpm`, `limit-connections`, `limit-burst-multiplier`, `limit-allowlist` | 503 over the limit ([`heim_proxy::limit`]) |
+//! | `affinity: cookie`, `session-cookie-*` | sticky sessions ([`heim_proxy::affinity`]) |
+//! | `backend-protocol: HTTPS`/`GRPCS`, `proxy-ssl-*` | TLS to the pod, unverified unless asked ([`heim_proxy::upstream::UpstreamTls`]) |
+//! | `default-backend`, `custom-http-errors`, `disable-proxy-intercept-errors` | [`heim_proxy::route::ErrorBackend`] |
+//! | `service-upstream` | the Service's cluster IP |
+//! | `ssl-passthrough` (with `--enable-ssl-passthrough`) | the host's TLS spliced unopened to the pod |
 //!
 //! Annotations that are security boundaries and are not built
 //! (`auth-type: digest`, `auth-tls-*`, `satisfy`, `auth-proxy-set-headers`
