@@ -70,7 +70,7 @@ pub struct Options {
     /// Serve `ssl-passthrough` Ingresses by splicing their hosts' TLS to
     /// the pod unopened (ingress-nginx's flag of the same name; without
     /// it the annotation has no effect, as there).
-    #[arg(long)]
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_value = "false", default_missing_value = "true", action = ArgAction::Set)]
     pub enable_ssl_passthrough: bool,
 
     /// ingress-nginx's ConfigMap: the cluster-wide keys its Ingresses rely

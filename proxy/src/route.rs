@@ -169,6 +169,9 @@ pub enum Backend {
     /// blocks and sign-in: ingress-nginx's implicit `location /`, which
     /// carries the annotations of its host's oldest Ingress.
     NotFound,
+    /// heim answers oauth2-proxy's `/oauth2/*` paths itself (a host whose
+    /// oauth2-proxy heim's sign-in replaced): [`crate::auth::oauth2_paths`].
+    OAuth2Paths,
 }
 
 impl Backend {
@@ -259,16 +262,17 @@ pub struct RouteSpec {
     pub error_backend: Option<Arc<ErrorBackend>>,
     /// ingress-nginx's `affinity: cookie`: sticky sessions by cookie.
     pub affinity: Option<Arc<crate::affinity::Affinity>>,
-    /// ingress-nginx's `ssl-passthrough` (on the host's `/` route): TLS
-    /// for the host is spliced unopened to the upstream; only for a public
-    /// route (heim cannot check who is behind a connection it never opens).
+    /// ingress-nginx's `ssl-passthrough` (set on every route of the
+    /// Ingress; the host's `/` route decides): TLS for the host is spliced
+    /// unopened to its upstream, only when that route checks nothing (see
+    /// [`RouteTable::passthrough`]).
     pub tls_passthrough: bool,
 }
 
 /// ingress-nginx's `default-backend` (it serves the route's requests while
 /// the route's own Service has no endpoint) and `custom-http-errors` (the
 /// upstream answers with these statuses are replaced by its answer to a
-/// GET of the same URI carrying `X-Code`, `X-Format`, `X-Original-URI`,
+/// `GET /` carrying `X-Code`, `X-Format`, `X-Original-URI`,
 /// `X-Namespace`, `X-Ingress-Name`, `X-Service-Name`, `X-Service-Port` and
 /// `X-Request-ID`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -591,7 +595,11 @@ impl RouteTable {
             };
             let upstream = match &spec.backend {
                 Backend::Upstream(u) => Some(group(u)),
-                Backend::Echo | Backend::NotFound | Backend::Tcp(_) | Backend::Agent { .. } => None,
+                Backend::Echo
+                | Backend::NotFound
+                | Backend::OAuth2Paths
+                | Backend::Tcp(_)
+                | Backend::Agent { .. } => None,
             };
             let canary = spec.canary.as_ref().map(|c| group(&c.backend));
             let error_group = spec.error_backend.as_ref().map(|e| group(&e.backend));
@@ -670,7 +678,18 @@ impl RouteTable {
     /// its `/` route, when that is a public passthrough to upstreams.
     pub fn passthrough(&self, host: &str) -> Option<&Arc<Route>> {
         self.lookup(host, "/").filter(|r| {
-            r.spec.tls_passthrough && r.spec.policy == Policy::Public && r.upstream.is_some()
+            let s = &r.spec;
+            // Nothing heim would have to check on the way: a connection it
+            // never opens cannot be signed in, asked for a password,
+            // limited or filtered by address.
+            s.tls_passthrough
+                && s.policy == Policy::Public
+                && s.basic_auth.is_none()
+                && s.external_auth.is_none()
+                && s.source_ranges.is_empty()
+                && s.denied_ranges.is_empty()
+                && s.rate_limit.is_none()
+                && r.upstream.is_some()
         })
     }
 

@@ -1146,6 +1146,43 @@ async fn ingress_nginx_ingresses_are_taken_over() {
     let to = r.headers["location"].to_str().unwrap();
     assert!(to.starts_with("https://auth.apps.test"), "{to}");
     assert!(to.contains("/.heim/login?rd="), "{to}");
+    // oauth2-proxy's own paths are heim's now: a bookmarked start goes to
+    // heim's sign-in (back to rd on the host, never elsewhere), its auth
+    // probe is 401 without a session, sign_out goes to heim's sign-out.
+    let start = |rd: &str| {
+        http::Request::get(format!("/oauth2/start?rd={rd}"))
+            .header("host", "sso.apps.test")
+            .header("accept", "text/html")
+            .body(heim_e2e::Body::default())
+            .unwrap()
+    };
+    let r = client.request(heim.https, start("%2Fapp")).await.unwrap();
+    assert_eq!(r.status, 302);
+    let to = r.headers["location"].to_str().unwrap();
+    assert!(
+        to.contains("/.heim/login?rd=https%3A%2F%2Fsso.apps.test") && to.contains("%2Fapp&"),
+        "{to}"
+    );
+    let r = client
+        .request(heim.https, start("https://evil.test/"))
+        .await
+        .unwrap();
+    let to = r.headers["location"].to_str().unwrap();
+    assert!(!to.contains("evil.test"), "no open redirect: {to}");
+    let r = client
+        .get(heim.https, "sso.apps.test", "/oauth2/auth")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 401);
+    let r = client
+        .get(heim.https, "sso.apps.test", "/oauth2/sign_out")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 302);
+    assert!(r.headers["location"]
+        .to_str()
+        .unwrap()
+        .contains("/.heim/logout"));
     // proxy-body-size: 1 KiB passes, one byte more is 413.
     let post = |n: usize| {
         http::Request::post("/")

@@ -140,6 +140,9 @@ pub struct IngressOptions {
     pub custom_http_errors: Vec<u16>,
     /// `service-upstream`: to the Service's cluster IP, not its endpoints.
     pub service_upstream: bool,
+    /// Its `auth-url` was oauth2-proxy, now heim's sign-in: heim answers
+    /// oauth2-proxy's `/oauth2/*` paths on its hosts.
+    pub replaces_oauth2_proxy: bool,
     /// `server-alias`: more names for the Ingress's hosts.
     pub server_aliases: Vec<String>,
     /// `from-to-www-redirect`.
@@ -322,6 +325,9 @@ impl Translator {
         // Ingress) of `from-to-www-redirect`.
         let mut aliases: Vec<(String, String, ObjKey)> = Vec::new();
         let mut www: Vec<(String, String, ObjKey)> = Vec::new();
+        // Hosts whose oauth2-proxy heim's sign-in replaced, and the first
+        // Ingress that says so.
+        let mut oauth2_hosts: Vec<(String, ObjKey)> = Vec::new();
         // (host, path, path type) of a canary Ingress's path, its canary.
         let mut canaries: Vec<(RouteId, Arc<heim_proxy::canary::Canary>, ObjKey)> = Vec::new();
         // TLS Secret -> its certificate and the hosts it is to serve.
@@ -585,6 +591,9 @@ impl Translator {
             // So that Ingress's redirects, absolute rewrite target, sign-in
             // and address blocks also answer its host's unmatched paths
             // (for ingress-nginx's class; heim's own answers 404).
+            if !canary && nginx && options.replaces_oauth2_proxy {
+                oauth2_hosts.extend(hosts.iter().flatten().map(|h| (h.clone(), key.clone())));
+            }
             if !canary && nginx {
                 for h in hosts.iter().flatten().filter(|h| !h.starts_with("*.")) {
                     for a in &options.server_aliases {
@@ -790,6 +799,35 @@ impl Translator {
                 out.owners.push(owner);
             }
         }
+        // oauth2-proxy's own paths on those hosts are heim's: its Ingress
+        // for `/oauth2` (its Service may be gone) or a route of heim's own.
+        let mut seen: HashSet<String> = HashSet::new();
+        for (host, owner) in oauth2_hosts {
+            if !seen.insert(host.clone()) {
+                continue;
+            }
+            let mut found = false;
+            for r in out.routes.iter_mut().filter(|r| {
+                r.host.as_deref() == Some(host.as_str())
+                    && r.path_type != PathMatch::Exact
+                    && r.path.trim_end_matches('/') == "/oauth2"
+            }) {
+                r.backend = Backend::OAuth2Paths;
+                r.policy = Policy::Public;
+                found = true;
+            }
+            if !found {
+                out.routes.push(own_route(
+                    format!("{owner}:{host}/oauth2 (oauth2-proxy's paths)"),
+                    host,
+                    "/oauth2",
+                    Backend::OAuth2Paths,
+                    None,
+                    settings,
+                ));
+                out.owners.push(owner);
+            }
+        }
         // ingress-nginx's server aliases and www redirects: names no rule
         // owns answer for a host (every path of it) or redirect to it.
         let mut taken: HashSet<String> = rule_hosts.clone();
@@ -816,14 +854,16 @@ impl Translator {
             if !taken.insert(from.clone()) {
                 continue;
             }
-            out.routes.push(redirect_route(
+            out.routes.push(own_route(
                 format!("{owner}:{from} (www redirect)"),
                 from,
-                heim_proxy::route::Redirect {
+                "/",
+                Backend::NotFound,
+                Some(heim_proxy::route::Redirect {
                     code: 308,
                     to: format!("$scheme://{to}$request_uri"),
                     root_only: false,
-                },
+                }),
                 settings,
             ));
             out.owners.push(owner);
@@ -886,28 +926,31 @@ fn parse_tls_secret(
     CertEntry::from_pem(cert, k, &[]).map_err(|e| format!("Secret {key}: {e}"))
 }
 
-/// A route that only redirects (ingress-nginx's `from-to-www-redirect`
-/// server: nothing of the Ingress's other annotations).
-fn redirect_route(
+/// A public Prefix route heim answers itself, with nothing of an
+/// Ingress's annotations: ingress-nginx's `from-to-www-redirect` server (a
+/// redirect, on both schemes), oauth2-proxy's paths (https only).
+fn own_route(
     name: String,
     host: String,
-    redirect: heim_proxy::route::Redirect,
+    path: &str,
+    backend: Backend,
+    redirect: Option<heim_proxy::route::Redirect>,
     settings: &Settings,
 ) -> RouteSpec {
     RouteSpec {
         name,
         host: Some(host),
-        path: "/".into(),
+        path: path.into(),
         path_type: PathMatch::Prefix,
-        backend: Backend::NotFound,
+        backend,
         policy: Policy::Public,
-        https_redirect: false,
+        https_redirect: redirect.is_none(),
         max_body_bytes: Some(settings.defaults.max_body_bytes).filter(|n| *n > 0),
         identity_headers: Vec::new(),
         source_ranges: Vec::new(),
         rewrite: None,
         strip_headers: Vec::new(),
-        redirect: Some(redirect),
+        redirect,
         upstream_host: None,
         denied_ranges: Vec::new(),
         canary: None,

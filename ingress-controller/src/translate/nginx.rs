@@ -1063,7 +1063,7 @@ pub fn read(
                 let (on, v) = switch(
                     value,
                     Verdict::Differs(
-                        "with --enable-ssl-passthrough (as in ingress-nginx): the host's TLS goes to the pod unopened, for a public route only; HTTP on port 80 is still proxied".into(),
+                        "with --enable-ssl-passthrough (as in ingress-nginx): the host's TLS goes to the pod unopened when its route checks nothing (public, no password, auth service, address list or limit); HTTP on port 80 is still proxied".into(),
                     ),
                     "heim terminates TLS",
                 );
@@ -1472,6 +1472,7 @@ pub fn read(
                         }
                     }
                 }
+                o.replaces_oauth2_proxy = service == "oauth2-proxy";
                 if o.policy.is_some() {
                     say(
                         name,

@@ -17,6 +17,7 @@ pub mod github;
 pub mod htpasswd;
 pub mod jwt;
 pub mod local;
+pub mod oauth2_paths;
 pub mod oidc;
 pub mod policy;
 pub mod redirect;
