@@ -403,21 +403,6 @@ async fn serve(
             Err(over) => return Err(ProxyError::Limited(over.label())),
         }
     }
-    // === oauth2-proxy's paths === on a host heim's sign-in took over.
-    if route.spec.backend == Backend::OAuth2Paths {
-        let Some(auth) = &auth else {
-            return Err(ProxyError::NoRoute);
-        };
-        let session = auth.session(req.headers(), &conn.shared.auth_state, &parsed.host);
-        let port = conn.shared.https_port();
-        return crate::auth::oauth2_paths::answer(
-            &req,
-            &parsed.host,
-            &crate::auth::endpoints::origin(&parsed.host, port),
-            &crate::auth::endpoints::origin(&auth.auth_host, port),
-            session.as_ref(),
-        );
-    }
     // === source === the route's address blocks (the client as a trusted
     // proxy gives it, else the peer); a denied block wins.
     if route
@@ -436,6 +421,27 @@ async fn serve(
             .any(|n| n.contains(out.client))
     {
         return Err(ProxyError::Forbidden);
+    }
+    // === oauth2-proxy's paths === on a host heim's sign-in took over,
+    // over https only, after the address blocks.
+    if route.spec.backend == Backend::OAuth2Paths {
+        let (Some(auth), true) = (&auth, parsed.secure) else {
+            return Err(ProxyError::NoRoute);
+        };
+        let session = auth.session(req.headers(), &conn.shared.auth_state, &parsed.host);
+        let rules = match &route.spec.policy {
+            Policy::Allow(rules) => Some(rules.as_ref()),
+            _ => None,
+        };
+        let port = conn.shared.https_port();
+        return crate::auth::oauth2_paths::answer(
+            &req,
+            &parsed.host,
+            &crate::auth::endpoints::origin(&parsed.host, port),
+            &crate::auth::endpoints::origin(&auth.auth_host, port),
+            session.as_ref(),
+            rules,
+        );
     }
     // === basic auth === and === auth service === ingress-nginx's
     // `auth-type: basic` and `auth-url`, after the address blocks.

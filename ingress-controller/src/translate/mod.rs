@@ -327,7 +327,7 @@ impl Translator {
         let mut www: Vec<(String, String, ObjKey)> = Vec::new();
         // Hosts whose oauth2-proxy heim's sign-in replaced, and the first
         // Ingress that says so.
-        let mut oauth2_hosts: Vec<(String, ObjKey)> = Vec::new();
+        let mut oauth2_hosts: Vec<(String, ObjKey, Policy)> = Vec::new();
         // (host, path, path type) of a canary Ingress's path, its canary.
         let mut canaries: Vec<(RouteId, Arc<heim_proxy::canary::Canary>, ObjKey)> = Vec::new();
         // TLS Secret -> its certificate and the hosts it is to serve.
@@ -592,7 +592,12 @@ impl Translator {
             // and address blocks also answer its host's unmatched paths
             // (for ingress-nginx's class; heim's own answers 404).
             if !canary && nginx && options.replaces_oauth2_proxy {
-                oauth2_hosts.extend(hosts.iter().flatten().map(|h| (h.clone(), key.clone())));
+                oauth2_hosts.extend(
+                    hosts
+                        .iter()
+                        .flatten()
+                        .map(|h| (h.clone(), key.clone(), ctx.policy.clone())),
+                );
             }
             if !canary && nginx {
                 for h in hosts.iter().flatten().filter(|h| !h.starts_with("*.")) {
@@ -801,30 +806,41 @@ impl Translator {
         }
         // oauth2-proxy's own paths on those hosts are heim's: its Ingress
         // for `/oauth2` (its Service may be gone) or a route of heim's own.
+        // Only in the namespace that owns the host (its oldest Ingress's),
+        // and only that namespace's routes: another namespace gets no say.
+        // The route keeps the sign-in's rules, for `/oauth2/auth`.
         let mut seen: HashSet<String> = HashSet::new();
-        for (host, owner) in oauth2_hosts {
-            if !seen.insert(host.clone()) {
+        for (host, owner, policy) in oauth2_hosts {
+            let owns = host_owner
+                .get(&host)
+                .is_some_and(|o| o.namespace == owner.namespace);
+            if !owns || !seen.insert(host.clone()) {
                 continue;
             }
             let mut found = false;
-            for r in out.routes.iter_mut().filter(|r| {
-                r.host.as_deref() == Some(host.as_str())
+            for (r, _) in out.routes.iter_mut().zip(&out.owners).filter(|(r, o)| {
+                o.namespace == owner.namespace
+                    && r.host.as_deref() == Some(host.as_str())
                     && r.path_type != PathMatch::Exact
                     && r.path.trim_end_matches('/') == "/oauth2"
             }) {
                 r.backend = Backend::OAuth2Paths;
-                r.policy = Policy::Public;
+                r.policy = policy.clone();
+                r.https_redirect = true;
+                r.cors = None;
                 found = true;
             }
             if !found {
-                out.routes.push(own_route(
+                let mut r = own_route(
                     format!("{owner}:{host}/oauth2 (oauth2-proxy's paths)"),
                     host,
                     "/oauth2",
                     Backend::OAuth2Paths,
                     None,
                     settings,
-                ));
+                );
+                r.policy = policy;
+                out.routes.push(r);
                 out.owners.push(owner);
             }
         }

@@ -1415,3 +1415,68 @@ fn https_backends_and_error_pages() {
         "the errors Service's endpoints"
     );
 }
+
+/// oauth2-proxy's `/oauth2` Ingress becomes heim's own answer on a host
+/// heim's sign-in took over, in the namespace that owns the host only.
+#[test]
+fn oauth2_proxy_paths_are_heims_in_the_hosts_namespace() {
+    let mut snap = base();
+    snap.classes
+        .push(class("nginx", "k8s.io/ingress-nginx", false));
+    let spec = |host: &str, path: &str| {
+        json!({ "ingressClassName": "nginx", "rules": [{ "host": host,
+            "http": { "paths": [{ "path": path, "pathType": "Prefix",
+                "backend": { "service": { "name": "app", "port": { "number": 80 } } } }] } }] })
+    };
+    let sso = json!({
+        "nginx.ingress.kubernetes.io/auth-url": "https://$host/oauth2/auth",
+        "nginx.ingress.kubernetes.io/auth-signin": "https://$host/oauth2/start?rd=$escaped_request_uri",
+    });
+    let elsewhere = |mut i: Ingress| {
+        i.metadata.namespace = Some("other".into());
+        Arc::new(i)
+    };
+    snap.ingresses = vec![
+        ingress(
+            "grafana",
+            "2026-01-01T00:00:00Z",
+            sso.clone(),
+            spec("g.example.com", "/"),
+        ),
+        ingress(
+            "oauth2-proxy",
+            "2026-01-02T00:00:00Z",
+            json!({}),
+            spec("g.example.com", "/oauth2"),
+        ),
+        // Another namespace marking the same host changes nothing of it.
+        elsewhere(
+            (*ingress(
+                "intruder",
+                "2026-01-03T00:00:00Z",
+                sso,
+                spec("g.example.com", "/x"),
+            ))
+            .clone(),
+        ),
+    ];
+    let mut s = settings();
+    s.classes.controllers.push("k8s.io/ingress-nginx".into());
+    let t = translate_once(&snap, &s);
+    let oauth2: Vec<(&RouteSpec, &ObjKey)> = t
+        .routes
+        .iter()
+        .zip(&t.owners)
+        .filter(|(r, _)| r.backend == Backend::OAuth2Paths)
+        .collect();
+    assert_eq!(oauth2.len(), 1, "{:?}", t.problems);
+    assert_eq!(oauth2[0].0.path, "/oauth2");
+    assert_eq!(
+        oauth2[0].1.name, "oauth2-proxy",
+        "its own Ingress, taken over"
+    );
+    assert!(
+        matches!(oauth2[0].0.policy, Policy::Allow(_)),
+        "the sign-in's rules"
+    );
+}

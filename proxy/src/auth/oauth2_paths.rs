@@ -22,6 +22,7 @@ pub fn answer<B>(
     here_origin: &str,
     auth_origin: &str,
     session: Option<&Session>,
+    rules: Option<&crate::auth::policy::AccessRules>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let path = req.uri().path();
     let rd = || {
@@ -54,7 +55,10 @@ pub fn answer<B>(
             "{auth_origin}/.heim/logout?rd={}",
             crate::auth::endpoints::url_encode(&rd())
         )),
+        // As oauth2-proxy's own check: the session, and the rules the host's
+        // sign-in stands for (its allowed groups, emails, domains).
         "/oauth2/auth" => match session {
+            Some(s) if rules.is_some_and(|r| !r.allows(s)) => Err(ProxyError::Forbidden),
             Some(_) => {
                 let mut resp = Response::new(ProxyBody::local(""));
                 *resp.status_mut() = StatusCode::ACCEPTED;
@@ -165,6 +169,7 @@ mod tests {
             here,
             auth,
             None,
+            None,
         ) {
             Err(ProxyError::SignIn { location, .. }) => {
                 let l = location.to_str().unwrap();
@@ -183,6 +188,7 @@ mod tests {
             here,
             auth,
             Some(&user),
+            None,
         )
         .unwrap();
         assert_eq!(r.headers()["location"], "https://grafana.example.com/d/1");
@@ -192,6 +198,7 @@ mod tests {
             here,
             auth,
             Some(&user),
+            None,
         )
         .unwrap();
         assert_eq!(
@@ -204,6 +211,7 @@ mod tests {
             here,
             auth,
             Some(&user),
+            None,
         )
         .unwrap();
         assert_eq!(r.status(), StatusCode::ACCEPTED);
@@ -213,9 +221,26 @@ mod tests {
                 "grafana.example.com",
                 here,
                 auth,
+                None,
                 None
             ),
             Err(ProxyError::Unauthorized)
+        ));
+        // The host's rules (oauth2-proxy's allowed_groups…) hold for the probe.
+        let admins = crate::auth::policy::AccessRules {
+            groups: vec!["admins".into()],
+            ..Default::default()
+        };
+        assert!(matches!(
+            answer(
+                &req("/oauth2/auth"),
+                "grafana.example.com",
+                here,
+                auth,
+                Some(&user),
+                Some(&admins)
+            ),
+            Err(ProxyError::Forbidden)
         ));
         assert!(matches!(
             answer(
@@ -223,7 +248,8 @@ mod tests {
                 "grafana.example.com",
                 here,
                 auth,
-                Some(&user)
+                Some(&user),
+                None
             ),
             Err(ProxyError::NoRoute)
         ));
