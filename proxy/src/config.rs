@@ -1662,31 +1662,11 @@ impl Cx<'_> {
             .clone()
             .unwrap_or_else(|| format!("{}{}", host.as_deref().unwrap_or("*"), path));
         Some(RouteSpec {
-            name,
-            host,
-            path,
-            path_type,
-            backend: backend?,
-            policy,
             https_redirect: r.https_redirect.unwrap_or(true),
             max_body_bytes: Some(max_body_bytes).filter(|n| *n > 0),
             identity_headers,
             source_ranges,
-            rewrite: None,
-            strip_headers: Vec::new(),
-            redirect: None,
-            upstream_host: None,
-            denied_ranges: Vec::new(),
-            canary: None,
-            cors: None,
-            basic_auth: None,
-            external_auth: None,
-            rate_limit: None,
-            request_headers: Vec::new(),
-            response_headers: Vec::new(),
-            error_backend: None,
-            affinity: None,
-            tls_passthrough: false,
+            ..RouteSpec::new(name, host, path, path_type, backend?, policy)
         })
     }
 }

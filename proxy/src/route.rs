@@ -296,6 +296,48 @@ pub struct BasicAuth {
     pub realm: String,
 }
 
+impl RouteSpec {
+    /// A route with its match, backend and policy, and nothing else: https
+    /// only, no body limit, no rewrite, no ingress-nginx extras. Sources
+    /// set the rest with struct update syntax.
+    pub fn new(
+        name: String,
+        host: Option<String>,
+        path: String,
+        path_type: PathMatch,
+        backend: Backend,
+        policy: Policy,
+    ) -> Self {
+        RouteSpec {
+            name,
+            host,
+            path,
+            path_type,
+            backend,
+            policy,
+            https_redirect: true,
+            max_body_bytes: None,
+            identity_headers: Vec::new(),
+            source_ranges: Vec::new(),
+            rewrite: None,
+            strip_headers: Vec::new(),
+            redirect: None,
+            upstream_host: None,
+            denied_ranges: Vec::new(),
+            canary: None,
+            cors: None,
+            basic_auth: None,
+            external_auth: None,
+            rate_limit: None,
+            request_headers: Vec::new(),
+            response_headers: Vec::new(),
+            error_backend: None,
+            affinity: None,
+            tls_passthrough: false,
+        }
+    }
+}
+
 /// A redirect a route answers with.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Redirect {
@@ -934,33 +976,14 @@ mod tests {
     use super::*;
 
     fn spec(host: Option<&str>, path: &str, t: PathMatch) -> RouteSpec {
-        RouteSpec {
-            name: format!("{}{}:{:?}", host.unwrap_or("*"), path, t),
-            host: host.map(str::to_string),
-            path: path.to_string(),
-            path_type: t,
-            backend: Backend::Echo,
-            policy: Policy::Public,
-            https_redirect: true,
-            max_body_bytes: None,
-            identity_headers: Vec::new(),
-            source_ranges: Vec::new(),
-            rewrite: None,
-            strip_headers: Vec::new(),
-            redirect: None,
-            upstream_host: None,
-            denied_ranges: Vec::new(),
-            canary: None,
-            cors: None,
-            basic_auth: None,
-            external_auth: None,
-            rate_limit: None,
-            request_headers: Vec::new(),
-            response_headers: Vec::new(),
-            error_backend: None,
-            affinity: None,
-            tls_passthrough: false,
-        }
+        RouteSpec::new(
+            format!("{}{}:{:?}", host.unwrap_or("*"), path, t),
+            host.map(str::to_string),
+            path.to_string(),
+            t,
+            Backend::Echo,
+            Policy::Public,
+        )
     }
 
     fn table(specs: Vec<RouteSpec>) -> RouteTable {

@@ -954,31 +954,17 @@ fn own_route(
     settings: &Settings,
 ) -> RouteSpec {
     RouteSpec {
-        name,
-        host: Some(host),
-        path: path.into(),
-        path_type: PathMatch::Prefix,
-        backend,
-        policy: Policy::Public,
         https_redirect: redirect.is_none(),
         max_body_bytes: Some(settings.defaults.max_body_bytes).filter(|n| *n > 0),
-        identity_headers: Vec::new(),
-        source_ranges: Vec::new(),
-        rewrite: None,
-        strip_headers: Vec::new(),
         redirect,
-        upstream_host: None,
-        denied_ranges: Vec::new(),
-        canary: None,
-        cors: None,
-        basic_auth: None,
-        external_auth: None,
-        rate_limit: None,
-        request_headers: Vec::new(),
-        response_headers: Vec::new(),
-        error_backend: None,
-        affinity: None,
-        tls_passthrough: false,
+        ..RouteSpec::new(
+            name,
+            Some(host),
+            path.into(),
+            PathMatch::Prefix,
+            backend,
+            Policy::Public,
+        )
     }
 }
 

@@ -113,31 +113,15 @@ fn upstream(port: u16) -> Backend {
 
 fn route(name: &str, host: Option<&str>, path: &str, path_type: PathMatch, port: u16) -> RouteSpec {
     RouteSpec {
-        name: name.into(),
-        host: host.map(str::to_string),
-        path: path.into(),
-        path_type,
-        backend: upstream(port),
-        policy: Policy::Public,
-        https_redirect: true,
         max_body_bytes: Some(1 << 20),
-        identity_headers: Vec::new(),
-        source_ranges: Vec::new(),
-        rewrite: None,
-        strip_headers: Vec::new(),
-        redirect: None,
-        upstream_host: None,
-        denied_ranges: Vec::new(),
-        canary: None,
-        cors: None,
-        basic_auth: None,
-        external_auth: None,
-        rate_limit: None,
-        request_headers: Vec::new(),
-        response_headers: Vec::new(),
-        error_backend: None,
-        affinity: None,
-        tls_passthrough: false,
+        ..RouteSpec::new(
+            name.into(),
+            host.map(str::to_string),
+            path.into(),
+            path_type,
+            upstream(port),
+            Policy::Public,
+        )
     }
 }
 

@@ -310,10 +310,22 @@ impl Compiled {
 /// on checks the chain against the roots, and the name when one was
 /// configured. The handshake's signatures are checked in every case.
 #[derive(Debug)]
-struct UpstreamVerifier {
+pub(crate) struct UpstreamVerifier {
     roots: Option<Arc<RootCertStore>>,
     check_name: bool,
     provider: Arc<CryptoProvider>,
+}
+
+impl UpstreamVerifier {
+    /// nginx's `proxy_ssl_verify off`: any certificate, its handshake
+    /// signatures checked (also the auth sub-request's, `auth::external`).
+    pub(crate) fn unverified(provider: Arc<CryptoProvider>) -> Self {
+        Self {
+            roots: None,
+            check_name: false,
+            provider,
+        }
+    }
 }
 
 impl ServerCertVerifier for UpstreamVerifier {
